@@ -1,0 +1,39 @@
+"""Alembic environment for pgjobs' own tables.
+
+Run through ``pgjobs migrate`` (or :func:`pgjobs.migrate`), which passes the target schema in
+``config.attributes["schema"]`` and, online, a connection in ``config.attributes["connection"]``.
+The version table lives inside the pgjobs schema, so pgjobs never shares the application's
+``alembic_version``. A transaction-level advisory lock makes concurrent migrations wait for each
+other instead of racing.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import text
+
+config = context.config
+schema: str = config.attributes["schema"]
+
+if context.is_offline_mode():
+    context.configure(
+        url="postgresql://",
+        literal_binds=True,
+        version_table_schema=schema,
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        context.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        context.run_migrations()
+else:
+    connection = config.attributes["connection"]
+    with connection.begin():
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+            {"key": f"pgjobs.migrate:{schema}"},
+        )
+        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        context.configure(
+            connection=connection, version_table_schema=schema, transactional_ddl=True
+        )
+        context.run_migrations()

@@ -1,0 +1,42 @@
+"""Background jobs for Python on PostgreSQL alone.
+
+Define jobs on an :class:`App`, enqueue them inside your own transactions, run them with
+``pgjobs worker --app module:app``.
+"""
+
+from ._app import App, Job, JobCall
+from ._context import JobContext, current_job
+from ._errors import (
+    ConfigError,
+    DatabaseError,
+    PgjobsError,
+    SchemaError,
+    UnknownJobError,
+    ValidationError,
+)
+from ._migrate import migrate
+from ._outcome import sidekiq_backoff
+from ._settings import Settings, load_settings
+from ._validation import MAX_DEPTH, MAX_PAYLOAD_BYTES
+from ._worker import Worker
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_PAYLOAD_BYTES",
+    "App",
+    "ConfigError",
+    "DatabaseError",
+    "Job",
+    "JobCall",
+    "JobContext",
+    "PgjobsError",
+    "SchemaError",
+    "Settings",
+    "UnknownJobError",
+    "ValidationError",
+    "Worker",
+    "current_job",
+    "load_settings",
+    "migrate",
+    "sidekiq_backoff",
+]

@@ -1,0 +1,463 @@
+"""The job registry (:class:`App`), job definitions (:class:`Job`) and enqueueing.
+
+Sync and async enqueue share everything but the I/O: :func:`_insert_params` builds the one
+statement's parameters in pure code; the sync and async methods only run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from . import _connection
+from ._errors import ConfigError, DatabaseError, UnknownJobError, ValidationError
+from ._outcome import RetryPolicy, sidekiq_backoff
+from ._settings import QUEUE_NAME, Settings, load_settings
+from ._sql import Queries, queries_for
+from ._validation import encode_arguments
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_MAX_ATTEMPTS = 25
+PRIORITY_RANGE = range(-32768, 32768)
+
+
+@dataclass(frozen=True)
+class EnqueueOptions:
+    """Per-call options; ``None`` means "the job's default"."""
+
+    queue: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    at: datetime | None = None
+    delay: float | None = None
+
+    def checked(self) -> EnqueueOptions:
+        if self.queue is not None and not QUEUE_NAME.fullmatch(self.queue):
+            raise ValidationError(
+                "queue", f"{self.queue!r} is not a queue name (letters, digits, _.-)"
+            )
+        if self.priority is not None and self.priority not in PRIORITY_RANGE:
+            raise ValidationError("priority", "must be an integer from -32768 to 32767")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValidationError("max_attempts", "must be at least 1")
+        if self.at is not None and self.at.utcoffset() is None:
+            raise ValidationError(
+                "at", "naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
+            )
+        if self.at is not None and self.delay is not None:
+            raise ValidationError("at", "give either at= or a delay, not both")
+        return self
+
+
+@dataclass(frozen=True)
+class JobCall:
+    """One job to enqueue: the job, its validated JSON arguments and per-call options.
+
+    Build with :meth:`Job.call`; pass to :meth:`App.enqueue_many`.
+    """
+
+    job: Job[..., Any]
+    args_json: str
+    kwargs_json: str
+    options: EnqueueOptions
+
+
+class Job(Generic[P, R]):
+    """A registered job. Calling it runs the function directly; ``enqueue`` runs it in a worker."""
+
+    def __init__(
+        self,
+        app: App,
+        func: Callable[P, R],
+        *,
+        name: str,
+        queue: str,
+        priority: int,
+        max_attempts: int,
+        retry: RetryPolicy,
+        discard_on: tuple[type[BaseException], ...],
+        on_exhausted: Callable[[BaseException], object] | None,
+        options: EnqueueOptions | None = None,
+    ) -> None:
+        self.app = app
+        self.func = func
+        self.name = name
+        self.queue = queue
+        self.priority = priority
+        self.max_attempts = max_attempts
+        self.retry = retry
+        self.discard_on = discard_on
+        self.on_exhausted = on_exhausted
+        self.is_async = inspect.iscoroutinefunction(func)
+        self._signature = inspect.signature(func)
+        self._options = options or EnqueueOptions()
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<pgjobs.Job {self.name!r} queue={self.queue!r}>"
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        at: datetime | None = None,
+        delay: timedelta | float | None = None,
+    ) -> Job[P, R]:
+        """A view of this job whose enqueues use these options instead of the defaults."""
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        changes = {
+            "queue": queue,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "at": at,
+            "delay": seconds,
+        }
+        given: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
+        merged = dataclasses.replace(self._options, **given).checked()
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__, _options=merged)
+        return view
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> JobCall:
+        """Check the arguments against the function's signature and as JSON; nothing is written.
+
+        Raises:
+            TypeError: the arguments do not fit the function.
+            ValidationError: an argument cannot be stored as JSON (the message names it).
+        """
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+        args_json, kwargs_json = encode_arguments(args, kwargs)
+        return JobCall(self, args_json, kwargs_json, self._options)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a run of this job; returns its id.
+
+        Pass ``conn=`` (a psycopg ``Connection`` or SQLAlchemy ``Session``/``Connection``) to
+        enqueue inside the caller's transaction: the job exists only if that transaction commits,
+        and rolling back a savepoint removes the jobs enqueued inside it. Without ``conn`` the job
+        is committed at once on pgjobs' own connection pool. ``conn`` is reserved for this; a job
+        function cannot take a parameter of that name.
+        """
+        conn = kwargs.pop("conn", None)
+        return self.app.enqueue_many([self.call(*args, **kwargs)], conn=conn)[0]
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """:meth:`enqueue` for async code: ``conn=`` takes a psycopg ``AsyncConnection`` or a
+        SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
+        conn = kwargs.pop("conn", None)
+        return (await self.app.enqueue_many_async([self.call(*args, **kwargs)], conn=conn))[0]
+
+    def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue to run ``delay`` (a timedelta or seconds) from now, by the database clock."""
+        return self.options(delay=delay).enqueue(*args, **kwargs)
+
+    def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue to run at ``at``, an aware datetime (naive ones are refused)."""
+        return self.options(at=at).enqueue(*args, **kwargs)
+
+
+class App:
+    """The registry of jobs, and the entry point to enqueue them.
+
+    ``pgjobs worker --app module:attribute`` loads an ``App`` and runs its jobs. Settings given
+    here win over every other source (files, environment, CLI flags).
+
+    Example::
+
+        app = pgjobs.App()
+
+        @app.job(queue="mailers", max_attempts=5)
+        def send_welcome_email(user_id: int) -> None: ...
+
+        send_welcome_email.enqueue(42, conn=session)
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self._explicit = settings
+        self._flags: dict[str, Any] = {}
+        self._settings: Settings | None = None
+        self._jobs: dict[str, Job[..., Any]] = {}
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings({**self._flags, **self._explicit})
+        return self._settings
+
+    def configure(self, **flags: Any) -> None:
+        """Apply CLI-level settings (below the ones given to ``App(...)``); used by the CLI."""
+        self._flags = flags
+        self._settings = None
+
+    @property
+    def queries(self) -> Queries:
+        return queries_for(self.settings.schema)
+
+    @property
+    def jobs(self) -> Mapping[str, Job[..., Any]]:
+        """Registered jobs by name."""
+        return dict(self._jobs)
+
+    @overload
+    def job(self, func: Callable[P, R], /) -> Job[P, R]: ...
+
+    @overload
+    def job(
+        self,
+        func: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry: RetryPolicy = sidekiq_backoff,
+        discard_on: tuple[type[BaseException], ...] = (),
+        on_exhausted: Callable[[BaseException], object] | None = None,
+    ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
+
+    def job(
+        self,
+        func: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry: RetryPolicy = sidekiq_backoff,
+        discard_on: tuple[type[BaseException], ...] = (),
+        on_exhausted: Callable[[BaseException], object] | None = None,
+    ) -> Job[P, R] | Callable[[Callable[P, R]], Job[P, R]]:
+        """Register a function (``def`` or ``async def``) as a job.
+
+        Args:
+            name: the stable name stored in each row; defaults to ``module.qualname``. Keep it
+                when you move the function, or queued jobs will no longer find it.
+            queue, priority, max_attempts: defaults for each enqueue (lower priority runs first).
+            retry: ``(attempt, exception) -> delay or None``; ``None`` discards. Defaults to
+                Sidekiq's exponential backoff.
+            discard_on: exception types that discard the job at once, without retries.
+            on_exhausted: called with the last exception when the job is discarded.
+        """
+
+        def register(f: Callable[P, R]) -> Job[P, R]:
+            job_name = name or f"{f.__module__}.{f.__qualname__}"
+            if job_name in self._jobs:
+                raise ConfigError(f"a job named {job_name!r} is already registered")
+            if "conn" in inspect.signature(f).parameters:
+                raise ConfigError(
+                    f"{job_name}: 'conn' is reserved for enqueue(conn=...); rename it"
+                )
+            options = EnqueueOptions(queue=queue, priority=priority, max_attempts=max_attempts)
+            options.checked()
+            job = Job(
+                self,
+                f,
+                name=job_name,
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                retry=retry,
+                discard_on=discard_on,
+                on_exhausted=on_exhausted,
+            )
+            self._jobs[job_name] = job
+            return job
+
+        return register(func) if func is not None else register
+
+    def get(self, name: str) -> Job[..., Any]:
+        """The job registered as ``name``; :class:`UnknownJobError` if there is none."""
+        try:
+            return self._jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._jobs)) or "none"
+            raise UnknownJobError(f"no job named {name!r} is registered (known: {known})") from None
+
+    def enqueue_many(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[int]:
+        """Enqueue many jobs in one statement; returns their ids in order.
+
+        ``conn`` works as in :meth:`Job.enqueue`: all of the jobs commit or roll back with it.
+        """
+        params = _insert_params(calls)
+        if conn is not None:
+            return _run_insert(_connection.unwrap_sync(conn), self.queries.insert_jobs, params)
+        with self._connection() as own:
+            return _run_insert(own, self.queries.insert_jobs, params)
+
+    async def enqueue_many_async(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[int]:
+        """:meth:`enqueue_many` for async code."""
+        params = _insert_params(calls)
+        if conn is not None:
+            driver = await _connection.unwrap_async(conn)
+            return await _run_insert_async(driver, self.queries.insert_jobs, params)
+        pool = await self._open_async_pool()
+        try:
+            async with pool.connection(timeout=self.settings.connect_timeout) as own:
+                return await _run_insert_async(own, self.queries.insert_jobs, params)
+        except psycopg_pool.PoolTimeout as exc:
+            raise DatabaseError(_pool_timeout_message(self.settings)) from exc
+
+    def retry(self, job_id: int, *, conn: Any = None) -> bool:
+        """Put a finished, discarded or waiting job back to run now; ``False`` if it does not exist.
+
+        Raises:
+            ValueError: the job is running; wait for it to finish.
+        """
+        if conn is not None:
+            return _run_retry(_connection.unwrap_sync(conn), self.queries.retry_job, job_id)
+        with self._connection() as own:
+            return _run_retry(own, self.queries.retry_job, job_id)
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queues: Iterable[str] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Jobs, newest first, optionally only in some states and queues."""
+        params = {
+            "states": None if states is None else list(states),
+            "queues": None if queues is None else list(queues),
+            "limit": limit,
+        }
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(self.queries.list_jobs, params).fetchall()
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {state: jobs}}`` from the ``queue_counts`` view."""
+        counts: dict[str, dict[str, int]] = {}
+        with self._connection() as conn:
+            for queue, state, jobs in conn.execute(self.queries.queue_counts).fetchall():
+                counts.setdefault(queue, {})[state] = jobs
+        return counts
+
+    def close(self) -> None:
+        """Close pgjobs' own connection pool (the async one must be closed with ``aclose``)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    async def aclose(self) -> None:
+        if self._async_pool is not None:
+            await self._async_pool.close()
+            self._async_pool = None
+        self.close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._pool_lock:
+            if self._pool is None:
+                kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
+                self._pool = psycopg_pool.ConnectionPool(
+                    kwargs.pop("conninfo"),
+                    kwargs={**kwargs, "autocommit": True},
+                    min_size=0,
+                    max_size=4,
+                    open=True,
+                )
+        try:
+            with self._pool.connection(timeout=self.settings.connect_timeout) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as exc:
+            raise DatabaseError(_pool_timeout_message(self.settings)) from exc
+
+    async def _open_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        if self._async_pool is None:
+            kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
+            pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+                kwargs.pop("conninfo"),
+                kwargs={**kwargs, "autocommit": True},
+                min_size=0,
+                max_size=4,
+                open=False,
+            )
+            await pool.open()
+            self._async_pool = pool
+        return self._async_pool
+
+
+def _pool_timeout_message(settings: Settings) -> str:
+    return (
+        f"could not get a database connection within {settings.connect_timeout:g} s; "
+        "is the database at PGJOBS_DATABASE_URL up and reachable?"
+    )
+
+
+def _insert_params(calls: Iterable[JobCall]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        "queues": [],
+        "names": [],
+        "args": [],
+        "kwargs": [],
+        "priorities": [],
+        "max_attempts": [],
+        "ats": [],
+        "delays": [],
+    }
+    for call in calls:
+        job, options = call.job, call.options
+        columns["queues"].append(options.queue or job.queue)
+        columns["names"].append(job.name)
+        columns["args"].append(call.args_json)
+        columns["kwargs"].append(call.kwargs_json)
+        columns["priorities"].append(job.priority if options.priority is None else options.priority)
+        columns["max_attempts"].append(options.max_attempts or job.max_attempts)
+        columns["ats"].append(options.at)
+        columns["delays"].append(options.delay or 0.0)
+    return columns
+
+
+def _run_insert(
+    conn: psycopg.Connection[Any], statement: str, params: Mapping[str, Any]
+) -> list[int]:
+    if not params["names"]:
+        return []
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        return [row[0] for row in cur.fetchall()]
+
+
+async def _run_insert_async(
+    conn: psycopg.AsyncConnection[Any], statement: str, params: Mapping[str, Any]
+) -> list[int]:
+    if not params["names"]:
+        return []
+    async with conn.cursor() as cur:
+        await cur.execute(statement, params)
+        return [row[0] for row in await cur.fetchall()]
+
+
+def _run_retry(conn: psycopg.Connection[Any], statement: str, job_id: int) -> bool:
+    with conn.cursor() as cur:
+        row = cur.execute(statement, {"id": job_id}).fetchone()
+    if row is None:
+        return False
+    previous_state, retried = row
+    if not retried:
+        raise ValueError(f"job {job_id} is {previous_state}; it can be retried once it ends")
+    return True

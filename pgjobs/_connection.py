@@ -1,0 +1,123 @@
+"""Opening pgjobs' own connections, and finding the psycopg connection behind a caller's object.
+
+Every connection pgjobs opens names itself in ``application_name`` (``pgjobs-worker:<id>:<role>``
+for workers), turns on TCP keepalives, and can skip prepared statements for transaction poolers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+
+from ._errors import ConfigError, DatabaseError
+from ._settings import Settings
+
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def connect_kwargs(settings: Settings, application_name: str) -> dict[str, Any]:
+    """Keyword arguments for ``psycopg.[Async]Connection.connect`` under ``settings``."""
+    if not settings.database_url:
+        raise DatabaseError(
+            "no database configured: set PGJOBS_DATABASE_URL (or DATABASE_URL), "
+            "or pass database_url=..."
+        )
+    conninfo = to_libpq_url(settings.database_url)
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"database_url: {settings.database_url!r} is not a PostgreSQL URL or DSN ({exc}); "
+            "expected e.g. postgresql://user@host:5432/dbname"
+        ) from None
+    return {
+        "conninfo": conninfo,
+        "application_name": application_name[:63],
+        "connect_timeout": max(1, round(settings.connect_timeout)),
+        "prepare_threshold": 5 if settings.prepared_statements else None,
+        **KEEPALIVES,
+    }
+
+
+def to_libpq_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs (``postgresql+psycopg://``) as well as libpq ones."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.startswith(("postgresql+", "postgres+")):
+        return f"postgresql://{rest}"
+    return url
+
+
+def connect(settings: Settings, application_name: str) -> psycopg.Connection[Any]:
+    """A new autocommit connection; connection failures become :class:`DatabaseError`."""
+    try:
+        return psycopg.Connection.connect(
+            autocommit=True, **connect_kwargs(settings, application_name)
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to the database: {exc}".strip()) from exc
+
+
+async def connect_async(settings: Settings, application_name: str) -> psycopg.AsyncConnection[Any]:
+    """The async twin of :func:`connect`."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            autocommit=True, **connect_kwargs(settings, application_name)
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to the database: {exc}".strip()) from exc
+
+
+def unwrap_sync(conn: Any) -> psycopg.Connection[Any]:
+    """The psycopg connection behind a psycopg or SQLAlchemy ``Connection``, or a ``Session``.
+
+    Work done on it joins the caller's current transaction (and savepoint).
+    """
+    if isinstance(conn, psycopg.Connection):
+        return conn
+    driver = _sqlalchemy_driver_connection(conn)
+    if isinstance(driver, psycopg.Connection):
+        return driver
+    raise TypeError(_unsupported(conn))
+
+
+async def unwrap_async(conn: Any) -> psycopg.AsyncConnection[Any]:
+    """The psycopg async connection behind a psycopg ``AsyncConnection`` or SQLAlchemy
+    ``AsyncSession``/``AsyncConnection``."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+    if isinstance(conn, AsyncSession):
+        conn = await conn.connection()
+    if isinstance(conn, AsyncConnection):
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        if isinstance(driver, psycopg.AsyncConnection):
+            return driver
+    raise TypeError(_unsupported(conn))
+
+
+def _sqlalchemy_driver_connection(conn: Any) -> Any:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    if isinstance(conn, Session):
+        conn = conn.connection()
+    if isinstance(conn, Connection):
+        return conn.connection.driver_connection
+    return None
+
+
+def _unsupported(conn: Any) -> str:
+    return (
+        f"cannot enqueue on a {type(conn).__module__}.{type(conn).__qualname__}: pass a psycopg 3 "
+        "connection or a SQLAlchemy Session/Connection using the psycopg driver "
+        "(postgresql+psycopg://); use enqueue_async for async connections and sessions"
+    )

@@ -1,0 +1,52 @@
+"""What a running job can know about itself: :func:`current_job`."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """The job being run, as seen from inside it.
+
+    ``stopping`` turns true when the worker starts a graceful shutdown: a long job can save its
+    progress and return (or raise) early; if it does not finish within the shutdown timeout it is
+    handed back to the queue and runs again later.
+    """
+
+    id: int
+    name: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+    _stopping: threading.Event = field(repr=False, compare=False)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("pgjobs_current_job")
+
+
+def current_job() -> JobContext:
+    """The :class:`JobContext` of the job running in this thread or task.
+
+    Raises:
+        LookupError: called outside a job run by a pgjobs worker.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise LookupError("current_job() is only available inside a job run by a worker") from None
+
+
+def set_current_job(context: JobContext) -> contextvars.Token[JobContext]:
+    return _current.set(context)
+
+
+def reset_current_job(token: contextvars.Token[JobContext]) -> None:
+    _current.reset(token)

@@ -1,0 +1,35 @@
+"""The exceptions pgjobs raises. Every one derives from :class:`PgjobsError`."""
+
+from __future__ import annotations
+
+
+class PgjobsError(Exception):
+    """Root of every error pgjobs raises on purpose."""
+
+
+class ValidationError(PgjobsError, ValueError):
+    """A job's arguments or options cannot be stored; nothing was written.
+
+    ``path`` names the offending value, e.g. ``args[1]["items"][3]``.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class ConfigError(PgjobsError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+class UnknownJobError(PgjobsError, LookupError):
+    """A job name that no registered job answers to."""
+
+
+class SchemaError(PgjobsError):
+    """The pgjobs tables are missing or older than this version of pgjobs expects."""
+
+
+class DatabaseError(PgjobsError):
+    """The database could not be reached or refused a pgjobs operation."""

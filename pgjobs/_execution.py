@@ -1,0 +1,107 @@
+"""Running one claimed job to an :class:`~pgjobs._outcome.Outcome`.
+
+Sync functions run in the worker's thread pool, ``async def`` ones on its event loop. Whatever
+the job raises is caught here and turned into a retry or a discard; nothing escapes to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from ._app import App
+from ._context import JobContext, reset_current_job, set_current_job
+from ._errors import UnknownJobError
+from ._outcome import COMPLETED, Outcome, failure_outcome, sidekiq_backoff
+
+log = logging.getLogger("pgjobs.worker")
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A row returned by the claim statement."""
+
+    id: int
+    queue: str
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    attempt: int
+    max_attempts: int
+
+
+async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: Executor) -> Outcome:
+    """Run ``claimed`` and decide what becomes of it. Never raises (except cancellation)."""
+    try:
+        job = app.get(claimed.name)
+    except UnknownJobError as exc:
+        log.error("job %s: %s; it will be retried in case a newer worker knows it", claimed.id, exc)
+        return failure_outcome(
+            exc,
+            attempt=claimed.attempt,
+            max_attempts=claimed.max_attempts,
+            retry=sidekiq_backoff,
+            discard_on=(),
+        )
+    try:
+        if job.is_async:
+            await _run_async(job.func, claimed, context)
+        else:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(threads, _run_sync, job.func, claimed, context)
+    except Exception as exc:
+        outcome = failure_outcome(
+            exc,
+            attempt=claimed.attempt,
+            max_attempts=claimed.max_attempts,
+            retry=job.retry,
+            discard_on=job.discard_on,
+        )
+        log.warning(
+            "job %s %s attempt %s failed: %s: %s (%s)",
+            claimed.id,
+            claimed.name,
+            claimed.attempt,
+            type(exc).__name__,
+            exc,
+            outcome.state,
+        )
+        if outcome.state == "discarded" and job.on_exhausted is not None:
+            await _call_hook(job.on_exhausted, exc, context, threads)
+        return outcome
+    return COMPLETED
+
+
+async def _run_async(func: Any, claimed: ClaimedJob, context: JobContext) -> None:
+    token = set_current_job(context)
+    try:
+        await func(*claimed.args, **claimed.kwargs)
+    finally:
+        reset_current_job(token)
+
+
+def _run_sync(func: Any, claimed: ClaimedJob, context: JobContext) -> None:
+    token = set_current_job(context)
+    try:
+        func(*claimed.args, **claimed.kwargs)
+    finally:
+        reset_current_job(token)
+
+
+async def _call_hook(hook: Any, exc: BaseException, context: JobContext, threads: Executor) -> None:
+    """Run an ``on_exhausted`` hook like the job itself; its failure is logged, never raised."""
+    call = ClaimedJob(context.id, context.queue, context.name, [exc], {}, 0, 0, 0)
+    try:
+        if inspect.iscoroutinefunction(hook):
+            await _run_async(hook, call, context)
+        else:
+            await asyncio.get_running_loop().run_in_executor(
+                threads, _run_sync, hook, call, context
+            )
+    except Exception:
+        log.exception("job %s: on_exhausted hook failed", context.id)

@@ -1,0 +1,93 @@
+"""Creating and upgrading pgjobs' tables with Alembic, and checking them before work starts."""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from ._connection import connect, connect_kwargs
+from ._errors import SchemaError
+from ._settings import Settings
+from ._sql import queries_for
+
+
+def migrations_directory() -> Path:
+    """Where the revisions are: inside the installed wheel, or ``migrations/`` in a checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaError(f"pgjobs migrations not found beside {package}; reinstall pgjobs")
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest revision this version of pgjobs knows."""
+    head = ScriptDirectory.from_config(_config("pgjobs")).get_current_head()
+    assert head is not None
+    return head
+
+
+def migrate(settings: Settings) -> None:
+    """Upgrade the schema to the newest revision. Safe to run again, and from two processes."""
+    kwargs = connect_kwargs(settings, "pgjobs-migrate")
+    conninfo = kwargs.pop("conninfo")
+    engine = create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(conninfo, **kwargs),
+        poolclass=NullPool,
+    )
+    config = _config(settings.schema)
+    try:
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+def migration_sql(schema: str) -> str:
+    """The DDL of every revision, for a DBA to review and apply by hand."""
+    buffer = io.StringIO()
+    config = _config(schema, output=buffer)
+    command.upgrade(config, "head", sql=True)
+    return buffer.getvalue()
+
+
+def schema_revision(settings: Settings) -> str | None:
+    """The revision the database is at, or ``None`` when pgjobs' tables are not there."""
+    with connect(settings, "pgjobs-check") as conn:
+        try:
+            row = conn.execute(queries_for(settings.schema).schema_version).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+    return None if row is None else str(row[0])
+
+
+def check_schema(settings: Settings) -> None:
+    """Raise :class:`SchemaError`, naming ``pgjobs migrate``, unless the schema is current."""
+    current = schema_revision(settings)
+    if current is None:
+        raise SchemaError(
+            f"pgjobs tables not found in schema {settings.schema!r}; run `pgjobs migrate` first"
+        )
+    if current != head_revision():
+        raise SchemaError(
+            f"pgjobs schema {settings.schema!r} is at revision {current}, this pgjobs needs "
+            f"{head_revision()}; run `pgjobs migrate`"
+        )
+
+
+def _config(schema: str, output: io.StringIO | None = None) -> Config:
+    config = Config(output_buffer=output) if output is not None else Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    config.attributes["schema"] = schema
+    return config

@@ -1,0 +1,162 @@
+"""One settings object, read from layered sources.
+
+Lowest first: defaults < ``[tool.pgjobs]`` in ``pyproject.toml`` or ``pgjobs.toml`` < ``PGJOBS_*``
+environment variables < CLI flags < explicit arguments. This is the only module that reads the
+environment. Each setting has one spelling everywhere: ``poll_interval`` ↔
+``PGJOBS_POLL_INTERVAL`` ↔ ``--poll-interval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+"""What a queue may be called: no commas or colons, which the ``queues`` setting uses."""
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """Which queues a worker takes jobs from, and how it orders them.
+
+    ``weighted``: each claim shuffles the queues at random, a queue with weight 3 coming first
+    three times as often as one with weight 1 (Sidekiq's weighted mode). Otherwise strict: always
+    in the given order.
+    """
+
+    names: tuple[str, ...]
+    weights: tuple[int, ...]
+    weighted: bool
+
+    @classmethod
+    def parse(cls, text: str) -> QueueSpec:
+        """Parse ``"critical:3,default:1"`` (weighted) or ``"critical,default"`` (strict)."""
+        names: list[str] = []
+        weights: list[int] = []
+        for part in (p.strip() for p in text.split(",")):
+            name, _, weight = part.partition(":")
+            if not QUEUE_NAME.fullmatch(name):
+                raise ConfigError(f"queues: {part!r} is not a queue name (letters, digits, _.-)")
+            if name in names:
+                raise ConfigError(f"queues: {name!r} is listed twice")
+            if weight and not (weight.isdigit() and int(weight) > 0):
+                raise ConfigError(f"queues: weight of {name!r} must be a positive integer")
+            names.append(name)
+            weights.append(int(weight) if weight else 0)
+        if any(weights) and not all(weights):
+            raise ConfigError("queues: give every queue a weight (critical:3,default:1) or none")
+        return cls(tuple(names), tuple(w or 1 for w in weights), weighted=any(weights))
+
+    def __str__(self) -> str:
+        if self.weighted:
+            return ",".join(f"{n}:{w}" for n, w in zip(self.names, self.weights, strict=True))
+        return ",".join(self.names)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every pgjobs setting with its default. Build with :func:`load_settings`."""
+
+    database_url: str | None = None
+    app: str | None = None
+    schema: str = "pgjobs"
+    queues: str = "default"
+    concurrency: int = 10
+    poll_interval: float = 2.0
+    shutdown_timeout: float = 25.0
+    poll_only: bool = False
+    prepared_statements: bool = True
+    connect_timeout: float = 10.0
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not _IDENTIFIER.fullmatch(self.schema):
+            raise ConfigError(
+                f"schema: {self.schema!r} must be a lower-case SQL identifier such as 'pgjobs'"
+            )
+        QueueSpec.parse(self.queues)
+        if self.concurrency < 1:
+            raise ConfigError("concurrency: must be at least 1")
+        for name in ("poll_interval", "shutdown_timeout", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be a positive number of seconds")
+
+    @property
+    def queue_spec(self) -> QueueSpec:
+        return QueueSpec.parse(self.queues)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    directory: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge every source into one :class:`Settings`; ``overrides`` (flags, arguments) win.
+
+    ``None`` values in ``overrides`` mean "not given" and do not hide lower sources.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    values.update(_from_files(directory or Path.cwd()))
+    values.update(_from_environment(env))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+    return Settings(**{name: _coerce(name, value) for name, value in values.items()})
+
+
+def _from_files(directory: Path) -> dict[str, Any]:
+    for candidate in (directory / "pgjobs.toml", directory / "pyproject.toml"):
+        if not candidate.is_file():
+            continue
+        try:
+            data = tomllib.loads(candidate.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None
+        section = data if candidate.name == "pgjobs.toml" else data.get("tool", {}).get("pgjobs")
+        if section is not None:
+            return {k.replace("-", "_"): v for k, v in section.items()}
+    return {}
+
+
+def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if env.get("DATABASE_URL"):
+        values["database_url"] = env["DATABASE_URL"]
+    for name in _FIELDS:
+        raw = env.get(f"PGJOBS_{name.upper()}")
+        if raw:
+            values[name] = raw
+    return values
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "bool" and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                raise ValueError(value)
+            return lowered in {"1", "true", "yes", "on"}
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None
+    return value

@@ -1,0 +1,78 @@
+"""Turn job arguments into JSON text, refusing anything PostgreSQL's jsonb would reject or alter.
+
+Checks run in Python before any SQL, so a bad argument never aborts the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._errors import ValidationError
+
+MAX_DEPTH = 64
+"""Deepest nesting of lists and dicts accepted in job arguments."""
+
+MAX_PAYLOAD_BYTES = 1024 * 1024
+"""Largest accepted size of a job's encoded arguments (args and kwargs together), in bytes."""
+
+
+def encode_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
+    """Validate ``args``/``kwargs`` and return them as JSON texts for the ``jsonb`` columns."""
+    _check(list(args), "args", 0)
+    _check(dict(kwargs), "kwargs", 0)
+    args_json = json.dumps(list(args), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    kwargs_json = json.dumps(kwargs, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    size = len(args_json.encode()) + len(kwargs_json.encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValidationError(
+            "args",
+            f"encoded arguments are {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit; "
+            "store large data in your own table and pass its id",
+        )
+    return args_json, kwargs_json
+
+
+def _check(value: Any, path: str, depth: int) -> None:
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(path, f"{value!r} is not valid JSON; pass a finite number")
+        return
+    if isinstance(value, str):
+        _check_text(value, path)
+        return
+    if depth >= MAX_DEPTH:
+        raise ValidationError(path, f"nested deeper than {MAX_DEPTH} levels")
+    if type(value) is list:
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]", depth + 1)
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(
+                    path, f"dict key {key!r} is a {type(key).__name__}; JSON keys must be str"
+                )
+            _check_text(key, f"{path} key {key!r}")
+            _check(item, f"{path}[{json.dumps(key, ensure_ascii=False)}]", depth + 1)
+        return
+    raise ValidationError(
+        path,
+        f"{type(value).__name__} is not JSON; pass only None, bool, int, float, str, list "
+        "and dict with str keys (convert tuples to lists, ids instead of objects)",
+    )
+
+
+def _check_text(text: str, path: str) -> None:
+    if "\x00" in text:
+        raise ValidationError(
+            path, "contains a NUL character (\\x00), which PostgreSQL cannot store"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(path, "contains a lone surrogate; it is not valid Unicode") from None

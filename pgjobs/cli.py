@@ -1,0 +1,304 @@
+"""The ``pgjobs`` command: a thin shell over the library.
+
+Bad input (a malformed flag, unknown job, bad JSON, missing migration) exits 2 with a one-line
+message; a database that cannot be reached exits 1. Never a traceback for either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ._app import App
+from ._embedded import embedded_database_url
+from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
+from ._migrate import check_schema, head_revision, migrate, migration_sql, schema_revision
+from ._worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATES = ("scheduled", "available", "running", "retryable", "completed", "discarded", "cancelled")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="pgjobs")
+
+
+@click.group()
+@click.option(
+    "--database-url", envvar=None, help="PostgreSQL URL [PGJOBS_DATABASE_URL, DATABASE_URL]"
+)
+@click.option("--schema", help="Schema of pgjobs' tables [PGJOBS_SCHEMA; default pgjobs]")
+@click.option(
+    "--app", "app_path", metavar="MODULE:ATTR", help="Where the pgjobs.App is [PGJOBS_APP]"
+)
+@click.option("--log-level", help="DEBUG, INFO, WARNING… [PGJOBS_LOG_LEVEL; default INFO]")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    database_url: str | None,
+    schema: str | None,
+    app_path: str | None,
+    log_level: str | None,
+) -> None:
+    """Background jobs on PostgreSQL."""
+    ctx.obj = {
+        "database_url": database_url,
+        "schema": schema,
+        "app": app_path,
+        "log_level": log_level,
+    }
+
+
+def _handles_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DatabaseError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except (PgjobsError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load_app(flags: dict[str, Any], *, require_app: bool = False) -> App:
+    """The user's App (or a bare one), configured with the CLI's flags and a database."""
+    flags = {k: v for k, v in flags.items() if v is not None}
+    path = flags.get("app") or App(**{k: v for k, v in flags.items()}).settings.app
+    if path:
+        app = _import_app(path)
+    elif require_app:
+        raise ConfigError("this command needs --app MODULE:ATTR (or PGJOBS_APP) to know the jobs")
+    else:
+        app = App()
+    app.configure(**flags)
+    logging.basicConfig(
+        level=app.settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if app.settings.database_url is None:
+        app.configure(**flags, database_url=embedded_database_url())
+    return app
+
+
+def _import_app(path: str) -> App:
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"--app {path!r}: expected MODULE:ATTRIBUTE, e.g. myproject.jobs:app")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--app {path!r}: cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"--app {path!r}: {attribute!r} in {module_name} is not a pgjobs.App")
+    return app
+
+
+@cli.command()
+@click.option("--queues", help="critical,default (strict) or critical:3,default:1 (weighted)")
+@click.option("--concurrency", type=int, help="Jobs run at once [default 10]")
+@click.option("--poll-interval", type=float, help="Seconds between polls [default 2]")
+@click.option(
+    "--shutdown-timeout", type=float, help="Seconds running jobs get on stop [default 25]"
+)
+@click.option("--poll-only", is_flag=True, default=None, help="No LISTEN (for transaction poolers)")
+@click.option(
+    "--prepared-statements/--no-prepared-statements",
+    default=None,
+    help="Turn off behind PgBouncer in transaction mode",
+)
+@click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty")
+@click.pass_obj
+@_handles_errors
+def worker(obj: dict[str, Any], /, burst: bool, **flags: Any) -> None:
+    """Run jobs until stopped (SIGTERM/SIGINT: finish or hand back running jobs, then exit)."""
+    app = _load_app({**obj, **flags}, require_app=True)
+    runner = Worker(app, burst=burst)
+    asyncio.run(runner.run())
+    if runner.unfinished_threads:
+        logging.shutdown()
+        os._exit(0)  # job threads handed back to the queue must not hold the process
+
+
+@cli.command("migrate")
+@click.option("--sql", "as_sql", is_flag=True, help="Print the DDL instead of applying it")
+@click.option("--check", is_flag=True, help="Exit 1 unless the schema is up to date")
+@click.pass_obj
+@_handles_errors
+def migrate_command(obj: dict[str, Any], as_sql: bool, check: bool) -> None:
+    """Create or upgrade pgjobs' tables (safe to run twice, and concurrently)."""
+    if as_sql:
+        schema = App(**{k: v for k, v in obj.items() if v is not None}).settings.schema
+        click.echo(migration_sql(schema))
+        return
+    app = _load_app(obj)
+    if check:
+        try:
+            check_schema(app.settings)
+        except SchemaError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(1)
+        click.echo(f"schema {app.settings.schema!r} is up to date ({head_revision()})")
+        return
+    before = schema_revision(app.settings)
+    migrate(app.settings)
+    click.echo(f"schema {app.settings.schema!r}: {before or 'empty'} -> {head_revision()}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--args", "args_json", default="[]", help="JSON array of positional arguments")
+@click.option("--kwargs", "kwargs_json", default="{}", help="JSON object of keyword arguments")
+@click.option("--queue", help="Queue (default: the job's)")
+@click.option("--priority", type=int, help="Lower runs first (default: the job's)")
+@click.option("--max-attempts", type=int, help="Attempts before discard (default: the job's)")
+@click.option("--at", help="Run at this ISO 8601 time with an offset, e.g. 2026-01-01T09:00+00:00")
+@click.option("--in", "delay", help="Run after a delay: seconds, or 30s, 5m, 2h, 1d")
+@click.pass_obj
+@_handles_errors
+def enqueue(
+    obj: dict[str, Any],
+    name: str,
+    args_json: str,
+    kwargs_json: str,
+    queue: str | None,
+    priority: int | None,
+    max_attempts: int | None,
+    at: str | None,
+    delay: str | None,
+) -> None:
+    """Enqueue a run of job NAME; prints the new job's id."""
+    args = _parse_json(args_json, "--args", list)
+    kwargs = _parse_json(kwargs_json, "--kwargs", dict)
+    when = _parse_time(at) if at else None
+    app = _load_app(obj, require_app=True)
+    job = app.get(name).options(
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        at=when,
+        delay=_parse_delay(delay) if delay else None,
+    )
+    click.echo(job.enqueue(*args, **kwargs))
+
+
+@cli.command()
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES), help="Repeatable")
+@click.option("--queue", "queues", multiple=True, help="Repeatable")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
+@click.pass_obj
+@_handles_errors
+def jobs(
+    obj: dict[str, Any],
+    states: tuple[str, ...],
+    queues: tuple[str, ...],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    app = _load_app(obj)
+    rows = app.list_jobs(states=states or None, queues=queues or None, limit=limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, default=str))
+        return
+    table = [
+        [
+            str(r["id"]),
+            r["queue"],
+            r["name"],
+            r["state"],
+            f"{r['attempt']}/{r['max_attempts']}",
+            f"{r['scheduled_at']:%Y-%m-%d %H:%M:%S%z}",
+            (r["errors"][-1]["message"] if r["errors"] else "")[:60],
+        ]
+        for r in rows
+    ]
+    _print_table(["id", "queue", "name", "state", "attempt", "scheduled_at", "last error"], table)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.pass_obj
+@_handles_errors
+def retry(obj: dict[str, Any], job_id: int) -> None:
+    """Put job JOB_ID back to run now (a discarded job gets one more attempt)."""
+    app = _load_app(obj)
+    if not app.retry(job_id):
+        raise click.UsageError(f"no job {job_id}")
+    click.echo(f"job {job_id} will run again")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
+@click.pass_obj
+@_handles_errors
+def stats(obj: dict[str, Any], as_json: bool) -> None:
+    """Jobs by queue and state."""
+    app = _load_app(obj)
+    counts = app.queue_counts()
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    _print_table(
+        ["queue", *STATES],
+        [[queue, *(str(by_state.get(s, 0)) for s in STATES)] for queue, by_state in counts.items()],
+    )
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+    for line in (header, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def _parse_json(text: str, option: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option}: not valid JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise ConfigError(f"{option}: expected a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--at {text!r}: not an ISO 8601 time") from None
+    if when.utcoffset() is None:
+        raise ConfigError(f"--at {text!r}: add a UTC offset, e.g. {text}+00:00")
+    return when
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_delay(text: str) -> float:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ConfigError(f"--in {text!r}: expected seconds or 30s, 5m, 2h, 1d") from None
+    if seconds < 0:
+        raise ConfigError(f"--in {text!r}: must not be negative")
+    return seconds

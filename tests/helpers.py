@@ -1,0 +1,114 @@
+"""Test helpers: waiting on conditions, and running the real ``pgjobs worker``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+PGJOBS = str(Path(sys.executable).parent / "pgjobs")
+
+T = TypeVar("T")
+
+LEDGER_DDL = """
+CREATE TABLE ledger (
+    job_id   bigint NOT NULL,
+    attempt  integer NOT NULL,
+    pid      integer NOT NULL,
+    label    text NOT NULL,
+    event    text NOT NULL,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+
+def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Call ``check`` until it returns a truthy value without raising AssertionError; return it.
+
+    Fails with the last assertion (or a timeout message) after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            problem: Exception = AssertionError(f"{check} stayed falsy for {timeout} s")
+        except AssertionError as exc:
+            problem = exc
+        if time.monotonic() > deadline:
+            raise problem
+        time.sleep(interval)
+
+
+@dataclass
+class WorkerProcess:
+    """A ``pgjobs`` CLI subprocess whose log goes to a file."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(
+        cls, args: list[str], *, database_url: str, log: Path, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        environment = {**os.environ, "PGJOBS_DATABASE_URL": database_url, **(env or {})}
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [PGJOBS, *args], cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT
+            )
+        return cls(process, log)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        def seen() -> bool:
+            assert self.process.poll() is None or text in self.output(), (
+                f"worker exited {self.process.returncode}:\n{self.output()}"
+            )
+            return text in self.output()
+
+        eventually(seen, timeout)
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_cli(
+    database_url: str | None, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pgjobs ARGS`` to completion against ``database_url``."""
+    environment = {**os.environ, **(env or {})}
+    environment.pop("DATABASE_URL", None)
+    if database_url is not None:
+        environment["PGJOBS_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [PGJOBS, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+
+
+def run_burst(app: object) -> None:
+    """Run an in-process worker until the queues are empty."""
+    import asyncio
+
+    import pgjobs
+
+    assert isinstance(app, pgjobs.App)
+    asyncio.run(pgjobs.Worker(app, burst=True).run())

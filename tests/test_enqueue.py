@@ -1,0 +1,177 @@
+"""Transactional enqueue: a job exists if and only if the caller's transaction commits."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
+
+import pgjobs
+from tests import jobs_app
+from tests.helpers import run_burst
+
+
+def ledger_labels(db: psycopg.Connection[Any]) -> list[str]:
+    return [row[0] for row in db.execute("SELECT label FROM ledger ORDER BY at").fetchall()]
+
+
+def job_count(db: psycopg.Connection[Any]) -> int:
+    return db.execute("SELECT count(*) FROM pgjobs.jobs").fetchone()[0]  # type: ignore[index]
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    return database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def test_committed_job_runs(app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]) -> None:
+    with psycopg.connect(database_url) as conn:
+        job_id = jobs_app.noop.enqueue("committed", conn=conn)
+    assert isinstance(job_id, int)
+    run_burst(app)
+    assert ledger_labels(db) == ["committed"]
+    assert db.execute("SELECT state FROM pgjobs.jobs WHERE id = %s", (job_id,)).fetchone() == (
+        "completed",
+    )
+
+
+def test_thousand_rolled_back_enqueues_never_run(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        for i in range(1000):
+            jobs_app.noop.enqueue(f"rolled-back-{i}", conn=conn)
+        conn.rollback()
+    assert job_count(db) == 0
+    jobs_app.noop.enqueue("sentinel")
+    run_burst(app)
+    assert ledger_labels(db) == ["sentinel"]
+
+
+def test_savepoint_rollback_removes_only_its_jobs(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        jobs_app.noop.enqueue("outer", conn=conn)
+        with pytest.raises(ZeroDivisionError), conn.transaction():
+            jobs_app.noop.enqueue("inner", conn=conn)
+            raise ZeroDivisionError
+        jobs_app.noop.enqueue("after", conn=conn)
+    run_burst(app)
+    assert sorted(ledger_labels(db)) == ["after", "outer"]
+
+
+def test_autocommit_connection_commits_at_once(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        job_id = jobs_app.noop.enqueue("autocommit", conn=conn)
+        assert db.execute("SELECT name FROM pgjobs.jobs WHERE id = %s", (job_id,)).fetchone() == (
+            "noop",
+        )
+
+
+def test_sqlalchemy_session_commit_and_rollback(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    engine = create_engine(sqlalchemy_url(database_url))
+    try:
+        with Session(engine) as session, session.begin():
+            session.execute(text("SELECT 1"))
+            jobs_app.noop.enqueue("session-committed", conn=session)
+        with Session(engine) as session:
+            jobs_app.noop.enqueue("session-rolled-back", conn=session)
+            session.rollback()
+        with engine.begin() as connection:
+            jobs_app.noop.enqueue("connection-committed", conn=connection)
+        with Session(engine) as session, session.begin():
+            nested = session.begin_nested()
+            jobs_app.noop.enqueue("nested-rolled-back", conn=session)
+            nested.rollback()
+            jobs_app.noop.enqueue("nested-kept", conn=session)
+    finally:
+        engine.dispose()
+    run_burst(app)
+    assert sorted(ledger_labels(db)) == ["connection-committed", "nested-kept", "session-committed"]
+
+
+def test_sqlalchemy_async_session_and_connection(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    async def scenario() -> None:
+        engine = create_async_engine(sqlalchemy_url(database_url))
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                await jobs_app.noop.enqueue_async("async-session", conn=session)
+            async with AsyncSession(engine) as session:
+                await jobs_app.noop.enqueue_async("async-rolled-back", conn=session)
+                await session.rollback()
+            async with engine.begin() as connection:
+                await jobs_app.noop.enqueue_async("async-connection", conn=connection)
+            async with await psycopg.AsyncConnection.connect(database_url) as conn:
+                await jobs_app.noop.enqueue_async("async-psycopg", conn=conn)
+            await jobs_app.noop.enqueue_async("async-own-pool")
+        finally:
+            await engine.dispose()
+            await app.aclose()
+
+    asyncio.run(scenario())
+    run_burst(app)
+    assert sorted(ledger_labels(db)) == [
+        "async-connection", "async-own-pool", "async-psycopg", "async-session",
+    ]
+
+
+def test_enqueue_many_is_one_transactional_statement(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    calls = [jobs_app.noop.call(f"bulk-{i}") for i in range(500)]
+    with psycopg.connect(database_url) as conn:
+        ids = app.enqueue_many(calls, conn=conn)
+        conn.rollback()
+    assert len(ids) == 500 and job_count(db) == 0
+    ids = app.enqueue_many(calls + [jobs_app.async_noop.options(queue="other").call("x")])
+    assert ids == sorted(ids)
+    rows = db.execute("SELECT id, queue, args FROM pgjobs.jobs ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == ids
+    assert rows[0][2] == ["bulk-0"] and rows[-1][1:] == ("other", ["x"])
+
+
+def test_options_delay_at_and_defaults(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    at_id = jobs_app.noop.enqueue_at(later, "at")
+    in_id = jobs_app.noop.enqueue_in(timedelta(minutes=5), "in")
+    opt_id = jobs_app.noop.options(queue="critical", priority=-5, max_attempts=3).enqueue("o")
+    rows = {
+        r[0]: r[1:]
+        for r in db.execute(
+            "SELECT id, state, queue, priority, max_attempts, "
+            "round(extract(epoch FROM scheduled_at - now())) FROM pgjobs.jobs"
+        ).fetchall()
+    }
+    assert rows[at_id][:4] == ("scheduled", "default", 0, 25)
+    assert abs(float(rows[at_id][4]) - 3600) <= 2
+    assert rows[in_id][0] == "scheduled" and abs(float(rows[in_id][4]) - 300) <= 2
+    assert rows[opt_id][:4] == ("available", "critical", -5, 3)
+
+
+def test_naive_datetime_and_bad_options_are_refused(app: pgjobs.App) -> None:
+    with pytest.raises(pgjobs.ValidationError, match="naive"):
+        jobs_app.noop.enqueue_at(datetime.now(), "naive")  # noqa: DTZ005
+    with pytest.raises(pgjobs.ValidationError, match="queue"):
+        jobs_app.noop.options(queue="no spaces")
+    with pytest.raises(pgjobs.ValidationError, match="priority"):
+        jobs_app.noop.options(priority=10**6)
+
+
+def test_arguments_must_fit_the_signature(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
+    with pytest.raises(TypeError, match="noop"):
+        jobs_app.noop.enqueue("a", "b", "c")
+    assert job_count(db) == 0

@@ -117,7 +117,9 @@ def worker_process(database_url: str, tmp_path: Path) -> Iterator[Callable[..., 
     def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
         process = WorkerProcess.start(
             ["--app", "tests.jobs_app:app", "worker", *args],
-            database_url=database_url, log=tmp_path / f"worker-{len(started)}.log", env=env,
+            database_url=database_url,
+            log=tmp_path / f"worker-{len(started)}.log",
+            env=env,
         )
         started.append(process)
         return process

@@ -99,7 +99,12 @@ def run_cli(
     if database_url is not None:
         environment["PGJOBS_DATABASE_URL"] = database_url
     return subprocess.run(
-        [PGJOBS, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120,
+        [PGJOBS, *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
 

@@ -116,3 +116,8 @@ def until_stopping() -> None:
     while not pgjobs.current_job().stopping:
         time.sleep(0.01)
     record("until_stopping", "saw-stopping")
+
+
+@app.job(name="anything")
+def anything(*args: Any, **kwargs: Any) -> None:
+    record("anything")

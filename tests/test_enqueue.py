@@ -29,7 +29,9 @@ def sqlalchemy_url(database_url: str) -> str:
     return database_url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
-def test_committed_job_runs(app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]) -> None:
+def test_committed_job_runs(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
     with psycopg.connect(database_url) as conn:
         job_id = jobs_app.noop.enqueue("committed", conn=conn)
     assert isinstance(job_id, int)
@@ -125,7 +127,10 @@ def test_sqlalchemy_async_session_and_connection(
     asyncio.run(scenario())
     run_burst(app)
     assert sorted(ledger_labels(db)) == [
-        "async-connection", "async-own-pool", "async-psycopg", "async-session",
+        "async-connection",
+        "async-own-pool",
+        "async-psycopg",
+        "async-session",
     ]
 
 

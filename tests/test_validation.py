@@ -1,0 +1,81 @@
+"""Arguments are checked before any SQL: a bad one raises, names its path, and writes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+import pgjobs
+from tests import jobs_app
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+BAD_ARGUMENTS = [
+    pytest.param((float("nan"),), {}, "args[0]", id="nan"),
+    pytest.param(({"x": float("inf")},), {}, 'args[0]["x"]', id="infinity"),
+    pytest.param((1, {"items": [0, 1, 2, float("-inf")]}), {}, 'args[1]["items"][3]', id="-inf"),
+    pytest.param(("a\x00b",), {}, "args[0]", id="nul-in-string"),
+    pytest.param(({"k\x00": 1},), {}, "args[0] key", id="nul-in-key"),
+    pytest.param(("\ud800",), {}, "args[0]", id="lone-surrogate"),
+    pytest.param(({1: "a"},), {}, "args[0]", id="int-key"),
+    pytest.param(((1, 2),), {}, "args[0]", id="tuple"),
+    pytest.param(({1, 2},), {}, "args[0]", id="set"),
+    pytest.param((b"bytes",), {}, "args[0]", id="bytes"),
+    pytest.param((object(),), {}, "args[0]", id="object"),
+    pytest.param((nested(pgjobs.MAX_DEPTH + 1),), {}, "args[0]", id="too-deep"),
+    pytest.param(("x" * (pgjobs.MAX_PAYLOAD_BYTES + 1),), {}, "args", id="too-large"),
+    pytest.param((), {"label": {"deep": [b"x"]}}, 'kwargs["label"]["deep"][0]', id="kwargs-path"),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "path"), BAD_ARGUMENTS)
+def test_bad_argument_is_refused_before_sql(
+    app: pgjobs.App,
+    database_url: str,
+    db: psycopg.Connection[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    path: str,
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TEMP TABLE marker (n int)")
+        with pytest.raises(pgjobs.ValidationError) as raised:
+            jobs_app.anything.enqueue(*args, conn=conn, **kwargs)
+        assert isinstance(raised.value, ValueError)
+        assert str(raised.value).startswith(path), str(raised.value)
+        # the caller's transaction is still usable and commits normally
+        conn.execute("INSERT INTO marker VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM marker").fetchone() == (1,)
+        conn.commit()
+    assert db.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (0,)
+
+
+def test_bulk_enqueue_with_one_bad_call_writes_nothing(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    good = [jobs_app.noop.call(str(i)) for i in range(10)]
+    with pytest.raises(pgjobs.ValidationError):
+        app.enqueue_many([*good, jobs_app.anything.call(float("nan"))])
+    assert db.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (0,)
+
+
+def test_edge_values_that_are_valid_round_trip(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    value = {"big": 10**30, "unicode": "żółw 🐢", "nested": nested(pgjobs.MAX_DEPTH - 2), "n": None}
+    job_id = jobs_app.anything.enqueue(value)
+    stored = db.execute("SELECT args FROM pgjobs.jobs WHERE id = %s", (job_id,)).fetchone()
+    assert stored == ([value],)
+
+
+def test_unregistered_name_is_refused(app: pgjobs.App) -> None:
+    with pytest.raises(pgjobs.UnknownJobError, match="no job named 'missing'"):
+        app.get("missing")

@@ -1,0 +1,158 @@
+"""The real ``pgjobs worker`` process: exactly-once claims, wake-up, schedules and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+import pgjobs
+from pgjobs._acker import Acker
+from pgjobs._link import Link
+from pgjobs._outcome import COMPLETED
+from tests import jobs_app
+from tests.helpers import WorkerProcess, eventually
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+def count(db: psycopg.Connection[Any], query: str, *params: Any) -> int:
+    row = db.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_two_workers_run_each_of_10000_jobs_exactly_once(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    ids = app.enqueue_many(jobs_app.noop.call(str(i)) for i in range(10_000))
+    workers = [worker_process("--burst", "--concurrency", "8") for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=240) == 0, worker.output()
+    runs = db.execute(
+        "SELECT count(*), count(DISTINCT job_id), count(DISTINCT pid) FROM ledger"
+    ).fetchone()
+    assert runs == (10_000, 10_000, 2)
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == len(ids)
+    span = db.execute("SELECT extract(epoch FROM max(at) - min(at)) FROM ledger").fetchone()
+    print(f"two workers: 10,000 jobs in {float(span[0]):.2f} s")  # type: ignore[index]
+
+
+def test_idle_worker_wakes_within_200ms_of_commit(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    worker = worker_process("--poll-interval", "5")
+    worker.wait_for_log("listening on")
+    latencies = []
+    for i in range(5):
+        with psycopg.connect(database_url) as conn:
+            job_id = jobs_app.noop.enqueue(f"wake-{i}", conn=conn)
+            # taken just before COMMIT, so the measured latency can only be longer than the truth
+            committed = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        started = eventually(
+            lambda: db.execute("SELECT at FROM ledger WHERE job_id = %s", (job_id,)).fetchone()
+        )[0]
+        latencies.append((started - committed).total_seconds())
+    print("wake-up latencies (s):", ", ".join(f"{x:.4f}" for x in latencies))
+    assert max(latencies) <= 0.2, latencies
+
+
+def test_scheduled_jobs_start_on_time_never_early(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    worker = worker_process("--poll-interval", "5", "--concurrency", "20")
+    worker.wait_for_log("listening on")
+    app.enqueue_many(
+        jobs_app.noop.options(delay=timedelta(seconds=2)).call(f"s{i}") for i in range(100)
+    )
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger") == 100, timeout=10)
+    early, late = db.execute(
+        "SELECT count(*) FILTER (WHERE l.at < j.scheduled_at),"
+        "       max(extract(epoch FROM l.at - j.scheduled_at))"
+        "  FROM ledger l JOIN pgjobs.jobs j ON j.id = l.job_id"
+    ).fetchone()  # type: ignore[misc]
+    print(f"scheduled: latest start {float(late):.3f} s after its time")
+    assert early == 0
+    assert float(late) <= 1.0
+
+
+def test_sigterm_lets_running_jobs_finish_and_exits_0(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    worker = worker_process("--concurrency", "4")
+    worker.wait_for_log("listening on")
+    jobs_app.sleepy.enqueue(1.0)
+    jobs_app.async_sleepy.enqueue(1.0)
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger") == 2)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0, worker.output()
+    assert count(db, "SELECT count(*) FROM ledger WHERE event = 'end'") == 2
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == 2
+
+
+def test_jobs_over_the_shutdown_timeout_are_handed_back(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    worker = worker_process("--concurrency", "4", "--shutdown-timeout", "1")
+    worker.wait_for_log("listening on")
+    sync_id = jobs_app.sleepy.enqueue(60.0)
+    async_id = jobs_app.async_sleepy.enqueue(60.0)
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger") == 2)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0, worker.output()
+    rows = db.execute(
+        "SELECT id, state, attempt, worker_id FROM pgjobs.jobs ORDER BY id"
+    ).fetchall()
+    assert rows == [(sync_id, "available", 0, None), (async_id, "available", 0, None)]
+
+
+def test_job_sees_stopping_and_second_signal_exits_at_once(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    worker = worker_process("--shutdown-timeout", "60")
+    worker.wait_for_log("listening on")
+    jobs_app.until_stopping.enqueue()
+    stuck_id = jobs_app.sleepy.enqueue(60.0)
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger") == 2)
+    worker.signal(signal.SIGTERM)
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE event = 'saw-stopping'") == 1)
+    worker.signal(signal.SIGINT)
+    assert worker.wait(timeout=5) == 0, worker.output()
+    assert db.execute(
+        "SELECT state, worker_id FROM pgjobs.jobs WHERE id = %s", (stuck_id,)
+    ).fetchone() == ("available", None)
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running'") == 0
+
+
+def test_late_acknowledgement_changes_nothing(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.noop.enqueue("x")
+    zombie, rescuer = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
+
+    def claim(worker_id: str) -> None:
+        db.execute(
+            app.queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
+        )
+
+    claim(zombie)
+    db.execute("UPDATE pgjobs.jobs SET state = 'available', worker_id = NULL")  # rescued
+    claim(rescuer)
+
+    async def late_ack() -> int:
+        link = Link(app.settings, "test-ack")
+        acker = Acker(link, app.queries, zombie, on_retry=lambda delay: None)
+        acker.start()
+        acker.add(job_id, 1, COMPLETED)
+        await acker.stop()
+        await link.close()
+        return acker.stale_acks
+
+    assert asyncio.run(late_ack()) == 1
+    assert db.execute(
+        "SELECT state, attempt, worker_id::text FROM pgjobs.jobs WHERE id = %s", (job_id,)
+    ).fetchone() == ("running", 2, rescuer)

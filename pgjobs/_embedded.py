@@ -7,6 +7,7 @@ Production always names its database; this exists so a newcomer can run a worker
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,16 @@ def embedded_database_url() -> str:
     """Start (or reuse) the embedded server and return its URL; it stops when this process ends."""
     global _server
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            import pgserver
     except ImportError:
         raise ConfigError(
             "no database configured: set PGJOBS_DATABASE_URL (or DATABASE_URL), or install "
             "the embedded server with `pip install 'pgjobs[embedded]'`"
         ) from None
     if _server is None:
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
         DATA_DIRECTORY.mkdir(exist_ok=True)
         start = pgserver.get_server  # type: ignore[attr-defined]
         _server = start(DATA_DIRECTORY.resolve(), cleanup_mode="stop")

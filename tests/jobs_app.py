@@ -20,10 +20,12 @@ _ledger_connections: list[psycopg.Connection[Any]] = []
 
 
 def _ledger() -> psycopg.Connection[Any]:
+    """This thread's connection to the ledger, in the database the app is configured for."""
+    url = str(app.settings.database_url)
     conn = getattr(_local, "conn", None)
-    if conn is None or conn.closed or conn.info.dbname != app.settings.database_url.rsplit("/")[-1]:
-        url = str(app.settings.database_url)
+    if conn is None or conn.closed or _local.url != url:
         conn = _local.conn = psycopg.connect(url, autocommit=True)
+        _local.url = url
         _ledger_connections.append(conn)
     return conn
 

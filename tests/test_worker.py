@@ -36,7 +36,7 @@ def test_two_workers_run_each_of_10000_jobs_exactly_once(
     runs = db.execute(
         "SELECT count(*), count(DISTINCT job_id), count(DISTINCT pid) FROM ledger"
     ).fetchone()
-    assert runs == (10_000, 10_000, 2)
+    assert runs == (10_000, 10_000, 2), workers[0].output()[-3000:]
     assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == len(ids)
     span = db.execute("SELECT extract(epoch FROM max(at) - min(at)) FROM ledger").fetchone()
     print(f"two workers: 10,000 jobs in {float(span[0]):.2f} s")  # type: ignore[index]

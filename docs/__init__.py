@@ -1,0 +1,1 @@
+"""Documentation and runnable examples (a package only so examples import by dotted path)."""

@@ -1,0 +1,121 @@
+"""docs/examples/welcome_email: the job exists only for the request whose transaction commits,
+and a real ``pgjobs worker`` process sends exactly one email for it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from flask.testing import FlaskClient
+
+from docs.examples.welcome_email import app as example
+from tests.helpers import ROOT, run_cli
+
+WORKER_APP = "docs.examples.welcome_email.app:jobs"
+
+
+@pytest.fixture
+def client(database_url: str) -> Iterator[FlaskClient]:
+    flask_app = example.create_app(database_url)
+    engine = flask_app.extensions["welcome_email.engine"]
+    example.create_tables(engine)
+    try:
+        yield flask_app.test_client()
+    finally:
+        engine.dispose()
+
+
+def rows(db: psycopg.Connection[Any], query: str) -> list[tuple[Any, ...]]:
+    return db.execute(query).fetchall()
+
+
+def test_only_the_committed_signup_gets_a_welcome_email(
+    client: FlaskClient, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    created = client.post("/users", json={"email": "ada@example.com"})
+    assert created.status_code == 201, created.get_json()
+    ada = created.get_json()
+    assert ada["email"] == "ada@example.com"
+
+    duplicate = client.post("/users", json={"email": "ada@example.com"})
+    assert duplicate.status_code == 409
+    assert "already registered" in duplicate.get_json()["error"]
+
+    failed = client.post("/users", json={"email": "bob@example.com", "fail": True})
+    assert failed.status_code == 500
+    assert "rolled back" in failed.get_json()["error"]
+
+    # 201 came back before any worker ran: the job waits in the queue, nothing is sent yet
+    assert rows(db, "SELECT id, email FROM users") == [(ada["id"], "ada@example.com")]
+    assert rows(db, "SELECT name, args, state FROM pgjobs.jobs") == [
+        ("welcome_email.send", [ada["id"]], "available")
+    ]
+    assert rows(db, "SELECT * FROM outbox") == []
+
+    worker = run_cli(database_url, "--app", WORKER_APP, "worker", "--burst")
+    assert worker.returncode == 0, worker.stderr
+
+    assert rows(db, "SELECT user_id, email FROM outbox") == [(ada["id"], "ada@example.com")]
+    assert rows(db, "SELECT args, state, attempt FROM pgjobs.jobs") == [
+        ([ada["id"]], "completed", 1)
+    ]
+    assert rows(db, "SELECT count(*) FROM users WHERE email = 'bob@example.com'") == [(0,)]
+
+
+def test_running_the_job_again_sends_no_second_email(
+    client: FlaskClient, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    user_id = client.post("/users", json={"email": "Grace@Example.com"}).get_json()["id"]
+    first = run_cli(database_url, "--app", WORKER_APP, "worker", "--burst")
+    assert first.returncode == 0, first.stderr
+    (job_id,) = db.execute("SELECT id FROM pgjobs.jobs").fetchone()  # type: ignore[misc]
+
+    # at-least-once delivery: a job may run twice; the outbox still gets one email
+    again = run_cli(database_url, "retry", str(job_id))
+    assert again.returncode == 0, again.stderr
+    second = run_cli(database_url, "--app", WORKER_APP, "worker", "--burst")
+    assert second.returncode == 0, second.stderr
+
+    assert rows(db, "SELECT state, attempt FROM pgjobs.jobs") == [("completed", 2)]
+    assert rows(db, "SELECT user_id, email FROM outbox") == [(user_id, "grace@example.com")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"email": 42}, {"email": "no-at-sign"}, ["ada@example.com"]],
+    ids=["no-email", "not-a-string", "not-an-address", "not-an-object"],
+)
+def test_bad_request_writes_nothing(
+    client: FlaskClient, db: psycopg.Connection[Any], body: Any
+) -> None:
+    response = client.post("/users", json=body)
+    assert response.status_code == 400
+    assert rows(db, "SELECT count(*) FROM users") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM pgjobs.jobs") == [(0,)]
+
+
+def test_flask_init_db_command_creates_the_tables(empty_database_url: str) -> None:
+    flask = str(Path(sys.executable).parent / "flask")
+    env = {**os.environ, "PGJOBS_DATABASE_URL": empty_database_url}
+    env.pop("DATABASE_URL", None)
+    init = subprocess.run(
+        [flask, "--app", "docs.examples.welcome_email.app", "init-db"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    with psycopg.connect(empty_database_url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    assert sorted(tables) == [("outbox",), ("users",)]

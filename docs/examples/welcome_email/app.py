@@ -79,7 +79,7 @@ def database_url_from_environment() -> str:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create ``users`` and ``outbox`` if they are missing (pgjobs' own tables: `pgjobs migrate`)."""
+    """Create ``users`` and ``outbox`` if missing (pgjobs' own tables come from `pgjobs migrate`)."""
     Base.metadata.create_all(engine)
 
 

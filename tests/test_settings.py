@@ -1,0 +1,79 @@
+"""Settings: layered sources and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgjobs import ConfigError, load_settings
+from pgjobs._settings import QueueSpec
+
+
+def test_layers_lowest_first(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.pgjobs]\nconcurrency = 3\nqueues = "a,b"\npoll-interval = 7\nschema = "from_file"\n'
+    )
+    env = {"PGJOBS_CONCURRENCY": "5", "DATABASE_URL": "postgresql://fallback/db"}
+    settings = load_settings(
+        {"schema": "from_flag", "queues": None}, directory=tmp_path, environ=env
+    )
+    assert settings.concurrency == 5  # env over file
+    assert settings.queues == "a,b"  # None override does not hide the file
+    assert settings.poll_interval == 7.0
+    assert settings.schema == "from_flag"  # flag over file
+    assert settings.database_url == "postgresql://fallback/db"
+    env["PGJOBS_DATABASE_URL"] = "postgresql://preferred/db"
+    assert (
+        load_settings(directory=tmp_path, environ=env).database_url == "postgresql://preferred/db"
+    )
+
+
+def test_pgjobs_toml_wins_over_pyproject(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.pgjobs]\nconcurrency = 3\n")
+    (tmp_path / "pgjobs.toml").write_text("concurrency = 4\npoll_only = true\n")
+    settings = load_settings(directory=tmp_path, environ={})
+    assert (settings.concurrency, settings.poll_only) == (4, True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"schema": "Bad-Schema"}, "schema"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": "many"}, "concurrency"),
+        ({"poll_interval": -1}, "poll_interval"),
+        ({"poll_only": "maybe"}, "poll_only"),
+        ({"queues": "a:3,b"}, "every queue a weight"),
+        ({"queues": "a,a"}, "twice"),
+        ({"queues": "a:zero"}, "positive integer"),
+        ({"queues": "bad queue"}, "not a queue name"),
+        ({"colour": "blue"}, "unknown setting"),
+    ],
+)
+def test_bad_settings_are_refused(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(overrides, directory=tmp_path, environ={})
+
+
+def test_bad_toml_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "pgjobs.toml").write_text("concurrency = \n")
+    with pytest.raises(ConfigError, match="pgjobs.toml"):
+        load_settings(directory=tmp_path, environ={})
+
+
+def test_queue_specs() -> None:
+    strict = QueueSpec.parse("critical, default")
+    assert (strict.names, strict.weighted, str(strict)) == (
+        ("critical", "default"),
+        False,
+        "critical,default",
+    )
+    weighted = QueueSpec.parse("critical:3,default:1")
+    assert (weighted.weights, weighted.weighted, str(weighted)) == (
+        (3, 1),
+        True,
+        "critical:3,default:1",
+    )

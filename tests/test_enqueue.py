@@ -142,7 +142,7 @@ def test_enqueue_many_is_one_transactional_statement(
         ids = app.enqueue_many(calls, conn=conn)
         conn.rollback()
     assert len(ids) == 500 and job_count(db) == 0
-    ids = app.enqueue_many(calls + [jobs_app.async_noop.options(queue="other").call("x")])
+    ids = app.enqueue_many([*calls, jobs_app.async_noop.options(queue="other").call("x")])
     assert ids == sorted(ids)
     rows = db.execute("SELECT id, queue, args FROM pgjobs.jobs ORDER BY id").fetchall()
     assert [r[0] for r in rows] == ids
@@ -169,7 +169,7 @@ def test_options_delay_at_and_defaults(app: pgjobs.App, db: psycopg.Connection[A
 
 def test_naive_datetime_and_bad_options_are_refused(app: pgjobs.App) -> None:
     with pytest.raises(pgjobs.ValidationError, match="naive"):
-        jobs_app.noop.enqueue_at(datetime.now(), "naive")  # noqa: DTZ005
+        jobs_app.noop.enqueue_at(datetime.now(), "naive")
     with pytest.raises(pgjobs.ValidationError, match="queue"):
         jobs_app.noop.options(queue="no spaces")
     with pytest.raises(pgjobs.ValidationError, match="priority"):

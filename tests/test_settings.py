@@ -60,7 +60,7 @@ def test_bad_settings_are_refused(
 
 def test_bad_toml_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "pgjobs.toml").write_text("concurrency = \n")
-    with pytest.raises(ConfigError, match="pgjobs.toml"):
+    with pytest.raises(ConfigError, match=r"pgjobs\.toml"):
         load_settings(directory=tmp_path, environ={})
 
 

@@ -54,7 +54,9 @@ def test_idle_worker_wakes_within_200ms_of_commit(
             # taken just before COMMIT, so the measured latency can only be longer than the truth
             committed = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
         started = eventually(
-            lambda: db.execute("SELECT at FROM ledger WHERE job_id = %s", (job_id,)).fetchone()
+            lambda job_id=job_id: db.execute(
+                "SELECT at FROM ledger WHERE job_id = %s", (job_id,)
+            ).fetchone()
         )[0]
         latencies.append((started - committed).total_seconds())
     print("wake-up latencies (s):", ", ".join(f"{x:.4f}" for x in latencies))

@@ -20,7 +20,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 from . import _connection
-from ._errors import ConfigError, DatabaseError, UnknownJobError, ValidationError
+from ._errors import ConfigError, DatabaseError, SchemaError, UnknownJobError, ValidationError
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._settings import QUEUE_NAME, Settings, load_settings
 from ._sql import Queries, queries_for
@@ -304,22 +304,21 @@ class App:
         """
         params = _insert_params(calls)
         if conn is not None:
-            return _run_insert(_connection.unwrap_sync(conn), self.queries.insert_jobs, params)
+            with self._translated_errors():
+                return _run_insert(_connection.unwrap_sync(conn), self.queries.insert_jobs, params)
         with self._connection() as own:
             return _run_insert(own, self.queries.insert_jobs, params)
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[int]:
         """:meth:`enqueue_many` for async code."""
         params = _insert_params(calls)
-        if conn is not None:
-            driver = await _connection.unwrap_async(conn)
-            return await _run_insert_async(driver, self.queries.insert_jobs, params)
-        pool = await self._open_async_pool()
-        try:
+        with self._translated_errors():
+            if conn is not None:
+                driver = await _connection.unwrap_async(conn)
+                return await _run_insert_async(driver, self.queries.insert_jobs, params)
+            pool = await self._open_async_pool()
             async with pool.connection(timeout=self.settings.connect_timeout) as own:
                 return await _run_insert_async(own, self.queries.insert_jobs, params)
-        except psycopg_pool.PoolTimeout as exc:
-            raise DatabaseError(_pool_timeout_message(self.settings)) from exc
 
     def retry(self, job_id: int, *, conn: Any = None) -> bool:
         """Put a finished, discarded or waiting job back to run now; ``False`` if it does not exist.
@@ -328,7 +327,8 @@ class App:
             ValueError: the job is running; wait for it to finish.
         """
         if conn is not None:
-            return _run_retry(_connection.unwrap_sync(conn), self.queries.retry_job, job_id)
+            with self._translated_errors():
+                return _run_retry(_connection.unwrap_sync(conn), self.queries.retry_job, job_id)
         with self._connection() as own:
             return _run_retry(own, self.queries.retry_job, job_id)
 
@@ -380,11 +380,27 @@ class App:
                     max_size=4,
                     open=True,
                 )
+        with (
+            self._translated_errors(),
+            self._pool.connection(timeout=self.settings.connect_timeout) as conn,
+        ):
+            yield conn
+
+    @contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        """Driver errors that mean "fix your setup" become pgjobs errors saying how."""
         try:
-            with self._pool.connection(timeout=self.settings.connect_timeout) as conn:
-                yield conn
+            yield
         except psycopg_pool.PoolTimeout as exc:
-            raise DatabaseError(_pool_timeout_message(self.settings)) from exc
+            raise DatabaseError(
+                f"could not get a database connection within {self.settings.connect_timeout:g} s;"
+                " is the database at PGJOBS_DATABASE_URL up and reachable?"
+            ) from exc
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaError(
+                f"pgjobs tables not found in schema {self.settings.schema!r}; "
+                "run `pgjobs migrate` first"
+            ) from exc
 
     async def _open_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         if self._async_pool is None:
@@ -399,13 +415,6 @@ class App:
             await pool.open()
             self._async_pool = pool
         return self._async_pool
-
-
-def _pool_timeout_message(settings: Settings) -> str:
-    return (
-        f"could not get a database connection within {settings.connect_timeout:g} s; "
-        "is the database at PGJOBS_DATABASE_URL up and reachable?"
-    )
 
 
 def _insert_params(calls: Iterable[JobCall]) -> dict[str, list[Any]]:

@@ -180,3 +180,13 @@ def test_arguments_must_fit_the_signature(app: pgjobs.App, db: psycopg.Connectio
     with pytest.raises(TypeError, match="noop"):
         jobs_app.noop.enqueue("a", "b", "c")
     assert job_count(db) == 0
+
+
+def test_enqueue_before_migrating_says_to_migrate(empty_database_url: str) -> None:
+    app = pgjobs.App(database_url=empty_database_url)
+    job = app.job(name="unmigrated")(lambda: None)
+    try:
+        with pytest.raises(pgjobs.SchemaError, match="pgjobs migrate"):
+            job.enqueue()
+    finally:
+        app.close()

@@ -34,7 +34,8 @@ def connect_kwargs(settings: Settings, application_name: str) -> dict[str, Any]:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
         raise ConfigError(
-            f"database_url: {settings.database_url!r} is not a PostgreSQL URL or DSN ({exc}); "
+            f"database_url: {settings.database_url!r} is not a PostgreSQL URL or DSN "
+            f"({str(exc).strip()}); "
             "expected e.g. postgresql://user@host:5432/dbname"
         ) from None
     return {

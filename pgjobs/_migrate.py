@@ -10,6 +10,7 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
@@ -36,6 +37,12 @@ def head_revision() -> str:
     return head
 
 
+@functools.cache
+def _known_revisions() -> frozenset[str]:
+    scripts = ScriptDirectory.from_config(_config("pgjobs"))
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
 def migrate(settings: Settings) -> None:
     """Upgrade the schema to the newest revision. Safe to run again, and from two processes."""
     kwargs = connect_kwargs(settings, "pgjobs-migrate")
@@ -50,6 +57,11 @@ def migrate(settings: Settings) -> None:
         with engine.connect() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+    except CommandError as exc:
+        raise SchemaError(
+            f"cannot migrate schema {settings.schema!r}: {exc}; if it was migrated by a newer "
+            "pgjobs, upgrade pgjobs here too"
+        ) from None
     finally:
         engine.dispose()
 
@@ -78,6 +90,11 @@ def check_schema(settings: Settings) -> None:
     if current is None:
         raise SchemaError(
             f"pgjobs tables not found in schema {settings.schema!r}; run `pgjobs migrate` first"
+        )
+    if current not in _known_revisions():
+        raise SchemaError(
+            f"pgjobs schema {settings.schema!r} is at revision {current}, unknown to this "
+            "pgjobs; it was migrated by a newer pgjobs: upgrade pgjobs"
         )
     if current != head_revision():
         raise SchemaError(

@@ -11,6 +11,7 @@ import functools
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -69,7 +70,7 @@ def _handles_errors(func: F) -> F:
         except DatabaseError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
-        except (PgjobsError, ValueError) as exc:
+        except (PgjobsError, ValueError, TypeError) as exc:
             raise click.UsageError(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -187,16 +188,16 @@ def enqueue(
     """Enqueue a run of job NAME; prints the new job's id."""
     args = _parse_json(args_json, "--args", list)
     kwargs = _parse_json(kwargs_json, "--kwargs", dict)
-    when = _parse_time(at) if at else None
+    when = None if at is None else _parse_time(at)
     app = _load_app(obj, require_app=True)
     job = app.get(name).options(
         queue=queue,
         priority=priority,
         max_attempts=max_attempts,
         at=when,
-        delay=_parse_delay(delay) if delay else None,
+        delay=None if delay is None else _parse_delay(delay),
     )
-    click.echo(job.enqueue(*args, **kwargs))
+    click.echo(app.enqueue_many([job.call(*args, **kwargs)])[0])
 
 
 @cli.command()
@@ -299,6 +300,6 @@ def _parse_delay(text: str) -> float:
         seconds = float(number) * _UNITS[unit]
     except ValueError:
         raise ConfigError(f"--in {text!r}: expected seconds or 30s, 5m, 2h, 1d") from None
-    if seconds < 0:
-        raise ConfigError(f"--in {text!r}: must not be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"--in {text!r}: must be a finite number of seconds, not negative")
     return seconds

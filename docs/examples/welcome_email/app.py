@@ -79,7 +79,7 @@ def database_url_from_environment() -> str:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create ``users`` and ``outbox`` if missing (pgjobs' own tables come from `pgjobs migrate`)."""
+    """Create ``users`` and ``outbox`` if missing (``pgjobs migrate`` makes pgjobs' own)."""
     Base.metadata.create_all(engine)
 
 

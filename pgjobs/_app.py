@@ -31,6 +31,7 @@ R = TypeVar("R")
 
 DEFAULT_MAX_ATTEMPTS = 25
 PRIORITY_RANGE = range(-32768, 32768)
+MAX_DELAY = 100 * 365.25 * 86400
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class EnqueueOptions:
             raise ValidationError(
                 "at", "naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
             )
+        if self.delay is not None and not 0 <= self.delay <= MAX_DELAY:
+            raise ValidationError("delay", f"must be from 0 to {MAX_DELAY:g} seconds (100 years)")
         if self.at is not None and self.delay is not None:
             raise ValidationError("at", "give either at= or a delay, not both")
         return self

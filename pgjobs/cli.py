@@ -11,7 +11,6 @@ import functools
 import importlib
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ._app import App
+from ._app import MAX_DELAY, App
 from ._embedded import embedded_database_url
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._migrate import check_schema, head_revision, migrate, migration_sql, schema_revision
@@ -300,6 +299,6 @@ def _parse_delay(text: str) -> float:
         seconds = float(number) * _UNITS[unit]
     except ValueError:
         raise ConfigError(f"--in {text!r}: expected seconds or 30s, 5m, 2h, 1d") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"--in {text!r}: must be a finite number of seconds, not negative")
+    if not 0 <= seconds <= MAX_DELAY:
+        raise ConfigError(f"--in {text!r}: must be from 0 seconds to 100 years")
     return seconds

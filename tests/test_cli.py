@@ -153,9 +153,6 @@ BAD_ENQUEUES = [
         [*APP, "enqueue", "noop", "--in", "1e13"],  # 300,000 years: past timestamptz's range
         "--in",
         id="in-out-of-range",
-        marks=pytest.mark.xfail(
-            strict=True, reason="bug: delay has no upper bound, SQL overflow traceback; see report"
-        ),
     ),
     pytest.param([*APP, "enqueue", "noop", "--at", ""], "--at", id="at-empty"),
     pytest.param(

@@ -319,6 +319,14 @@ def test_database_from_a_newer_pgjobs_is_refused_cleanly(
     assert "9999" in result.stderr
     assert_clean_failure(result)
 
+    # and the advice is to upgrade pgjobs, not to run the migration that just failed
+    for args in (["migrate", "--check"], ["--app", "tests.jobs_app:app", "worker", "--burst"]):
+        refused = run_cli(empty_database_url, *args)
+        assert refused.returncode != 0, args
+        assert "9999" in refused.stderr and "upgrade pgjobs" in refused.stderr, refused.stderr
+        assert_clean_failure(refused)
+    assert catalog(empty_db, "pgjobs") == before
+
 
 @pytest.mark.slow
 def test_installed_wheel_migrates_an_empty_database(

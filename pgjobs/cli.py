@@ -125,10 +125,12 @@ def _import_app(path: str) -> App:
     help="Turn off behind PgBouncer in transaction mode",
 )
 @click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty")
+@click.option("--app", help="The pgjobs.App, MODULE:ATTR [PGJOBS_APP]")
 @click.pass_obj
 @_handles_errors
 def worker(obj: dict[str, Any], /, burst: bool, **flags: Any) -> None:
     """Run jobs until stopped (SIGTERM/SIGINT: finish or hand back running jobs, then exit)."""
+    flags["app"] = flags["app"] or obj["app"]
     app = _load_app({**obj, **flags}, require_app=True)
     runner = Worker(app, burst=burst)
     asyncio.run(runner.run())

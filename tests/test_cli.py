@@ -363,3 +363,11 @@ def test_retry_of_a_running_job_is_refused(
 
     assert_usage_error(result, f"job {job_id} is running")
     assert job_row(db, job_id) == before
+
+
+def test_worker_takes_app_after_the_command(database_url: str, db: psycopg.Connection[Any]) -> None:
+    enqueued = run_cli(database_url, *APP, "enqueue", "noop", "--args", '["after"]')
+    assert enqueued.returncode == 0, enqueued.stderr
+    result = run_cli(database_url, "worker", "--app", "tests.jobs_app:app", "--burst")
+    assert result.returncode == 0, result.stderr
+    assert job_row(db, int(enqueued.stdout))["state"] == "completed"

@@ -6,6 +6,7 @@ statement's parameters in pure code; the sync and async methods only run it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import threading
@@ -133,8 +134,8 @@ class Job(Generic[P, R]):
         }
         given: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
         merged = dataclasses.replace(self._options, **given).checked()
-        view = object.__new__(type(self))
-        view.__dict__.update(self.__dict__, _options=merged)
+        view = copy.copy(self)
+        view._options = merged
         return view
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> JobCall:

@@ -49,11 +49,7 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
             discard_on=(),
         )
     try:
-        if job.is_async:
-            await _run_async(job.func, claimed, context)
-        else:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(threads, _run_sync, job.func, claimed, context)
+        await _call(job.func, job.is_async, claimed.args, claimed.kwargs, context, threads)
     except Exception as exc:
         outcome = failure_outcome(
             exc,
@@ -77,31 +73,40 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
     return COMPLETED
 
 
-async def _run_async(func: Any, claimed: ClaimedJob, context: JobContext) -> None:
-    token = set_current_job(context)
-    try:
-        await func(*claimed.args, **claimed.kwargs)
-    finally:
-        reset_current_job(token)
+async def _call(
+    func: Any,
+    is_async: bool,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    context: JobContext,
+    threads: Executor,
+) -> None:
+    """Call ``func`` with ``context`` as the current job: on the loop if async, else in a thread."""
+    if is_async:
+        token = set_current_job(context)
+        try:
+            await func(*args, **kwargs)
+        finally:
+            reset_current_job(token)
+    else:
+        await asyncio.get_running_loop().run_in_executor(
+            threads, _call_in_thread, func, args, kwargs, context
+        )
 
 
-def _run_sync(func: Any, claimed: ClaimedJob, context: JobContext) -> None:
+def _call_in_thread(
+    func: Any, args: list[Any], kwargs: dict[str, Any], context: JobContext
+) -> None:
     token = set_current_job(context)
     try:
-        func(*claimed.args, **claimed.kwargs)
+        func(*args, **kwargs)
     finally:
         reset_current_job(token)
 
 
 async def _call_hook(hook: Any, exc: BaseException, context: JobContext, threads: Executor) -> None:
     """Run an ``on_exhausted`` hook like the job itself; its failure is logged, never raised."""
-    call = ClaimedJob(context.id, context.queue, context.name, [exc], {}, 0, 0, 0)
     try:
-        if inspect.iscoroutinefunction(hook):
-            await _run_async(hook, call, context)
-        else:
-            await asyncio.get_running_loop().run_in_executor(
-                threads, _run_sync, hook, call, context
-            )
+        await _call(hook, inspect.iscoroutinefunction(hook), [exc], {}, context, threads)
     except Exception:
         log.exception("job %s: on_exhausted hook failed", context.id)

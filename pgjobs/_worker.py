@@ -28,7 +28,6 @@ from ._execution import ClaimedJob, execute
 from ._link import Link
 from ._migrate import check_schema
 from ._notifier import Notifier
-from ._settings import QueueSpec
 from ._stager import Stager
 
 log = logging.getLogger("pgjobs.worker")
@@ -66,8 +65,7 @@ class Worker:
         self._notifier: Notifier | None = None
         if not self.settings.poll_only:
             self._notifier = Notifier(
-                self.settings,
-                self._application_name("listen"),
+                Link(self.settings, self._application_name("listen")),
                 (self._queries.jobs_channel, self._queries.scheduled_channel),
                 on_jobs=self._on_notification,
                 on_scheduled=self._stager.wake,
@@ -80,8 +78,8 @@ class Worker:
 
     async def run(self) -> None:
         """Run until stopped. Installs SIGTERM/SIGINT handlers while it runs."""
-        await asyncio.get_running_loop().run_in_executor(None, check_schema, self.settings)
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, check_schema, self.settings)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         log.info(
@@ -172,7 +170,7 @@ class Worker:
 
     def _queue_order(self) -> list[str]:
         """The queues to claim from, in order: as given (strict) or a weighted shuffle."""
-        spec: QueueSpec = self.queues
+        spec = self.queues
         if not spec.weighted:
             return list(spec.names)
         # Efraimidis-Spirakis: sorting by U^(1/w) draws an order weighted by w

@@ -24,6 +24,7 @@ from ._app import MAX_DELAY, App
 from ._embedded import embedded_database_url
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._migrate import check_schema, head_revision, migrate, migration_sql, schema_revision
+from ._settings import load_settings
 from ._worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,16 +70,27 @@ def _handles_errors(func: F) -> F:
         except DatabaseError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
-        except (PgjobsError, ValueError, TypeError) as exc:
+        except (PgjobsError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+_app_option = click.option(
+    "--app", "app_path", metavar="MODULE:ATTR", help="The pgjobs.App [PGJOBS_APP]"
+)
+"""``--app`` is accepted after the commands that need it, too."""
+
+
+def _given(*sources: dict[str, Any]) -> dict[str, Any]:
+    """The settings given on the command line, later sources first; ``None`` means not given."""
+    return {k: v for source in sources for k, v in source.items() if v is not None}
+
+
 def _load_app(flags: dict[str, Any], *, require_app: bool = False) -> App:
     """The user's App (or a bare one), configured with the CLI's flags and a database."""
-    flags = {k: v for k, v in flags.items() if v is not None}
-    path = flags.get("app") or App(**{k: v for k, v in flags.items()}).settings.app
+    flags = _given(flags)
+    path = load_settings(flags).app
     if path:
         app = _import_app(path)
     elif require_app:
@@ -125,13 +137,12 @@ def _import_app(path: str) -> App:
     help="Turn off behind PgBouncer in transaction mode",
 )
 @click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty")
-@click.option("--app", help="The pgjobs.App, MODULE:ATTR [PGJOBS_APP]")
+@_app_option
 @click.pass_obj
 @_handles_errors
-def worker(obj: dict[str, Any], /, burst: bool, **flags: Any) -> None:
+def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: Any) -> None:
     """Run jobs until stopped (SIGTERM/SIGINT: finish or hand back running jobs, then exit)."""
-    flags["app"] = flags["app"] or obj["app"]
-    app = _load_app({**obj, **flags}, require_app=True)
+    app = _load_app(_given(obj, flags, {"app": app_path}), require_app=True)
     runner = Worker(app, burst=burst)
     asyncio.run(runner.run())
     if runner.unfinished_threads:
@@ -147,7 +158,7 @@ def worker(obj: dict[str, Any], /, burst: bool, **flags: Any) -> None:
 def migrate_command(obj: dict[str, Any], as_sql: bool, check: bool) -> None:
     """Create or upgrade pgjobs' tables (safe to run twice, and concurrently)."""
     if as_sql:
-        schema = App(**{k: v for k, v in obj.items() if v is not None}).settings.schema
+        schema = load_settings(_given(obj)).schema
         click.echo(migration_sql(schema))
         return
     app = _load_app(obj)
@@ -173,6 +184,7 @@ def migrate_command(obj: dict[str, Any], as_sql: bool, check: bool) -> None:
 @click.option("--max-attempts", type=int, help="Attempts before discard (default: the job's)")
 @click.option("--at", help="Run at this ISO 8601 time with an offset, e.g. 2026-01-01T09:00+00:00")
 @click.option("--in", "delay", help="Run after a delay: seconds, or 30s, 5m, 2h, 1d")
+@_app_option
 @click.pass_obj
 @_handles_errors
 def enqueue(
@@ -185,12 +197,13 @@ def enqueue(
     max_attempts: int | None,
     at: str | None,
     delay: str | None,
+    app_path: str | None,
 ) -> None:
     """Enqueue a run of job NAME; prints the new job's id."""
     args = _parse_json(args_json, "--args", list)
     kwargs = _parse_json(kwargs_json, "--kwargs", dict)
     when = None if at is None else _parse_time(at)
-    app = _load_app(obj, require_app=True)
+    app = _load_app(_given(obj, {"app": app_path}), require_app=True)
     job = app.get(name).options(
         queue=queue,
         priority=priority,
@@ -198,7 +211,11 @@ def enqueue(
         at=when,
         delay=None if delay is None else _parse_delay(delay),
     )
-    click.echo(app.enqueue_many([job.call(*args, **kwargs)])[0])
+    try:
+        call = job.call(*args, **kwargs)
+    except TypeError as exc:  # the arguments do not fit the job's function
+        raise ConfigError(str(exc)) from None
+    click.echo(app.enqueue_many([call])[0])
 
 
 @cli.command()

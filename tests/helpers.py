@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+import pgjobs
 
 ROOT = Path(__file__).resolve().parent.parent
 PGJOBS = str(Path(sys.executable).parent / "pgjobs")
@@ -59,10 +62,13 @@ class WorkerProcess:
     def start(
         cls, args: list[str], *, database_url: str, log: Path, env: dict[str, str] | None = None
     ) -> WorkerProcess:
-        environment = {**os.environ, "PGJOBS_DATABASE_URL": database_url, **(env or {})}
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [PGJOBS, *args], cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT
+                [PGJOBS, *args],
+                cwd=ROOT,
+                env=environment(database_url, env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         return cls(process, log)
 
@@ -90,18 +96,23 @@ class WorkerProcess:
             self.process.wait()
 
 
-def run_cli(
-    database_url: str | None, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> subprocess.CompletedProcess[str]:
-    """Run ``pgjobs ARGS`` to completion against ``database_url``."""
-    environment = {**os.environ, **(env or {})}
-    environment.pop("DATABASE_URL", None)
+def environment(database_url: str | None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, pointed at ``database_url`` only (never ``DATABASE_URL``)."""
+    result = {**os.environ, **(env or {})}
+    result.pop("DATABASE_URL", None)
     if database_url is not None:
-        environment["PGJOBS_DATABASE_URL"] = database_url
+        result["PGJOBS_DATABASE_URL"] = database_url
+    return result
+
+
+def run_program(
+    database_url: str | None, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion against ``database_url``, capturing its output."""
     return subprocess.run(
-        [PGJOBS, *args],
+        argv,
         cwd=cwd,
-        env=environment,
+        env=environment(database_url, env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -109,11 +120,13 @@ def run_cli(
     )
 
 
-def run_burst(app: object) -> None:
+def run_cli(
+    database_url: str | None, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pgjobs ARGS`` to completion against ``database_url``."""
+    return run_program(database_url, [PGJOBS, *args], env, cwd)
+
+
+def run_burst(app: pgjobs.App) -> None:
     """Run an in-process worker until the queues are empty."""
-    import asyncio
-
-    import pgjobs
-
-    assert isinstance(app, pgjobs.App)
     asyncio.run(pgjobs.Worker(app, burst=True).run())

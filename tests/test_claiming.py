@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 
 import pgjobs
 from tests import jobs_app
@@ -83,10 +83,5 @@ def test_async_and_sync_jobs_share_one_worker(app: pgjobs.App, db: psycopg.Conne
 
 
 def test_current_job_outside_a_job_raises() -> None:
-    try:
+    with pytest.raises(LookupError, match="inside a job"):
         pgjobs.current_job()
-    except LookupError as exc:
-        assert "inside a job" in str(exc)
-    else:
-        raise AssertionError("current_job() outside a job must raise")
-    assert asyncio.iscoroutinefunction(jobs_app.async_noop.func)

@@ -3,8 +3,6 @@ and a real ``pgjobs worker`` process sends exactly one email for it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from docs.examples.welcome_email import app as example
-from tests.helpers import ROOT, run_cli
+from tests.helpers import run_cli, run_program
 
 WORKER_APP = "docs.examples.welcome_email.app:jobs"
 
@@ -102,16 +100,8 @@ def test_bad_request_writes_nothing(
 
 def test_flask_init_db_command_creates_the_tables(empty_database_url: str) -> None:
     flask = str(Path(sys.executable).parent / "flask")
-    env = {**os.environ, "PGJOBS_DATABASE_URL": empty_database_url}
-    env.pop("DATABASE_URL", None)
-    init = subprocess.run(
-        [flask, "--app", "docs.examples.welcome_email.app", "init-db"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    init = run_program(
+        empty_database_url, [flask, "--app", "docs.examples.welcome_email.app", "init-db"]
     )
     assert init.returncode == 0, init.stderr
     with psycopg.connect(empty_database_url) as conn:

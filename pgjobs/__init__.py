@@ -9,13 +9,14 @@ from ._context import JobContext, current_job
 from ._errors import (
     ConfigError,
     DatabaseError,
+    JobTimeout,
     PgjobsError,
     SchemaError,
     UnknownJobError,
     ValidationError,
 )
 from ._migrate import migrate
-from ._outcome import sidekiq_backoff
+from ._outcome import Snooze, sidekiq_backoff
 from ._settings import Settings, load_settings
 from ._validation import MAX_DEPTH, MAX_PAYLOAD_BYTES
 from ._worker import Worker
@@ -29,9 +30,11 @@ __all__ = [
     "Job",
     "JobCall",
     "JobContext",
+    "JobTimeout",
     "PgjobsError",
     "SchemaError",
     "Settings",
+    "Snooze",
     "UnknownJobError",
     "ValidationError",
     "Worker",

@@ -14,11 +14,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
+
 from ._link import Link
 from ._outcome import Outcome
 from ._sql import Queries
 
 log = logging.getLogger("pgjobs.worker")
+
+RETRY_DELAY = 1.0
+"""Seconds before a batch that the database refused is written again."""
 
 
 class Acker:
@@ -63,7 +68,16 @@ class Acker:
             self._ready.clear()
             batch, self._pending = self._pending, []
             if batch:
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except psycopg.Error:
+                    # not a lost connection (the link rides those out): keep the outcomes and try
+                    # again, rather than die and leave a graceful stop waiting forever
+                    log.exception("writing %s job outcome(s) failed; retrying", len(batch))
+                    self._pending[:0] = batch
+                    self._ready.set()
+                    await asyncio.sleep(RETRY_DELAY)
+                    continue
             if not self._pending:
                 self._idle.set()
 
@@ -88,5 +102,5 @@ class Acker:
                     attempt,
                     outcome.state,
                 )
-            elif outcome.state == "retryable":
+            elif outcome.state in ("retryable", "scheduled"):
                 self._on_retry(outcome.delay)

@@ -93,6 +93,7 @@ class Job(Generic[P, R]):
         retry: RetryPolicy,
         discard_on: tuple[type[BaseException], ...],
         on_exhausted: Callable[[BaseException], object] | None,
+        timeout: float | None = None,
         options: EnqueueOptions | None = None,
     ) -> None:
         self.app = app
@@ -104,6 +105,7 @@ class Job(Generic[P, R]):
         self.retry = retry
         self.discard_on = discard_on
         self.on_exhausted = on_exhausted
+        self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(func)
         self._signature = inspect.signature(func)
         self._options = options or EnqueueOptions()
@@ -240,6 +242,7 @@ class App:
         retry: RetryPolicy = sidekiq_backoff,
         discard_on: tuple[type[BaseException], ...] = (),
         on_exhausted: Callable[[BaseException], object] | None = None,
+        timeout: timedelta | float | None = None,
     ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
     def job(
@@ -254,6 +257,7 @@ class App:
         retry: RetryPolicy = sidekiq_backoff,
         discard_on: tuple[type[BaseException], ...] = (),
         on_exhausted: Callable[[BaseException], object] | None = None,
+        timeout: timedelta | float | None = None,
     ) -> Job[P, R] | Callable[[Callable[P, R]], Job[P, R]]:
         """Register a function (``def`` or ``async def``) as a job.
 
@@ -265,7 +269,15 @@ class App:
                 Sidekiq's exponential backoff.
             discard_on: exception types that discard the job at once, without retries.
             on_exhausted: called with the last exception when the job is discarded.
+            timeout: seconds an attempt may run (default: no limit). An ``async def`` job is
+                cancelled at the deadline; a ``def`` job's thread cannot be stopped, so its
+                attempt fails at the deadline and the worker retires once its other jobs end (see
+                the guide). Either way the attempt fails with :class:`JobTimeout` and is retried
+                per ``retry``.
         """
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if seconds is not None and not seconds > 0:
+            raise ConfigError("timeout: must be a positive number of seconds, or None")
 
         def register(f: Callable[P, R]) -> Job[P, R]:
             job_name = name or f"{f.__module__}.{f.__qualname__}"
@@ -287,6 +299,7 @@ class App:
                 retry=retry,
                 discard_on=discard_on,
                 on_exhausted=on_exhausted,
+                timeout=seconds,
             )
             self._jobs[job_name] = job
             return job
@@ -336,6 +349,21 @@ class App:
         with self._connection() as own:
             return _run_retry(own, self.queries.retry_job, job_id)
 
+    def cancel(self, job_id: int, *, conn: Any = None) -> str | None:
+        """Cancel a job; returns what became of it, ``None`` if there is no such job.
+
+        ``"cancelled"``: it was waiting (scheduled, available or retryable) and will never run.
+        ``"cancelling"``: it is running; its worker is told at once (an ``async def`` job is
+        cancelled, a ``def`` job sees ``current_job().cancelled``) and it ends ``cancelled``.
+        Any other state (``completed``, ``discarded``, ``cancelled``): it had already ended and is
+        left as it is. The same as ``SELECT pgjobs.cancel_job(id)`` in SQL.
+        """
+        if conn is not None:
+            with self._translated_errors():
+                return _run_cancel(_connection.unwrap_sync(conn), self.queries.cancel_job, job_id)
+        with self._connection() as own:
+            return _run_cancel(own, self.queries.cancel_job, job_id)
+
     def list_jobs(
         self,
         *,
@@ -351,6 +379,12 @@ class App:
         }
         with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(self.queries.list_jobs, params).fetchall()
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        """The registered workers, oldest first, with their heartbeat age, leadership and number
+        of running jobs."""
+        with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(self.queries.list_workers).fetchall()
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {state: jobs}}`` from the ``queue_counts`` view."""
@@ -474,3 +508,9 @@ def _run_retry(conn: psycopg.Connection[Any], statement: str, job_id: int) -> bo
     if not retried:
         raise ValueError(f"job {job_id} is {previous_state}; it can be retried once it ends")
     return True
+
+
+def _run_cancel(conn: psycopg.Connection[Any], statement: str, job_id: int) -> str | None:
+    with conn.cursor() as cur:
+        row = cur.execute(statement, {"id": job_id}).fetchone()
+    return None if row is None else row[0]

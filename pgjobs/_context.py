@@ -14,6 +14,11 @@ class JobContext:
     ``stopping`` turns true when the worker starts a graceful shutdown: a long job can save its
     progress and return (or raise) early; if it does not finish within the shutdown timeout it is
     handed back to the queue and runs again later.
+
+    ``cancelled`` turns true when someone cancels the running job (:meth:`App.cancel`,
+    ``pgjobs cancel``, ``SELECT pgjobs.cancel_job(id)``). An ``async def`` job is also cancelled
+    like any asyncio task; a ``def`` job should check the flag and return. Either way the job ends
+    ``cancelled``.
     """
 
     id: int
@@ -23,10 +28,15 @@ class JobContext:
     max_attempts: int
     worker_id: str
     _stopping: threading.Event = field(repr=False, compare=False)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("pgjobs_current_job")

@@ -33,3 +33,14 @@ class SchemaError(PgjobsError):
 
 class DatabaseError(PgjobsError):
     """The database could not be reached or refused a pgjobs operation."""
+
+
+class JobTimeout(PgjobsError, TimeoutError):
+    """An attempt ran past its job's ``timeout``; it is retried per the job's retry policy.
+
+    ``thread_running`` is true for a ``def`` job, whose thread could not be stopped.
+    """
+
+    def __init__(self, message: str, *, thread_running: bool = False) -> None:
+        self.thread_running = thread_running
+        super().__init__(message)

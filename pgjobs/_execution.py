@@ -7,6 +7,7 @@ the job raises is caught here and turned into a retry or a discard; nothing esca
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from concurrent.futures import Executor
@@ -15,8 +16,8 @@ from typing import Any
 
 from ._app import App
 from ._context import JobContext, reset_current_job, set_current_job
-from ._errors import UnknownJobError
-from ._outcome import COMPLETED, Outcome, failure_outcome, sidekiq_backoff
+from ._errors import JobTimeout, UnknownJobError
+from ._outcome import CANCELLED, COMPLETED, Outcome, Snooze, failure_outcome, sidekiq_backoff
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -36,7 +37,10 @@ class ClaimedJob:
 
 
 async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: Executor) -> Outcome:
-    """Run ``claimed`` and decide what becomes of it. Never raises (except cancellation)."""
+    """Run ``claimed`` and decide what becomes of it.
+
+    Never raises, except ``CancelledError`` when the worker (not a user's cancel) stops the job.
+    """
     try:
         job = app.get(claimed.name)
     except UnknownJobError as exc:
@@ -49,8 +53,26 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
             discard_on=(),
         )
     try:
-        await _call(job.func, job.is_async, claimed.args, claimed.kwargs, context, threads)
+        await _call(
+            job.func,
+            job.is_async,
+            claimed.args,
+            claimed.kwargs,
+            context,
+            threads,
+            timeout=job.timeout,
+        )
+    except asyncio.CancelledError:
+        if not context.cancelled:
+            raise
+        _uncancel()
+        return CANCELLED
+    except Snooze as snooze:
+        return Outcome("scheduled", delay=snooze.delay)
     except Exception as exc:
+        if context.cancelled:
+            return CANCELLED
+        thread_overran = isinstance(exc, JobTimeout) and exc.thread_running
         outcome = failure_outcome(
             exc,
             attempt=claimed.attempt,
@@ -69,8 +91,14 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
         )
         if outcome.state == "discarded" and job.on_exhausted is not None:
             await _call_hook(job.on_exhausted, exc, context, threads)
-        return outcome
-    return COMPLETED
+        return dataclasses.replace(outcome, thread_overran=thread_overran)
+    return CANCELLED if context.cancelled else COMPLETED
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 async def _call(
@@ -80,18 +108,37 @@ async def _call(
     kwargs: dict[str, Any],
     context: JobContext,
     threads: Executor,
+    timeout: float | None = None,
 ) -> None:
-    """Call ``func`` with ``context`` as the current job: on the loop if async, else in a thread."""
+    """Call ``func`` with ``context`` as the current job: on the loop if async, else in a thread.
+
+    Past ``timeout`` seconds an async call is cancelled; a thread cannot be, so it is left running.
+    Both raise :class:`JobTimeout`.
+    """
     if is_async:
         token = set_current_job(context)
         try:
-            await func(*args, **kwargs)
+            async with asyncio.timeout(timeout) as deadline:
+                await func(*args, **kwargs)
+        except TimeoutError:
+            if deadline.expired():
+                raise JobTimeout(f"cancelled after its {timeout:g} s timeout") from None
+            raise
         finally:
             reset_current_job(token)
-    else:
-        await asyncio.get_running_loop().run_in_executor(
-            threads, _call_in_thread, func, args, kwargs, context
-        )
+        return
+    future = asyncio.get_running_loop().run_in_executor(
+        threads, _call_in_thread, func, args, kwargs, context
+    )
+    try:
+        await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        if future.done():
+            raise
+        raise JobTimeout(
+            f"still running after its {timeout:g} s timeout; its thread cannot be stopped",
+            thread_running=True,
+        ) from None
 
 
 def _call_in_thread(

@@ -3,7 +3,9 @@
 Statements on one link run one at a time. When the connection breaks, the statement is retried
 on a new connection after a back-off (0.1 s doubling to 5 s), so a database restart pauses the
 worker instead of killing it. Every statement pgjobs retries this way is safe to repeat: claims
-and promotions select afresh, and fenced writes that already landed simply match no row again.
+and promotions select afresh, and fenced writes that already landed simply match no row again. (A
+claim that landed before its answer was lost is found and handed back by the worker.) A statement
+unanswered for :data:`STATEMENT_TIMEOUT` counts as a broken connection: that is a half-open link.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ log = logging.getLogger("pgjobs.worker")
 
 MAX_BACKOFF = 5.0
 
+STATEMENT_TIMEOUT = 30.0
+"""Seconds a statement may go unanswered before its connection is presumed half-open and
+replaced. pgjobs' statements take milliseconds; this only catches dead links."""
+
 
 class Link:
     """One autocommit connection, opened on first use and reopened after a failure."""
@@ -31,6 +37,13 @@ class Link:
         self._application_name = application_name
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
+        self.failures = 0
+        """Statements that failed with the connection and were run again on a new one."""
+
+    @property
+    def current(self) -> psycopg.AsyncConnection[Any] | None:
+        """The connection if one is open, without connecting."""
+        return self._conn
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         """The open connection, reconnecting (with back-off) until it succeeds."""
@@ -51,14 +64,15 @@ class Link:
             while True:
                 conn = await self.connection()
                 try:
-                    async with conn.cursor() as cur:
+                    async with asyncio.timeout(STATEMENT_TIMEOUT), conn.cursor() as cur:
                         await cur.execute(statement, params)
                         return await cur.fetchall() if cur.description else []
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, TimeoutError) as exc:
+                    self.failures += 1
                     log.warning(
                         "%s: connection lost (%s); retrying in %.1f s",
                         self._application_name,
-                        str(exc).strip(),
+                        str(exc).strip() or "no answer",
                         backoff,
                     )
                     await conn.close()

@@ -28,16 +28,37 @@ def sidekiq_backoff(attempt: int, exception: BaseException) -> float:
     return float(attempt**4 + 15 + random.randint(0, 10 * attempt))
 
 
+class Snooze(Exception):
+    """Raise from a job to run it again after ``delay``, without counting this attempt.
+
+    For "not yet" rather than "failed": a rate limit, a resource that is not ready. The job goes
+    back to ``scheduled``; its attempt number is given back, so snoozing never exhausts it.
+    """
+
+    def __init__(self, delay: float | timedelta) -> None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if not seconds >= 0:
+            raise ValueError("Snooze: delay must be zero or more seconds")
+        self.delay = seconds
+        super().__init__(f"snoozed for {seconds:g} s")
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """The end of one attempt: the job's next state, and for a retry the delay before it."""
+    """The end of one attempt: the job's next state, and for a retry or snooze the delay.
 
-    state: Literal["completed", "retryable", "discarded", "cancelled"]
+    ``scheduled`` is a snooze. ``thread_overran`` marks a sync job whose thread still runs after
+    its timeout: the worker must retire, since it cannot stop that thread.
+    """
+
+    state: Literal["completed", "retryable", "discarded", "cancelled", "scheduled"]
     delay: float = 0.0
     error: dict[str, Any] | None = None
+    thread_overran: bool = False
 
 
 COMPLETED = Outcome("completed")
+CANCELLED = Outcome("cancelled")
 
 
 def failure_outcome(

@@ -19,6 +19,10 @@ from typing import Any
 
 from ._errors import ConfigError
 
+DAY = 86400.0
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": DAY, None: 1}
+
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """What a queue may be called: no commas or colons, which the ``queues`` setting uses."""
@@ -71,11 +75,18 @@ class Settings:
     schema: str = "pgjobs"
     queues: str = "default"
     concurrency: int = 10
+    processes: int = 1
     poll_interval: float = 2.0
     shutdown_timeout: float = 25.0
     poll_only: bool = False
+    listen_database_url: str | None = None
     prepared_statements: bool = True
     connect_timeout: float = 10.0
+    heartbeat_interval: float = 2.0
+    lease_timeout: float = 30.0
+    retain_completed: float = DAY
+    retain_cancelled: float = 7 * DAY
+    retain_discarded: float = 30 * DAY
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -87,9 +98,16 @@ class Settings:
         QueueSpec.parse(self.queues)
         if self.concurrency < 1:
             raise ConfigError("concurrency: must be at least 1")
-        for name in ("poll_interval", "shutdown_timeout", "connect_timeout"):
+        if self.processes < 1:
+            raise ConfigError("processes: must be at least 1")
+        for name in _DURATIONS:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")
+        if self.lease_timeout < 3 * self.heartbeat_interval:
+            raise ConfigError(
+                f"lease_timeout: must be at least 3 heartbeat intervals "
+                f"({3 * self.heartbeat_interval:g} s), so one late beat never loses a worker"
+            )
 
     @property
     def queue_spec(self) -> QueueSpec:
@@ -97,6 +115,19 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+_DURATIONS = tuple(name for name, f in _FIELDS.items() if f.type == "float")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"1.5"``, ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"`` or ``"7d"``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 30, 30s, 5m, 2h or 7d")
+    return float(match[1]) * _UNITS[match[2]]
 
 
 def load_settings(
@@ -156,7 +187,7 @@ def _coerce(name: str, value: Any) -> Any:
         if kind == "int":
             return int(value)
         if kind == "float":
-            return float(value)
+            return parse_duration(value) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None
     return value

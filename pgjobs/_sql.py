@@ -49,9 +49,10 @@ RETURNING j.id, j.queue, j.name, j.args, j.kwargs, j.priority, j.attempt, j.max_
 FINISH_JOBS = """
 UPDATE {schema}.jobs AS j
 SET state = o.state,
-    scheduled_at = CASE WHEN o.state = 'retryable'
+    attempt = CASE WHEN o.state = 'scheduled' THEN j.attempt - 1 ELSE j.attempt END,
+    scheduled_at = CASE WHEN o.state IN ('retryable', 'scheduled')
                         THEN now() + make_interval(secs => o.delay) ELSE j.scheduled_at END,
-    finished_at = CASE WHEN o.state = 'retryable' THEN NULL ELSE now() END,
+    finished_at = CASE WHEN o.state IN ('retryable', 'scheduled') THEN NULL ELSE now() END,
     errors = CASE WHEN o.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(o.error || jsonb_build_object('at', now()))
              END,
@@ -62,6 +63,7 @@ WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
   AND j.worker_id = %(worker_id)s
 RETURNING j.id
 """
+"""Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted."""
 
 RELEASE_JOBS = """
 WITH released AS (
@@ -76,6 +78,136 @@ WITH released AS (
 )
 SELECT id FROM released
 CROSS JOIN (SELECT count(*) FROM notified) AS forced  -- a CTE runs only when it is read
+"""
+
+RELEASE_STRAY_JOBS = """
+WITH released AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL
+    WHERE j.state = 'running' AND j.worker_id = %(worker_id)s AND j.id <> ALL(%(known)s::bigint[])
+    RETURNING j.id, j.queue
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM released) AS q
+)
+SELECT id FROM released CROSS JOIN (SELECT count(*) FROM notified) AS forced
+"""
+"""Hand back jobs claimed under this worker that it does not know of: a claim whose commit
+landed but whose result was lost with the connection."""
+
+LOCK_WORKER = """
+SELECT pg_try_advisory_lock(hashtext(%(lock_namespace)s), %(lock_key)s)
+"""
+"""A session advisory lock that lives as long as the worker's session connection: when the
+process dies, PostgreSQL drops the connection and the lock with it, which the sweep detects."""
+
+REGISTER_WORKER = """
+INSERT INTO {schema}.workers (id, hostname, pid, queues, concurrency, lock_key, expires_at)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(lock_key)s,
+        now() + make_interval(secs => %(lease)s))
+ON CONFLICT (id) DO UPDATE
+SET lock_key = excluded.lock_key, heartbeat_at = now(), expires_at = excluded.expires_at
+"""
+
+HEARTBEAT = """
+WITH beat AS (
+    UPDATE {schema}.workers
+    SET heartbeat_at = now(), expires_at = now() + make_interval(secs => %(lease)s)
+    WHERE id = %(worker_id)s
+    RETURNING id
+), leader AS (
+    INSERT INTO {schema}.leases AS l (name, worker_id, expires_at)
+    SELECT 'leader', id, now() + make_interval(secs => %(lease)s) FROM beat
+    ON CONFLICT (name) DO UPDATE
+    SET worker_id = excluded.worker_id, expires_at = excluded.expires_at,
+        acquired_at = CASE WHEN l.worker_id = excluded.worker_id THEN l.acquired_at ELSE now() END
+    WHERE l.worker_id = excluded.worker_id
+       OR l.expires_at < now()
+       OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = l.worker_id)
+       OR EXISTS (SELECT 1 FROM {schema}.workers AS w
+                  WHERE w.id = l.worker_id AND w.lock_key IS NOT NULL
+                    AND pg_try_advisory_xact_lock(hashtext(%(lock_namespace)s), w.lock_key))
+    RETURNING l.worker_id
+)
+SELECT EXISTS (SELECT 1 FROM beat) AS registered,
+       EXISTS (SELECT 1 FROM leader) AS leading,
+       ARRAY(SELECT id FROM {schema}.jobs
+             WHERE state = 'running' AND worker_id = %(worker_id)s
+               AND cancel_requested_at IS NOT NULL) AS cancel_requested
+"""
+"""One beat: extend this worker's lease, take or keep the leader lease, and list the running jobs
+whose cancellation was requested (the fallback for a missed notification). The leader lease
+passes on when its holder's lease expires or its session lock is free (its process died)."""
+
+RESCUE_JOBS = """
+WITH lost AS (
+    SELECT id, coalesce(%(reason)s, CASE WHEN expires_at < now()
+                                         THEN 'its lease expired without a heartbeat'
+                                         ELSE 'its database session ended' END) AS reason
+    FROM {schema}.workers
+    WHERE CASE WHEN %(worker_id)s::uuid IS NOT NULL THEN id = %(worker_id)s::uuid
+               ELSE id IS DISTINCT FROM %(sweeper_id)s::uuid
+                    AND (expires_at < now()
+                         OR (lock_key IS NOT NULL
+                             AND pg_try_advisory_xact_lock(hashtext(%(lock_namespace)s), lock_key)))
+          END
+    FOR UPDATE SKIP LOCKED
+), forgotten AS (
+    DELETE FROM {schema}.workers AS w USING lost WHERE w.id = lost.id RETURNING w.id
+), rescued AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END,
+        scheduled_at = now(),
+        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempt,
+            'class', 'pgjobs.WorkerLost',
+            'message', format('worker %%s was lost while running this job: %%s', j.worker_id,
+                              coalesce((SELECT reason FROM lost WHERE lost.id = j.worker_id),
+                                       %(reason)s, 'no worker is registered under its id')),
+            'at', now())),
+        worker_id = NULL
+    WHERE j.state = 'running'
+      AND (j.worker_id IN (SELECT id FROM lost)
+           OR CASE WHEN %(worker_id)s::uuid IS NOT NULL THEN j.worker_id = %(worker_id)s::uuid
+                   ELSE NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.worker_id)
+              END)
+    RETURNING j.id, j.queue, j.state
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue)
+    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
+)
+SELECT (SELECT count(*) FROM forgotten) AS workers_lost,
+       (SELECT count(*) FROM rescued) AS jobs_rescued,
+       (SELECT count(*) FROM rescued WHERE state = 'discarded') AS jobs_discarded,
+       (SELECT count(*) FROM notified) AS queues_notified
+"""
+"""Give the jobs of lost workers back to the queue, or discard them if that was their last
+attempt (a job that kills its worker). With ``worker_id`` set, that worker is lost (its
+supervisor saw it die); otherwise every worker whose lease expired or whose session lock is free,
+plus running jobs whose worker is not registered at all. Never based on how long a job runs.
+``sweeper_id`` is the sweeping worker: its own lock is re-entrant in its own session, so it would
+look free."""
+
+PRUNE_JOBS = """
+WITH doomed AS (
+    SELECT id FROM {schema}.jobs
+    WHERE (state = 'completed' AND finished_at < now() - make_interval(secs => %(completed)s))
+       OR (state = 'cancelled' AND finished_at < now() - make_interval(secs => %(cancelled)s))
+       OR (state = 'discarded' AND finished_at < now() - make_interval(secs => %(discarded)s))
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM {schema}.jobs AS j USING doomed WHERE j.id = doomed.id RETURNING 1
+)
+SELECT count(*) FROM deleted
+"""
+
+CANCEL_JOB = """
+SELECT {schema}.cancel_job(%(id)s)
+"""
+
+DEREGISTER_WORKER = """
+DELETE FROM {schema}.workers WHERE id = %(worker_id)s
 """
 
 PROMOTE_SCHEDULED_JOBS = """
@@ -103,7 +235,7 @@ WITH target AS (
     SELECT id, state FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
 ), retried AS (
     UPDATE {schema}.jobs AS j
-    SET state = 'available', scheduled_at = now(), finished_at = NULL,
+    SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
         max_attempts = greatest(j.max_attempts, j.attempt + 1)
     FROM target
     WHERE j.id = target.id AND target.state <> 'running'
@@ -120,6 +252,17 @@ WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
 ORDER BY id DESC
 LIMIT %(limit)s
+"""
+
+LIST_WORKERS = """
+SELECT w.id::text, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.heartbeat_at,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age,
+       coalesce(l.expires_at > now(), false) AS leader,
+       (SELECT count(*) FROM {schema}.jobs AS j
+         WHERE j.state = 'running' AND j.worker_id = w.id) AS running
+FROM {schema}.workers AS w
+LEFT JOIN {schema}.leases AS l ON l.name = 'leader' AND l.worker_id = w.id
+ORDER BY w.started_at, w.id
 """
 
 QUEUE_COUNTS = """
@@ -139,15 +282,28 @@ class Queries:
     claim_jobs: str
     finish_jobs: str
     release_jobs: str
+    release_stray_jobs: str
+    lock_worker: str
+    register_worker: str
+    heartbeat: str
+    rescue_jobs: str
+    prune_jobs: str
+    cancel_job: str
+    deregister_worker: str
     promote_scheduled_jobs: str
     retry_job: str
     list_jobs: str
+    list_workers: str
     queue_counts: str
     schema_version: str
     jobs_channel: str
     """Channel notified with a queue's name when jobs become available in it."""
     scheduled_channel: str
     """Channel notified when a job is inserted for later, so stagers re-read the next due time."""
+    cancel_channel: str
+    """Channel notified with a job's id when its cancellation is requested while it runs."""
+    lock_namespace: str
+    """Hashed into the first key of the workers' session advisory locks."""
 
 
 @functools.cache
@@ -156,6 +312,12 @@ def queries_for(schema: str) -> Queries:
     texts = {
         f.name: globals()[f.name.upper()].format(schema=f'"{schema}"')
         for f in fields(Queries)
-        if not f.name.endswith("_channel")
+        if f.name.upper() in globals()
     }
-    return Queries(**texts, jobs_channel=f"{schema}.jobs", scheduled_channel=f"{schema}.scheduled")
+    return Queries(
+        **texts,
+        jobs_channel=f"{schema}.jobs",
+        scheduled_channel=f"{schema}.scheduled",
+        cancel_channel=f"{schema}.cancel",
+        lock_namespace=f"pgjobs.workers:{schema}",
+    )

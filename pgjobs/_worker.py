@@ -1,13 +1,19 @@
 """The worker: claims jobs into free slots, runs them, acknowledges them, shuts down cleanly.
 
-One process holds three connections: ``listen`` (LISTEN/NOTIFY), ``claim`` (claims and
-promotions of due scheduled jobs) and ``ack`` (batched outcome writes). The producer loop claims
-at most the free slots in one ``FOR UPDATE SKIP LOCKED`` statement, then waits for a
-notification, a freed slot or the poll interval, whichever comes first.
+One process holds three connections: ``session`` (registration, heartbeat, leadership,
+LISTEN/NOTIFY: see :mod:`pgjobs._session`), ``claim`` (claims and promotions of due scheduled
+jobs) and ``ack`` (batched outcome writes). The producer loop claims at most the free slots in one
+``FOR UPDATE SKIP LOCKED`` statement, then waits for a notification, a freed slot or the poll
+interval, whichever comes first.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming and gives running jobs ``shutdown_timeout``
 seconds to finish; jobs still running then are handed back to the queue (their attempt is not
-counted) and the worker exits. A second signal hands them back at once.
+counted) and the worker exits. A second signal hands them back at once. The heartbeat goes on
+until the end, so a draining worker is never swept.
+
+Retiring: a ``def`` job that overruns its timeout leaves a thread nobody can stop. The worker then
+stops claiming, lets its other jobs finish as in a shutdown, and exits with :data:`EXIT_RETIRED`
+so its supervisor (``--processes``) or process manager starts a fresh one.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from ._acker import Acker
 from ._app import App
@@ -27,26 +35,47 @@ from ._context import JobContext
 from ._execution import ClaimedJob, execute
 from ._link import Link
 from ._migrate import check_schema
-from ._notifier import Notifier
+from ._session import Session, SessionEvents
 from ._stager import Stager
 
 log = logging.getLogger("pgjobs.worker")
+
+EXIT_RETIRED = 3
+"""Exit status of a worker that retired because a job's thread overran its timeout."""
+
+
+@dataclass(frozen=True)
+class Running:
+    """A job this worker is running: its task, its row and what the job sees of itself."""
+
+    task: asyncio.Task[None]
+    job: ClaimedJob
+    context: JobContext
 
 
 class Worker:
     """Runs ``app``'s jobs from the queues in its settings until stopped (or, in burst mode,
     until those queues are empty)."""
 
-    def __init__(self, app: App, *, burst: bool = False) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        burst: bool = False,
+        worker_id: str | None = None,
+        supervisor_pid: int | None = None,
+    ) -> None:
         self.app = app
         self.settings = app.settings
         self.burst = burst
-        self.id = str(uuid.uuid4())
+        self.id = worker_id or str(uuid.uuid4())
+        """Random per start (never a hostname or pid, which a restart reuses)."""
+        self._supervisor_pid = supervisor_pid
         self.queues = self.settings.queue_spec
         self.stopping = threading.Event()
         self._force = asyncio.Event()
         self._wakeup = asyncio.Event()
-        self._running: dict[int, tuple[asyncio.Task[None], ClaimedJob]] = {}
+        self._running: dict[int, Running] = {}
         self._queries = app.queries
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgjobs-job"
@@ -62,16 +91,21 @@ class Worker:
         self._stager = Stager(
             self._claim, self._queries, self.settings.poll_interval, on_promoted=self._wakeup.set
         )
-        self._notifier: Notifier | None = None
-        if not self.settings.poll_only:
-            self._notifier = Notifier(
-                Link(self.settings, self._application_name("listen")),
-                (self._queries.jobs_channel, self._queries.scheduled_channel),
+        self._session = Session(
+            self.settings,
+            self._queries,
+            self.id,
+            self._application_name("session"),
+            SessionEvents(
                 on_jobs=self._on_notification,
                 on_scheduled=self._stager.wake,
-            )
+                on_cancel=self._cancel,
+            ),
+        )
         self.unfinished_threads = False
-        """Set when jobs were handed back: their threads may still be running."""
+        """Set when jobs were handed back or overran: their threads may still be running."""
+        self.retired = False
+        """Set when the worker stopped because a job's thread overran its timeout."""
 
     def _application_name(self, role: str) -> str:
         return f"pgjobs-worker:{self.id[:8]}:{role}"
@@ -87,11 +121,11 @@ class Worker:
             self.id,
             self.queues,
             self.settings.concurrency,
-            "poll-only" if self._notifier is None else "listening for notifications",
+            "listening for notifications" if self._session.trusted else "poll-only",
         )
         try:
-            if self._notifier is not None:
-                self._notifier.start()
+            self._session.start()
+            await self._session.registered.wait()
             self._acker.start()
             if not self.burst:
                 self._stager.start()
@@ -101,9 +135,8 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self._stager.stop()
-            if self._notifier is not None:
-                await self._notifier.stop()
             await self._acker.stop()
+            await self._session.stop()
             await self._claim.close()
             await self._ack.close()
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -122,6 +155,32 @@ class Worker:
             )
             self.stopping.set()
         self._wakeup.set()
+
+    def _cancel(self, job_id: int) -> None:
+        """Cancel a job this worker runs: flag it, and cancel its task if it is async."""
+        running = self._running.get(job_id)
+        if running is None or running.context.cancelled:
+            return
+        log.info("job %s: cancellation requested", job_id)
+        running.context._cancelled.set()
+        job = self.app.jobs.get(running.job.name)
+        if job is not None and job.is_async:
+            running.task.cancel()
+
+    def _retire(self, job: ClaimedJob) -> None:
+        if self.retired:
+            return
+        log.error(
+            "job %s %s overran its timeout in a thread that cannot be stopped; retiring: no new "
+            "jobs, exit with status %s once the others end, for a fresh worker to replace this one",
+            job.id,
+            job.name,
+            EXIT_RETIRED,
+        )
+        self.retired = True
+        self.unfinished_threads = True
+        if not self.stopping.is_set():
+            self.request_stop()
 
     def _on_notification(self, queue: str) -> None:
         if not queue or queue in self.queues.names:
@@ -156,17 +215,46 @@ class Worker:
     async def _wait(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_interval)
+        if self._supervisor_pid is not None and os.getppid() != self._supervisor_pid:
+            log.warning("the supervisor is gone; stopping")
+            self.request_stop()
 
     async def _claim_jobs(self, limit: int) -> list[ClaimedJob]:
+        failures = self._claim.failures
         rows = await self._claim.fetch(
             self._queries.claim_jobs,
             {"queues": self._queue_order(), "limit": limit, "worker_id": self.id},
         )
         claimed = [ClaimedJob(*row) for row in rows]
         for job in claimed:
-            task = asyncio.create_task(self._run_job(job), name=f"pgjobs-job-{job.id}")
-            self._running[job.id] = (task, job)
+            context = JobContext(
+                id=job.id,
+                name=job.name,
+                queue=job.queue,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                worker_id=self.id,
+                _stopping=self.stopping,
+            )
+            task = asyncio.create_task(self._run_job(job, context), name=f"pgjobs-job-{job.id}")
+            self._running[job.id] = Running(task, job, context)
+        if self._claim.failures != failures:
+            await self._release_strays()
         return claimed
+
+    async def _release_strays(self) -> None:
+        """After a claim was retried on a new connection, the lost try may have claimed jobs
+        that this worker never heard of: hand them back."""
+        rows = await self._claim.fetch(
+            self._queries.release_stray_jobs,
+            {
+                "worker_id": self.id,
+                "known": list(self._running),
+                "channel": self._queries.jobs_channel,
+            },
+        )
+        if rows:
+            log.warning("handed back %s job(s) claimed by a lost connection", len(rows))
 
     def _queue_order(self) -> list[str]:
         """The queues to claim from, in order: as given (strict) or a weighted shuffle."""
@@ -179,19 +267,12 @@ class Worker:
         }
         return sorted(spec.names, key=keys.__getitem__, reverse=True)
 
-    async def _run_job(self, job: ClaimedJob) -> None:
-        context = JobContext(
-            id=job.id,
-            name=job.name,
-            queue=job.queue,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            worker_id=self.id,
-            _stopping=self.stopping,
-        )
+    async def _run_job(self, job: ClaimedJob, context: JobContext) -> None:
         try:
             outcome = await execute(self.app, job, context, self._threads)
             self._acker.add(job.id, job.attempt, outcome)
+            if outcome.thread_overran:
+                self._retire(job)
         finally:
             del self._running[job.id]
             self._wakeup.set()
@@ -201,7 +282,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_timeout
         forced = asyncio.create_task(self._force.wait())
-        tasks = {task for task, _ in self._running.values()}
+        tasks = {running.task for running in self._running.values()}
         while tasks and not forced.done() and (left := deadline - loop.time()) > 0:
             done, _ = await asyncio.wait(
                 tasks | {forced}, timeout=left, return_when=asyncio.FIRST_COMPLETED
@@ -218,14 +299,14 @@ class Worker:
         rows = await self._claim.fetch(
             self._queries.release_jobs,
             {
-                "ids": [job.id for _, job in running],
-                "attempts": [job.attempt for _, job in running],
+                "ids": [r.job.id for r in running],
+                "attempts": [r.job.attempt for r in running],
                 "worker_id": self.id,
                 "channel": self._queries.jobs_channel,
             },
         )
         log.info("handed %s running job(s) back to the queue", len(rows))
         self.unfinished_threads = True
-        for task, _ in running:
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in running), return_exceptions=True)
+        for r in running:
+            r.task.cancel()
+        await asyncio.gather(*(r.task for r in running), return_exceptions=True)

@@ -24,8 +24,9 @@ from ._app import MAX_DELAY, App
 from ._embedded import embedded_database_url
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._migrate import check_schema, head_revision, migrate, migration_sql, schema_revision
-from ._settings import load_settings
-from ._worker import Worker
+from ._settings import load_settings, parse_duration
+from ._supervisor import Supervisor, supervised_worker_id
+from ._worker import EXIT_RETIRED, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,12 +126,16 @@ def _import_app(path: str) -> App:
 
 @cli.command()
 @click.option("--queues", help="critical,default (strict) or critical:3,default:1 (weighted)")
-@click.option("--concurrency", type=int, help="Jobs run at once [default 10]")
-@click.option("--poll-interval", type=float, help="Seconds between polls [default 2]")
-@click.option(
-    "--shutdown-timeout", type=float, help="Seconds running jobs get on stop [default 25]"
-)
+@click.option("--concurrency", type=int, help="Jobs run at once per process [default 10]")
+@click.option("--processes", type=int, help="Worker processes under one supervisor [default 1]")
+@click.option("--poll-interval", help="Between polls, e.g. 2 or 500ms [default 2s]")
+@click.option("--shutdown-timeout", help="Time running jobs get on stop [default 25s]")
+@click.option("--heartbeat-interval", help="Between heartbeats [default 2s]")
+@click.option("--lease-timeout", help="Silence after which a worker is presumed lost [default 30s]")
 @click.option("--poll-only", is_flag=True, default=None, help="No LISTEN (for transaction poolers)")
+@click.option(
+    "--listen-database-url", help="A direct (not pooled) URL for LISTEN and the worker's session"
+)
 @click.option(
     "--prepared-statements/--no-prepared-statements",
     default=None,
@@ -141,13 +146,31 @@ def _import_app(path: str) -> App:
 @click.pass_obj
 @_handles_errors
 def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: Any) -> None:
-    """Run jobs until stopped (SIGTERM/SIGINT: finish or hand back running jobs, then exit)."""
+    """Run jobs until stopped (SIGTERM/SIGINT: finish or hand back running jobs, then exit).
+
+    Exit status 3: the worker retired because a job's thread overran its timeout; start it again
+    (``--processes`` does that by itself).
+    """
     app = _load_app(_given(obj, flags, {"app": app_path}), require_app=True)
-    runner = Worker(app, burst=burst)
+    worker_id = supervised_worker_id()
+    if app.settings.processes > 1 and worker_id is None:
+        if burst:
+            raise ConfigError("--burst runs in one process; drop --processes")
+        check_schema(app.settings)
+        asyncio.run(Supervisor(app.settings, app.settings.processes, sys.argv[1:]).run())
+        return
+    runner = Worker(
+        app,
+        burst=burst,
+        worker_id=worker_id,
+        supervisor_pid=os.getppid() if worker_id else None,
+    )
     asyncio.run(runner.run())
     if runner.unfinished_threads:
         logging.shutdown()
-        os._exit(0)  # job threads handed back to the queue must not hold the process
+        # job threads handed back to the queue, or stuck past their timeout, must not hold the
+        # process
+        os._exit(EXIT_RETIRED if runner.retired else 0)
 
 
 @cli.command("migrate")
@@ -267,6 +290,52 @@ def retry(obj: dict[str, Any], job_id: int) -> None:
 
 
 @cli.command()
+@click.argument("job_id", type=int)
+@click.pass_obj
+@_handles_errors
+def cancel(obj: dict[str, Any], job_id: int) -> None:
+    """Cancel job JOB_ID: a waiting job never runs; a running one is asked to stop."""
+    app = _load_app(obj)
+    state = app.cancel(job_id)
+    if state is None:
+        raise click.UsageError(f"no job {job_id}")
+    if state == "cancelled":
+        click.echo(f"job {job_id} cancelled")
+    elif state == "cancelling":
+        click.echo(f"job {job_id} is running: its worker was asked to cancel it")
+    else:
+        click.echo(f"job {job_id} already ended {state}; nothing to cancel", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
+@click.pass_obj
+@_handles_errors
+def workers(obj: dict[str, Any], as_json: bool) -> None:
+    """Registered worker processes: heartbeat, leader, running jobs."""
+    app = _load_app(obj)
+    rows = app.list_workers()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, default=str))
+        return
+    table = [
+        [
+            r["id"],
+            r["hostname"],
+            str(r["pid"]),
+            r["queues"],
+            f"{r['running']}/{r['concurrency']}",
+            f"{r['heartbeat_age']:.1f}s ago",
+            "yes" if r["leader"] else "",
+        ]
+        for r in rows
+    ]
+    _print_table(["id", "host", "pid", "queues", "running", "heartbeat", "leader"], table)
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -309,13 +378,9 @@ def _parse_time(text: str) -> datetime:
     return when
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _parse_delay(text: str) -> float:
-    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
     try:
-        seconds = float(number) * _UNITS[unit]
+        seconds = parse_duration(text)
     except ValueError:
         raise ConfigError(f"--in {text!r}: expected seconds or 30s, 5m, 2h, 1d") from None
     if not 0 <= seconds <= MAX_DELAY:

@@ -1,0 +1,71 @@
+"""Worker registry, leader lease, cancellation requests and the cancel_job() SQL function.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from alembic import context, op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    schema = context.config.attributes["schema"]
+    s = f'"{schema}"'
+    op.execute(f"""
+CREATE TABLE {s}.workers (
+    id            uuid        PRIMARY KEY,
+    hostname      text        NOT NULL,
+    pid           integer     NOT NULL,
+    queues        text        NOT NULL,
+    concurrency   integer     NOT NULL,
+    lock_key      integer,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at    timestamptz NOT NULL
+)""")
+    op.execute(f"""
+CREATE TABLE {s}.leases (
+    name        text        PRIMARY KEY,
+    worker_id   uuid        NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+)""")
+    op.execute(f"ALTER TABLE {s}.jobs ADD COLUMN cancel_requested_at timestamptz")
+    op.execute(f"""
+CREATE FUNCTION {s}.cancel_job(job_id bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    result text;
+BEGIN
+    UPDATE {s}.jobs SET state = 'cancelled', finished_at = now()
+     WHERE id = job_id AND state IN ('scheduled', 'available', 'retryable')
+    RETURNING state INTO result;
+    IF FOUND THEN
+        RETURN result;
+    END IF;
+    UPDATE {s}.jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
+     WHERE id = job_id AND state = 'running';
+    IF FOUND THEN
+        PERFORM pg_notify('{schema}.cancel', job_id::text);
+        RETURN 'cancelling';
+    END IF;
+    SELECT state INTO result FROM {s}.jobs WHERE id = job_id;
+    RETURN result;
+END
+$$""")
+    op.execute(f"""
+COMMENT ON FUNCTION {s}.cancel_job(bigint) IS
+'Cancel a job: a waiting one becomes cancelled at once (returns ''cancelled''); a running one is
+asked to stop and ends cancelled (returns ''cancelling''); a finished one is left as it is (returns
+its state); NULL when there is no such job.'""")
+
+
+def downgrade() -> None:
+    s = '"{}"'.format(context.config.attributes["schema"])
+    op.execute(f"DROP FUNCTION {s}.cancel_job(bigint)")
+    op.execute(f"ALTER TABLE {s}.jobs DROP COLUMN cancel_requested_at")
+    op.execute(f"DROP TABLE {s}.leases")
+    op.execute(f"DROP TABLE {s}.workers")

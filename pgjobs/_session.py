@@ -1,0 +1,279 @@
+"""The worker's session connection: its registration, heartbeat, leadership and notifications.
+
+Everything that proves a worker alive runs on this one connection:
+
+* a session advisory lock, taken before the worker registers. When the process dies (SIGKILL,
+  OOM, segfault), PostgreSQL closes the connection and drops the lock; the leader's next sweep
+  finds the lock free and gives the worker's jobs back within one heartbeat interval;
+* the heartbeat, every ``heartbeat_interval`` on database time, which extends the worker's lease.
+  A worker that stalls or loses its host stops beating and is swept when its lease expires;
+* LISTEN. The heartbeat runs on the same session with a timeout, so a half-open listener is
+  noticed within a beat plus :data:`BEAT_TIMEOUT` and replaced.
+
+Behind a transaction pooler (poll-only without ``listen_database_url``) session state cannot be
+trusted, so there is no lock and no LISTEN: the lease alone decides, which is slower but correct.
+
+Each beat also takes or keeps the leader lease (a row in ``leases``). The leader sweeps lost
+workers every beat and prunes old finished jobs every :data:`PRUNE_INTERVAL`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ._link import Link
+from ._settings import Settings
+from ._sql import Queries
+
+log = logging.getLogger("pgjobs.worker")
+
+BEAT_TIMEOUT = 5.0
+"""Seconds a heartbeat (or the session's set-up) may take before the connection is presumed dead."""
+
+PRUNE_INTERVAL = 60.0
+"""Seconds between the leader's prune runs."""
+
+PRUNE_BATCH = 1000
+"""Jobs deleted per prune statement; a run stops after :data:`PRUNE_BATCHES` full batches."""
+
+PRUNE_BATCHES = 10
+
+RECONNECT_BACKOFF = (0.1, 5.0)
+
+
+@dataclass(frozen=True)
+class SessionEvents:
+    """What the session tells its worker."""
+
+    on_jobs: Callable[[str], None]
+    """Jobs may be available in this queue ("" for any: after a reconnect, a rescue)."""
+    on_scheduled: Callable[[], None]
+    """A job was scheduled for later: re-read the next due time."""
+    on_cancel: Callable[[int], None]
+    """Cancellation was requested for this job id (it may not be one of ours)."""
+
+
+class Session:
+    """Keeps a worker registered and alive in the database until :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        queries: Queries,
+        worker_id: str,
+        application_name: str,
+        events: SessionEvents,
+    ) -> None:
+        self.trusted = settings.listen_database_url is not None or not settings.poll_only
+        """Whether this is a direct session, so the lock and LISTEN can be relied on."""
+        if settings.listen_database_url is not None:
+            settings = dataclasses.replace(settings, database_url=settings.listen_database_url)
+        self._link = Link(settings, application_name)
+        self._settings = settings
+        self._queries = queries
+        self._worker_id = worker_id
+        self._events = events
+        self._lock_key: int | None = None
+        self._leading = False
+        self._next_prune = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.registered = asyncio.Event()
+        """Set once the worker row exists: claims may start."""
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pgjobs-session")
+
+    async def stop(self) -> None:
+        """Stop beating and remove this worker's row (its lease would expire anyway)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        conn = self._link.current
+        if conn is not None and not conn.closed:
+            try:
+                async with asyncio.timeout(BEAT_TIMEOUT):
+                    await conn.execute(
+                        self._queries.deregister_worker, {"worker_id": self._worker_id}
+                    )
+            except (psycopg.Error, TimeoutError) as exc:
+                log.warning("could not deregister worker: %s", str(exc).strip())
+        await self._link.close()
+
+    async def _run(self) -> None:
+        backoff = RECONNECT_BACKOFF[0]
+        while True:
+            conn = await self._link.connection()
+            self._lock_key = None  # a new session holds no lock yet
+            try:
+                async with asyncio.timeout(BEAT_TIMEOUT):
+                    await self._open(conn)
+                backoff = RECONNECT_BACKOFF[0]
+                while True:
+                    await self._beat(conn)
+                    await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
+            except (psycopg.Error, TimeoutError) as exc:
+                problem = "no answer" if isinstance(exc, TimeoutError) else str(exc).strip()
+                log.warning("session connection lost (%s); reconnecting", problem)
+                await self._link.close()
+                self._events.on_jobs("")  # the producer polls meanwhile; wake it now
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
+
+    async def _open(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Lock, register, LISTEN, sweep once; then wake the producer for an immediate claim."""
+        if self.trusted and self._lock_key is None:
+            self._lock_key = await self._take_lock(conn)
+        await conn.execute(
+            self._queries.register_worker,
+            {
+                "worker_id": self._worker_id,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": self._settings.queues,
+                "concurrency": self._settings.concurrency,
+                "lock_key": self._lock_key,
+                "lease": self._settings.lease_timeout,
+            },
+        )
+        if self.trusted:
+            q = self._queries
+            for channel in (q.jobs_channel, q.scheduled_channel, q.cancel_channel):
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            log.info(
+                "listening on %s, %s and %s", q.jobs_channel, q.scheduled_channel, q.cancel_channel
+            )
+        if not self.registered.is_set():
+            await self._sweep(conn)  # start-up sweep: lost workers' jobs need no leader
+            self.registered.set()
+        self._events.on_jobs("")
+
+    async def _take_lock(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        """A session advisory lock under a random key; a key still held (say, by this worker's
+        previous half-open connection) is skipped for another."""
+        while True:
+            key = random.randint(-(2**31), 2**31 - 1)
+            cur = await conn.execute(
+                self._queries.lock_worker,
+                {"lock_namespace": self._queries.lock_namespace, "lock_key": key},
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                return key
+
+    async def _beat(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async with asyncio.timeout(BEAT_TIMEOUT):
+            cur = await conn.execute(
+                self._queries.heartbeat,
+                {
+                    "worker_id": self._worker_id,
+                    "lease": self._settings.lease_timeout,
+                    "lock_namespace": self._queries.lock_namespace,
+                },
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            registered, leading, cancel_requested = row
+            if not registered:
+                log.warning(
+                    "this worker was presumed lost (no heartbeat within %s s) and its jobs went "
+                    "back to the queue; registering again",
+                    self._settings.lease_timeout,
+                )
+                await self._open(conn)
+            if leading != self._leading:
+                self._leading = leading
+                log.info("%s the leader", "became" if leading else "is no longer")
+            if leading:
+                await self._sweep(conn)
+                await self._prune_when_due(conn)
+        for job_id in cancel_requested:
+            self._events.on_cancel(job_id)
+
+    async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        lost, rescued, discarded = await rescue(
+            conn, self._queries, sweeper_id=self._worker_id, worker_id=None, reason=None
+        )
+        if lost or rescued:
+            log.warning(
+                "swept %s lost worker(s): %s job(s) back to the queue, %s discarded on their "
+                "last attempt",
+                lost,
+                rescued - discarded,
+                discarded,
+            )
+
+    async def _prune_when_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL
+        params = {
+            "completed": self._settings.retain_completed,
+            "cancelled": self._settings.retain_cancelled,
+            "discarded": self._settings.retain_discarded,
+            "limit": PRUNE_BATCH,
+        }
+        total = 0
+        for _ in range(PRUNE_BATCHES):
+            cur = await conn.execute(self._queries.prune_jobs, params)
+            row = await cur.fetchone()
+            deleted = row[0] if row else 0
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        if total:
+            log.info("pruned %s finished job(s) past their retention", total)
+
+    async def _wait_for_notifications(
+        self, conn: psycopg.AsyncConnection[Any], seconds: float
+    ) -> None:
+        if not self.trusted:
+            await asyncio.sleep(seconds)
+            return
+        q = self._queries
+        async for notify in conn.notifies(timeout=seconds):
+            if notify.channel == q.jobs_channel:
+                self._events.on_jobs(notify.payload)
+            elif notify.channel == q.scheduled_channel:
+                self._events.on_scheduled()
+            elif notify.channel == q.cancel_channel and notify.payload.isdigit():
+                self._events.on_cancel(int(notify.payload))
+
+
+async def rescue(
+    conn: psycopg.AsyncConnection[Any],
+    queries: Queries,
+    *,
+    sweeper_id: str | None,
+    worker_id: str | None,
+    reason: str | None,
+) -> tuple[int, int, int]:
+    """Run the rescue sweep; returns (workers lost, jobs rescued, of which discarded).
+
+    ``worker_id`` names one worker known to be dead (its supervisor saw it exit), with ``reason``.
+    """
+    cur = await conn.execute(
+        queries.rescue_jobs,
+        {
+            "sweeper_id": sweeper_id,
+            "worker_id": worker_id,
+            "reason": reason,
+            "lock_namespace": queries.lock_namespace,
+            "channel": queries.jobs_channel,
+        },
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    lost, rescued, discarded, _ = row
+    return lost, rescued, discarded

@@ -8,7 +8,7 @@ killing its worker therefore ends ``discarded`` after ``max_attempts`` deaths.
 Children run in their own process group: a terminal's Ctrl-C or a service manager reaches the
 supervisor only, which forwards SIGTERM/SIGINT (so each child sees each signal once; with systemd
 use ``KillMode=mixed``). A child that dies is restarted after a back-off that doubles from 1 s to
-30 s while children keep dying young and resets once one lives a minute; a retired child (a
+10 s while children keep dying young and resets once one lives 10 s; a retired child (a
 job's thread overran its timeout) is replaced at once. If the supervisor itself dies, its
 children notice and stop gracefully.
 """
@@ -38,10 +38,10 @@ log = logging.getLogger("pgjobs.supervisor")
 WORKER_ID_VARIABLE = "PGJOBS_SUPERVISED_WORKER_ID"
 """Environment variable through which a child learns its worker id (and that it is supervised)."""
 
-BACKOFF = (1.0, 30.0)
+BACKOFF = (1.0, 10.0)
 """First and longest delay before restarting a child that died."""
 
-LIVED_LONG = 60.0
+LIVED_LONG = 10.0
 """A child that ran this long before dying resets the back-off."""
 
 

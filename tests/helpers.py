@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -90,7 +91,19 @@ class WorkerProcess:
     def wait(self, timeout: float = 30.0) -> int:
         return self.process.wait(timeout)
 
+    def children(self) -> list[int]:
+        """Pids of this process's children (a supervisor's workers)."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except FileNotFoundError:
+            return []
+
     def kill(self) -> None:
+        """SIGKILL the process and any children it has."""
+        for pid in self.children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()

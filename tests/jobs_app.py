@@ -4,7 +4,9 @@ autocommit connection, so tests assert on what really ran, not on pgjobs' bookke
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -123,3 +125,75 @@ def until_stopping() -> None:
 @app.job(name="anything")
 def anything(*args: Any, **kwargs: Any) -> None:
     record("anything")
+
+
+@app.job(name="until_cancelled")
+def until_cancelled() -> None:
+    record("until_cancelled")
+    while not pgjobs.current_job().cancelled:
+        time.sleep(0.01)
+    record("until_cancelled", "saw-cancel")
+
+
+@app.job(name="async_until_cancelled")
+async def async_until_cancelled() -> None:
+    await asyncio.to_thread(record, "async_until_cancelled")
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await asyncio.to_thread(record, "async_until_cancelled", "cancelled")
+        raise
+
+
+@app.job(name="snoozer", max_attempts=1)
+def snoozer(times: int) -> None:
+    """Snoozes ``times`` times (counted in the ledger), then completes."""
+    record("snoozer")
+    row = _ledger().execute(
+        "SELECT count(*) FROM ledger WHERE job_id = %s", (pgjobs.current_job().id,)
+    ).fetchone()
+    assert row is not None
+    if row[0] <= times:
+        raise pgjobs.Snooze(0.1)
+
+
+@app.job(name="async_overruns", timeout=0.5, max_attempts=2, retry=retry_now)
+async def async_overruns() -> None:
+    await asyncio.to_thread(record, "async_overruns")
+    await asyncio.sleep(3600)
+
+
+@app.job(name="sync_overruns", timeout=0.5, max_attempts=1)
+def sync_overruns(seconds: float) -> None:
+    record("sync_overruns")
+    time.sleep(seconds)
+    record("sync_overruns", "end")
+
+
+@app.job(name="spins", timeout=2, max_attempts=3, retry=retry_now)
+def spins() -> None:
+    """Poison pill: never returns."""
+    record("spins")
+    while True:
+        time.sleep(0.01)
+
+
+@app.job(name="kills_its_worker", max_attempts=3)
+def kills_its_worker() -> None:
+    """Poison pill: SIGKILLs the process running it."""
+    record("kills_its_worker")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.job(name="exits_its_worker", max_attempts=3)
+def exits_its_worker() -> None:
+    """Poison pill: ends the process running it with status 3, skipping all clean-up."""
+    record("exits_its_worker")
+    os._exit(3)
+
+
+@app.job(name="segfaults", max_attempts=3)
+def segfaults() -> None:
+    """Poison pill: a segmentation fault."""
+    record("segfaults")
+    ctypes.string_at(0)

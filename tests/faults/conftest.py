@@ -6,14 +6,18 @@ These never touch the suite's shared server; each test gets a server it may cras
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+import pgjobs
+from tests import jobs_app
 from tests.faults.cluster import Cluster, init_template, owned_tempdir
 from tests.faults.pgbouncer import PgBouncer
 from tests.faults.proxy import FaultProxy
+from tests.helpers import LEDGER_DDL, WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +60,41 @@ def fault_proxy(cluster: Cluster) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture
+def jobs_url(cluster: Cluster) -> Iterator[str]:
+    """A migrated database on ``cluster`` with the ledger table; the tests' app points at it."""
+    cluster.create_database("jobs")
+    url = cluster.url_for("jobs")
+    pgjobs.migrate(pgjobs.load_settings({"database_url": url}))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(LEDGER_DDL)
+    jobs_app.app.configure(database_url=url)
+    yield url
+    jobs_app.app.close()
+    jobs_app.close_ledger_connections()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start_worker(url, *args)``: a ``pgjobs worker`` for the tests' app on ``url``.
+
+    Every worker started is SIGKILLed at the end of the test if it still runs (children of a
+    supervisor included, since they stop when it dies).
+    """
+    started: list[WorkerProcess] = []
+
+    def start(url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        process = WorkerProcess.start(
+            ["--app", "tests.jobs_app:app", "worker", *args],
+            database_url=url,
+            log=tmp_path / f"worker-{len(started)}.log",
+            env=env,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -355,8 +355,8 @@ class App:
         ``"cancelled"``: it was waiting (scheduled, available or retryable) and will never run.
         ``"cancelling"``: it is running; its worker is told at once (an ``async def`` job is
         cancelled, a ``def`` job sees ``current_job().cancelled``) and it ends ``cancelled``.
-        Any other state (``completed``, ``discarded``, ``cancelled``): it had already ended and is
-        left as it is. The same as ``SELECT pgjobs.cancel_job(id)`` in SQL.
+        ``"already completed"``, ``"already discarded"``, ``"already cancelled"``: it had ended
+        and is left as it is. The same as ``SELECT pgjobs.cancel_job(id)`` in SQL.
         """
         if conn is not None:
             with self._translated_errors():

@@ -304,7 +304,7 @@ def cancel(obj: dict[str, Any], job_id: int) -> None:
     elif state == "cancelling":
         click.echo(f"job {job_id} is running: its worker was asked to cancel it")
     else:
-        click.echo(f"job {job_id} already ended {state}; nothing to cancel", err=True)
+        click.echo(f"job {job_id}: {state}; nothing to cancel", err=True)
         sys.exit(1)
 
 

@@ -149,9 +149,11 @@ async def async_until_cancelled() -> None:
 def snoozer(times: int) -> None:
     """Snoozes ``times`` times (counted in the ledger), then completes."""
     record("snoozer")
-    row = _ledger().execute(
-        "SELECT count(*) FROM ledger WHERE job_id = %s", (pgjobs.current_job().id,)
-    ).fetchone()
+    row = (
+        _ledger()
+        .execute("SELECT count(*) FROM ledger WHERE job_id = %s", (pgjobs.current_job().id,))
+        .fetchone()
+    )
     assert row is not None
     if row[0] <= times:
         raise pgjobs.Snooze(0.1)

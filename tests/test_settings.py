@@ -49,6 +49,9 @@ def test_pgjobs_toml_wins_over_pyproject(tmp_path: Path) -> None:
         ({"queues": "a:zero"}, "positive integer"),
         ({"queues": "bad queue"}, "not a queue name"),
         ({"colour": "blue"}, "unknown setting"),
+        ({"lease_timeout": "5s", "heartbeat_interval": "2s"}, "at least 3 heartbeat"),
+        ({"retain_completed": "a week"}, "not a valid float"),
+        ({"processes": 0}, "processes"),
     ],
 )
 def test_bad_settings_are_refused(
@@ -77,3 +80,19 @@ def test_queue_specs() -> None:
         True,
         "critical:3,default:1",
     )
+
+
+def test_durations_take_units_everywhere(tmp_path: Path) -> None:
+    (tmp_path / "pgjobs.toml").write_text('retain_discarded = "90d"\nheartbeat_interval = 1\n')
+    env = {"PGJOBS_LEASE_TIMEOUT": "45s", "PGJOBS_RETAIN_COMPLETED": "12h"}
+    settings = load_settings(
+        {"poll_interval": "250ms", "shutdown_timeout": "1.5m"}, directory=tmp_path, environ=env
+    )
+    assert (
+        settings.retain_discarded,
+        settings.heartbeat_interval,
+        settings.lease_timeout,
+        settings.retain_completed,
+        settings.poll_interval,
+        settings.shutdown_timeout,
+    ) == (90 * 86400, 1.0, 45.0, 12 * 3600, 0.25, 90.0)

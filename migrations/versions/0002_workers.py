@@ -38,29 +38,34 @@ CREATE TABLE {s}.leases (
     op.execute(f"""
 CREATE FUNCTION {s}.cancel_job(job_id bigint) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
-    result text;
+    current_state text;
 BEGIN
-    UPDATE {s}.jobs SET state = 'cancelled', finished_at = now()
-     WHERE id = job_id AND state IN ('scheduled', 'available', 'retryable')
-    RETURNING state INTO result;
-    IF FOUND THEN
-        RETURN result;
-    END IF;
-    UPDATE {s}.jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
-     WHERE id = job_id AND state = 'running';
-    IF FOUND THEN
-        PERFORM pg_notify('{schema}.cancel', job_id::text);
-        RETURN 'cancelling';
-    END IF;
-    SELECT state INTO result FROM {s}.jobs WHERE id = job_id;
-    RETURN result;
+    LOOP  -- again only if the job changed state between two statements (claimed, rescued)
+        UPDATE {s}.jobs SET state = 'cancelled', finished_at = now()
+         WHERE id = job_id AND state IN ('scheduled', 'available', 'retryable');
+        IF FOUND THEN
+            RETURN 'cancelled';
+        END IF;
+        UPDATE {s}.jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
+         WHERE id = job_id AND state = 'running';
+        IF FOUND THEN
+            PERFORM pg_notify('{schema}.cancel', job_id::text);
+            RETURN 'cancelling';
+        END IF;
+        SELECT state INTO current_state FROM {s}.jobs WHERE id = job_id;
+        IF current_state IS NULL THEN
+            RETURN NULL;
+        ELSIF current_state IN ('completed', 'discarded', 'cancelled') THEN
+            RETURN 'already ' || current_state;
+        END IF;
+    END LOOP;
 END
 $$""")
     op.execute(f"""
 COMMENT ON FUNCTION {s}.cancel_job(bigint) IS
-'Cancel a job: a waiting one becomes cancelled at once (returns ''cancelled''); a running one is
-asked to stop and ends cancelled (returns ''cancelling''); a finished one is left as it is (returns
-its state); NULL when there is no such job.'""")
+'Cancel a job. A waiting one is cancelled at once and never runs: returns ''cancelled''. A running
+one is asked to stop and ends cancelled: returns ''cancelling''. One that had ended is left alone:
+returns ''already completed'', ''already discarded'' or ''already cancelled''. NULL: no such job.'""")
 
 
 def downgrade() -> None:

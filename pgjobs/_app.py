@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import select
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -416,6 +417,7 @@ class App:
                     kwargs={**kwargs, "autocommit": True},
                     min_size=0,
                     max_size=4,
+                    check=_check_pooled,
                     open=True,
                 )
         with (
@@ -448,11 +450,33 @@ class App:
                 kwargs={**kwargs, "autocommit": True},
                 min_size=0,
                 max_size=4,
+                check=_check_pooled_async,
                 open=False,
             )
             await pool.open()
             self._async_pool = pool
         return self._async_pool
+
+
+def _server_spoke(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection's socket has something to read: a closed connection (the
+    server restarted or ended the session) or a message to look at. Costs no round trip."""
+    if conn.closed:
+        return True
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
+
+
+def _check_pooled(conn: psycopg.Connection[Any]) -> None:
+    """Pool check: drop a connection the server closed while it sat idle, so the first enqueue
+    after a database restart gets a fresh one instead of an error."""
+    if _server_spoke(conn):
+        psycopg_pool.ConnectionPool.check_connection(conn)
+
+
+async def _check_pooled_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    if _server_spoke(conn):
+        await psycopg_pool.AsyncConnectionPool.check_connection(conn)
 
 
 def _insert_params(calls: Iterable[JobCall]) -> dict[str, list[Any]]:

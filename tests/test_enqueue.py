@@ -190,3 +190,27 @@ def test_enqueue_before_migrating_says_to_migrate(empty_database_url: str) -> No
             job.enqueue()
     finally:
         app.close()
+
+
+def test_enqueue_after_the_server_ended_pooled_connections_gets_a_fresh_one(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    async def enqueue_twice_async() -> None:
+        await jobs_app.noop.enqueue_async("async before")
+        terminate()
+        await jobs_app.noop.enqueue_async("async after")
+        await app.aclose()
+
+    def terminate() -> None:
+        ended = db.execute(
+            "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+            " WHERE application_name = 'pgjobs-client'"
+        ).fetchone()
+        assert ended is not None and ended[0] >= 1
+
+    jobs_app.noop.enqueue("before")
+    terminate()  # as a database restart does
+    jobs_app.noop.enqueue("after")
+    asyncio.run(enqueue_twice_async())
+    labels = db.execute("SELECT args ->> 0 FROM pgjobs.jobs ORDER BY id").fetchall()
+    assert labels == [("before",), ("after",), ("async before",), ("async after",)]

@@ -122,9 +122,12 @@ class Session:
                 while True:
                     await self._beat(conn)
                     await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
-            except (psycopg.Error, TimeoutError) as exc:
-                problem = "no answer" if isinstance(exc, TimeoutError) else str(exc).strip()
-                log.warning("session connection lost (%s); reconnecting", problem)
+            except Exception as exc:  # never let the heartbeat die: a live worker needs it
+                if isinstance(exc, psycopg.Error | TimeoutError):
+                    problem = str(exc).strip() or "no answer"
+                    log.warning("session connection lost (%s); reconnecting", problem)
+                else:
+                    log.exception("session failed; reconnecting")
                 await self._link.close()
                 self._events.on_jobs("")  # the producer polls meanwhile; wake it now
                 await asyncio.sleep(backoff)

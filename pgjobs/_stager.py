@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
+
+import psycopg
 
 from ._link import Link
 from ._sql import Queries
+
+log = logging.getLogger("pgjobs.worker")
 
 BATCH = 1000
 """Jobs promoted per statement; a full batch is followed at once by another."""
@@ -61,7 +66,12 @@ class Stager:
     async def _run(self) -> None:
         while True:
             self._wakeup.clear()
-            promoted, next_due_in = await self.promote_due()
+            try:
+                promoted, next_due_in = await self.promote_due()
+            except psycopg.Error:
+                # not a lost connection (the link rides those out): log, and try again later
+                log.exception("promoting due jobs failed; retrying")
+                promoted, next_due_in = 0, None
             if promoted >= BATCH:
                 continue
             timeout = self._poll_interval

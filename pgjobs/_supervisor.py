@@ -10,7 +10,8 @@ supervisor only, which forwards SIGTERM/SIGINT (so each child sees each signal o
 use ``KillMode=mixed``). A child that dies is restarted after a back-off that doubles from 1 s to
 10 s while children keep dying young and resets once one lives 10 s; a retired child (a
 job's thread overran its timeout) is replaced at once. If the supervisor itself dies, its
-children notice and stop gracefully.
+children notice and stop gracefully. With ``--burst`` a child that exits 0 (its queues are empty)
+is not replaced, and the supervisor exits once all have.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ LIVED_LONG = 10.0
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, processes: int, argv: Sequence[str]) -> None:
+    def __init__(
+        self, settings: Settings, processes: int, argv: Sequence[str], *, burst: bool = False
+    ) -> None:
         self._settings = settings
         self._processes = processes
+        self._burst = burst
         self._argv = [sys.executable, "-m", "pgjobs", *argv]
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
@@ -92,7 +96,7 @@ class Supervisor:
             status = await child.wait()
             del self._children[slot]
             lived = loop.time() - started
-            if status == 0 and self._stopping.is_set():
+            if status == 0 and (self._stopping.is_set() or self._burst):
                 return
             reason = _describe(status)
             log.warning(

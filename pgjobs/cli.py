@@ -154,10 +154,9 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
     app = _load_app(_given(obj, flags, {"app": app_path}), require_app=True)
     worker_id = supervised_worker_id()
     if app.settings.processes > 1 and worker_id is None:
-        if burst:
-            raise ConfigError("--burst runs in one process; drop --processes")
         check_schema(app.settings)
-        asyncio.run(Supervisor(app.settings, app.settings.processes, sys.argv[1:]).run())
+        supervisor = Supervisor(app.settings, app.settings.processes, sys.argv[1:], burst=burst)
+        asyncio.run(supervisor.run())
         return
     runner = Worker(
         app,
@@ -350,6 +349,49 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
         ["queue", *STATES],
         [[queue, *(str(by_state.get(s, 0)) for s in STATES)] for queue, by_state in counts.items()],
     )
+
+
+@cli.command()
+@click.argument("mode", type=click.Choice(["enqueue", "bulk", "process", "latency"]))
+@click.option("--jobs", type=click.IntRange(1), help="Jobs to enqueue or process")
+@click.option("--processes", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--async-jobs", is_flag=True, help="Time async def no-op jobs, not def ones")
+@click.option("--samples", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
+@click.pass_obj
+@_handles_errors
+def bench(
+    obj: dict[str, Any],
+    mode: str,
+    jobs: int | None,
+    processes: int,
+    concurrency: int,
+    async_jobs: bool,
+    samples: int,
+    as_json: bool,
+) -> None:
+    """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
+
+    MODE: enqueue (one job per transaction, beside bare INSERT+COMMIT), bulk (enqueue_many),
+    process (a burst worker burns down no-op jobs), latency (commit to job start, idle worker).
+    """
+    from . import _bench
+
+    settings = _load_app(obj).settings
+    default_jobs = {"enqueue": 10_000, "bulk": 100_000, "process": 100_000, "latency": 0}
+    options = _bench.BenchOptions(
+        jobs=jobs or default_jobs[mode],
+        processes=processes,
+        concurrency=concurrency,
+        async_jobs=async_jobs,
+        samples=samples,
+    )
+    result = _bench.run(mode, settings, options)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    _print_table(["figure", "value"], [[key, str(value)] for key, value in result.items()])
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:

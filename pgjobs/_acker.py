@@ -37,6 +37,7 @@ class Acker:
         self._worker_id = worker_id
         self._on_retry = on_retry
         self._pending: list[tuple[int, int, Outcome]] = []
+        self._writing: list[tuple[int, int, Outcome]] = []
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -58,6 +59,10 @@ class Acker:
         self._idle.clear()
         self._ready.set()
 
+    def unwritten(self) -> set[int]:
+        """Ids of jobs whose outcome is not written yet: still this worker's, though done."""
+        return {job_id for job_id, _, _ in (*self._pending, *self._writing)}
+
     async def flush(self) -> None:
         """Wait until every outcome added so far is written."""
         await self._idle.wait()
@@ -66,7 +71,8 @@ class Acker:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            batch, self._pending = self._pending, []
+            batch = self._writing = self._pending
+            self._pending = []
             if batch:
                 try:
                     await self._write(batch)
@@ -78,6 +84,8 @@ class Acker:
                     self._ready.set()
                     await asyncio.sleep(RETRY_DELAY)
                     continue
+                finally:
+                    self._writing = []
             if not self._pending:
                 self._idle.set()
 

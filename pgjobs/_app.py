@@ -323,9 +323,11 @@ class App:
         params = _insert_params(calls)
         if conn is not None:
             with self._translated_errors():
-                return _run_insert(_connection.unwrap_sync(conn), self.queries.insert_jobs, params)
+                return _run_insert(
+                    _connection.unwrap_sync(conn), self.queries.insert_jobs, params, self._prepare
+                )
         with self._connection() as own:
-            return _run_insert(own, self.queries.insert_jobs, params)
+            return _run_insert(own, self.queries.insert_jobs, params, self._prepare)
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[int]:
         """:meth:`enqueue_many` for async code."""
@@ -333,10 +335,15 @@ class App:
         with self._translated_errors():
             if conn is not None:
                 driver = await _connection.unwrap_async(conn)
-                return await _run_insert_async(driver, self.queries.insert_jobs, params)
+                return await _run_insert_async(
+                    driver, self.queries.insert_jobs, params, self._prepare
+                )
             pool = await self._open_async_pool()
-            async with pool.connection(timeout=self.settings.connect_timeout) as own:
-                return await _run_insert_async(own, self.queries.insert_jobs, params)
+            with _lost_connection_errors():
+                async with pool.connection(timeout=self.settings.connect_timeout) as own:
+                    return await _run_insert_async(
+                        own, self.queries.insert_jobs, params, self._prepare
+                    )
 
     def retry(self, job_id: int, *, conn: Any = None) -> bool:
         """Put a finished, discarded or waiting job back to run now; ``False`` if it does not exist.
@@ -381,6 +388,12 @@ class App:
         with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(self.queries.list_jobs, params).fetchall()
 
+    @property
+    def _prepare(self) -> bool | None:
+        """``prepare=`` for statements on callers' connections: never behind a pooler that
+        cannot keep them (``prepared_statements = false``), else psycopg's choice."""
+        return None if self.settings.prepared_statements else False
+
     def list_workers(self) -> list[dict[str, Any]]:
         """The registered workers, oldest first, with their heartbeat age, leadership and number
         of running jobs."""
@@ -422,6 +435,7 @@ class App:
                 )
         with (
             self._translated_errors(),
+            _lost_connection_errors(),
             self._pool.connection(timeout=self.settings.connect_timeout) as conn,
         ):
             yield conn
@@ -456,6 +470,23 @@ class App:
             await pool.open()
             self._async_pool = pool
         return self._async_pool
+
+
+@contextmanager
+def _lost_connection_errors() -> Iterator[None]:
+    """On pgjobs' own connections, a connection lost mid-call is a :class:`DatabaseError`.
+
+    (On a caller's connection the driver's error stands: the caller's transaction failed.)
+    """
+    try:
+        yield
+    except psycopg_pool.PoolTimeout:
+        raise  # no connection at all: _translated_errors says so
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"the database connection failed during the call ({str(exc).strip()}); if it was an "
+            "enqueue, it may or may not have been committed"
+        ) from exc
 
 
 def _server_spoke(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -504,22 +535,25 @@ def _insert_params(calls: Iterable[JobCall]) -> dict[str, list[Any]]:
 
 
 def _run_insert(
-    conn: psycopg.Connection[Any], statement: str, params: Mapping[str, Any]
+    conn: psycopg.Connection[Any], statement: str, params: Mapping[str, Any], prepare: bool | None
 ) -> list[int]:
     if not params["names"]:
         return []
     with conn.cursor() as cur:
-        cur.execute(statement, params)
+        cur.execute(statement, params, prepare=prepare)
         return [row[0] for row in cur.fetchall()]
 
 
 async def _run_insert_async(
-    conn: psycopg.AsyncConnection[Any], statement: str, params: Mapping[str, Any]
+    conn: psycopg.AsyncConnection[Any],
+    statement: str,
+    params: Mapping[str, Any],
+    prepare: bool | None,
 ) -> list[int]:
     if not params["names"]:
         return []
     async with conn.cursor() as cur:
-        await cur.execute(statement, params)
+        await cur.execute(statement, params, prepare=prepare)
         return [row[0] for row in await cur.fetchall()]
 
 

@@ -5,14 +5,19 @@ on a new connection after a back-off (0.1 s doubling to 5 s), so a database rest
 worker instead of killing it. Every statement pgjobs retries this way is safe to repeat: claims
 and promotions select afresh, and fenced writes that already landed simply match no row again. (A
 claim that landed before its answer was lost is found and handed back by the worker.) A statement
-unanswered for :data:`STATEMENT_TIMEOUT` counts as a broken connection: that is a half-open link.
+unanswered for :data:`STATEMENT_TIMEOUT` counts as a broken connection: that is a half-open link,
+and :func:`within` cuts it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any
+import os
+import socket
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -22,11 +27,41 @@ from ._settings import Settings
 
 log = logging.getLogger("pgjobs.worker")
 
+T = TypeVar("T")
+
 MAX_BACKOFF = 5.0
 
 STATEMENT_TIMEOUT = 30.0
 """Seconds a statement may go unanswered before its connection is presumed half-open and
 replaced. pgjobs' statements take milliseconds; this only catches dead links."""
+
+
+async def within(conn: psycopg.AsyncConnection[Any], work: Awaitable[T], seconds: float) -> T:
+    """``await work`` (statements on ``conn``), or, after ``seconds``, cut ``conn`` and raise
+    ``TimeoutError``.
+
+    Cutting, not cancelling: psycopg answers a cancelled statement with a cancel request and waits
+    up to 10 s for it, and on a half-open link that request is lost too. Shutting the socket down
+    under the pending statement makes it fail at once.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    with (
+        contextlib.suppress(OSError, psycopg.Error),
+        socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock,
+    ):
+        sock.shutdown(socket.SHUT_RDWR)
+    done, _ = await asyncio.wait({task}, timeout=1.0)
+    if not done:
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise TimeoutError(f"no answer within {seconds:g} s")
 
 
 class Link:
@@ -64,9 +99,7 @@ class Link:
             while True:
                 conn = await self.connection()
                 try:
-                    async with asyncio.timeout(STATEMENT_TIMEOUT), conn.cursor() as cur:
-                        await cur.execute(statement, params)
-                        return await cur.fetchall() if cur.description else []
+                    return await within(conn, _rows(conn, statement, params), STATEMENT_TIMEOUT)
                 except (psycopg.OperationalError, TimeoutError) as exc:
                     self.failures += 1
                     log.warning(
@@ -83,3 +116,11 @@ class Link:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+
+async def _rows(
+    conn: psycopg.AsyncConnection[Any], statement: str, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cur:
+        await cur.execute(statement, params)
+        return await cur.fetchall() if cur.description else []

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ._link import Link
+from ._link import STATEMENT_TIMEOUT, Link, within
 from ._settings import Settings
 from ._sql import Queries
 
@@ -102,10 +102,11 @@ class Session:
         conn = self._link.current
         if conn is not None and not conn.closed:
             try:
-                async with asyncio.timeout(BEAT_TIMEOUT):
-                    await conn.execute(
-                        self._queries.deregister_worker, {"worker_id": self._worker_id}
-                    )
+                await within(
+                    conn,
+                    conn.execute(self._queries.deregister_worker, {"worker_id": self._worker_id}),
+                    BEAT_TIMEOUT,
+                )
             except (psycopg.Error, TimeoutError) as exc:
                 log.warning("could not deregister worker: %s", str(exc).strip())
         await self._link.close()
@@ -116,11 +117,12 @@ class Session:
             conn = await self._link.connection()
             self._lock_key = None  # a new session holds no lock yet
             try:
-                async with asyncio.timeout(BEAT_TIMEOUT):
-                    await self._open(conn)
+                await within(conn, self._open(conn), BEAT_TIMEOUT)
                 backoff = RECONNECT_BACKOFF[0]
                 while True:
-                    await self._beat(conn)
+                    leading = await within(conn, self._beat(conn), BEAT_TIMEOUT)
+                    if leading:
+                        await within(conn, self._lead(conn), STATEMENT_TIMEOUT)
                     await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
             except Exception as exc:  # never let the heartbeat die: a live worker needs it
                 if isinstance(exc, psycopg.Error | TimeoutError):
@@ -174,34 +176,37 @@ class Session:
             if row is not None and row[0]:
                 return key
 
-    async def _beat(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        async with asyncio.timeout(BEAT_TIMEOUT):
-            cur = await conn.execute(
-                self._queries.heartbeat,
-                {
-                    "worker_id": self._worker_id,
-                    "lease": self._settings.lease_timeout,
-                    "lock_namespace": self._queries.lock_namespace,
-                },
+    async def _beat(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Heartbeat; returns whether this worker leads."""
+        cur = await conn.execute(
+            self._queries.heartbeat,
+            {
+                "worker_id": self._worker_id,
+                "lease": self._settings.lease_timeout,
+                "lock_namespace": self._queries.lock_namespace,
+            },
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        registered, leading, cancel_requested = row
+        if not registered:
+            log.warning(
+                "this worker was presumed lost (no heartbeat within %s s) and its jobs went "
+                "back to the queue; registering again",
+                self._settings.lease_timeout,
             )
-            row = await cur.fetchone()
-            assert row is not None
-            registered, leading, cancel_requested = row
-            if not registered:
-                log.warning(
-                    "this worker was presumed lost (no heartbeat within %s s) and its jobs went "
-                    "back to the queue; registering again",
-                    self._settings.lease_timeout,
-                )
-                await self._open(conn)
-            if leading != self._leading:
-                self._leading = leading
-                log.info("%s the leader", "became" if leading else "is no longer")
-            if leading:
-                await self._sweep(conn)
-                await self._prune_when_due(conn)
+            await self._open(conn)
+        if leading != self._leading:
+            self._leading = leading
+            log.info("%s the leader", "became" if leading else "is no longer")
         for job_id in cancel_requested:
             self._events.on_cancel(job_id)
+        return bool(leading)
+
+    async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The leader's duties at each beat: sweep lost workers, prune when due."""
+        await self._sweep(conn)
+        await self._prune_when_due(conn)
 
     async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> None:
         lost, rescued, discarded = await rescue(

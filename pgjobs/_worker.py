@@ -244,12 +244,13 @@ class Worker:
 
     async def _release_strays(self) -> None:
         """After a claim was retried on a new connection, the lost try may have claimed jobs
-        that this worker never heard of: hand them back."""
+        that this worker never heard of: hand them back. Jobs it runs, and jobs it finished
+        whose outcome is not written yet, are its own."""
         rows = await self._claim.fetch(
             self._queries.release_stray_jobs,
             {
                 "worker_id": self.id,
-                "known": list(self._running),
+                "known": [*self._running, *self._acker.unwritten()],
                 "channel": self._queries.jobs_channel,
             },
         )

@@ -26,7 +26,7 @@ def _ledger() -> psycopg.Connection[Any]:
     url = str(app.settings.database_url)
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed or _local.url != url:
-        conn = _local.conn = psycopg.connect(url, autocommit=True)
+        conn = _local.conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
         _local.url = url
         _ledger_connections.append(conn)
     return conn

@@ -63,9 +63,10 @@ END
 $$""")
     op.execute(f"""
 COMMENT ON FUNCTION {s}.cancel_job(bigint) IS
-'Cancel a job. A waiting one is cancelled at once and never runs: returns ''cancelled''. A running
-one is asked to stop and ends cancelled: returns ''cancelling''. One that had ended is left alone:
-returns ''already completed'', ''already discarded'' or ''already cancelled''. NULL: no such job.'""")
+'Cancel a job. A waiting one is cancelled at once and never runs: returns ''cancelled''.
+A running one is asked to stop and ends cancelled: returns ''cancelling''. One that had ended is
+left alone: returns ''already completed'', ''already discarded'' or ''already cancelled''.
+NULL: no such job.'""")
 
 
 def downgrade() -> None:

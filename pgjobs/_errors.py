@@ -44,3 +44,15 @@ class JobTimeout(PgjobsError, TimeoutError):
     def __init__(self, message: str, *, thread_running: bool = False) -> None:
         self.thread_running = thread_running
         super().__init__(message)
+
+
+for _error in (
+    PgjobsError,
+    ValidationError,
+    ConfigError,
+    UnknownJobError,
+    SchemaError,
+    DatabaseError,
+    JobTimeout,
+):
+    _error.__module__ = "pgjobs"  # as users import them, and as stored in jobs.errors

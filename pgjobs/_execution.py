@@ -131,9 +131,10 @@ async def _call(
         threads, _call_in_thread, func, args, kwargs, context
     )
     try:
-        await asyncio.wait_for(asyncio.shield(future), timeout)
+        async with asyncio.timeout(timeout) as deadline:
+            await asyncio.shield(future)  # the thread runs on whatever happens to this task
     except TimeoutError:
-        if future.done():
+        if not deadline.expired():
             raise
         raise JobTimeout(
             f"still running after its {timeout:g} s timeout; its thread cannot be stopped",

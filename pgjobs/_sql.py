@@ -156,7 +156,6 @@ WITH lost AS (
 ), rescued AS (
     UPDATE {schema}.jobs AS j
     SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END,
-        scheduled_at = now(),
         finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', j.attempt,
@@ -185,6 +184,7 @@ SELECT (SELECT count(*) FROM forgotten) AS workers_lost,
 attempt (a job that kills its worker). With ``worker_id`` set, that worker is lost (its
 supervisor saw it die); otherwise every worker whose lease expired or whose session lock is free,
 plus running jobs whose worker is not registered at all. Never based on how long a job runs.
+Rescued jobs keep their ``scheduled_at``, so they run before jobs that came after them.
 ``sweeper_id`` is the sweeping worker: its own lock is re-entrant in its own session, so it would
 look free."""
 

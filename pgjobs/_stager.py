@@ -78,4 +78,5 @@ class Stager:
             if next_due_in is not None:
                 timeout = min(timeout, max(next_due_in, 0.0) + SLACK)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel
+                    await self._wakeup.wait()

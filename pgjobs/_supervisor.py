@@ -8,7 +8,7 @@ killing its worker therefore ends ``discarded`` after ``max_attempts`` deaths.
 Children run in their own process group: a terminal's Ctrl-C or a service manager reaches the
 supervisor only, which forwards SIGTERM/SIGINT (so each child sees each signal once; with systemd
 use ``KillMode=mixed``). A child that dies is restarted after a back-off that doubles from 1 s to
-10 s while children keep dying young and resets once one lives 10 s; a retired child (a
+10 s while children keep dying young and resets once one lives 5 s; a retired child (a
 job's thread overran its timeout) is replaced at once. If the supervisor itself dies, its
 children notice and stop gracefully. With ``--burst`` a child that exits 0 (its queues are empty)
 is not replaced, and the supervisor exits once all have.
@@ -42,7 +42,7 @@ WORKER_ID_VARIABLE = "PGJOBS_SUPERVISED_WORKER_ID"
 BACKOFF = (1.0, 10.0)
 """First and longest delay before restarting a child that died."""
 
-LIVED_LONG = 10.0
+LIVED_LONG = 5.0
 """A child that ran this long before dying resets the back-off."""
 
 
@@ -113,7 +113,8 @@ class Supervisor:
             if pause:
                 log.info("restarting worker process %s in %.0f s", slot, pause)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
+                    async with asyncio.timeout(pause):
+                        await self._stopping.wait()
 
     async def _release(self, worker_id: str, reason: str) -> None:
         """Give a dead child's jobs back now; if the database is unreachable, the sweep will."""

@@ -194,6 +194,7 @@ class Worker:
         while not self.stopping.is_set():
             free = self.settings.concurrency - len(self._running)
             if free <= 0:
+                self._wakeup.clear()  # only a freed slot matters now, and it sets this again
                 await self._wait()
                 continue
             self._wakeup.clear()
@@ -214,7 +215,8 @@ class Worker:
 
     async def _wait(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_interval)
+            async with asyncio.timeout(self.settings.poll_interval):
+                await self._wakeup.wait()
         if self._supervisor_pid is not None and os.getppid() != self._supervisor_pid:
             log.warning("the supervisor is gone; stopping")
             self.request_stop()

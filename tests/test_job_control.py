@@ -148,7 +148,7 @@ def test_an_async_job_past_its_timeout_is_cancelled_and_retried_per_its_policy(
     eventually(lambda: state(db, job_id) == "discarded", timeout=10)
     assert ledger(db, job_id) == [(1, "start"), (2, "start")]
     errors = value(db, "SELECT errors FROM pgjobs.jobs WHERE id = %s", job_id)
-    assert [e["class"] for e in errors] == ["pgjobs._errors.JobTimeout"] * 2
+    assert [e["class"] for e in errors] == ["pgjobs.JobTimeout"] * 2
     assert "cancelled after its 0.5 s timeout" in errors[0]["message"]
     assert worker.process.poll() is None  # an async timeout needs no retirement
 
@@ -163,7 +163,7 @@ def test_a_sync_job_past_its_timeout_fails_at_once_and_its_worker_retires(
     stuck = jobs_app.sync_overruns.enqueue(3.0)
     eventually(lambda: state(db, stuck) == "discarded", timeout=5)
     error = value(db, "SELECT errors -> 0 FROM pgjobs.jobs WHERE id = %s", stuck)
-    assert error["class"] == "pgjobs._errors.JobTimeout"
+    assert error["class"] == "pgjobs.JobTimeout"
     assert "its thread cannot be stopped" in error["message"]
     # the worker takes no new job, lets its neighbour finish, and exits with status 3
     late = jobs_app.noop.enqueue("late")

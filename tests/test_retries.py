@@ -90,7 +90,7 @@ def test_unknown_job_name_fails_without_running(
     run_burst(app)
     state, errors = db.execute("SELECT state, errors FROM pgjobs.jobs").fetchone()  # type: ignore[misc]
     assert state == "discarded"
-    assert errors[0]["class"] == "pgjobs._errors.UnknownJobError"
+    assert errors[0]["class"] == "pgjobs.UnknownJobError"
     assert "no job named 'os.system'" in errors[0]["message"]
     assert db.execute("SELECT count(*) FROM ledger").fetchone() == (0,)
 

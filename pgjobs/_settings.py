@@ -76,7 +76,7 @@ class Settings:
     queues: str = "default"
     concurrency: int = 10
     processes: int = 1
-    poll_interval: float = 2.0
+    poll_interval: float = 5.0
     shutdown_timeout: float = 25.0
     poll_only: bool = False
     listen_database_url: str | None = None

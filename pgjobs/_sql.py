@@ -26,6 +26,19 @@ FROM (
 RETURNING id
 """
 
+RESERVE_JOB_IDS = """
+SELECT now(), ARRAY(SELECT nextval(pg_get_serial_sequence('{schema}.jobs', 'id'))
+                    FROM generate_series(1, %(count)s))
+"""
+"""Ids for a COPY of many jobs, and the database time their delays count from."""
+
+COPY_JOBS = """
+COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, scheduled_at, state)
+FROM STDIN
+"""
+"""Large batches: several times faster than INSERT for thousands of rows. The insert trigger
+notifies for COPY too."""
+
 CLAIM_JOBS = """
 WITH next AS (
     SELECT picked.id
@@ -279,6 +292,8 @@ class Queries:
     """The statements above with the schema filled in."""
 
     insert_jobs: str
+    reserve_job_ids: str
+    copy_jobs: str
     claim_jobs: str
     finish_jobs: str
     release_jobs: str

@@ -128,7 +128,7 @@ def _import_app(path: str) -> App:
 @click.option("--queues", help="critical,default (strict) or critical:3,default:1 (weighted)")
 @click.option("--concurrency", type=int, help="Jobs run at once per process [default 10]")
 @click.option("--processes", type=int, help="Worker processes under one supervisor [default 1]")
-@click.option("--poll-interval", help="Between polls, e.g. 2 or 500ms [default 2s]")
+@click.option("--poll-interval", help="Between polls, e.g. 2 or 500ms [default 5s]")
 @click.option("--shutdown-timeout", help="Time running jobs get on stop [default 25s]")
 @click.option("--heartbeat-interval", help="Between heartbeats [default 2s]")
 @click.option("--lease-timeout", help="Silence after which a worker is presumed lost [default 30s]")

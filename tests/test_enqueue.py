@@ -214,3 +214,44 @@ def test_enqueue_after_the_server_ended_pooled_connections_gets_a_fresh_one(
     asyncio.run(enqueue_twice_async())
     labels = db.execute("SELECT args ->> 0 FROM pgjobs.jobs ORDER BY id").fetchall()
     assert labels == [("before",), ("after",), ("async before",), ("async after",)]
+
+
+def test_large_batches_go_through_copy_with_the_same_results(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """From COPY_THRESHOLD jobs on, enqueue_many uses COPY: ids in order, delays and times by the
+    database clock, defaults and options, notifications, and the caller's transaction."""
+    from pgjobs._app import COPY_THRESHOLD
+
+    later = datetime.now(UTC) + timedelta(hours=1)
+    calls = [
+        jobs_app.noop.call(f"now-{i}") if i % 3 else jobs_app.noop.options(delay=60).call(f"d{i}")
+        for i in range(COPY_THRESHOLD)
+    ]
+    calls.append(jobs_app.noop.options(at=later, queue="other", priority=-5).call("at"))
+    db.execute('LISTEN "pgjobs.jobs"')
+    with psycopg.connect(str(app.settings.database_url)) as conn:
+        ids = app.enqueue_many(calls, conn=conn)
+        conn.rollback()
+    assert job_count(db) == 0
+    ids = app.enqueue_many(calls)
+    assert ids == sorted(ids) and len(ids) == COPY_THRESHOLD + 1
+    rows = db.execute(
+        "SELECT id, state, queue, priority, max_attempts, args ->> 0,"
+        " extract(epoch FROM scheduled_at - inserted_at)::int FROM pgjobs.jobs ORDER BY id"
+    ).fetchall()
+    assert [row[0] for row in rows] == ids
+    assert rows[0][1:] == ("scheduled", "default", 0, 25, "d0", 60)
+    assert rows[1][1:] == ("available", "default", 0, 25, "now-1", 0)
+    assert rows[-1][1:4] == ("scheduled", "other", -5)
+    assert [n.payload for n in db.notifies(timeout=2, stop_after=1)] == ["default"]
+    run_burst(app)
+    assert value_of(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == sum(
+        1 for i in range(COPY_THRESHOLD) if i % 3
+    )
+
+
+def value_of(db: psycopg.Connection[Any], query: str) -> Any:
+    row = db.execute(query).fetchone()
+    assert row is not None
+    return row[0]

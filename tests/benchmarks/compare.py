@@ -31,10 +31,10 @@ What it does:
    min-max, the raw ceilings, and pgjobs ÷ peer; progress goes to standard error. ``--json``
    writes every raw sample (and every latency sample) with the machine and server settings.
 
-How pgjobs is measured: ``--pgjobs-driver auto`` (the default) uses ``pgjobs bench MODE --json``
-when this pgjobs has that command, else the harness's own module
-(:mod:`tests.benchmarks.peers.pgjobs_bench`, measured exactly like the peers); ``bench`` or
-``harness`` forces one. ``--pgjobs-bench-args`` is appended to every ``pgjobs bench`` call, e.g.
+How pgjobs is measured: ``--pgjobs-driver harness`` (the default) runs pgjobs through the
+harness's own module (:mod:`tests.benchmarks.peers.pgjobs_bench`), measured exactly like the
+peers; ``bench`` uses ``pgjobs bench MODE --json`` instead, and ``auto`` uses it when this pgjobs
+has that command. ``--pgjobs-bench-args`` is appended to every ``pgjobs bench`` call, e.g.
 ``"--async-jobs --concurrency 50"``.
 
 Other options: ``--benchmarks`` (a subset, e.g. ``process,latency``); ``--worker-args
@@ -120,7 +120,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="500 jobs, 10 samples, 1 run")
     parser.add_argument("--json", type=Path, help="write every sample here")
     parser.add_argument("--worker-args", action="append", default=[], metavar="SYSTEM=OPTIONS")
-    parser.add_argument("--pgjobs-driver", choices=("auto", "bench", "harness"), default="auto")
+    parser.add_argument("--pgjobs-driver", choices=("auto", "bench", "harness"), default="harness")
     parser.add_argument("--pgjobs-bench-args", default="", metavar="OPTIONS")
     parser.add_argument("--no-ceilings", action="store_true")
     parser.add_argument("--pgbench", help="pgbench to use for the ceilings")

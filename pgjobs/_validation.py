@@ -19,12 +19,19 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 """Largest accepted size of a job's encoded arguments (args and kwargs together), in bytes."""
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def encode_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, str]:
     """Validate ``args``/``kwargs`` and return them as JSON texts for the ``jsonb`` columns."""
-    _check(list(args), "args", 0)
-    _check(dict(kwargs), "kwargs", 0)
-    args_json = json.dumps(list(args), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    kwargs_json = json.dumps(kwargs, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if not args and not kwargs:
+        return "[]", "{}"
+    positional = list(args)
+    keywords = dict(kwargs)
+    _check(positional, "args", 0)
+    _check(keywords, "kwargs", 0)
+    args_json = _encode(positional)
+    kwargs_json = _encode(keywords)
     size = len(args_json.encode()) + len(kwargs_json.encode())
     if size > MAX_PAYLOAD_BYTES:
         raise ValidationError(

@@ -539,6 +539,9 @@ def _run_insert(
     if not count:
         return []
     with conn.cursor() as cur:
+        if count == 1:
+            cur.execute(queries.insert_job, _single(params), prepare=prepare)
+            return [row[0] for row in cur.fetchall()]
         if count < COPY_THRESHOLD:
             cur.execute(queries.insert_jobs, params, prepare=prepare)
             return [row[0] for row in cur.fetchall()]
@@ -561,6 +564,9 @@ async def _run_insert_async(
     if not count:
         return []
     async with conn.cursor() as cur:
+        if count == 1:
+            await cur.execute(queries.insert_job, _single(params), prepare=prepare)
+            return [row[0] for row in await cur.fetchall()]
         if count < COPY_THRESHOLD:
             await cur.execute(queries.insert_jobs, params, prepare=prepare)
             return [row[0] for row in await cur.fetchall()]
@@ -572,6 +578,20 @@ async def _run_insert_async(
             for values in _copy_rows(ids, now, params):
                 await copy.write_row(values)
         return list(ids)
+
+
+def _single(params: Mapping[str, Any]) -> dict[str, Any]:
+    """INSERT_JOB's parameters from the one-row columns of :func:`_insert_params`."""
+    return {
+        "queue": params["queues"][0],
+        "name": params["names"][0],
+        "args": params["args"][0],
+        "kwargs": params["kwargs"][0],
+        "priority": params["priorities"][0],
+        "max_attempts": params["max_attempts"][0],
+        "at": params["ats"][0],
+        "delay": params["delays"][0],
+    }
 
 
 def _copy_rows(

@@ -26,6 +26,15 @@ FROM (
 RETURNING id
 """
 
+INSERT_JOB = """
+INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state)
+SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
+       run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END
+FROM (SELECT coalesce(%(at)s::timestamptz, now() + make_interval(secs => %(delay)s)) AS run_at) AS t
+RETURNING id
+"""
+"""One job: INSERT_JOBS for a single row, without the cost of unnesting arrays."""
+
 RESERVE_JOB_IDS = """
 SELECT now(), ARRAY(SELECT nextval(pg_get_serial_sequence('{schema}.jobs', 'id'))
                     FROM generate_series(1, %(count)s))
@@ -292,6 +301,7 @@ class Queries:
     """The statements above with the schema filled in."""
 
     insert_jobs: str
+    insert_job: str
     reserve_job_ids: str
     copy_jobs: str
     claim_jobs: str

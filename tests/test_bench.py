@@ -1,0 +1,50 @@
+"""``pgjobs bench`` runs every mode on a real database, prints its figures and leaves no trace.
+
+It asserts no timing: speed is measured by the command, not judged by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.helpers import run_cli
+
+
+@pytest.mark.parametrize(
+    ("args", "figures"),
+    [
+        (["enqueue", "--jobs", "40"], {"jobs_per_second", "bare_insert_per_second"}),
+        (["bulk", "--jobs", "600"], {"jobs_per_second"}),
+        (["process", "--jobs", "600", "--processes", "2"], {"jobs_per_second"}),
+        (["process", "--jobs", "300", "--processes", "1", "--async-jobs"], {"jobs_per_second"}),
+        (["latency", "--samples", "5"], {"p50_ms", "p99_ms"}),
+    ],
+)
+def test_bench_modes_report_their_figures_and_drop_their_schema(
+    args: list[str], figures: set[str], database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    result = run_cli(database_url, "--log-level", "WARNING", "bench", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["mode"] == args[0]
+    assert figures <= report.keys()
+    assert all(report[name] > 0 for name in figures), report
+    if "jobs" in report:
+        assert report["jobs"] == int(args[2])
+    schemas = db.execute(
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgjobs_bench'"
+    ).fetchone()
+    assert schemas == (0,)
+    assert db.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (0,)  # yours untouched
+
+
+def test_bench_table_output(database_url: str) -> None:
+    result = run_cli(database_url, "bench", "bulk", "--jobs", "10")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["figure", "value"]
+    assert any(line.split()[:2] == ["jobs", "10"] for line in lines)

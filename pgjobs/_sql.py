@@ -63,8 +63,7 @@ WITH next AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), worker_id = %(worker_id)s
-FROM next
-WHERE j.id = next.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM next))  -- an array: always the primary key, never a scan
 RETURNING j.id, j.queue, j.name, j.args, j.kwargs, j.priority, j.attempt, j.max_attempts
 """
 
@@ -81,8 +80,8 @@ SET state = o.state,
     worker_id = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(delays)s::float8[],
             %(errors)s::jsonb[]) AS o(id, attempt, state, delay, error)
-WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
-  AND j.worker_id = %(worker_id)s
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.attempt = o.attempt
+  AND j.state = 'running' AND j.worker_id = %(worker_id)s
 RETURNING j.id
 """
 """Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted."""
@@ -92,7 +91,8 @@ WITH released AS (
     UPDATE {schema}.jobs AS j
     SET state = 'available', attempt = j.attempt - 1, worker_id = NULL
     FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
-    WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running'
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = r.id AND j.attempt = r.attempt
+      AND j.state = 'running'
       AND j.worker_id = %(worker_id)s
     RETURNING j.id, j.queue
 ), notified AS (

@@ -2,7 +2,7 @@
 
 Settings: no-op ``async def`` jobs; ``job.enqueue()`` and ``app.enqueue_many()`` on pgjobs' own
 connection pool; the worker is ``pgjobs worker`` with the options given after ``--`` (by default
-``--processes 2 --concurrency 20``, both cores, for the burn-down and ``--processes 1
+``--processes 2 --concurrency 50``, both cores, for the burn-down and ``--processes 1
 --concurrency 20`` for the latency benchmark), at log level WARNING like every system here.
 """
 
@@ -19,7 +19,7 @@ import psycopg
 import pgjobs
 from tests.benchmarks.peers import _protocol as protocol
 
-WORKER_OPTIONS = ("--processes", "2", "--concurrency", "20")
+WORKER_OPTIONS = ("--processes", "2", "--concurrency", "50")
 IDLE_WORKER_OPTIONS = ("--processes", "1", "--concurrency", "20")
 """The latency benchmark's worker: one process, like every peer's (and ``pgjobs bench``'s)."""
 APP_PATH = "tests.benchmarks.peers.pgjobs_bench:app"

@@ -97,7 +97,7 @@ ADAPTER = protocol.Adapter(
     label="pgjobs",
     distribution="pgjobs",
     settings=(
-        "worker: pgjobs worker --processes 2 --concurrency 20 (latency: --processes 1) unless "
+        "worker: pgjobs worker --processes 2 --concurrency 50 (latency: --processes 1) unless "
         "--worker-args says otherwise; "
         "async def no-op jobs; enqueue: job.enqueue() on pgjobs' pool; bulk: app.enqueue_many()"
     ),

@@ -5,19 +5,17 @@ from __future__ import annotations
 import functools
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
 
 from ._connection import connect, connect_kwargs
 from ._errors import SchemaError
 from ._settings import Settings
 from ._sql import queries_for
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def migrations_directory() -> Path:
@@ -32,19 +30,27 @@ def migrations_directory() -> Path:
 @functools.cache
 def head_revision() -> str:
     """The newest revision this version of pgjobs knows."""
-    head = ScriptDirectory.from_config(_config("pgjobs")).get_current_head()
-    assert head is not None
-    return head
+    return max(_known_revisions())
 
 
 @functools.cache
 def _known_revisions() -> frozenset[str]:
-    scripts = ScriptDirectory.from_config(_config("pgjobs"))
-    return frozenset(script.revision for script in scripts.walk_revisions())
+    """Revision ids, read from the revision files' names (``0002_workers.py`` is ``0002``).
+
+    Not through Alembic: a worker checks the schema at start, and importing Alembic and
+    SQLAlchemy for that would cost it about 24 MB. A test holds this to Alembic's own answer.
+    """
+    versions = migrations_directory() / "versions"
+    return frozenset(path.name.partition("_")[0] for path in versions.glob("[0-9]*_*.py"))
 
 
 def migrate(settings: Settings) -> None:
     """Upgrade the schema to the newest revision. Safe to run again, and from two processes."""
+    from alembic import command
+    from alembic.util import CommandError
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
     kwargs = connect_kwargs(settings, "pgjobs-migrate")
     conninfo = kwargs.pop("conninfo")
     engine = create_engine(
@@ -68,6 +74,8 @@ def migrate(settings: Settings) -> None:
 
 def migration_sql(schema: str) -> str:
     """The DDL of every revision, for a DBA to review and apply by hand."""
+    from alembic import command
+
     buffer = io.StringIO()
     config = _config(schema, output=buffer)
     command.upgrade(config, "head", sql=True)
@@ -104,6 +112,8 @@ def check_schema(settings: Settings) -> None:
 
 
 def _config(schema: str, output: io.StringIO | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config(output_buffer=output) if output is not None else Config()
     config.set_main_option("script_location", str(migrations_directory()))
     config.attributes["schema"] = schema

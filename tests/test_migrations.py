@@ -19,7 +19,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from pgjobs._migrate import _config, head_revision
-from tests.helpers import LEDGER_DDL, ROOT, WorkerProcess, eventually, run_cli
+from tests.helpers import LEDGER_DDL, ROOT, WorkerProcess, eventually, run_cli, run_program
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:9/nowhere"
 OWNED = [
@@ -379,3 +379,31 @@ def test_installed_wheel_migrates_an_empty_database(
     assert f"empty -> {head_revision()}" in result.stdout
     assert relations(empty_db, "pgjobs") == OWNED
     assert versions(empty_db) == [(head_revision(),)]
+
+
+def test_revisions_read_from_file_names_match_alembics_own() -> None:
+    """The worker reads revision ids from file names to spare itself Alembic; they must agree."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from pgjobs._migrate import _known_revisions, migrations_directory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    scripts = ScriptDirectory.from_config(config)
+    assert _known_revisions() == {script.revision for script in scripts.walk_revisions()}
+    assert head_revision() == scripts.get_current_head()
+
+
+def test_a_worker_process_does_not_load_alembic_or_sqlalchemy() -> None:
+    result = run_program(
+        None,
+        [
+            sys.executable,
+            "-c",
+            "import sys, pgjobs, pgjobs.cli, pgjobs._worker;"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'sqlalchemy')))",
+        ],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

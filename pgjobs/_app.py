@@ -323,13 +323,8 @@ class App:
         ``conn`` works as in :meth:`Job.enqueue`: all of the jobs commit or roll back with it.
         """
         params = _insert_params(calls)
-        if conn is not None:
-            with self._translated_errors():
-                return _run_insert(
-                    _connection.unwrap_sync(conn), self.queries, params, self._prepare
-                )
-        with self._connection() as own:
-            return _run_insert(own, self.queries, params, self._prepare)
+        with self._connection_for(conn) as driver:
+            return _run_insert(driver, self.queries, params, self._prepare)
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[int]:
         """:meth:`enqueue_many` for async code."""
@@ -349,11 +344,8 @@ class App:
         Raises:
             ValueError: the job is running; wait for it to finish.
         """
-        if conn is not None:
-            with self._translated_errors():
-                return _run_retry(_connection.unwrap_sync(conn), self.queries.retry_job, job_id)
-        with self._connection() as own:
-            return _run_retry(own, self.queries.retry_job, job_id)
+        with self._connection_for(conn) as driver:
+            return _run_retry(driver, self.queries.retry_job, job_id)
 
     def cancel(self, job_id: int, *, conn: Any = None) -> str | None:
         """Cancel a job; returns what became of it, ``None`` if there is no such job.
@@ -364,11 +356,8 @@ class App:
         ``"already completed"``, ``"already discarded"``, ``"already cancelled"``: it had ended
         and is left as it is. The same as ``SELECT pgjobs.cancel_job(id)`` in SQL.
         """
-        if conn is not None:
-            with self._translated_errors():
-                return _run_cancel(_connection.unwrap_sync(conn), self.queries.cancel_job, job_id)
-        with self._connection() as own:
-            return _run_cancel(own, self.queries.cancel_job, job_id)
+        with self._connection_for(conn) as driver:
+            return _run_cancel(driver, self.queries.cancel_job, job_id)
 
     def list_jobs(
         self,
@@ -437,6 +426,17 @@ class App:
             self._pool.connection(timeout=self.settings.connect_timeout) as conn,
         ):
             yield conn
+
+    @contextmanager
+    def _connection_for(self, conn: Any) -> Iterator[psycopg.Connection[Any]]:
+        """The psycopg connection behind the caller's ``conn`` (its transaction), or one of
+        pgjobs' own when ``conn`` is ``None``."""
+        if conn is None:
+            with self._connection() as own:
+                yield own
+        else:
+            with self._translated_errors():
+                yield _connection.unwrap_sync(conn)
 
     @contextmanager
     def _translated_errors(self) -> Iterator[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 
@@ -28,7 +29,9 @@ class JobContext:
     max_attempts: int
     worker_id: str
     _stopping: threading.Event = field(repr=False, compare=False)
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    _cancelled_ids: Set[int] = field(default_factory=frozenset, repr=False, compare=False)
+    """The ids of the worker's jobs whose cancellation was requested (shared by all its jobs, so
+    that starting a job allocates nothing for a rare event)."""
 
     @property
     def stopping(self) -> bool:
@@ -36,7 +39,7 @@ class JobContext:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self.id in self._cancelled_ids
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("pgjobs_current_job")

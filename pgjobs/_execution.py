@@ -132,7 +132,7 @@ async def _call(
     )
     try:
         async with asyncio.timeout(timeout) as deadline:
-            await asyncio.shield(future)  # the thread runs on whatever happens to this task
+            await future  # cancelling it leaves the thread running
     except TimeoutError:
         if not deadline.expired():
             raise

@@ -24,12 +24,14 @@ import psycopg
 from ._connection import connect_async
 from ._errors import DatabaseError
 from ._settings import Settings
+from ._waits import Backoff
 
 log = logging.getLogger("pgjobs.worker")
 
 T = TypeVar("T")
 
-MAX_BACKOFF = 5.0
+RECONNECT_BACKOFF = (0.1, 5.0)
+"""First and longest pause before trying a broken connection again."""
 
 STATEMENT_TIMEOUT = 30.0
 """Seconds a statement may go unanswered before its connection is presumed half-open and
@@ -82,19 +84,20 @@ class Link:
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         """The open connection, reconnecting (with back-off) until it succeeds."""
-        backoff = 0.1
+        backoff = Backoff(*RECONNECT_BACKOFF)
         while self._conn is None or self._conn.closed:
             try:
                 self._conn = await connect_async(self._settings, self._application_name)
             except DatabaseError as exc:
-                log.warning("%s: %s; retrying in %.1f s", self._application_name, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                log.warning(
+                    "%s: %s; retrying in %.1f s", self._application_name, exc, backoff.delay
+                )
+                await backoff.sleep()
         return self._conn
 
     async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run ``statement`` and return its rows, riding out connection failures."""
-        backoff = 0.1
+        backoff = Backoff(*RECONNECT_BACKOFF)
         async with self._lock:
             while True:
                 conn = await self.connection()
@@ -106,11 +109,10 @@ class Link:
                         "%s: connection lost (%s); retrying in %.1f s",
                         self._application_name,
                         str(exc).strip() or "no answer",
-                        backoff,
+                        backoff.delay,
                     )
                     await conn.close()
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await backoff.sleep()
 
     async def close(self) -> None:
         if self._conn is not None:

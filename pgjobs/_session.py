@@ -32,9 +32,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ._link import STATEMENT_TIMEOUT, Link, within
+from ._link import RECONNECT_BACKOFF, STATEMENT_TIMEOUT, Link, within
 from ._settings import Settings
 from ._sql import Queries
+from ._waits import Backoff
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -48,8 +49,6 @@ PRUNE_BATCH = 1000
 """Jobs deleted per prune statement; a run stops after :data:`PRUNE_BATCHES` full batches."""
 
 PRUNE_BATCHES = 10
-
-RECONNECT_BACKOFF = (0.1, 5.0)
 
 
 @dataclass(frozen=True)
@@ -112,13 +111,13 @@ class Session:
         await self._link.close()
 
     async def _run(self) -> None:
-        backoff = RECONNECT_BACKOFF[0]
+        backoff = Backoff(*RECONNECT_BACKOFF)
         while True:
             conn = await self._link.connection()
             self._lock_key = None  # a new session holds no lock yet
             try:
                 await within(conn, self._open(conn), BEAT_TIMEOUT)
-                backoff = RECONNECT_BACKOFF[0]
+                backoff.reset()
                 while True:
                     leading = await within(conn, self._beat(conn), BEAT_TIMEOUT)
                     if leading:
@@ -132,8 +131,7 @@ class Session:
                     log.exception("session failed; reconnecting")
                 await self._link.close()
                 self._events.on_jobs("")  # the producer polls meanwhile; wake it now
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
+                await backoff.sleep()
 
     async def _open(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Lock, register, LISTEN, sweep once; then wake the producer for an immediate claim."""

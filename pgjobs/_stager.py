@@ -8,7 +8,6 @@ channel, or a local retry, wakes it early to re-read the next due time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ import psycopg
 
 from ._link import Link
 from ._sql import Queries
+from ._waits import wait_for_event
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -77,6 +77,4 @@ class Stager:
             timeout = self._poll_interval
             if next_due_in is not None:
                 timeout = min(timeout, max(next_due_in, 0.0) + SLACK)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel
-                    await self._wakeup.wait()
+            await wait_for_event(self._wakeup, timeout)

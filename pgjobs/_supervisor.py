@@ -32,6 +32,7 @@ from ._errors import DatabaseError
 from ._session import rescue
 from ._settings import Settings
 from ._sql import queries_for
+from ._waits import Backoff, wait_for_event
 from ._worker import EXIT_RETIRED
 
 log = logging.getLogger("pgjobs.supervisor")
@@ -83,7 +84,7 @@ class Supervisor:
     async def _keep(self, slot: int) -> None:
         """Keep one child running in ``slot`` until the supervisor stops."""
         loop = asyncio.get_running_loop()
-        delay = BACKOFF[0]
+        backoff = Backoff(*BACKOFF)
         while not self._stopping.is_set():
             worker_id = str(uuid.uuid4())
             child = await asyncio.create_subprocess_exec(
@@ -106,15 +107,12 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             if status == EXIT_RETIRED:
-                pause = 0.0
-            else:
-                delay = BACKOFF[0] if lived >= LIVED_LONG else delay
-                pause, delay = delay, min(delay * 2, BACKOFF[1])
-            if pause:
-                log.info("restarting worker process %s in %.0f s", slot, pause)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(pause):
-                        await self._stopping.wait()
+                continue  # planned: replace it at once
+            if lived >= LIVED_LONG:
+                backoff.reset()
+            pause = backoff.take()
+            log.info("restarting worker process %s in %.0f s", slot, pause)
+            await wait_for_event(self._stopping, pause)
 
     async def _release(self, worker_id: str, reason: str) -> None:
         """Give a dead child's jobs back now; if the database is unreachable, the sweep will."""

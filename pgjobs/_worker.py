@@ -19,7 +19,6 @@ so its supervisor (``--processes``) or process manager starts a fresh one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -37,6 +36,7 @@ from ._link import Link
 from ._migrate import check_schema
 from ._session import Session, SessionEvents
 from ._stager import Stager
+from ._waits import wait_for_event
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -79,6 +79,7 @@ class Worker:
         self._force = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._running: dict[int, Running] = {}
+        self._cancelled_ids: set[int] = set()
         self._claim_floor = max(1, self.settings.concurrency // 2)
         self._queries = app.queries
         self._threads = ThreadPoolExecutor(
@@ -163,10 +164,10 @@ class Worker:
     def _cancel(self, job_id: int) -> None:
         """Cancel a job this worker runs: flag it, and cancel its task if it is async."""
         running = self._running.get(job_id)
-        if running is None or running.context.cancelled:
+        if running is None or job_id in self._cancelled_ids:
             return
         log.info("job %s: cancellation requested", job_id)
-        running.context._cancelled.set()
+        self._cancelled_ids.add(job_id)
         job = self.app.jobs.get(running.job.name)
         if job is not None and job.is_async:
             running.task.cancel()
@@ -218,11 +219,7 @@ class Worker:
         a few milliseconds lets one claim fill many slots. Long jobs lose at most the linger.
         """
         self._wakeup.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLAIM_LINGER):
-                await self._wakeup.wait()
-                return not self.stopping.is_set()
-        return False
+        return await wait_for_event(self._wakeup, CLAIM_LINGER) and not self.stopping.is_set()
 
     async def _burst_done(self) -> bool:
         """True once nothing runs, nothing is due and every outcome is written."""
@@ -233,9 +230,7 @@ class Worker:
         return promoted == 0 and not self._wakeup.is_set()
 
     async def _wait(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.poll_interval):
-                await self._wakeup.wait()
+        await wait_for_event(self._wakeup, self.settings.poll_interval)
         if self._supervisor_pid is not None and os.getppid() != self._supervisor_pid:
             log.warning("the supervisor is gone; stopping")
             self.request_stop()
@@ -256,6 +251,7 @@ class Worker:
                 max_attempts=job.max_attempts,
                 worker_id=self.id,
                 _stopping=self.stopping,
+                _cancelled_ids=self._cancelled_ids,
             )
             task = asyncio.create_task(self._run_job(job, context), name=f"pgjobs-job-{job.id}")
             self._running[job.id] = Running(task, job, context)
@@ -297,6 +293,7 @@ class Worker:
                 self._retire(job)
         finally:
             del self._running[job.id]
+            self._cancelled_ids.discard(job.id)
             self._wakeup.set()
 
     async def _drain(self) -> None:

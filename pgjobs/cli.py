@@ -257,10 +257,6 @@ def jobs(
     """List jobs, newest first."""
     app = _load_app(obj)
     rows = app.list_jobs(states=states or None, queues=queues or None, limit=limit)
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, default=str))
-        return
     table = [
         [
             str(r["id"]),
@@ -273,7 +269,8 @@ def jobs(
         ]
         for r in rows
     ]
-    _print_table(["id", "queue", "name", "state", "attempt", "scheduled_at", "last error"], table)
+    header = ["id", "queue", "name", "state", "attempt", "scheduled_at", "last error"]
+    _print_rows(rows, as_json, header, table)
 
 
 @cli.command()
@@ -315,10 +312,6 @@ def workers(obj: dict[str, Any], as_json: bool) -> None:
     """Registered worker processes: heartbeat, leader, running jobs."""
     app = _load_app(obj)
     rows = app.list_workers()
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, default=str))
-        return
     table = [
         [
             r["id"],
@@ -331,7 +324,8 @@ def workers(obj: dict[str, Any], as_json: bool) -> None:
         ]
         for r in rows
     ]
-    _print_table(["id", "host", "pid", "queues", "running", "heartbeat", "leader"], table)
+    header = ["id", "host", "pid", "queues", "running", "heartbeat", "leader"]
+    _print_rows(rows, as_json, header, table)
 
 
 @cli.command()
@@ -392,6 +386,17 @@ def bench(
         click.echo(json.dumps(result))
         return
     _print_table(["figure", "value"], [[key, str(value)] for key, value in result.items()])
+
+
+def _print_rows(
+    rows: list[dict[str, Any]], as_json: bool, header: list[str], table: list[list[str]]
+) -> None:
+    """``rows`` as one JSON object per line, or ``table`` under ``header``."""
+    if not as_json:
+        _print_table(header, table)
+        return
+    for row in rows:
+        click.echo(json.dumps(row, default=str))
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:

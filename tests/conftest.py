@@ -6,6 +6,7 @@ Docker engine answers, else the embedded ``pgserver`` (PostgreSQL 16) in a tempo
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import uuid
@@ -20,7 +21,7 @@ import pytest
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import LEDGER_DDL, WorkerProcess
+from tests.helpers import LEDGER_DDL, WorkerProcess, worker_launcher
 
 
 def _docker_answers() -> bool:
@@ -123,18 +124,5 @@ def app(database_url: str) -> Iterator[pgjobs.App]:
 @pytest.fixture
 def worker_process(database_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start ``pgjobs worker`` subprocesses on this test's database; all are killed at the end."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        process = WorkerProcess.start(
-            ["--app", "tests.jobs_app:app", "worker", *args],
-            database_url=database_url,
-            log=tmp_path / f"worker-{len(started)}.log",
-            env=env,
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
+    with worker_launcher(tmp_path) as start:
+        yield functools.partial(start, database_url)

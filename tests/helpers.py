@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import psycopg
 
 import pgjobs
 
@@ -31,6 +33,23 @@ CREATE TABLE ledger (
     at       timestamptz NOT NULL DEFAULT clock_timestamp()
 )
 """
+
+
+def rows(db: psycopg.Connection[Any], query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Every row of ``query``."""
+    return db.execute(query, params).fetchall()
+
+
+def value(db: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+    """The first column of the one row ``query`` returns."""
+    row = db.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def count(db: psycopg.Connection[Any], query: str, *params: Any) -> int:
+    """``value`` of a ``count(*)`` query, as an int."""
+    return int(value(db, query, *params))
 
 
 def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
@@ -107,6 +126,30 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+@contextlib.contextmanager
+def worker_launcher(logs: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start(url, *args, env=None)``: a ``pgjobs worker`` for the tests' app on ``url``, logging
+    to a file in ``logs``. Every worker started (children of a supervisor included) is SIGKILLed
+    on the way out if it still runs."""
+    started: list[WorkerProcess] = []
+
+    def start(url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        process = WorkerProcess.start(
+            ["--app", "tests.jobs_app:app", "worker", *args],
+            database_url=url,
+            log=logs / f"worker-{len(started)}.log",
+            env=env,
+        )
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.kill()
 
 
 def environment(database_url: str | None, env: dict[str, str] | None = None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import run_burst
+from tests.helpers import count, run_burst
 
 
 def ledger_labels(db: psycopg.Connection[Any]) -> list[str]:
@@ -246,12 +246,6 @@ def test_large_batches_go_through_copy_with_the_same_results(
     assert rows[-1][1:4] == ("scheduled", "other", -5)
     assert [n.payload for n in db.notifies(timeout=2, stop_after=1)] == ["default"]
     run_burst(app)
-    assert value_of(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == sum(
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == sum(
         1 for i in range(COPY_THRESHOLD) if i % 3
     )
-
-
-def value_of(db: psycopg.Connection[Any], query: str) -> Any:
-    row = db.execute(query).fetchone()
-    assert row is not None
-    return row[0]

@@ -10,15 +10,9 @@ import pytest
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import WorkerProcess, eventually, run_cli
+from tests.helpers import WorkerProcess, eventually, run_cli, value
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-def value(db: psycopg.Connection[Any], query: str, *params: Any) -> Any:
-    row = db.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def state(db: psycopg.Connection[Any], job_id: int) -> str:

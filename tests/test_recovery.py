@@ -13,19 +13,9 @@ import psycopg
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import WorkerProcess, eventually, run_cli
+from tests.helpers import WorkerProcess, eventually, rows, run_cli, value
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-def rows(db: psycopg.Connection[Any], query: str, *params: Any) -> list[tuple[Any, ...]]:
-    return db.execute(query, params).fetchall()
-
-
-def value(db: psycopg.Connection[Any], query: str, *params: Any) -> Any:
-    row = db.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def overlapping_runs(db: psycopg.Connection[Any]) -> int:

@@ -15,15 +15,9 @@ from pgjobs._acker import Acker
 from pgjobs._link import Link
 from pgjobs._outcome import COMPLETED
 from tests import jobs_app
-from tests.helpers import WorkerProcess, eventually
+from tests.helpers import WorkerProcess, count, eventually
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-def count(db: psycopg.Connection[Any], query: str, *params: Any) -> int:
-    row = db.execute(query, params).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_two_workers_run_each_of_10000_jobs_exactly_once(

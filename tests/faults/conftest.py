@@ -17,7 +17,7 @@ from tests import jobs_app
 from tests.faults.cluster import Cluster, init_template, owned_tempdir
 from tests.faults.pgbouncer import PgBouncer
 from tests.faults.proxy import FaultProxy
-from tests.helpers import LEDGER_DDL, WorkerProcess
+from tests.helpers import LEDGER_DDL, WorkerProcess, worker_launcher
 
 
 @pytest.fixture(scope="session")
@@ -78,23 +78,6 @@ def jobs_url(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """``start_worker(url, *args)``: a ``pgjobs worker`` for the tests' app on ``url``.
-
-    Every worker started is SIGKILLed at the end of the test if it still runs (children of a
-    supervisor included, since they stop when it dies).
-    """
-    started: list[WorkerProcess] = []
-
-    def start(url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        process = WorkerProcess.start(
-            ["--app", "tests.jobs_app:app", "worker", *args],
-            database_url=url,
-            log=tmp_path / f"worker-{len(started)}.log",
-            env=env,
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
+    """``start_worker(url, *args)``: a ``pgjobs worker`` for the tests' app on ``url``."""
+    with worker_launcher(tmp_path) as start:
+        yield start

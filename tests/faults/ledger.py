@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 
+from tests.helpers import count, value
+
 TRANSITIONS_DDL = """
 CREATE TABLE transitions (
     job_id     bigint NOT NULL,
@@ -41,20 +43,6 @@ CREATE TRIGGER log_transition AFTER UPDATE ON pgjobs.jobs
 stopping worker it was rescued or handed back from."""
 
 FINAL_STATES = ("completed", "discarded", "cancelled")
-
-
-def rows(db: psycopg.Connection[Any], query: str, *params: Any) -> list[tuple[Any, ...]]:
-    return db.execute(query, params).fetchall()
-
-
-def value(db: psycopg.Connection[Any], query: str, *params: Any) -> Any:
-    row = db.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def count(db: psycopg.Connection[Any], query: str, *params: Any) -> int:
-    return int(value(db, query, *params))
 
 
 def db_now(db: psycopg.Connection[Any]) -> datetime:

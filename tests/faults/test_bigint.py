@@ -17,18 +17,12 @@ import psycopg
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import WorkerProcess, eventually, run_cli
+from tests.helpers import WorkerProcess, eventually, run_cli, value
 
 StartWorker = Callable[..., WorkerProcess]
 
 INT4_LIMIT = 2**31
 START = INT4_LIMIT - 8
-
-
-def value(db: psycopg.Connection[Any], query: str, *params: Any) -> Any:
-    row = db.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def states(db: psycopg.Connection[Any], ids: list[int]) -> dict[int, str]:

@@ -36,18 +36,15 @@ import psycopg
 from tests import jobs_app
 from tests.faults.ledger import (
     attempts_started_twice,
-    count,
     db_now,
     duplicated_effects,
     finalized_twice,
     log_transitions,
     overlapping_runs,
     restarted_jobs,
-    rows,
     running_jobs,
-    value,
 )
-from tests.helpers import WorkerProcess, eventually
+from tests.helpers import WorkerProcess, count, eventually, rows, value
 
 StartWorker = Callable[..., WorkerProcess]
 

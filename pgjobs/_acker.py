@@ -4,6 +4,9 @@ Outcomes queue up while a write is in flight and go out together in one ``finish
 statement. Each row is matched on id, attempt, ``state = 'running'`` and this worker; a job
 missing from the statement's result was no longer ours (handed back, rescued or cancelled), so
 the write changed nothing. That is logged and counted, never raised.
+
+The statement is planned for each batch (never a cached generic plan): a generic plan guesses ten
+rows for the batch and may join it in a nested loop, which costs the square of the batch size.
 """
 
 from __future__ import annotations
@@ -30,12 +33,18 @@ class Acker:
     """Writes job outcomes in batches. ``stale_acks`` counts writes that matched no row."""
 
     def __init__(
-        self, link: Link, queries: Queries, worker_id: str, on_retry: Callable[[float], None]
+        self,
+        link: Link,
+        queries: Queries,
+        worker_id: str,
+        on_retry: Callable[[float], None],
+        on_written: Callable[[], None],
     ) -> None:
         self._link = link
         self._queries = queries
         self._worker_id = worker_id
         self._on_retry = on_retry
+        self._on_written = on_written
         self._pending: list[tuple[int, int, Outcome]] = []
         self._writing: list[tuple[int, int, Outcome]] = []
         self._ready = asyncio.Event()
@@ -58,6 +67,11 @@ class Acker:
         self._pending.append((job_id, attempt, outcome))
         self._idle.clear()
         self._ready.set()
+
+    @property
+    def backlog(self) -> int:
+        """How many outcomes are not written yet."""
+        return len(self._pending) + len(self._writing)
 
     def unwritten(self) -> set[int]:
         """Ids of jobs whose outcome is not written yet: still this worker's, though done."""
@@ -86,6 +100,7 @@ class Acker:
                     continue
                 finally:
                     self._writing = []
+                self._on_written()
             if not self._pending:
                 self._idle.set()
 
@@ -98,7 +113,7 @@ class Acker:
             "errors": [None if o.error is None else json.dumps(o.error) for _, _, o in batch],
             "worker_id": self._worker_id,
         }
-        rows = await self._link.fetch(self._queries.finish_jobs, params)
+        rows = await self._link.fetch(self._queries.finish_jobs, params, prepare=False)
         written = {row[0] for row in rows}
         for job_id, attempt, outcome in batch:
             if job_id not in written:

@@ -95,14 +95,21 @@ class Link:
                 await backoff.sleep()
         return self._conn
 
-    async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Run ``statement`` and return its rows, riding out connection failures."""
+    async def fetch(
+        self, statement: str, params: dict[str, Any], *, prepare: bool | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run ``statement`` and return its rows, riding out connection failures.
+
+        ``prepare=False`` plans every run for its own parameters (see psycopg's ``execute``).
+        """
         backoff = Backoff(*RECONNECT_BACKOFF)
         async with self._lock:
             while True:
                 conn = await self.connection()
                 try:
-                    return await within(conn, _rows(conn, statement, params), STATEMENT_TIMEOUT)
+                    return await within(
+                        conn, _rows(conn, statement, params, prepare), STATEMENT_TIMEOUT
+                    )
                 except (psycopg.OperationalError, TimeoutError) as exc:
                     self.failures += 1
                     log.warning(
@@ -121,8 +128,11 @@ class Link:
 
 
 async def _rows(
-    conn: psycopg.AsyncConnection[Any], statement: str, params: dict[str, Any]
+    conn: psycopg.AsyncConnection[Any],
+    statement: str,
+    params: dict[str, Any],
+    prepare: bool | None,
 ) -> list[tuple[Any, ...]]:
     async with conn.cursor() as cur:
-        await cur.execute(statement, params)
+        await cur.execute(statement, params, prepare=prepare)
         return await cur.fetchall() if cur.description else []

@@ -4,7 +4,8 @@ One process holds three connections: ``session`` (registration, heartbeat, leade
 LISTEN/NOTIFY: see :mod:`pgjobs._session`), ``claim`` (claims and promotions of due scheduled
 jobs) and ``ack`` (batched outcome writes). The producer loop claims at most the free slots in one
 ``FOR UPDATE SKIP LOCKED`` statement, then waits for a notification, a freed slot or the poll
-interval, whichever comes first.
+interval, whichever comes first. A slot is free once its job's outcome is written: a worker whose
+writes lag claims nothing more, so its outcomes never pile up into one huge statement.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming and gives running jobs ``shutdown_timeout``
 seconds to finish; jobs still running then are handed back to the queue (their attempt is not
@@ -92,6 +93,7 @@ class Worker:
             self._queries,
             self.id,
             on_retry=self._retry_scheduled,
+            on_written=self._wakeup.set,
         )
         self._stager = Stager(
             self._claim, self._queries, self.settings.poll_interval, on_promoted=self._wakeup.set
@@ -197,7 +199,7 @@ class Worker:
 
     async def _produce(self) -> None:
         while not self.stopping.is_set():
-            free = self.settings.concurrency - len(self._running)
+            free = self.settings.concurrency - len(self._running) - self._acker.backlog
             if free <= 0:
                 self._wakeup.clear()  # only a freed slot matters now, and it sets this again
                 await self._wait()

@@ -54,6 +54,13 @@ def noop(label: str = "") -> None:
     record(label)
 
 
+@app.job(name="waits_for_lock")
+def waits_for_lock(key: int) -> None:
+    """Runs until the test that holds advisory lock ``key`` lets it go."""
+    record("waits_for_lock")
+    _ledger().execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
+
+
 @app.job(name="async_noop")
 async def async_noop(label: str = "") -> None:
     await asyncio.to_thread(record, label)

@@ -141,7 +141,9 @@ def test_late_acknowledgement_changes_nothing(
 
     async def late_ack() -> int:
         link = Link(app.settings, "test-ack")
-        acker = Acker(link, app.queries, zombie, on_retry=lambda delay: None)
+        acker = Acker(
+            link, app.queries, zombie, on_retry=lambda delay: None, on_written=lambda: None
+        )
         acker.start()
         acker.add(job_id, 1, COMPLETED)
         await acker.stop()
@@ -152,3 +154,40 @@ def test_late_acknowledgement_changes_nothing(
     assert db.execute(
         "SELECT state, attempt, worker_id::text FROM pgjobs.jobs WHERE id = %s", (job_id,)
     ).fetchone() == ("running", 2, rescuer)
+
+
+def test_a_slot_stays_taken_until_its_outcome_is_written(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    """A worker whose acknowledgements are stuck claims nothing more: its running rows never
+    outnumber its slots, and a backlog of outcomes cannot grow into one huge write."""
+    first = [jobs_app.waits_for_lock.options(priority=0).enqueue(7) for _ in range(2)]
+    later = [jobs_app.noop.options(priority=1).enqueue(str(i)) for i in range(4)]
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(7)")
+        worker = worker_process("--concurrency", "2")
+        eventually(lambda: count(db, "SELECT count(*) FROM ledger") == 2)
+        with psycopg.connect(database_url) as blocker:  # a transaction holding both rows
+            blocker.execute("SELECT id FROM pgjobs.jobs WHERE id = ANY(%s) FOR UPDATE", (first,))
+            holder.execute("SELECT pg_advisory_unlock(7)")
+            eventually(  # the two outcomes are written, and wait on the rows' lock
+                lambda: (
+                    count(
+                        db,
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name LIKE '%%:ack' AND wait_event_type = 'Lock'",
+                    )
+                    == 1
+                )
+            )
+            # nothing to await for an absence: give a wrong worker ample time to claim
+            db.execute("SELECT pg_sleep(0.5)")
+            states = db.execute(
+                "SELECT state FROM pgjobs.jobs WHERE id = ANY(%s)", (later,)
+            ).fetchall()
+            assert states == [("available",)] * 4, worker.output()
+        eventually(
+            lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == 6
+        )
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()

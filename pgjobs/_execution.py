@@ -11,8 +11,7 @@ import dataclasses
 import inspect
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._app import App
 from ._context import JobContext, reset_current_job, set_current_job
@@ -22,9 +21,8 @@ from ._outcome import CANCELLED, COMPLETED, Outcome, Snooze, failure_outcome, si
 log = logging.getLogger("pgjobs.worker")
 
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    """A row returned by the claim statement."""
+class ClaimedJob(NamedTuple):
+    """A row returned by the claim statement (a tuple: one is made for every job run)."""
 
     id: int
     queue: str
@@ -118,6 +116,9 @@ async def _call(
     if is_async:
         token = set_current_job(context)
         try:
+            if timeout is None:  # most jobs: spare the hot path a timeout scope
+                await func(*args, **kwargs)
+                return
             async with asyncio.timeout(timeout) as deadline:
                 await func(*args, **kwargs)
         except TimeoutError:

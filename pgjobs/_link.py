@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.types.json import set_json_loads
 
 from ._connection import connect_async
 from ._errors import DatabaseError
@@ -88,6 +90,7 @@ class Link:
         while self._conn is None or self._conn.closed:
             try:
                 self._conn = await connect_async(self._settings, self._application_name)
+                set_json_loads(_loads, self._conn)
             except DatabaseError as exc:
                 log.warning(
                     "%s: %s; retrying in %.1f s", self._application_name, exc, backoff.delay
@@ -125,6 +128,15 @@ class Link:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+
+def _loads(data: str | bytes) -> Any:
+    """``json.loads``, with the empty arguments most claimed jobs have spared the parser."""
+    if data == b"[]":
+        return []
+    if data == b"{}":
+        return {}
+    return json.loads(data)
 
 
 async def _rows(

@@ -243,7 +243,7 @@ class Worker:
             self._queries.claim_jobs,
             {"queues": self._queue_order(), "limit": limit, "worker_id": self.id},
         )
-        claimed = [ClaimedJob(*row) for row in rows]
+        claimed = [ClaimedJob._make(row) for row in rows]
         for job in claimed:
             context = JobContext(
                 id=job.id,

@@ -13,8 +13,9 @@ Everything that proves a worker alive runs on this one connection:
 Behind a transaction pooler (poll-only without ``listen_database_url``) session state cannot be
 trusted, so there is no lock and no LISTEN: the lease alone decides, which is slower but correct.
 
-Each beat also takes or keeps the leader lease (a row in ``leases``). The leader sweeps lost
-workers every beat and prunes old finished jobs every :data:`PRUNE_INTERVAL`.
+Each beat also takes or keeps the leader lease (a row in ``leases``) and, for the leader, tells
+whether any worker is lost; the leader then sweeps at once, and prunes old finished jobs every
+:data:`PRUNE_INTERVAL`. An idle worker makes one statement per beat.
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ class Session:
                 await within(conn, self._open(conn), BEAT_TIMEOUT)
                 backoff.reset()
                 while True:
-                    leading = await within(conn, self._beat(conn), BEAT_TIMEOUT)
-                    if leading:
-                        await within(conn, self._lead(conn), STATEMENT_TIMEOUT)
+                    sweep_due = await within(conn, self._beat(conn), BEAT_TIMEOUT)
+                    if self._leading:
+                        await within(conn, self._lead(conn, sweep_due), STATEMENT_TIMEOUT)
                     await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
             except Exception as exc:  # never let the heartbeat die: a live worker needs it
                 if isinstance(exc, psycopg.Error | TimeoutError):
@@ -175,7 +176,7 @@ class Session:
                 return key
 
     async def _beat(self, conn: psycopg.AsyncConnection[Any]) -> bool:
-        """Heartbeat; returns whether this worker leads."""
+        """Heartbeat; returns whether this worker leads and lost workers await its sweep."""
         cur = await conn.execute(
             self._queries.heartbeat,
             {
@@ -186,7 +187,7 @@ class Session:
         )
         row = await cur.fetchone()
         assert row is not None
-        registered, leading, cancel_requested = row
+        registered, leading, cancel_requested, sweep_due = row
         if not registered:
             log.warning(
                 "this worker was presumed lost (no heartbeat within %s s) and its jobs went "
@@ -199,11 +200,13 @@ class Session:
             log.info("%s the leader", "became" if leading else "is no longer")
         for job_id in cancel_requested:
             self._events.on_cancel(job_id)
-        return bool(leading)
+        return bool(sweep_due)
 
-    async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """The leader's duties at each beat: sweep lost workers, prune when due."""
-        await self._sweep(conn)
+    async def _lead(self, conn: psycopg.AsyncConnection[Any], sweep_due: bool) -> None:
+        """The leader's duties at each beat: sweep lost workers when the beat found some, prune
+        when due."""
+        if sweep_due:
+            await self._sweep(conn)
         await self._prune_when_due(conn)
 
     async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -130,6 +130,12 @@ ON CONFLICT (id) DO UPDATE
 SET lock_key = excluded.lock_key, heartbeat_at = now(), expires_at = excluded.expires_at
 """
 
+LOST_WORKER = """(w.expires_at < now()
+     OR (w.lock_key IS NOT NULL
+         AND pg_try_advisory_xact_lock(hashtext(%(lock_namespace)s), w.lock_key)))"""
+"""Worker ``w`` is lost: its lease expired, or its session lock is free (its process died).
+Filled in for ``{lost_worker}`` below."""
+
 HEARTBEAT = """
 WITH beat AS (
     UPDATE {schema}.workers
@@ -154,23 +160,30 @@ SELECT EXISTS (SELECT 1 FROM beat) AS registered,
        EXISTS (SELECT 1 FROM leader) AS leading,
        ARRAY(SELECT id FROM {schema}.jobs
              WHERE state = 'running' AND worker_id = %(worker_id)s
-               AND cancel_requested_at IS NOT NULL) AS cancel_requested
+               AND cancel_requested_at IS NOT NULL) AS cancel_requested,
+       CASE WHEN EXISTS (SELECT 1 FROM leader) THEN
+           EXISTS (SELECT 1 FROM {schema}.workers AS w
+                   WHERE w.id <> %(worker_id)s AND {lost_worker})
+           OR EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                      WHERE j.state = 'running'
+                        AND NOT EXISTS (SELECT 1 FROM {schema}.workers AS w
+                                        WHERE w.id = j.worker_id))
+       ELSE false END AS sweep_due
 """
 """One beat: extend this worker's lease, take or keep the leader lease, and list the running jobs
 whose cancellation was requested (the fallback for a missed notification). The leader lease
-passes on when its holder's lease expires or its session lock is free (its process died)."""
+passes on when its holder's lease expires or its session lock is free (its process died). For the
+leader, ``sweep_due`` tells whether RESCUE_JOBS has anything to do, so an idle leader makes one
+statement per beat."""
 
 RESCUE_JOBS = """
 WITH lost AS (
     SELECT id, coalesce(%(reason)s, CASE WHEN expires_at < now()
                                          THEN 'its lease expired without a heartbeat'
                                          ELSE 'its database session ended' END) AS reason
-    FROM {schema}.workers
+    FROM {schema}.workers AS w
     WHERE CASE WHEN %(worker_id)s::uuid IS NOT NULL THEN id = %(worker_id)s::uuid
-               ELSE id IS DISTINCT FROM %(sweeper_id)s::uuid
-                    AND (expires_at < now()
-                         OR (lock_key IS NOT NULL
-                             AND pg_try_advisory_xact_lock(hashtext(%(lock_namespace)s), lock_key)))
+               ELSE id IS DISTINCT FROM %(sweeper_id)s::uuid AND {lost_worker}
           END
     FOR UPDATE SKIP LOCKED
 ), forgotten AS (
@@ -335,7 +348,7 @@ class Queries:
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (already validated as a plain lower-case identifier)."""
     texts = {
-        f.name: globals()[f.name.upper()].format(schema=f'"{schema}"')
+        f.name: globals()[f.name.upper()].format(schema=f'"{schema}"', lost_worker=LOST_WORKER)
         for f in fields(Queries)
         if f.name.upper() in globals()
     }

@@ -11,33 +11,68 @@ your jobs are never touched. The runs use the default, fenced, at-least-once con
 * ``latency``: an idle worker; each job is committed alone and reports, over a loopback UDP
   socket, the moment its function starts. Latency is that moment minus the moment just before
   ``COMMIT``, on the same host clock.
+* ``steady``: offered load. A worker runs while jobs are committed at a fixed rate, a batch every
+  10 ms; latency as in ``latency``, for every job, read by a thread of its own so that no report
+  waits in the socket buffer. The backlog is sampled once a second.
+* ``scale``: the claim statement on a big table. The table is filled with available and finished
+  jobs by ``INSERT ... SELECT``, vacuumed and analyzed; then ``claim_jobs`` runs again and again on
+  one connection, each claim followed by ``finish_jobs`` for its jobs, and only the claim is timed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import re
 import socket
-import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from ._app import App
 from ._connection import connect
 from ._context import current_job
+from ._errors import ConfigError
 from ._migrate import migrate
 from ._settings import Settings
 
 SCHEMA = "pgjobs_bench"
 BULK_CHUNK = 10_000
 """Jobs per ``enqueue_many`` call in the bulk and process modes."""
+TICK = 0.01
+"""Seconds between two batches of the steady mode."""
+FILL_CHUNK = 1_000_000
+"""Rows per ``INSERT ... SELECT`` when the scale mode fills the table."""
+JSON_ONLY = frozenset({"claim_plan"})
+"""Figures too long for the table: only in ``--json``."""
+
+JOBS = sql.SQL("{}.jobs").format(sql.Identifier(SCHEMA))
+FILL_AVAILABLE = sql.SQL("""
+INSERT INTO {} (name) SELECT 'pgjobs.bench.noop' FROM generate_series(1, %(rows)s::int)
+""").format(JOBS)
+FILL_FINISHED = sql.SQL("""
+INSERT INTO {} (name, state, attempt, attempted_at, finished_at)
+SELECT 'pgjobs.bench.noop', 'completed', 1, now(), now() FROM generate_series(1, %(rows)s::int)
+""").format(JOBS)
+VACUUM_ANALYZE = sql.SQL("VACUUM ANALYZE {}").format(JOBS)
+COUNT_UNFINISHED = sql.SQL("""
+SELECT (SELECT count(*) FROM {0} WHERE state = 'available'),
+       (SELECT count(*) FROM {0} WHERE state = 'running')
+""").format(JOBS)
+"""Available and running jobs, each counted on its own partial index."""
+PLAN_INDEX = re.compile(r"(?:Scan(?: Backward)? using|Bitmap Index Scan on) (\w+)")
+PLAN_SEQ_SCAN_ON_JOBS = re.compile(r"Seq Scan on jobs\b")
 
 app = App(schema=SCHEMA)
 """The bench's own jobs; its workers run ``python -m pgjobs --app pgjobs._bench:app``."""
@@ -68,6 +103,10 @@ class BenchOptions:
     concurrency: int
     async_jobs: bool
     samples: int
+    rate: int
+    duration: float
+    available: int
+    finished: int
 
 
 def run(mode: str, settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -190,16 +229,227 @@ def _latency(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         finally:
             worker.terminate()
             worker.wait()
-    latencies.sort()
+    return {"samples": len(latencies), **_distribution(latencies, (50, 99))}
+
+
+def _steady(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as inbox:
+        # the kernel caps this at net.core.rmem_max
+        inbox.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        inbox.bind(("127.0.0.1", 0))
+        inbox.settimeout(0.1)
+        port = inbox.getsockname()[1]
+        starts: dict[int, float] = {}
+        backlog: list[int] = []
+        worker = _start_worker(settings, options)
+        try:
+            _wait_for_workers(options.processes, worker)
+            with _in_background(functools.partial(_receive_starts, inbox, starts)):
+                with _in_background(functools.partial(_sample_backlog, settings, backlog)):
+                    committed, seconds = _offer_load(settings, options, port)
+                    at_end = app.queue_counts().get("default", {})
+                _wait_for_starts(settings, starts, len(committed), max(10.0, options.duration))
+        finally:
+            worker.terminate()
+            worker.wait()
+    latencies = [(started - committed[job_id]) * 1000 for job_id, started in starts.items()]
+    if not latencies:
+        raise RuntimeError(f"none of the {len(committed)} jobs reported its start")
     return {
-        "samples": len(latencies),
-        "p50_ms": round(statistics.median(latencies), 3),
-        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3),
-        "max_ms": round(latencies[-1], 3),
+        "target_per_second": options.rate,
+        "offered_per_second": round(len(committed) / seconds),
+        "completed_per_second": round(at_end.get("completed", 0) / seconds),
+        "enqueued": len(committed),
+        "seconds": round(seconds, 3),
+        "max_backlog": max([*backlog, at_end.get("available", 0)]),
+        "backlog_at_end": at_end.get("available", 0),
+        "unreported": len(committed) - len(latencies),
+        **_distribution(latencies, (50, 95, 99)),
     }
 
 
-MODES = {"enqueue": _enqueue, "bulk": _bulk, "process": _process, "latency": _latency}
+def _offer_load(
+    settings: Settings, options: BenchOptions, port: int
+) -> tuple[dict[int, float], float]:
+    """Commit ``options.rate`` jobs a second for ``options.duration`` seconds, a batch a tick.
+
+    Ticks fall on absolute deadlines, so pacing does not drift; a late tick runs at once, and the
+    ticks still left when the duration is over are dropped: an enqueuer that cannot keep up shows
+    as an offered rate below the target. Returns the moment just before the ``COMMIT`` of each
+    job, by id, and the seconds from the start to the last commit.
+    """
+    call = report_start.call(port)
+    committed: dict[int, float] = {}
+    ticks = max(1, round(options.duration / TICK))
+    with connect(settings, "pgjobs-bench") as conn:
+        conn.autocommit = False
+        start = time.monotonic()
+        end = start + ticks * TICK
+        for tick in range(1, ticks + 1):
+            now = time.monotonic()
+            if now > end:
+                break
+            deadline = start + tick * TICK
+            if deadline > now:
+                time.sleep(deadline - now)
+            due = round(options.rate * tick * TICK) - len(committed)
+            if due <= 0:
+                continue
+            ids = app.enqueue_many([call] * due, conn=conn)
+            before_commit = time.time()
+            conn.commit()
+            committed.update(dict.fromkeys(ids, before_commit))
+        return committed, time.monotonic() - start
+
+
+def _wait_for_workers(count: int, worker: subprocess.Popen[bytes]) -> None:
+    """Until ``count`` worker processes have registered, so the load does not meet a cold start."""
+    deadline = time.monotonic() + 30
+    while len(app.list_workers()) < count:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the bench worker exited with status {worker.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the bench worker did not register within 30 s")
+        time.sleep(0.05)
+
+
+def _receive_starts(inbox: socket.socket, starts: dict[int, float], stop: threading.Event) -> None:
+    """Record each job's first report of its start (a job run twice reports twice)."""
+    while not stop.is_set():
+        try:
+            job_id, started = inbox.recv(200).decode().split()
+        except TimeoutError:
+            continue
+        starts.setdefault(int(job_id), float(started))
+
+
+def _sample_backlog(settings: Settings, backlog: list[int], stop: threading.Event) -> None:
+    """Once a second, the number of available jobs."""
+    with connect(settings, "pgjobs-bench") as conn:
+        while not stop.wait(1.0):
+            row = conn.execute(COUNT_UNFINISHED).fetchone()
+            assert row is not None
+            backlog.append(row[0])
+
+
+def _wait_for_starts(
+    settings: Settings, starts: dict[int, float], expected: int, timeout: float
+) -> None:
+    """Until every job has reported its start, none is left to run (the missing reports were
+    lost), or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    with connect(settings, "pgjobs-bench") as conn:
+        while len(starts) < expected and time.monotonic() < deadline:
+            row = conn.execute(COUNT_UNFINISHED).fetchone()
+            assert row is not None
+            time.sleep(0.2)  # the last reports may still be on their way
+            if not any(row):
+                return
+
+
+@contextlib.contextmanager
+def _in_background(loop: Callable[[threading.Event], None]) -> Iterator[None]:
+    """Run ``loop(stop)`` in a thread while the block runs; its exception is raised after."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(loop, stop)
+        try:
+            yield
+        finally:
+            stop.set()
+        running.result()
+
+
+def _scale(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    claims = {1: options.samples, 100: max(1, options.samples // 4)}
+    needed = sum(limit * count for limit, count in claims.items()) + 100  # + the explained claim
+    if options.available < needed:
+        raise ConfigError(
+            f"--available {options.available} is too few: --samples {options.samples} claims "
+            f"{needed} jobs"
+        )
+    started = time.perf_counter()
+    _fill(settings, options.available, options.finished)
+    figures: dict[str, Any] = {
+        "available_jobs": options.available,
+        "finished_jobs": options.finished,
+        "fill_seconds": round(time.perf_counter() - started, 3),
+    }
+    worker_id = uuid.uuid4()  # jobs.worker_id references no table: no worker row is needed
+    with connect(settings, "pgjobs-bench") as conn:
+        for limit, count in claims.items():
+            timings = [_timed_claim(conn, limit, worker_id) for _ in range(count)]
+            figures[f"claim_{limit}_samples"] = count
+            figures.update(_distribution(timings, (50, 99), prefix=f"claim_{limit}_"))
+        plan = _explain_claim(conn, 100, worker_id)
+    return {
+        **figures,
+        "claim_plan_indexes": list(dict.fromkeys(PLAN_INDEX.findall(plan))),
+        "claim_plan_seq_scan": PLAN_SEQ_SCAN_ON_JOBS.search(plan) is not None,
+        "claim_plan": plan,
+    }
+
+
+def _fill(settings: Settings, available: int, finished: int) -> None:
+    """Finished jobs first, as in a table that has been in use, then available ones; a
+    transaction per chunk."""
+    with connect(settings, "pgjobs-bench") as conn:
+        for statement, rows in ((FILL_FINISHED, finished), (FILL_AVAILABLE, available)):
+            for start in range(0, rows, FILL_CHUNK):
+                conn.execute(statement, {"rows": min(FILL_CHUNK, rows - start)})
+        conn.execute(VACUUM_ANALYZE)
+
+
+def _claim_params(limit: int, worker_id: uuid.UUID) -> dict[str, Any]:
+    return {"queues": ["default"], "limit": limit, "worker_id": worker_id}
+
+
+def _timed_claim(conn: psycopg.Connection[Any], limit: int, worker_id: uuid.UUID) -> float:
+    """Milliseconds of one claim; its jobs are then completed, as a worker would."""
+    started = time.perf_counter()
+    rows = conn.execute(app.queries.claim_jobs, _claim_params(limit, worker_id)).fetchall()
+    seconds = time.perf_counter() - started
+    finish = {
+        "ids": [row[0] for row in rows],
+        "attempts": [row[6] for row in rows],
+        "states": ["completed"] * len(rows),
+        "delays": [0.0] * len(rows),
+        "errors": [None] * len(rows),
+        "worker_id": worker_id,
+    }
+    conn.execute(app.queries.finish_jobs, finish, prepare=False)
+    return seconds * 1000
+
+
+def _explain_claim(conn: psycopg.Connection[Any], limit: int, worker_id: uuid.UUID) -> str:
+    """The plan of one claim as it ran (``EXPLAIN ANALYZE`` claims the jobs for real)."""
+    statement = f"EXPLAIN (ANALYZE, BUFFERS) {app.queries.claim_jobs}"
+    rows = conn.execute(statement, _claim_params(limit, worker_id)).fetchall()
+    return "\n".join(row[0] for row in rows)
+
+
+def _distribution(
+    values: list[float], points: tuple[int, ...], prefix: str = ""
+) -> dict[str, float]:
+    """Percentiles ``points`` and the maximum of ``values`` (milliseconds), rounded to the µs."""
+    ordered = sorted(values)
+    figures = {
+        f"{prefix}p{point}_ms": round(
+            ordered[min(len(ordered) - 1, len(ordered) * point // 100)], 3
+        )
+        for point in points
+    }
+    return {**figures, f"{prefix}max_ms": round(ordered[-1], 3)}
+
+
+MODES: dict[str, Callable[[Settings, BenchOptions], dict[str, Any]]] = {
+    "enqueue": _enqueue,
+    "bulk": _bulk,
+    "process": _process,
+    "latency": _latency,
+    "steady": _steady,
+    "scale": _scale,
+}
 
 
 def _enqueue_noops(jobs: int, async_jobs: bool) -> None:

@@ -346,12 +346,42 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("mode", type=click.Choice(["enqueue", "bulk", "process", "latency"]))
+@click.argument(
+    "mode", type=click.Choice(["enqueue", "bulk", "process", "latency", "steady", "scale"])
+)
 @click.option("--jobs", type=click.IntRange(1), help="Jobs to enqueue or process")
 @click.option("--processes", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--async-jobs", is_flag=True, help="Time async def no-op jobs, not def ones")
-@click.option("--samples", type=click.IntRange(1), default=200, show_default=True)
+@click.option(
+    "--samples",
+    type=click.IntRange(1),
+    help="latency: jobs timed [200]; scale: claims of 1 job, and a quarter as many of 100 [2000]",
+)
+@click.option(
+    "--rate", type=click.IntRange(1), default=5000, show_default=True, help="steady: jobs/s offered"
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="steady: seconds of offered load",
+)
+@click.option(
+    "--available",
+    type=click.IntRange(1),
+    default=1_000_000,
+    show_default=True,
+    help="scale: available jobs in the table",
+)
+@click.option(
+    "--finished",
+    type=click.IntRange(0),
+    default=5_000_000,
+    show_default=True,
+    help="scale: completed jobs in the table",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -362,30 +392,47 @@ def bench(
     processes: int,
     concurrency: int,
     async_jobs: bool,
-    samples: int,
+    samples: int | None,
+    rate: int,
+    duration: float,
+    available: int,
+    finished: int,
     as_json: bool,
 ) -> None:
     """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
 
     MODE: enqueue (one job per transaction, beside bare INSERT+COMMIT), bulk (enqueue_many),
-    process (a burst worker burns down no-op jobs), latency (commit to job start, idle worker).
+    process (a burst worker burns down no-op jobs), latency (commit to job start, idle worker),
+    steady (a worker under --rate jobs/s for --duration s: commit to job start, backlog), scale
+    (the claim statement on a table of --available and --finished jobs, and its plan).
     """
     from . import _bench
 
     settings = _load_app(obj).settings
-    default_jobs = {"enqueue": 10_000, "bulk": 100_000, "process": 100_000, "latency": 0}
+    default_jobs = {"enqueue": 10_000, "bulk": 100_000, "process": 100_000}
     options = _bench.BenchOptions(
-        jobs=jobs or default_jobs[mode],
+        jobs=jobs or default_jobs.get(mode, 0),
         processes=processes,
         concurrency=concurrency,
         async_jobs=async_jobs,
-        samples=samples,
+        samples=samples or (2000 if mode == "scale" else 200),
+        rate=rate,
+        duration=duration,
+        available=available,
+        finished=finished,
     )
     result = _bench.run(mode, settings, options)
     if as_json:
         click.echo(json.dumps(result))
         return
-    _print_table(["figure", "value"], [[key, str(value)] for key, value in result.items()])
+    shown = {key: value for key, value in result.items() if key not in _bench.JSON_ONLY}
+    _print_table(
+        ["figure", "value"],
+        [
+            [key, ", ".join(value) if isinstance(value, list) else str(value)]
+            for key, value in shown.items()
+        ],
+    )
 
 
 def _print_rows(

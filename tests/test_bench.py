@@ -13,6 +13,12 @@ import pytest
 
 from tests.helpers import run_cli
 
+ALSO_REPORTED = {
+    "steady": {"enqueued", "max_backlog", "backlog_at_end", "unreported"},
+    "scale": {"claim_plan_indexes", "claim_plan_seq_scan", "claim_plan"},
+}
+"""Figures that may well be zero, false or text: present, not positive."""
+
 
 @pytest.mark.parametrize(
     ("args", "figures"),
@@ -22,6 +28,21 @@ from tests.helpers import run_cli
         (["process", "--jobs", "600", "--processes", "2"], {"jobs_per_second"}),
         (["process", "--jobs", "300", "--processes", "1", "--async-jobs"], {"jobs_per_second"}),
         (["latency", "--samples", "5"], {"p50_ms", "p99_ms"}),
+        (
+            ["steady", "--rate", "200", "--duration", "2"],
+            {"offered_per_second", "completed_per_second", "p50_ms", "p95_ms", "p99_ms", "max_ms"},
+        ),
+        (
+            ["scale", "--available", "2000", "--finished", "5000", "--samples", "20"],
+            {
+                "fill_seconds",
+                *(
+                    f"claim_{limit}_{figure}"
+                    for limit in (1, 100)
+                    for figure in ("p50_ms", "p99_ms", "max_ms")
+                ),
+            },
+        ),
     ],
 )
 def test_bench_modes_report_their_figures_and_drop_their_schema(
@@ -33,6 +54,7 @@ def test_bench_modes_report_their_figures_and_drop_their_schema(
     assert report["mode"] == args[0]
     assert figures <= report.keys()
     assert all(report[name] > 0 for name in figures), report
+    assert ALSO_REPORTED.get(args[0], set()) <= report.keys()
     if "jobs" in report:
         assert report["jobs"] == int(args[2])
     schemas = db.execute(

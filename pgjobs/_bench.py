@@ -8,12 +8,13 @@ your jobs are never touched. The runs use the default, fenced, at-least-once con
 * ``bulk``: ``App.enqueue_many``;
 * ``process``: a burst worker (``--processes``, ``--concurrency``) burns down pre-enqueued no-op
   jobs; timed from its start to its exit;
-* ``latency``: an idle worker; each job is committed alone and reports, over a loopback UDP
-  socket, the moment its function starts. Latency is that moment minus the moment just before
-  ``COMMIT``, on the same host clock.
-* ``steady``: offered load. A worker runs while jobs are committed at a fixed rate, a batch every
-  10 ms; latency as in ``latency``, for every job, read by a thread of its own so that no report
-  waits in the socket buffer. The backlog is sampled once a second.
+* ``latency``: an idle worker; each job (``async def`` with ``--async-jobs``) is committed alone
+  and reports, over a loopback UDP socket, the moment its function starts. Latency is that moment
+  minus the moment just before ``COMMIT``, on the same host clock.
+* ``steady``: offered load (``async def`` jobs with ``--async-jobs``). A worker runs while jobs
+  are committed at a fixed rate, a batch every 10 ms; latency as in ``latency``, for every job,
+  read by a thread of its own so that no report waits in the socket buffer. The backlog is sampled
+  once a second.
 * ``scale``: the claim statement on a big table. The table is filled with available and finished
   jobs by ``INSERT ... SELECT``, vacuumed and analyzed; then ``claim_jobs`` runs again and again on
   one connection, each claim followed by ``finish_jobs`` for its jobs, and only the claim is timed.
@@ -91,7 +92,16 @@ async def async_noop() -> None:
 @app.job(name="pgjobs.bench.report_start", max_attempts=1)
 def report_start(port: int) -> None:
     """Sends the time this function started to the bench over loopback UDP."""
-    started = time.time()
+    _report(time.time(), port)
+
+
+@app.job(name="pgjobs.bench.async_report_start", max_attempts=1)
+async def async_report_start(port: int) -> None:
+    """:func:`report_start` on the event loop."""
+    _report(time.time(), port)
+
+
+def _report(started: float, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(f"{current_job().id} {started!r}".encode(), ("127.0.0.1", port))
 
@@ -205,6 +215,7 @@ def _latency(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         inbox.settimeout(10)
         port = inbox.getsockname()[1]
         idle = dataclasses.replace(options, processes=1)
+        reporter = async_report_start if options.async_jobs else report_start
         worker = _start_worker(settings, idle, "--poll-interval", "5")
         try:
             latencies = []
@@ -212,7 +223,7 @@ def _latency(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                 conn.autocommit = False
                 # the first job waits for the worker to start and is not counted
                 for sample in range(-1, options.samples):
-                    (job_id,) = app.enqueue_many([report_start.call(port)], conn=conn)
+                    (job_id,) = app.enqueue_many([reporter.call(port)], conn=conn)
                     before_commit = time.time()
                     conn.commit()
                     try:
@@ -229,7 +240,11 @@ def _latency(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         finally:
             worker.terminate()
             worker.wait()
-    return {"samples": len(latencies), **_distribution(latencies, (50, 99))}
+    return {
+        "samples": len(latencies),
+        "job_kind": "async" if options.async_jobs else "sync",
+        **_distribution(latencies, (50, 99)),
+    }
 
 
 def _steady(settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -278,7 +293,7 @@ def _offer_load(
     as an offered rate below the target. Returns the moment just before the ``COMMIT`` of each
     job, by id, and the seconds from the start to the last commit.
     """
-    call = report_start.call(port)
+    call = (async_report_start if options.async_jobs else report_start).call(port)
     committed: dict[int, float] = {}
     ticks = max(1, round(options.duration / TICK))
     with connect(settings, "pgjobs-bench") as conn:

@@ -352,7 +352,7 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
 @click.option("--jobs", type=click.IntRange(1), help="Jobs to enqueue or process")
 @click.option("--processes", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--async-jobs", is_flag=True, help="Time async def no-op jobs, not def ones")
+@click.option("--async-jobs", is_flag=True, help="Time async def jobs, not def ones")
 @click.option(
     "--samples",
     type=click.IntRange(1),

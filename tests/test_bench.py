@@ -23,7 +23,10 @@ ALSO_REPORTED = {
 @pytest.mark.parametrize(
     ("args", "figures"),
     [
-        (["enqueue", "--jobs", "40"], {"jobs_per_second", "bare_insert_per_second"}),
+        (
+            ["enqueue", "--jobs", "40"],
+            {"jobs_per_second", "bare_insert_per_second", "ratio_notify_on_to_off"},
+        ),
         (["bulk", "--jobs", "600"], {"jobs_per_second"}),
         (["process", "--jobs", "600", "--processes", "2"], {"jobs_per_second"}),
         (["process", "--jobs", "300", "--processes", "1", "--async-jobs"], {"jobs_per_second"}),

@@ -407,3 +407,27 @@ def test_a_worker_process_does_not_load_alembic_or_sqlalchemy() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("queue", "accepted"),
+    [
+        ("a", True),
+        ("x" * 128, True),
+        ("Mail.out-2_b", True),
+        ("", False),
+        ("x" * 129, False),
+        ("bad queue", False),
+        ("ünïcode", False),
+        ("semi;colon", False),
+    ],
+)
+def test_the_table_holds_queue_names_to_the_rule_for_plain_sql_inserts(
+    db: psycopg.Connection[Any], queue: str, accepted: bool
+) -> None:
+    insert = "INSERT INTO pgjobs.jobs (queue, name) VALUES (%s, 'x')"
+    if accepted:
+        db.execute(insert, (queue,))
+        return
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_queue_check"):
+        db.execute(insert, (queue,))

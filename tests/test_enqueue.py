@@ -249,3 +249,23 @@ def test_large_batches_go_through_copy_with_the_same_results(
     assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == sum(
         1 for i in range(COPY_THRESHOLD) if i % 3
     )
+
+
+def test_copy_stores_awkward_names_and_arguments_exactly_as_insert_does(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """COPY's text format gives backslashes, tabs and newlines a meaning: they must arrive as
+    written, in the name and in the JSON, whichever way the batch went."""
+    from pgjobs._app import COPY_THRESHOLD
+
+    @app.job(name="odd\tname \\N with\nlines")
+    def odd(*args: Any, **kwargs: Any) -> None:
+        pass
+
+    awkward = ["back\\slash", "tab\there", "new\nline", "\\N", "ünï 𝄞", {"k\\": ["\r\n"]}]
+    single = app.enqueue_many([odd.call(*awkward, key="\\t")])
+    batch = app.enqueue_many([odd.call(*awkward, key="\\t")] * COPY_THRESHOLD)
+    stored = db.execute(
+        "SELECT DISTINCT name, args, kwargs FROM pgjobs.jobs WHERE id = ANY(%s)", (single + batch,)
+    ).fetchall()
+    assert stored == [("odd\tname \\N with\nlines", awkward, {"key": "\\t"})]

@@ -5,8 +5,8 @@ statement. Each row is matched on id, attempt, ``state = 'running'`` and this wo
 missing from the statement's result was no longer ours (handed back, rescued or cancelled), so
 the write changed nothing. That is logged and counted, never raised.
 
-The statement is planned for each batch (never a cached generic plan): a generic plan guesses ten
-rows for the batch and may join it in a nested loop, which costs the square of the batch size.
+The statement is planned for each batch (the link forces custom plans): a generic plan guesses
+ten rows for the batch and may join it in a nested loop, which costs the square of its size.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Acker:
             "errors": [None if o.error is None else json.dumps(o.error) for _, _, o in batch],
             "worker_id": self._worker_id,
         }
-        rows = await self._link.fetch(self._queries.finish_jobs, params, prepare=False)
+        rows = await self._link.fetch(self._queries.finish_jobs, params)
         written = {row[0] for row in rows}
         for job_id, attempt, outcome in batch:
             if job_id not in written:

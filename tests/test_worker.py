@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from collections.abc import Callable
 from datetime import timedelta
@@ -191,3 +192,21 @@ def test_a_slot_stays_taken_until_its_outcome_is_written(
         )
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.output()
+
+
+def test_worker_links_plan_every_statement_for_the_table_as_it_is(app: pgjobs.App) -> None:
+    """A generic plan made while the jobs table was small would be kept as it grows (a claim
+    planned as a scan of ten rows went on scanning 100,000). Behind a transaction pooler, where
+    statements are not prepared, the link sends no SET that would reach other clients."""
+
+    async def plan_cache_mode(settings: pgjobs.Settings) -> str:
+        link = Link(settings, "test-link")
+        try:
+            rows = await link.fetch("SELECT current_setting('plan_cache_mode')", {})
+        finally:
+            await link.close()
+        return str(rows[0][0])
+
+    assert asyncio.run(plan_cache_mode(app.settings)) == "force_custom_plan"
+    pooled = dataclasses.replace(app.settings, prepared_statements=False)
+    assert asyncio.run(plan_cache_mode(pooled)) == "auto"

@@ -277,12 +277,13 @@ def _steady(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         port = inbox.getsockname()[1]
         starts: dict[int, float] = {}
         backlog: list[int] = []
+        commits: list[float] = []
         worker = _start_worker(settings, options)
         try:
             _wait_for_workers(options.processes, worker)
             with _in_background(functools.partial(_receive_starts, inbox, starts)):
                 with _in_background(functools.partial(_sample_backlog, settings, backlog)):
-                    committed, seconds = _offer_load(settings, options, port)
+                    committed, seconds = _offer_load(settings, options, port, commits)
                     at_end = app.queue_counts().get("default", {})
                 _wait_for_starts(settings, starts, len(committed), max(10.0, options.duration))
         finally:
@@ -301,18 +302,20 @@ def _steady(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         "backlog_at_end": at_end.get("available", 0),
         "unreported": len(committed) - len(latencies),
         **_distribution(latencies, (50, 95, 99)),
+        **_distribution(commits, (50, 99), prefix="commit_"),
     }
 
 
 def _offer_load(
-    settings: Settings, options: BenchOptions, port: int
+    settings: Settings, options: BenchOptions, port: int, commits: list[float]
 ) -> tuple[dict[int, float], float]:
     """Commit ``options.rate`` jobs a second for ``options.duration`` seconds, a batch a tick.
 
     Ticks fall on absolute deadlines, so pacing does not drift; a late tick runs at once, and the
     ticks still left when the duration is over are dropped: an enqueuer that cannot keep up shows
     as an offered rate below the target. Returns the moment just before the ``COMMIT`` of each
-    job, by id, and the seconds from the start to the last commit.
+    job, by id, and the seconds from the start to the last commit; appends each ``COMMIT``'s
+    milliseconds to ``commits`` (they are part of every latency).
     """
     call = (async_report_start if options.async_jobs else report_start).call(port)
     committed: dict[int, float] = {}
@@ -334,6 +337,7 @@ def _offer_load(
             ids = app.enqueue_many([call] * due, conn=conn)
             before_commit = time.time()
             conn.commit()
+            commits.append((time.time() - before_commit) * 1000)
             committed.update(dict.fromkeys(ids, before_commit))
         return committed, time.monotonic() - start
 

@@ -39,7 +39,7 @@ has that command. ``--pgjobs-bench-args`` is appended to every ``pgjobs bench`` 
 
 Other options: ``--benchmarks`` (a subset, e.g. ``process,latency``); ``--worker-args
 SYSTEM=OPTIONS`` (repeatable) replaces a harness-run worker's settings, e.g.
-``pgjobs="--processes 2 --concurrency 50"`` (options of ``pgjobs worker``) or
+``pgjobs="--processes 2 --concurrency 1000"`` (options of ``pgjobs worker``) or
 ``pgqueuer="--batch-size 50"`` (options of that module's ``worker`` mode); ``--no-ceilings``;
 ``--pgbench PATH``; ``--ceiling-seconds``; ``--timeout`` (per step); ``--poll-interval`` (how
 often the burn-down asks whether jobs are left); ``--upgrade-peers``; ``--bench-dir``.

@@ -2,7 +2,7 @@
 
 Settings: no-op ``async def`` jobs; ``job.enqueue()`` and ``app.enqueue_many()`` on pgjobs' own
 connection pool; the worker is ``pgjobs worker`` with the options given after ``--`` (by default
-``--processes 2 --concurrency 50``, both cores, for the burn-down and ``--processes 1
+``--processes 2 --concurrency 1000``, both cores, for the burn-down and ``--processes 1
 --concurrency 20`` for the latency benchmark), at log level WARNING like every system here.
 """
 
@@ -19,7 +19,7 @@ import psycopg
 import pgjobs
 from tests.benchmarks.peers import _protocol as protocol
 
-WORKER_OPTIONS = ("--processes", "2", "--concurrency", "50")
+WORKER_OPTIONS = ("--processes", "2", "--concurrency", "1000")
 IDLE_WORKER_OPTIONS = ("--processes", "1", "--concurrency", "20")
 """The latency benchmark's worker: one process, like every peer's (and ``pgjobs bench``'s)."""
 APP_PATH = "tests.benchmarks.peers.pgjobs_bench:app"
@@ -97,7 +97,7 @@ ADAPTER = protocol.Adapter(
     label="pgjobs",
     distribution="pgjobs",
     settings=(
-        "worker: pgjobs worker --processes 2 --concurrency 50 (latency: --processes 1) unless "
+        "worker: pgjobs worker --processes 2 --concurrency 1000 (latency: --processes 1) unless "
         "--worker-args says otherwise; "
         "async def no-op jobs; enqueue: job.enqueue() on pgjobs' pool; bulk: app.enqueue_many()"
     ),

@@ -47,6 +47,7 @@ from ._app import App
 from ._connection import connect
 from ._context import current_job
 from ._errors import ConfigError
+from ._link import CUSTOM_PLANS
 from ._migrate import migrate
 from ._settings import Settings
 
@@ -417,6 +418,7 @@ def _scale(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     }
     worker_id = uuid.uuid4()  # jobs.worker_id references no table: no worker row is needed
     with connect(settings, "pgjobs-bench") as conn:
+        conn.execute(CUSTOM_PLANS)  # as on a worker's claim connection
         for limit, count in claims.items():
             timings = [_timed_claim(conn, limit, worker_id) for _ in range(count)]
             figures[f"claim_{limit}_samples"] = count

@@ -597,9 +597,10 @@ def test_jobs_awaiting_acknowledgement_are_not_handed_back_when_the_claim_link_b
 ) -> None:
     """A claim retried on a new connection hands back this worker's jobs that it does not know
     of. Jobs that ran to their end but whose acknowledgement is still on its way (the ack link
-    is stuck) are known: handing them back would run them a second time."""
+    is stuck) are known: handing them back would run them a second time. (Their four slots stay
+    taken until the outcomes are written; the fifth takes the job that meets the broken link.)"""
     worker = start_worker(
-        fault_proxy.url_for(jobs_url), "--concurrency", "4", "--poll-interval", "5"
+        fault_proxy.url_for(jobs_url), "--concurrency", "5", "--poll-interval", "5"
     )
     worker.wait_for_log("listening on")
     warm = jobs_app.noop.enqueue("warm")  # its acknowledgement opens the (lazy) ack link

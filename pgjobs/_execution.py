@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
 
@@ -116,31 +117,35 @@ async def _call(
     if is_async:
         token = set_current_job(context)
         try:
-            if timeout is None:  # most jobs: spare the hot path a timeout scope
-                await func(*args, **kwargs)
-                return
-            async with asyncio.timeout(timeout) as deadline:
-                await func(*args, **kwargs)
-        except TimeoutError:
-            if deadline.expired():
-                raise JobTimeout(f"cancelled after its {timeout:g} s timeout") from None
-            raise
+            await _within_timeout(func(*args, **kwargs), timeout, in_thread=False)
         finally:
             reset_current_job(token)
         return
     future = asyncio.get_running_loop().run_in_executor(
         threads, _call_in_thread, func, args, kwargs, context
     )
+    await _within_timeout(future, timeout, in_thread=True)  # cancelling it leaves the thread
+
+
+async def _within_timeout(call: Awaitable[Any], timeout: float | None, *, in_thread: bool) -> None:
+    """Await ``call``; past ``timeout`` seconds, cancel it and raise :class:`JobTimeout`. A
+    ``TimeoutError`` of the job's own passes through as itself. Without a timeout (most jobs) the
+    hot path skips the timeout scope."""
+    if timeout is None:
+        await call
+        return
     try:
         async with asyncio.timeout(timeout) as deadline:
-            await future  # cancelling it leaves the thread running
+            await call
     except TimeoutError:
         if not deadline.expired():
             raise
-        raise JobTimeout(
-            f"still running after its {timeout:g} s timeout; its thread cannot be stopped",
-            thread_running=True,
-        ) from None
+        if in_thread:
+            raise JobTimeout(
+                f"still running after its {timeout:g} s timeout; its thread cannot be stopped",
+                thread_running=True,
+            ) from None
+        raise JobTimeout(f"cancelled after its {timeout:g} s timeout") from None
 
 
 def _call_in_thread(

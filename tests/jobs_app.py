@@ -172,6 +172,12 @@ async def async_overruns() -> None:
     await asyncio.sleep(3600)
 
 
+@app.job(name="async_raises_timeout_error", max_attempts=1)
+async def async_raises_timeout_error() -> None:
+    """A job without a timeout of its own whose code times out (a socket, a client library)."""
+    raise TimeoutError("the upstream service did not answer")
+
+
 @app.job(name="sync_overruns", timeout=0.5, max_attempts=1)
 def sync_overruns(seconds: float) -> None:
     record("sync_overruns")

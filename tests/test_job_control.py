@@ -147,6 +147,19 @@ def test_an_async_job_past_its_timeout_is_cancelled_and_retried_per_its_policy(
     assert worker.process.poll() is None  # an async timeout needs no retirement
 
 
+def test_a_timeout_error_from_an_async_job_without_a_timeout_is_recorded_as_itself(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    worker = worker_process()
+    worker.wait_for_log("listening on")
+    job_id = jobs_app.async_raises_timeout_error.enqueue()
+    eventually(lambda: state(db, job_id) == "discarded")
+    errors = value(db, "SELECT errors FROM pgjobs.jobs WHERE id = %s", job_id)
+    assert [(e["class"], e["message"]) for e in errors] == [
+        ("builtins.TimeoutError", "the upstream service did not answer")
+    ]
+
+
 def test_a_sync_job_past_its_timeout_fails_at_once_and_its_worker_retires(
     app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
 ) -> None:

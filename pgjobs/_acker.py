@@ -105,15 +105,9 @@ class Acker:
                 self._idle.set()
 
     async def _write(self, batch: list[tuple[int, int, Outcome]]) -> None:
-        params: dict[str, Any] = {
-            "ids": [job_id for job_id, _, _ in batch],
-            "attempts": [attempt for _, attempt, _ in batch],
-            "states": [o.state for _, _, o in batch],
-            "delays": [o.delay for _, _, o in batch],
-            "errors": [None if o.error is None else json.dumps(o.error) for _, _, o in batch],
-            "worker_id": self._worker_id,
-        }
-        rows = await self._link.fetch(self._queries.finish_jobs, params)
+        rows = await self._link.fetch(
+            self._queries.finish_jobs, finish_params(self._worker_id, batch)
+        )
         written = {row[0] for row in rows}
         for job_id, attempt, outcome in batch:
             if job_id not in written:
@@ -127,3 +121,15 @@ class Acker:
                 )
             elif outcome.state in ("retryable", "scheduled"):
                 self._on_retry(outcome.delay)
+
+
+def finish_params(worker_id: Any, batch: list[tuple[int, int, Outcome]]) -> dict[str, Any]:
+    """``finish_jobs``' parameters for ``(job id, attempt, outcome)`` rows."""
+    return {
+        "ids": [job_id for job_id, _, _ in batch],
+        "attempts": [attempt for _, attempt, _ in batch],
+        "states": [o.state for _, _, o in batch],
+        "delays": [o.delay for _, _, o in batch],
+        "errors": [None if o.error is None else json.dumps(o.error) for _, _, o in batch],
+        "worker_id": worker_id,
+    }

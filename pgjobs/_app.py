@@ -610,7 +610,7 @@ def _single(params: Mapping[str, Any]) -> dict[str, Any]:
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 """The characters COPY's text format escapes, for job names."""
-BACKSLASH, ESCAPED_BACKSLASH = "\\", "\\\\"
+_BACKSLASH, _ESCAPED_BACKSLASH = "\\", "\\\\"
 """JSON text escapes every control character, so only its backslashes need escaping for COPY."""
 
 
@@ -622,7 +622,7 @@ def _copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Iter
     Formatted here rather than row by row through psycopg's adapters, which cost more than the
     rest of an enqueue: most jobs in a batch share their name, queue and start time, so those are
     escaped and formatted once."""
-    start_times: dict[tuple[datetime | None, float], tuple[str, str]] = {}
+    start_times: dict[tuple[datetime | None, float], str] = {}  # "scheduled_at\tstate"
     names: dict[str, str] = {}
     lines = []
     for job_id, queue, name, args, kwargs, priority, max_attempts, at, delay in zip(
@@ -641,15 +641,14 @@ def _copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Iter
         if start is None:
             run_at = at if at is not None else now + timedelta(seconds=delay)
             state = "scheduled" if run_at > now else "available"
-            start = start_times[at, delay] = (run_at.isoformat(), state)
+            start = start_times[at, delay] = f"{run_at.isoformat()}\t{state}"
         escaped_name = names.get(name)
         if escaped_name is None:
             escaped_name = names[name] = name.translate(_COPY_ESCAPES)
         lines.append(
-            f"{job_id}\t{queue}\t{escaped_name}\t{args.replace(BACKSLASH, ESCAPED_BACKSLASH)}\t"
-            f"{kwargs.replace(BACKSLASH, ESCAPED_BACKSLASH)}\t{priority}\t{max_attempts}\t"
-            f"{start[0]}\t"
-            f"{start[1]}\n"
+            f"{job_id}\t{queue}\t{escaped_name}\t{args.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t"
+            f"{kwargs.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t{priority}\t{max_attempts}\t"
+            f"{start}\n"
         )
         if len(lines) == COPY_PIECE:
             yield "".join(lines).encode()

@@ -43,12 +43,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ._app import App
+from ._acker import finish_params
+from ._app import App, Job
 from ._connection import connect
 from ._context import current_job
 from ._errors import ConfigError
+from ._execution import ClaimedJob
 from ._link import CUSTOM_PLANS
 from ._migrate import migrate
+from ._outcome import COMPLETED
 from ._settings import Settings
 
 SCHEMA = "pgjobs_bench"
@@ -111,6 +114,11 @@ async def async_report_start(port: int) -> None:
     _report(time.time(), port)
 
 
+def _reporter(options: BenchOptions) -> Job[[int], Any]:
+    """The job that reports its start: ``async def`` with ``--async-jobs``."""
+    return async_report_start if options.async_jobs else report_start
+
+
 def _report(started: float, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(f"{current_job().id} {started!r}".encode(), ("127.0.0.1", port))
@@ -165,10 +173,14 @@ def _enqueue(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     times: dict[str, list[float]] = {"pgjobs": [], "bare": [], "silent": []}
     with connect(settings, "pgjobs-bench") as conn:
         conn.autocommit = False
+
+        def enqueue_one() -> object:
+            return app.enqueue_many([noop.call()], conn=conn)
+
         loops: dict[str, Callable[[], object]] = {
-            "pgjobs": lambda: app.enqueue_many([noop.call()], conn=conn),
+            "pgjobs": enqueue_one,
             "bare": lambda: conn.execute(BARE_INSERT),
-            "silent": lambda: app.enqueue_many([noop.call()], conn=conn),
+            "silent": enqueue_one,  # with the notification trigger disabled
         }
         for turn in range(turns):
             names = list(loops)[turn % 3 :] + list(loops)[: turn % 3]
@@ -237,7 +249,7 @@ def _latency(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         inbox.settimeout(10)
         port = inbox.getsockname()[1]
         idle = dataclasses.replace(options, processes=1)
-        reporter = async_report_start if options.async_jobs else report_start
+        reporter = _reporter(options)
         worker = _start_worker(settings, idle, "--poll-interval", "5")
         try:
             latencies = []
@@ -318,7 +330,7 @@ def _offer_load(
     job, by id, and the seconds from the start to the last commit; appends each ``COMMIT``'s
     milliseconds to ``commits`` (they are part of every latency).
     """
-    call = (async_report_start if options.async_jobs else report_start).call(port)
+    call = _reporter(options).call(port)
     committed: dict[int, float] = {}
     ticks = max(1, round(options.duration / TICK))
     with connect(settings, "pgjobs-bench") as conn:
@@ -451,15 +463,8 @@ def _timed_claim(conn: psycopg.Connection[Any], limit: int, worker_id: uuid.UUID
     started = time.perf_counter()
     rows = conn.execute(app.queries.claim_jobs, _claim_params(limit, worker_id)).fetchall()
     seconds = time.perf_counter() - started
-    finish = {
-        "ids": [row[0] for row in rows],
-        "attempts": [row[6] for row in rows],
-        "states": ["completed"] * len(rows),
-        "delays": [0.0] * len(rows),
-        "errors": [None] * len(rows),
-        "worker_id": worker_id,
-    }
-    conn.execute(app.queries.finish_jobs, finish, prepare=False)
+    batch = [(job.id, job.attempt, COMPLETED) for job in map(ClaimedJob._make, rows)]
+    conn.execute(app.queries.finish_jobs, finish_params(worker_id, batch))
     return seconds * 1000
 
 

@@ -135,6 +135,11 @@ def process_dead(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
+def completed_transitions(db: psycopg.Connection[Any]) -> int:
+    """Runs whose completion pgjobs has written (needs :func:`log_transitions`)."""
+    return count(db, "SELECT count(*) FROM transitions WHERE new_state = 'completed'")
+
+
 def registered_workers(db: psycopg.Connection[Any]) -> int:
     return count(db, "SELECT count(*) FROM pgjobs.workers")
 
@@ -437,7 +442,8 @@ def test_killing_the_whole_tree_reruns_each_job_once_from_the_start_up_sweep(
         restarted_at = db_now(db)
         fresh = start_worker(jobs_url, "--concurrency", "20", *TEST_TIMINGS)
         bound = RESCUE_BOUND + 2.0 + 1.0
-        eventually(lambda: ledger_count(db, "event = 'end'") == 20, bound + 10)
+        # the ledger's end rows come before pgjobs writes the outcomes: wait for those
+        eventually(lambda: completed_transitions(db) == 20, bound + 10)
         rescued_at, done_at = rows(
             db,
             "SELECT max(at) FILTER (WHERE new_state = 'available'),"
@@ -507,6 +513,7 @@ def test_a_stalled_worker_is_fenced_when_it_wakes_after_its_jobs_were_rescued(
         assert seconds(min(reruns), last_beat) >= LEASE - 0.2
 
         eventually(lambda: ledger_count(db, "event = 'end'") == 40, 20)
+        eventually(lambda: completed_transitions(db) == 20, 10)
         eventually(lambda: zombie.output().count("acknowledgement changed nothing") == 20, 10)
         zombie.wait_for_log("presumed lost")
 

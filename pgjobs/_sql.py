@@ -36,10 +36,14 @@ RETURNING id
 """One job: INSERT_JOBS for a single row, without the cost of unnesting arrays."""
 
 RESERVE_JOB_IDS = """
-SELECT now(), ARRAY(SELECT nextval(pg_get_serial_sequence('{schema}.jobs', 'id'))
-                    FROM generate_series(1, %(count)s))
+WITH sequence AS MATERIALIZED (
+    SELECT pg_get_serial_sequence('{schema}.jobs', 'id')::regclass AS name
+)
+SELECT now(), ARRAY(SELECT nextval(name) FROM sequence, generate_series(1, %(count)s))
 """
-"""Ids for a COPY of many jobs, and the database time their delays count from."""
+"""Ids for a COPY of many jobs, and the database time their delays count from. The sequence is
+looked up once (``MATERIALIZED``): inlined, the look-up ran for every id and cost five times
+more than the ids themselves."""
 
 COPY_JOBS = """
 COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, scheduled_at, state)

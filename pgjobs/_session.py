@@ -14,8 +14,9 @@ Behind a transaction pooler (poll-only without ``listen_database_url``) session 
 trusted, so there is no lock and no LISTEN: the lease alone decides, which is slower but correct.
 
 Each beat also takes or keeps the leader lease (a row in ``leases``) and, for the leader, tells
-whether any worker is lost; the leader then sweeps at once, and prunes old finished jobs every
-:data:`PRUNE_INTERVAL`. An idle worker makes one statement per beat.
+whether any worker is lost and whether the jobs table needs a vacuum; the leader then sweeps at
+once, starts the vacuum in the background (:mod:`pgjobs._vacuum`), and prunes old finished jobs
+every :data:`PRUNE_INTERVAL`. An idle worker makes one statement per beat.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from psycopg import sql
 from ._link import RECONNECT_BACKOFF, STATEMENT_TIMEOUT, Link, within
 from ._settings import Settings
 from ._sql import Queries
+from ._vacuum import Vacuum
 from ._waits import Backoff
 
 log = logging.getLogger("pgjobs.worker")
@@ -74,6 +76,7 @@ class Session:
         worker_id: str,
         application_name: str,
         events: SessionEvents,
+        vacuum: Vacuum,
     ) -> None:
         self.trusted = settings.listen_database_url is not None or not settings.poll_only
         """Whether this is a direct session, so the lock and LISTEN can be relied on."""
@@ -84,6 +87,7 @@ class Session:
         self._queries = queries
         self._worker_id = worker_id
         self._events = events
+        self._vacuum = vacuum
         self._lock_key: int | None = None
         self._leading = False
         self._next_prune = 0.0
@@ -99,6 +103,7 @@ class Session:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self._vacuum.stop()
         conn = self._link.current
         if conn is not None and not conn.closed:
             try:
@@ -120,7 +125,9 @@ class Session:
                 await within(conn, self._open(conn), BEAT_TIMEOUT)
                 backoff.reset()
                 while True:
-                    sweep_due = await within(conn, self._beat(conn), BEAT_TIMEOUT)
+                    sweep_due, vacuum_due = await within(conn, self._beat(conn), BEAT_TIMEOUT)
+                    if vacuum_due:
+                        self._vacuum.start_unless_running()
                     if self._leading:
                         await within(conn, self._lead(conn, sweep_due), STATEMENT_TIMEOUT)
                     await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
@@ -175,19 +182,21 @@ class Session:
             if row is not None and row[0]:
                 return key
 
-    async def _beat(self, conn: psycopg.AsyncConnection[Any]) -> bool:
-        """Heartbeat; returns whether this worker leads and lost workers await its sweep."""
+    async def _beat(self, conn: psycopg.AsyncConnection[Any]) -> tuple[bool, bool]:
+        """Heartbeat; returns whether this worker leads and (a) lost workers await its sweep,
+        (b) the jobs table is due for a vacuum."""
         cur = await conn.execute(
             self._queries.heartbeat,
             {
                 "worker_id": self._worker_id,
                 "lease": self._settings.lease_timeout,
                 "lock_namespace": self._queries.lock_namespace,
+                "vacuum_threshold": self._settings.vacuum_threshold,
             },
         )
         row = await cur.fetchone()
         assert row is not None
-        registered, leading, cancel_requested, sweep_due = row
+        registered, leading, cancel_requested, sweep_due, vacuum_due = row
         if not registered:
             log.warning(
                 "this worker was presumed lost (no heartbeat within %s s) and its jobs went "
@@ -200,7 +209,7 @@ class Session:
             log.info("%s the leader", "became" if leading else "is no longer")
         for job_id in cancel_requested:
             self._events.on_cancel(job_id)
-        return bool(sweep_due)
+        return bool(sweep_due), bool(vacuum_due)
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any], sweep_due: bool) -> None:
         """The leader's duties at each beat: sweep lost workers when the beat found some, prune

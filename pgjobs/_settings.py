@@ -87,6 +87,7 @@ class Settings:
     retain_completed: float = DAY
     retain_cancelled: float = 7 * DAY
     retain_discarded: float = 30 * DAY
+    vacuum_threshold: int = 10_000
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -100,6 +101,8 @@ class Settings:
             raise ConfigError("concurrency: must be at least 1")
         if self.processes < 1:
             raise ConfigError("processes: must be at least 1")
+        if self.vacuum_threshold < 0:
+            raise ConfigError("vacuum_threshold: must be 0 (off) or a number of dead rows")
         for name in _DURATIONS:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")

@@ -182,13 +182,26 @@ SELECT EXISTS (SELECT 1 FROM beat) AS registered,
                       WHERE j.state = 'running'
                         AND NOT EXISTS (SELECT 1 FROM {schema}.workers AS w
                                         WHERE w.id = j.worker_id))
-       ELSE false END AS sweep_due
+       ELSE false END AS sweep_due,
+       EXISTS (SELECT 1 FROM leader) AND %(vacuum_threshold)s > 0
+           AND pg_stat_get_dead_tuples('{schema}.jobs'::regclass)
+               > %(vacuum_threshold)s + 0.02 * pg_stat_get_live_tuples('{schema}.jobs'::regclass)
+           AS vacuum_due
 """
 """One beat: extend this worker's lease, take or keep the leader lease, and list the running jobs
 whose cancellation was requested (the fallback for a missed notification). The leader lease
 passes on when its holder's lease expires or its session lock is free (its process died). For the
 leader, ``sweep_due`` tells whether RESCUE_JOBS has anything to do, so an idle leader makes one
-statement per beat."""
+statement per beat, and ``vacuum_due`` whether the jobs table holds more dead rows than
+``vacuum_threshold`` plus 2 % of its live ones (autovacuum's rule, with pgjobs' own numbers)."""
+
+VACUUM_JOBS = """
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {schema}.jobs
+"""
+"""Remove dead rows and their index entries. Every claim leaves a dead entry at the head of
+``jobs_available_idx``, and every later claim steps over it until a vacuum removes it: at 5,000
+jobs/s a claim took 3 ms after 10 s and 17 ms after 50 s, before autovacuum's next visit (at most
+once a minute). ``INDEX_CLEANUP ON``: the dead entries are the point, so never skip the indexes."""
 
 RESCUE_JOBS = """
 WITH lost AS (
@@ -340,6 +353,7 @@ class Queries:
     heartbeat: str
     rescue_jobs: str
     prune_jobs: str
+    vacuum_jobs: str
     cancel_job: str
     deregister_worker: str
     promote_scheduled_jobs: str

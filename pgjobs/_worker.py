@@ -3,9 +3,13 @@
 One process holds three connections: ``session`` (registration, heartbeat, leadership,
 LISTEN/NOTIFY: see :mod:`pgjobs._session`), ``claim`` (claims and promotions of due scheduled
 jobs) and ``ack`` (batched outcome writes). The producer loop claims at most the free slots in one
-``FOR UPDATE SKIP LOCKED`` statement, then waits for a notification, a freed slot or the poll
-interval, whichever comes first. A slot is free once its job's outcome is written: a worker whose
-writes lag claims nothing more, so its outcomes never pile up into one huge statement.
+``FOR UPDATE SKIP LOCKED`` statement. A claim that filled every free slot may have left jobs
+behind, so the next one follows as slots free; a claim that found fewer jobs emptied the queues,
+and the producer waits for news of more (a notification, a promotion) or the poll interval. A
+finished job then wakes nothing: under a steady trickle, a worker would otherwise claim again at
+every job's end and mostly find nothing. A slot is free once its job's outcome is written: a
+worker whose writes lag claims nothing more, so its outcomes never pile up into one huge
+statement.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming and gives running jobs ``shutdown_timeout``
 seconds to finish; jobs still running then are handed back to the queue (their attempt is not
@@ -37,6 +41,7 @@ from ._link import Link
 from ._migrate import check_schema
 from ._session import Session, SessionEvents
 from ._stager import Stager
+from ._vacuum import Vacuum
 from ._waits import wait_for_event
 
 log = logging.getLogger("pgjobs.worker")
@@ -78,7 +83,10 @@ class Worker:
         self.queues = self.settings.queue_spec
         self.stopping = threading.Event()
         self._force = asyncio.Event()
-        self._wakeup = asyncio.Event()
+        self._jobs_waiting = asyncio.Event()
+        """Set when jobs may have become available: a notification, a promotion, a stop."""
+        self._slot_freed = asyncio.Event()
+        """Set when a job's outcome is written (or its run ended), freeing its slot."""
         self._running: dict[int, Running] = {}
         self._cancelled_ids: set[int] = set()
         self._claim_floor = max(1, self.settings.concurrency // 2)
@@ -93,10 +101,13 @@ class Worker:
             self._queries,
             self.id,
             on_retry=self._retry_scheduled,
-            on_written=self._wakeup.set,
+            on_written=self._free_slot,
         )
         self._stager = Stager(
-            self._claim, self._queries, self.settings.poll_interval, on_promoted=self._wakeup.set
+            self._claim,
+            self._queries,
+            self.settings.poll_interval,
+            on_promoted=self._jobs_waiting.set,
         )
         self._session = Session(
             self.settings,
@@ -108,6 +119,7 @@ class Worker:
                 on_scheduled=self._stager.wake,
                 on_cancel=self._cancel,
             ),
+            Vacuum(self.settings, self._queries, self._application_name("vacuum")),
         )
         self.unfinished_threads = False
         """Set when jobs were handed back or overran: their threads may still be running."""
@@ -161,7 +173,8 @@ class Worker:
                 len(self._running),
             )
             self.stopping.set()
-        self._wakeup.set()
+        self._jobs_waiting.set()
+        self._slot_freed.set()
 
     def _cancel(self, job_id: int) -> None:
         """Cancel a job this worker runs: flag it, and cancel its task if it is async."""
@@ -191,7 +204,12 @@ class Worker:
 
     def _on_notification(self, queue: str) -> None:
         if not queue or queue in self.queues.names:
-            self._wakeup.set()
+            self._jobs_waiting.set()
+
+    def _free_slot(self) -> None:
+        self._slot_freed.set()
+        if self.burst:
+            self._jobs_waiting.set()  # a burst worker looks again, to learn when it is done
 
     def _retry_scheduled(self, delay: float) -> None:
         if delay < self.settings.poll_interval:
@@ -201,18 +219,18 @@ class Worker:
         while not self.stopping.is_set():
             free = self.settings.concurrency - len(self._running) - self._acker.backlog
             if free <= 0:
-                self._wakeup.clear()  # only a freed slot matters now, and it sets this again
-                await self._wait()
+                self._slot_freed.clear()
+                await self._wait(self._slot_freed)
                 continue
             if free < self._claim_floor and await self._more_slots_soon():
                 continue
-            self._wakeup.clear()
+            self._jobs_waiting.clear()  # before the claim: news during it means claim again
             claimed = await self._claim_jobs(free)
             if len(claimed) == free:
-                continue
+                continue  # there may be more: claim again as slots free
             if self.burst and not claimed and await self._burst_done():
                 return
-            await self._wait()
+            await self._wait(self._jobs_waiting)
 
     async def _more_slots_soon(self) -> bool:
         """Wait up to :data:`CLAIM_LINGER` for another slot to free; True if one did.
@@ -220,8 +238,8 @@ class Worker:
         Claiming one slot at a time as short jobs finish costs a round trip per job; lingering
         a few milliseconds lets one claim fill many slots. Long jobs lose at most the linger.
         """
-        self._wakeup.clear()
-        return await wait_for_event(self._wakeup, CLAIM_LINGER) and not self.stopping.is_set()
+        self._slot_freed.clear()
+        return await wait_for_event(self._slot_freed, CLAIM_LINGER) and not self.stopping.is_set()
 
     async def _burst_done(self) -> bool:
         """True once nothing runs, nothing is due and every outcome is written."""
@@ -229,10 +247,10 @@ class Worker:
             return False
         await self._acker.flush()
         promoted, _ = await self._stager.promote_due()
-        return promoted == 0 and not self._wakeup.is_set()
+        return promoted == 0 and not self._jobs_waiting.is_set()
 
-    async def _wait(self) -> None:
-        await wait_for_event(self._wakeup, self.settings.poll_interval)
+    async def _wait(self, event: asyncio.Event) -> None:
+        await wait_for_event(event, self.settings.poll_interval)
         if self._supervisor_pid is not None and os.getppid() != self._supervisor_pid:
             log.warning("the supervisor is gone; stopping")
             self.request_stop()
@@ -296,7 +314,7 @@ class Worker:
         finally:
             del self._running[job.id]
             self._cancelled_ids.discard(job.id)
-            self._wakeup.set()
+            self._free_slot()
 
     async def _drain(self) -> None:
         """Let running jobs finish within the shutdown timeout, then hand the rest back."""

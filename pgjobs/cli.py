@@ -132,6 +132,12 @@ def _import_app(path: str) -> App:
 @click.option("--shutdown-timeout", help="Time running jobs get on stop [default 25s]")
 @click.option("--heartbeat-interval", help="Between heartbeats [default 2s]")
 @click.option("--lease-timeout", help="Silence after which a worker is presumed lost [default 30s]")
+@click.option(
+    "--vacuum-threshold",
+    type=int,
+    help="Dead rows (plus 2% of live ones) past which the leader vacuums the jobs table; 0: never"
+    " [default 10000]",
+)
 @click.option("--poll-only", is_flag=True, default=None, help="No LISTEN (for transaction poolers)")
 @click.option(
     "--listen-database-url", help="A direct (not pooled) URL for LISTEN and the worker's session"

@@ -126,10 +126,9 @@ class Session:
                 backoff.reset()
                 while True:
                     sweep_due, vacuum_due = await within(conn, self._beat(conn), BEAT_TIMEOUT)
-                    if vacuum_due:
-                        self._vacuum.start_unless_running()
                     if self._leading:
-                        await within(conn, self._lead(conn, sweep_due), STATEMENT_TIMEOUT)
+                        lead = self._lead(conn, sweep_due, vacuum_due)
+                        await within(conn, lead, STATEMENT_TIMEOUT)
                     await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
             except Exception as exc:  # never let the heartbeat die: a live worker needs it
                 if isinstance(exc, psycopg.Error | TimeoutError):
@@ -211,9 +210,13 @@ class Session:
             self._events.on_cancel(job_id)
         return bool(sweep_due), bool(vacuum_due)
 
-    async def _lead(self, conn: psycopg.AsyncConnection[Any], sweep_due: bool) -> None:
-        """The leader's duties at each beat: sweep lost workers when the beat found some, prune
-        when due."""
+    async def _lead(
+        self, conn: psycopg.AsyncConnection[Any], sweep_due: bool, vacuum_due: bool
+    ) -> None:
+        """The leader's duties at each beat: sweep lost workers and start a vacuum when the beat
+        found them due, prune when due."""
+        if vacuum_due:
+            self._vacuum.start_unless_running()
         if sweep_due:
             await self._sweep(conn)
         await self._prune_when_due(conn)

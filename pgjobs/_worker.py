@@ -86,7 +86,8 @@ class Worker:
         self._jobs_waiting = asyncio.Event()
         """Set when jobs may have become available: a notification, a promotion, a stop."""
         self._slot_freed = asyncio.Event()
-        """Set when a job's outcome is written (or its run ended), freeing its slot."""
+        """Set when job outcomes are written, freeing their slots (a job's end frees none: its
+        outcome holds the slot until written)."""
         self._running: dict[int, Running] = {}
         self._cancelled_ids: set[int] = set()
         self._claim_floor = max(1, self.settings.concurrency // 2)
@@ -314,7 +315,6 @@ class Worker:
         finally:
             del self._running[job.id]
             self._cancelled_ids.discard(job.id)
-            self._free_slot()
 
     async def _drain(self) -> None:
         """Let running jobs finish within the shutdown timeout, then hand the rest back."""

@@ -19,6 +19,11 @@ def state(db: psycopg.Connection[Any], job_id: int) -> str:
     return str(value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", job_id))
 
 
+def errors_of(db: psycopg.Connection[Any], job_id: int) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = value(db, "SELECT errors FROM pgjobs.jobs WHERE id = %s", job_id)
+    return errors
+
+
 def ledger(db: psycopg.Connection[Any], job_id: int) -> list[tuple[int, str]]:
     return [
         (attempt, event)
@@ -141,7 +146,7 @@ def test_an_async_job_past_its_timeout_is_cancelled_and_retried_per_its_policy(
     job_id = jobs_app.async_overruns.enqueue()
     eventually(lambda: state(db, job_id) == "discarded", timeout=10)
     assert ledger(db, job_id) == [(1, "start"), (2, "start")]
-    errors = value(db, "SELECT errors FROM pgjobs.jobs WHERE id = %s", job_id)
+    errors = errors_of(db, job_id)
     assert [e["class"] for e in errors] == ["pgjobs.JobTimeout"] * 2
     assert "cancelled after its 0.5 s timeout" in errors[0]["message"]
     assert worker.process.poll() is None  # an async timeout needs no retirement
@@ -154,8 +159,7 @@ def test_a_timeout_error_from_an_async_job_without_a_timeout_is_recorded_as_itse
     worker.wait_for_log("listening on")
     job_id = jobs_app.async_raises_timeout_error.enqueue()
     eventually(lambda: state(db, job_id) == "discarded")
-    errors = value(db, "SELECT errors FROM pgjobs.jobs WHERE id = %s", job_id)
-    assert [(e["class"], e["message"]) for e in errors] == [
+    assert [(e["class"], e["message"]) for e in errors_of(db, job_id)] == [
         ("builtins.TimeoutError", "the upstream service did not answer")
     ]
 
@@ -169,7 +173,7 @@ def test_a_sync_job_past_its_timeout_fails_at_once_and_its_worker_retires(
     eventually(lambda: ledger(db, neighbour) == [(1, "start")])
     stuck = jobs_app.sync_overruns.enqueue(3.0)
     eventually(lambda: state(db, stuck) == "discarded", timeout=5)
-    error = value(db, "SELECT errors -> 0 FROM pgjobs.jobs WHERE id = %s", stuck)
+    error = errors_of(db, stuck)[0]
     assert error["class"] == "pgjobs.JobTimeout"
     assert "its thread cannot be stopped" in error["message"]
     # the worker takes no new job, lets its neighbour finish, and exits with status 3

@@ -83,8 +83,9 @@ def test_a_role_that_may_not_vacuum_says_so_once_and_goes_on_working(
     app: pgjobs.App, db: psycopg.Connection[Any], unprivileged_url: str, tmp_path: Path
 ) -> None:
     with worker_launcher(tmp_path) as start:
-        worker = start(unprivileged_url, "--concurrency", "20", "--vacuum-threshold", "300",
-                       *FAST_BEATS)  # fmt: skip
+        worker = start(
+            unprivileged_url, "--concurrency", "20", "--vacuum-threshold", "300", *FAST_BEATS
+        )
         worker.wait_for_log("became the leader")
         churn(app, db, 1000)
         worker.wait_for_log("cannot vacuum the jobs table")

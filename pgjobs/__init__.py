@@ -7,6 +7,7 @@ Define jobs on an :class:`App`, enqueue them inside your own transactions, run t
 from ._app import App, Job, JobCall
 from ._context import JobContext, current_job
 from ._errors import (
+    ArgumentsMismatch,
     ConfigError,
     DatabaseError,
     JobTimeout,
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_PAYLOAD_BYTES",
     "App",
+    "ArgumentsMismatch",
     "ConfigError",
     "DatabaseError",
     "Job",

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from . import _connection
 from ._errors import ConfigError, DatabaseError, SchemaError, UnknownJobError, ValidationError
+from ._outcome import MAX_DELAY as MAX_DELAY
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._settings import QUEUE_NAME, Settings, load_settings
 from ._sql import Queries, queries_for
@@ -33,7 +34,6 @@ R = TypeVar("R")
 
 DEFAULT_MAX_ATTEMPTS = 25
 PRIORITY_RANGE = range(-32768, 32768)
-MAX_DELAY = 100 * 365.25 * 86400
 COPY_THRESHOLD = 500
 """From this many jobs, ``enqueue_many`` uses COPY instead of one INSERT."""
 

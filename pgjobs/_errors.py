@@ -27,6 +27,13 @@ class UnknownJobError(PgjobsError, LookupError):
     """A job name that no registered job answers to."""
 
 
+class ArgumentsMismatch(PgjobsError, TypeError):
+    """A job's stored arguments do not fit its function's signature, as when a deploy changed the
+    function after the job was enqueued. The attempt fails without calling the function; the job
+    is retried after 1, 5 and 15 minutes (for the rest of a rolling deploy), then discarded.
+    """
+
+
 class SchemaError(PgjobsError):
     """The pgjobs tables are missing or older than this version of pgjobs expects."""
 
@@ -51,6 +58,7 @@ for _error in (
     ValidationError,
     ConfigError,
     UnknownJobError,
+    ArgumentsMismatch,
     SchemaError,
     DatabaseError,
     JobTimeout,

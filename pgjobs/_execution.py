@@ -1,7 +1,10 @@
 """Running one claimed job to an :class:`~pgjobs._outcome.Outcome`.
 
 Sync functions run in the worker's thread pool, ``async def`` ones on its event loop. Whatever
-the job raises is caught here and turned into a retry or a discard; nothing escapes to the worker.
+the job raises (``SystemExit`` and ``KeyboardInterrupt`` too, from the loop or through a thread's
+future) is caught here and turned into a retry or a discard; nothing escapes to the worker. A
+job's stored arguments are bound to its function's signature first, so arguments that no longer
+fit after a deploy fail as :class:`ArgumentsMismatch` without calling it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,19 @@ from collections.abc import Awaitable
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
 
-from ._app import App
+from ._app import App, Job
 from ._context import JobContext, reset_current_job, set_current_job
-from ._errors import JobTimeout, UnknownJobError
-from ._outcome import CANCELLED, COMPLETED, Outcome, Snooze, failure_outcome, sidekiq_backoff
+from ._errors import ArgumentsMismatch, JobTimeout, UnknownJobError
+from ._outcome import (
+    CANCELLED,
+    COMPLETED,
+    Outcome,
+    Snooze,
+    deploy_skew_outcome,
+    error_record,
+    failure_outcome,
+    snooze_outcome,
+)
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -38,19 +50,23 @@ class ClaimedJob(NamedTuple):
 async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: Executor) -> Outcome:
     """Run ``claimed`` and decide what becomes of it.
 
-    Never raises, except ``CancelledError`` when the worker (not a user's cancel) stops the job.
+    Never raises, except ``CancelledError`` when the worker (not a user's cancel) stops the job:
+    whatever the job raises, ``BaseException`` included, ends the attempt with an outcome.
     """
     try:
         job = app.get(claimed.name)
     except UnknownJobError as exc:
         log.error("job %s: %s; it will be retried in case a newer worker knows it", claimed.id, exc)
-        return failure_outcome(
-            exc,
-            attempt=claimed.attempt,
-            max_attempts=claimed.max_attempts,
-            retry=sidekiq_backoff,
-            discard_on=(),
-        )
+        return deploy_skew_outcome(exc, attempt=claimed.attempt, max_attempts=claimed.max_attempts)
+    if claimed.args or claimed.kwargs or not job._takes_no_arguments:
+        try:
+            job._signature.bind(*claimed.args, **claimed.kwargs)
+        except TypeError as exc:
+            mismatch = ArgumentsMismatch(f"the stored arguments do not fit {job.name}: {exc}")
+            outcome = deploy_skew_outcome(
+                mismatch, attempt=claimed.attempt, max_attempts=claimed.max_attempts
+            )
+            return await _failed(job, claimed, mismatch, outcome, context, threads)
     try:
         await _call(
             job.func,
@@ -61,37 +77,67 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
             threads,
             timeout=job.timeout,
         )
-    except asyncio.CancelledError:
-        if not context.cancelled:
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and _stopped_by_worker(context):
             raise
+        return await _ended_by(job, claimed, exc, context, threads)
+    return CANCELLED if context.cancelled else COMPLETED
+
+
+async def _ended_by(
+    job: Job[..., Any],
+    claimed: ClaimedJob,
+    exc: BaseException,
+    context: JobContext,
+    threads: Executor,
+) -> Outcome:
+    """The outcome of an attempt that raised ``exc``: a snooze, a cancel, or a failure."""
+    if isinstance(exc, Snooze) and (snoozed := snooze_outcome(exc)) is not None:
+        return snoozed
+    if context.cancelled:
         _uncancel()
         return CANCELLED
-    except Snooze as snooze:
-        return Outcome("scheduled", delay=snooze.delay)
-    except Exception as exc:
-        if context.cancelled:
-            return CANCELLED
-        thread_overran = isinstance(exc, JobTimeout) and exc.thread_running
-        outcome = failure_outcome(
-            exc,
-            attempt=claimed.attempt,
-            max_attempts=claimed.max_attempts,
-            retry=job.retry,
-            discard_on=job.discard_on,
-        )
-        log.warning(
-            "job %s %s attempt %s failed: %s: %s (%s)",
-            claimed.id,
-            claimed.name,
-            claimed.attempt,
-            type(exc).__name__,
-            exc,
-            outcome.state,
-        )
-        if outcome.state == "discarded" and job.on_exhausted is not None:
-            await _call_hook(job.on_exhausted, exc, context, threads)
-        return dataclasses.replace(outcome, thread_overran=thread_overran)
-    return CANCELLED if context.cancelled else COMPLETED
+    outcome = failure_outcome(
+        exc,
+        attempt=claimed.attempt,
+        max_attempts=claimed.max_attempts,
+        retry=job.retry,
+        discard_on=job.discard_on,
+    )
+    if isinstance(exc, JobTimeout) and exc.thread_running:
+        outcome = dataclasses.replace(outcome, thread_overran=True)
+    return await _failed(job, claimed, exc, outcome, context, threads)
+
+
+async def _failed(
+    job: Job[..., Any],
+    claimed: ClaimedJob,
+    exc: BaseException,
+    outcome: Outcome,
+    context: JobContext,
+    threads: Executor,
+) -> Outcome:
+    """Log a failed attempt, and run the job's ``on_exhausted`` hook if it is discarded."""
+    error = outcome.error or {}
+    log.warning(
+        "job %s %s attempt %s failed: %s: %s (%s)",
+        claimed.id,
+        claimed.name,
+        claimed.attempt,
+        error.get("class"),
+        error.get("message"),  # as stored: str(exc) may raise
+        outcome.state,
+    )
+    if outcome.state == "discarded" and job.on_exhausted is not None:
+        await _call_hook(job.on_exhausted, exc, context, threads)
+    return outcome
+
+
+def _stopped_by_worker(context: JobContext) -> bool:
+    """Whether a ``CancelledError`` means the worker is stopping the job (to hand it back), rather
+    than a user's cancel or a ``CancelledError`` that the job raised of itself."""
+    task = asyncio.current_task()
+    return not context.cancelled and task is not None and task.cancelling() > 0
 
 
 def _uncancel() -> None:
@@ -162,5 +208,15 @@ async def _call_hook(hook: Any, exc: BaseException, context: JobContext, threads
     """Run an ``on_exhausted`` hook like the job itself; its failure is logged, never raised."""
     try:
         await _call(hook, inspect.iscoroutinefunction(hook), [exc], {}, context, threads)
-    except Exception:
-        log.exception("job %s: on_exhausted hook failed", context.id)
+    except BaseException as failure:
+        if isinstance(failure, asyncio.CancelledError) and _stopped_by_worker(context):
+            raise
+        _uncancel()
+        error = error_record(failure, context.attempt)
+        log.error(
+            "job %s: on_exhausted hook failed: %s: %s\n%s",
+            context.id,
+            error["class"],
+            error["message"],
+            error["traceback"],
+        )

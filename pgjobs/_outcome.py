@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import traceback
 from collections.abc import Callable
@@ -12,6 +13,13 @@ from typing import Any, Literal
 RetryPolicy = Callable[[int, BaseException], "float | timedelta | None"]
 """``(attempt, exception) -> delay`` before the next attempt (seconds or timedelta), or ``None``
 to discard the job at once."""
+
+MAX_DELAY = 100 * 365.25 * 86400
+"""The longest delay pgjobs stores, in seconds (100 years): an enqueue's, a retry's, a snooze's."""
+
+DEPLOY_SKEW_DELAYS = (60.0, 300.0, 900.0)
+"""Seconds before attempts 2, 3 and 4 of a job this worker cannot run as stored (a name it does not
+know, arguments that do not fit the function): time for a rolling deploy to finish, then discard."""
 
 MAX_ERROR_MESSAGE = 2_000
 """Characters of an exception message kept per failed attempt."""
@@ -36,9 +44,11 @@ class Snooze(Exception):
     """
 
     def __init__(self, delay: float | timedelta) -> None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if not seconds >= 0:
-            raise ValueError("Snooze: delay must be zero or more seconds")
+        seconds = _seconds(delay)
+        if not _is_delay(seconds):
+            raise ValueError(
+                f"Snooze: delay must be from 0 to {MAX_DELAY:g} s (100 years), not {seconds!r}"
+            )
         self.delay = seconds
         super().__init__(f"snoozed for {seconds:g} s")
 
@@ -69,27 +79,117 @@ def failure_outcome(
     retry: RetryPolicy,
     discard_on: tuple[type[BaseException], ...],
 ) -> Outcome:
-    """Decide between retry and discard after ``exception`` ended attempt number ``attempt``."""
+    """Decide between retry and discard after ``exception`` ended attempt number ``attempt``.
+
+    A policy that raises, or returns something other than ``None`` or a delay of at most
+    :data:`MAX_DELAY`, must not strand the job: it is retried on :func:`sidekiq_backoff` instead,
+    and its error message says what the policy did.
+    """
     error = error_record(exception, attempt)
     if attempt >= max_attempts or isinstance(exception, discard_on):
         return Outcome("discarded", error=error)
-    delay = retry(attempt, exception)
+    delay, problem = _policy_delay(retry, attempt, exception)
+    if problem is not None:
+        note = f" [retry policy {problem}; retried on the default backoff]"
+        error["message"] = error["message"][: MAX_ERROR_MESSAGE - len(note)] + note
     if delay is None:
         return Outcome("discarded", error=error)
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    return Outcome("retryable", delay=max(0.0, seconds), error=error)
+    return Outcome("retryable", delay=delay, error=error)
+
+
+def deploy_skew_outcome(exception: BaseException, *, attempt: int, max_attempts: int) -> Outcome:
+    """Retry or discard a job this worker cannot run as stored (an :class:`UnknownJobError`, an
+    :class:`ArgumentsMismatch`): after :data:`DEPLOY_SKEW_DELAYS`, then discarded, whatever the
+    job's own policy, since a worker of another version may still be starting."""
+    return failure_outcome(
+        exception,
+        attempt=attempt,
+        max_attempts=min(max_attempts, len(DEPLOY_SKEW_DELAYS) + 1),
+        retry=_deploy_skew_backoff,
+        discard_on=(),
+    )
+
+
+def _deploy_skew_backoff(attempt: int, exception: BaseException) -> float:
+    return DEPLOY_SKEW_DELAYS[attempt - 1]
+
+
+def snooze_outcome(snooze: Snooze) -> Outcome | None:
+    """The outcome of a :class:`Snooze`, or ``None`` if it carries no delay (a subclass that
+    skipped ``Snooze.__init__`` or changed ``delay``)."""
+    delay = getattr(snooze, "delay", None)
+    if isinstance(delay, float) and _is_delay(delay):
+        return Outcome("scheduled", delay=delay)
+    return None
+
+
+def _policy_delay(
+    retry: RetryPolicy, attempt: int, exception: BaseException
+) -> tuple[float | None, str | None]:
+    """``retry``'s delay in seconds (``None``: discard), or the default backoff's and what went
+    wrong with the policy."""
+    try:
+        delay = retry(attempt, exception)
+    except BaseException as failure:  # the policy is user code: it must not strand the job
+        return sidekiq_backoff(attempt, exception), f"raised {_summary(failure)[:500]}"
+    if delay is None:
+        return None, None
+    try:
+        seconds = _seconds(delay)
+    except BaseException:  # not a number: a str, or an object whose __float__ raises
+        problem = f"returned a {type(delay).__qualname__}, not seconds or a timedelta"
+    else:
+        if -math.inf < seconds <= MAX_DELAY:
+            return max(0.0, seconds), None  # a delay in the past means now
+        problem = f"returned {seconds!r} s, not a delay of at most 100 years"
+    return sidekiq_backoff(attempt, exception), problem
+
+
+def _seconds(delay: float | timedelta) -> float:
+    try:
+        return delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    except OverflowError:  # an int past float's range
+        return math.inf
+
+
+def _is_delay(seconds: float) -> bool:
+    return 0 <= seconds <= MAX_DELAY  # false for NaN too
 
 
 def error_record(exception: BaseException, attempt: int) -> dict[str, Any]:
-    """The stored form of a failed attempt: class, message and traceback, made safe for jsonb."""
+    """The stored form of a failed attempt: class, message and traceback, made safe for jsonb.
+
+    Never raises: text that the exception cannot give (a ``__str__`` that raises, a traceback
+    that fails to format) is replaced by a note saying so.
+    """
     kind = type(exception)
-    trace = "".join(traceback.format_exception(exception))
+    trace = _formed(lambda: "".join(traceback.format_exception(exception)), "traceback", kind)
     return {
         "attempt": attempt,
-        "class": f"{kind.__module__}.{kind.__qualname__}",
-        "message": _clean(str(exception))[:MAX_ERROR_MESSAGE],
-        "traceback": _clean(trace)[-MAX_ERROR_TRACEBACK:],
+        "class": _formed(lambda: f"{kind.__module__}.{kind.__qualname__}", "class name", kind),
+        "message": _message(exception)[:MAX_ERROR_MESSAGE],
+        "traceback": trace[-MAX_ERROR_TRACEBACK:],
     }
+
+
+def _message(exception: BaseException) -> str:
+    return _formed(lambda: str(exception), "message", type(exception))
+
+
+def _summary(exception: BaseException) -> str:
+    """``Class: message``, for a log line or a note; never raises."""
+    return f"{type(exception).__qualname__}: {_message(exception)}"
+
+
+def _formed(make: Callable[[], str], what: str, kind: type[BaseException]) -> str:
+    """``make()`` made safe for jsonb, or a note if the exception's own code raised."""
+    try:
+        return _clean(make())
+    except BaseException as failure:  # a hostile __str__ or __module__ must not lose the outcome
+        return (
+            f"<the {what} of this {kind.__qualname__} could not be formed: "
+            f"it raised {type(failure).__qualname__}>"
+        )
 
 
 def _clean(text: str) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import ctypes
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -212,3 +213,70 @@ def segfaults() -> None:
     """Poison pill: a segmentation fault."""
     record("segfaults")
     ctypes.string_at(0)
+
+
+class Hostile(BaseException):
+    """Not an ``Exception``: what a library's own control flow might raise out of a job."""
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text for you")
+
+
+def _misbehave(how: str) -> None:
+    if how.startswith("exit"):
+        sys.exit(int(how.removeprefix("exit")))
+    raise {
+        "interrupt": KeyboardInterrupt,
+        "base": Hostile,
+        "unprintable": Unprintable,
+        "cancelled": asyncio.CancelledError,
+        "snooze_inf": lambda: pgjobs.Snooze(float("inf")),
+    }[how]()
+
+
+@app.job(name="hostile", max_attempts=1)
+def hostile(how: str) -> None:
+    """Ends its attempt as ``how`` says: ``exit0``, ``interrupt``, ``base``, ``unprintable``..."""
+    record(f"hostile:{how}")
+    _misbehave(how)
+
+
+@app.job(name="async_hostile", max_attempts=1)
+async def async_hostile(how: str) -> None:
+    await asyncio.to_thread(record, f"async_hostile:{how}")
+    _misbehave(how)
+
+
+def _policy_raises(attempt: int, exc: BaseException) -> float:
+    raise ZeroDivisionError("the policy's own bug")
+
+
+@app.job(name="policy_raises", max_attempts=2, retry=_policy_raises)
+def policy_raises() -> None:
+    record("policy_raises")
+    raise RuntimeError("the job failed")
+
+
+@app.job(name="policy_huge", max_attempts=2, retry=lambda attempt, exc: 1e300)
+def policy_huge() -> None:
+    record("policy_huge")
+    raise RuntimeError("the job failed")
+
+
+@app.job(name="policy_nan", max_attempts=2, retry=lambda attempt, exc: float("nan"))
+def policy_nan() -> None:
+    record("policy_nan")
+    raise RuntimeError("the job failed")
+
+
+def _hook_exits(exc: BaseException) -> None:
+    record("hook_exits:hook")
+    sys.exit(1)
+
+
+@app.job(name="hook_exits", max_attempts=1, on_exhausted=_hook_exits)
+def hook_exits() -> None:
+    record("hook_exits")
+    raise RuntimeError("the job failed")

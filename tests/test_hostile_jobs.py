@@ -37,6 +37,7 @@ SYNC = {
     "base": "tests.jobs_app.Hostile",
     "unprintable": "tests.jobs_app.Unprintable",
     "snooze_inf": "builtins.ValueError",
+    "cancelled": "asyncio.exceptions.CancelledError",
 }
 ASYNC = {
     "exit0": "builtins.SystemExit",

@@ -14,9 +14,8 @@ Behind a transaction pooler (poll-only without ``listen_database_url``) session 
 trusted, so there is no lock and no LISTEN: the lease alone decides, which is slower but correct.
 
 Each beat also takes or keeps the leader lease (a row in ``leases``) and, for the leader, tells
-whether any worker is lost and whether the jobs table needs a vacuum; the leader then sweeps at
-once, starts the vacuum in the background (:mod:`pgjobs._vacuum`), and prunes old finished jobs
-every :data:`PRUNE_INTERVAL`. An idle worker makes one statement per beat.
+whether any worker is lost and whether the jobs table needs a vacuum; the session then hands over
+to :class:`~pgjobs._leader.Leader`. An idle worker makes one statement per beat.
 """
 
 from __future__ import annotations
@@ -34,24 +33,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ._leader import Leader
 from ._link import RECONNECT_BACKOFF, STATEMENT_TIMEOUT, Link, within
 from ._settings import Settings
 from ._sql import Queries
-from ._vacuum import Vacuum
 from ._waits import Backoff
 
 log = logging.getLogger("pgjobs.worker")
 
 BEAT_TIMEOUT = 5.0
 """Seconds a heartbeat (or the session's set-up) may take before the connection is presumed dead."""
-
-PRUNE_INTERVAL = 60.0
-"""Seconds between the leader's prune runs."""
-
-PRUNE_BATCH = 1000
-"""Jobs deleted per prune statement; a run stops after :data:`PRUNE_BATCHES` full batches."""
-
-PRUNE_BATCHES = 10
 
 
 @dataclass(frozen=True)
@@ -76,7 +67,7 @@ class Session:
         worker_id: str,
         application_name: str,
         events: SessionEvents,
-        vacuum: Vacuum,
+        leader: Leader,
     ) -> None:
         self.trusted = settings.listen_database_url is not None or not settings.poll_only
         """Whether this is a direct session, so the lock and LISTEN can be relied on."""
@@ -87,10 +78,9 @@ class Session:
         self._queries = queries
         self._worker_id = worker_id
         self._events = events
-        self._vacuum = vacuum
+        self._leader = leader
         self._lock_key: int | None = None
         self._leading = False
-        self._next_prune = 0.0
         self._task: asyncio.Task[None] | None = None
         self.registered = asyncio.Event()
         """Set once the worker row exists: claims may start."""
@@ -103,7 +93,7 @@ class Session:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._vacuum.stop()
+        await self._leader.stop()
         conn = self._link.current
         if conn is not None and not conn.closed:
             try:
@@ -127,7 +117,7 @@ class Session:
                 while True:
                     sweep_due, vacuum_due = await within(conn, self._beat(conn), BEAT_TIMEOUT)
                     if self._leading:
-                        lead = self._lead(conn, sweep_due, vacuum_due)
+                        lead = self._leader.lead(conn, sweep_due, vacuum_due)
                         await within(conn, lead, STATEMENT_TIMEOUT)
                     await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
             except Exception as exc:  # never let the heartbeat die: a live worker needs it
@@ -164,7 +154,7 @@ class Session:
                 "listening on %s, %s and %s", q.jobs_channel, q.scheduled_channel, q.cancel_channel
             )
         if not self.registered.is_set():
-            await self._sweep(conn)  # start-up sweep: lost workers' jobs need no leader
+            await self._leader.sweep(conn)  # start-up sweep: lost workers' jobs need no leader
             self.registered.set()
         self._events.on_jobs("")
 
@@ -210,52 +200,6 @@ class Session:
             self._events.on_cancel(job_id)
         return bool(sweep_due), bool(vacuum_due)
 
-    async def _lead(
-        self, conn: psycopg.AsyncConnection[Any], sweep_due: bool, vacuum_due: bool
-    ) -> None:
-        """The leader's duties at each beat: sweep lost workers and start a vacuum when the beat
-        found them due, prune when due."""
-        if vacuum_due:
-            self._vacuum.start_unless_running()
-        if sweep_due:
-            await self._sweep(conn)
-        await self._prune_when_due(conn)
-
-    async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        lost, rescued, discarded = await rescue(
-            conn, self._queries, sweeper_id=self._worker_id, worker_id=None, reason=None
-        )
-        if lost or rescued:
-            log.warning(
-                "swept %s lost worker(s): %s job(s) back to the queue, %s discarded on their "
-                "last attempt",
-                lost,
-                rescued - discarded,
-                discarded,
-            )
-
-    async def _prune_when_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        now = asyncio.get_running_loop().time()
-        if now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_INTERVAL
-        params = {
-            "completed": self._settings.retain_completed,
-            "cancelled": self._settings.retain_cancelled,
-            "discarded": self._settings.retain_discarded,
-            "limit": PRUNE_BATCH,
-        }
-        total = 0
-        for _ in range(PRUNE_BATCHES):
-            cur = await conn.execute(self._queries.prune_jobs, params)
-            row = await cur.fetchone()
-            deleted = row[0] if row else 0
-            total += deleted
-            if deleted < PRUNE_BATCH:
-                break
-        if total:
-            log.info("pruned %s finished job(s) past their retention", total)
-
     async def _wait_for_notifications(
         self, conn: psycopg.AsyncConnection[Any], seconds: float
     ) -> None:
@@ -270,31 +214,3 @@ class Session:
                 self._events.on_scheduled()
             elif notify.channel == q.cancel_channel and notify.payload.isdigit():
                 self._events.on_cancel(int(notify.payload))
-
-
-async def rescue(
-    conn: psycopg.AsyncConnection[Any],
-    queries: Queries,
-    *,
-    sweeper_id: str | None,
-    worker_id: str | None,
-    reason: str | None,
-) -> tuple[int, int, int]:
-    """Run the rescue sweep; returns (workers lost, jobs rescued, of which discarded).
-
-    ``worker_id`` names one worker known to be dead (its supervisor saw it exit), with ``reason``.
-    """
-    cur = await conn.execute(
-        queries.rescue_jobs,
-        {
-            "sweeper_id": sweeper_id,
-            "worker_id": worker_id,
-            "reason": reason,
-            "lock_namespace": queries.lock_namespace,
-            "channel": queries.jobs_channel,
-        },
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    lost, rescued, discarded, _ = row
-    return lost, rescued, discarded

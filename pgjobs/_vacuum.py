@@ -3,7 +3,8 @@
 Every claim leaves a dead entry at the head of the claim index, and every later claim steps over
 it until a vacuum removes it (see ``VACUUM_JOBS`` in :mod:`pgjobs._sql`). Autovacuum visits a
 database at most once a minute, which under load is long enough for claims to slow several
-times over; so the leader's heartbeat tells when the table is due, and :class:`Vacuum` runs it.
+times over; so the leader's heartbeat tells when the table is due, and the leader
+(:mod:`pgjobs._leader`) has :class:`Vacuum` run it.
 Its own connection, opened for each run, keeps a long vacuum from ever delaying a heartbeat.
 
 A role that may not vacuum the table (PostgreSQL wants its owner) gets a warning instead, which is

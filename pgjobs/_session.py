@@ -8,7 +8,9 @@ Everything that proves a worker alive runs on this one connection:
 * the heartbeat, every ``heartbeat_interval`` on database time, which extends the worker's lease.
   A worker that stalls or loses its host stops beating and is swept when its lease expires;
 * LISTEN. The heartbeat runs on the same session with a timeout, so a half-open listener is
-  noticed within a beat plus :data:`BEAT_TIMEOUT` and replaced.
+  noticed within a beat plus :data:`BEAT_TIMEOUT` and replaced. A notification only wakes the
+  worker: anyone who can log in may NOTIFY, so on the cancel channel the session reads which of
+  this worker's running jobs have a cancellation requested, and acts on those alone.
 
 Behind a transaction pooler (poll-only without ``listen_database_url``) session state cannot be
 trusted, so there is no lock and no LISTEN: the lease alone decides, which is slower but correct.
@@ -54,7 +56,8 @@ class SessionEvents:
     on_scheduled: Callable[[], None]
     """A job was scheduled for later: re-read the next due time."""
     on_cancel: Callable[[int], None]
-    """Cancellation was requested for this job id (it may not be one of ours)."""
+    """The table says cancellation was requested for this job running on this worker (it may
+    have ended since)."""
 
 
 class Session:
@@ -200,6 +203,14 @@ class Session:
             self._events.on_cancel(job_id)
         return bool(sweep_due), bool(vacuum_due)
 
+    async def _read_cancellations(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Tell the worker which of its running jobs have a cancellation requested."""
+        cur = await conn.execute(
+            self._queries.cancel_requested_jobs, {"worker_id": self._worker_id}
+        )
+        for (job_id,) in await cur.fetchall():
+            self._events.on_cancel(job_id)
+
     async def _wait_for_notifications(
         self, conn: psycopg.AsyncConnection[Any], seconds: float
     ) -> None:
@@ -207,10 +218,17 @@ class Session:
             await asyncio.sleep(seconds)
             return
         q = self._queries
-        async for notify in conn.notifies(timeout=seconds):
-            if notify.channel == q.jobs_channel:
-                self._events.on_jobs(notify.payload)
-            elif notify.channel == q.scheduled_channel:
-                self._events.on_scheduled()
-            elif notify.channel == q.cancel_channel and notify.payload.isdigit():
-                self._events.on_cancel(int(notify.payload))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            cancel_news = False
+            # one batch at a time: a statement cannot run while notifies() holds the connection
+            async for notify in conn.notifies(timeout=left, stop_after=1):
+                if notify.channel == q.jobs_channel:
+                    self._events.on_jobs(notify.payload)
+                elif notify.channel == q.scheduled_channel:
+                    self._events.on_scheduled()
+                elif notify.channel == q.cancel_channel:
+                    cancel_news = True  # the payload is anyone's word: look at the table
+            if cancel_news:
+                await within(conn, self._read_cancellations(conn), BEAT_TIMEOUT)

@@ -1,0 +1,91 @@
+"""The worker's session: a cancellation notification only wakes the worker to look at the table."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import pgjobs
+from tests import jobs_app
+from tests.helpers import WorkerProcess, eventually, value
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+def state(db: psycopg.Connection[Any], job_id: int) -> str:
+    return str(value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", job_id))
+
+
+def ledger(db: psycopg.Connection[Any], job_id: int) -> list[tuple[int, int, str]]:
+    return [
+        (attempt, pid, event)
+        for attempt, pid, event in db.execute(
+            "SELECT attempt, pid, event FROM ledger WHERE job_id = %s ORDER BY at", (job_id,)
+        )
+    ]
+
+
+def heartbeat_of(db: psycopg.Connection[Any], worker: WorkerProcess) -> Any:
+    return value(db, "SELECT heartbeat_at FROM pgjobs.workers WHERE pid = %s", worker.process.pid)
+
+
+@pytest.fixture
+def stranger(database_url: str, db: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of a role that may log in and nothing more."""
+    role = f"stranger_{uuid.uuid4().hex[:12]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with psycopg.connect(database_url, user=role, autocommit=True) as conn:
+            yield conn
+    finally:
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_strangers_cancel_notification_cancels_nothing_and_a_real_cancel_is_prompt(
+    app: pgjobs.App,
+    db: psycopg.Connection[Any],
+    stranger: psycopg.Connection[Any],
+    worker_process: StartWorker,
+) -> None:
+    worker = worker_process()
+    worker.wait_for_log("listening on")
+    key = int(uuid.uuid4().int % 2**31)
+    value(db, "SELECT pg_advisory_lock(%s)", key)
+    victim = jobs_app.waits_for_lock.enqueue(key)  # completes once the test lets the lock go
+    target = jobs_app.until_cancelled.enqueue()  # ends only when it sees a cancellation
+    eventually(lambda: len(ledger(db, victim)) == len(ledger(db, target)) == 1)
+
+    channel = app.queries.cancel_channel
+    assert channel == "pgjobs.cancel"
+    for job_id in (victim, target):
+        stranger.execute(
+            sql.SQL("NOTIFY {}, {}").format(sql.Identifier(channel), sql.Literal(str(job_id)))
+        )
+    # two heartbeats later: the worker had every chance to act on the notifications
+    notified = heartbeat_of(db, worker)
+    beat = eventually(lambda: heartbeat_of(db, worker) > notified and heartbeat_of(db, worker))
+    eventually(lambda: heartbeat_of(db, worker) > beat)
+    assert (state(db, victim), state(db, target)) == ("running", "running")
+    assert ledger(db, target) == [(1, worker.process.pid, "start")]
+    assert "cancellation requested" not in worker.output()
+
+    value(db, "SELECT pg_advisory_unlock(%s)", key)
+    eventually(lambda: state(db, victim) == "completed")
+
+    asked = time.monotonic()
+    assert value(db, "SELECT pgjobs.cancel_job(%s)", target) == "cancelling"
+    eventually(lambda: state(db, target) == "cancelled", timeout=5, interval=0.005)
+    took = time.monotonic() - asked
+    print(f"cancel_job -> cancelled: {took:.3f} s")
+    assert took < 1.0
+    assert ledger(db, target) == [
+        (1, worker.process.pid, "start"),
+        (1, worker.process.pid, "saw-cancel"),
+    ]
+    assert worker.output().count("cancellation requested") == 1

@@ -212,3 +212,11 @@ def segfaults() -> None:
     """Poison pill: a segmentation fault."""
     record("segfaults")
     ctypes.string_at(0)
+
+
+@app.job(name="blocks_the_loop")
+async def blocks_the_loop(seconds: float) -> None:
+    """Misbehaves: a blocking call inside ``async def`` holds its worker's event loop."""
+    record("blocks_the_loop")
+    time.sleep(seconds)
+    record("blocks_the_loop", "end")

@@ -1,7 +1,9 @@
-"""The worker's session: a cancellation notification only wakes the worker to look at the table."""
+"""The worker's session: a cancellation notification only wakes the worker to look at the table,
+and the lease stays alive while a job blocks the event loop."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ from psycopg import sql
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import WorkerProcess, eventually, value
+from tests.helpers import WorkerProcess, eventually, rows, value
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -89,3 +91,36 @@ def test_a_strangers_cancel_notification_cancels_nothing_and_a_real_cancel_is_pr
         (1, worker.process.pid, "saw-cancel"),
     ]
     assert worker.output().count("cancellation requested") == 1
+
+
+@pytest.mark.slow
+def test_a_job_that_blocks_the_event_loop_past_the_lease_runs_once_and_is_logged(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    timing = ("--heartbeat-interval", "1s", "--lease-timeout", "6s")
+    blocked = worker_process(*timing)
+    blocked.wait_for_log("became the leader")
+    job_id = jobs_app.blocks_the_loop.enqueue(18.0)  # three leases
+    eventually(lambda: ledger(db, job_id) == [(1, blocked.process.pid, "start")])
+    other = worker_process(*timing)
+    other.wait_for_log("listening on")
+
+    eventually(lambda: state(db, job_id) == "completed", timeout=60)
+    assert ledger(db, job_id) == [
+        (1, blocked.process.pid, "start"),
+        (1, blocked.process.pid, "end"),
+    ]
+    assert value(db, "SELECT attempt FROM pgjobs.jobs WHERE id = %s", job_id) == 1
+    assert rows(db, "SELECT pid FROM pgjobs.workers ORDER BY pid") == sorted(
+        [(blocked.process.pid,), (other.process.pid,)]
+    )
+    assert "swept" not in other.output()
+    assert "presumed lost" not in blocked.output()
+    blocked.wait_for_log("the event loop answers again after")
+    log = blocked.output()
+    assert log.count("the event loop was blocked for") == 1, log  # once per stall
+    assert f"a job is blocking it: job {job_id} at " in log
+    assert "in blocks_the_loop" in log
+    match = re.search(r"the event loop answers again after ([0-9.]+) s", log)
+    assert match is not None
+    assert 17.0 <= float(match[1]) < 25.0, log  # the stall, less at most one ping interval

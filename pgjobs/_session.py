@@ -1,32 +1,48 @@
-"""The worker's session connection: its registration, heartbeat, leadership and notifications.
+"""The worker's session: its registration, heartbeat, leadership and notifications, on a thread of
+its own.
 
-Everything that proves a worker alive runs on this one connection:
+The session runs on its own thread with its own event loop, apart from the loop that runs the
+jobs. An ``async def`` job that blocks its loop (a ``time.sleep`` or a blocking client inside a
+coroutine) cannot stop the heartbeat, so the worker's lease stays alive as long as its process is,
+and no other worker ever takes over a job this one is still running. What the session learns
+reaches the worker on the worker's loop (``call_soon_threadsafe``).
+
+Everything that proves a worker alive runs on one connection:
 
 * a session advisory lock, taken before the worker registers. When the process dies (SIGKILL,
   OOM, segfault), PostgreSQL closes the connection and drops the lock; the leader's next sweep
   finds the lock free and gives the worker's jobs back within one heartbeat interval;
 * the heartbeat, every ``heartbeat_interval`` on database time, which extends the worker's lease.
-  A worker that stalls or loses its host stops beating and is swept when its lease expires;
+  A worker whose process stalls or loses its host stops beating and is swept when its lease
+  expires;
 * LISTEN. The heartbeat runs on the same session with a timeout, so a half-open listener is
-  noticed within a beat plus :data:`BEAT_TIMEOUT` and replaced.
+  noticed within a beat plus :data:`BEAT_TIMEOUT` and replaced. A notification only wakes the
+  worker: anyone who can log in may NOTIFY, so on the cancel channel the session reads which of
+  this worker's running jobs have a cancellation requested, and acts on those alone.
 
 Behind a transaction pooler (poll-only without ``listen_database_url``) session state cannot be
 trusted, so there is no lock and no LISTEN: the lease alone decides, which is slower but correct.
 
 Each beat also takes or keeps the leader lease (a row in ``leases``) and, for the leader, tells
-whether any worker is lost and whether the jobs table needs a vacuum; the leader then sweeps at
-once, starts the vacuum in the background (:mod:`pgjobs._vacuum`), and prunes old finished jobs
-every :data:`PRUNE_INTERVAL`. An idle worker makes one statement per beat.
+whether any worker is lost and whether the jobs table needs a vacuum; the session then hands over
+to :class:`~pgjobs._leader.Leader`. An idle worker makes one statement per beat.
+
+The session also watches the worker's loop: it pings it every :data:`WATCH_INTERVAL` and, when a
+ping goes unanswered for :data:`STALL_WARNING`, logs once that the loop is blocked and where.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import random
 import socket
+import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +50,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ._leader import Leader
 from ._link import RECONNECT_BACKOFF, STATEMENT_TIMEOUT, Link, within
 from ._settings import Settings
 from ._sql import Queries
-from ._vacuum import Vacuum
 from ._waits import Backoff
 
 log = logging.getLogger("pgjobs.worker")
@@ -45,29 +61,35 @@ log = logging.getLogger("pgjobs.worker")
 BEAT_TIMEOUT = 5.0
 """Seconds a heartbeat (or the session's set-up) may take before the connection is presumed dead."""
 
-PRUNE_INTERVAL = 60.0
-"""Seconds between the leader's prune runs."""
+STOP_TIMEOUT = 2 * BEAT_TIMEOUT
+"""Seconds :meth:`Session.stop` waits for the session's thread to deregister and end."""
 
-PRUNE_BATCH = 1000
-"""Jobs deleted per prune statement; a run stops after :data:`PRUNE_BATCHES` full batches."""
+WATCH_INTERVAL = 0.5
+"""Seconds between pings of the worker's event loop."""
 
-PRUNE_BATCHES = 10
+STALL_WARNING = 1.0
+"""Seconds a ping of the worker's event loop may go unanswered before the stall is logged."""
+
+JOB_TASK_PREFIX = "pgjobs-job-"
+"""How the worker names a job's task, followed by the job's id."""
 
 
 @dataclass(frozen=True)
 class SessionEvents:
-    """What the session tells its worker."""
+    """What the session tells its worker, on the worker's event loop."""
 
     on_jobs: Callable[[str], None]
     """Jobs may be available in this queue ("" for any: after a reconnect, a rescue)."""
     on_scheduled: Callable[[], None]
     """A job was scheduled for later: re-read the next due time."""
     on_cancel: Callable[[int], None]
-    """Cancellation was requested for this job id (it may not be one of ours)."""
+    """The table says cancellation was requested for this job running on this worker (it may
+    have ended since)."""
 
 
 class Session:
-    """Keeps a worker registered and alive in the database until :meth:`stop`."""
+    """Keeps a worker registered and alive in the database, from its own thread, until
+    :meth:`stop`."""
 
     def __init__(
         self,
@@ -76,7 +98,7 @@ class Session:
         worker_id: str,
         application_name: str,
         events: SessionEvents,
-        vacuum: Vacuum,
+        leader: Leader,
     ) -> None:
         self.trusted = settings.listen_database_url is not None or not settings.poll_only
         """Whether this is a direct session, so the lock and LISTEN can be relied on."""
@@ -87,23 +109,56 @@ class Session:
         self._queries = queries
         self._worker_id = worker_id
         self._events = events
-        self._vacuum = vacuum
+        self._leader = leader
         self._lock_key: int | None = None
         self._leading = False
-        self._next_prune = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._swept = False
         self.registered = asyncio.Event()
-        """Set once the worker row exists: claims may start."""
+        """Set on the worker's loop once the worker row exists: claims may start."""
+        self._stopping = asyncio.Event()  # on the session's loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._worker_loop: asyncio.AbstractEventLoop | None = None
+        self._worker_thread = 0
+        self._answered = 0.0
+        """The latest ping of the worker's loop it answered (set on that loop)."""
+        self._answered_at = 0.0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pgjobs-session")
+        """Start the session's thread. Call on the worker's loop: the session's events go there."""
+        self._worker_loop = asyncio.get_running_loop()
+        self._worker_thread = threading.get_ident()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._main, args=(self._loop,), name="pgjobs-session", daemon=True
+        )
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Stop beating and remove this worker's row (its lease would expire anyway)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._vacuum.stop()
+        """Stop beating, remove this worker's row (its lease would expire anyway) and end the
+        session's thread, waiting at most :data:`STOP_TIMEOUT` for it."""
+        if self._loop is None or self._thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # its loop is closed: the thread has ended
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        await asyncio.to_thread(self._thread.join, STOP_TIMEOUT)
+        if self._thread.is_alive():
+            log.warning("the session did not end within %s s; leaving it behind", STOP_TIMEOUT)
+
+    def _main(self, loop: asyncio.AbstractEventLoop) -> None:
+        with asyncio.Runner(loop_factory=lambda: loop) as runner:
+            runner.run(self._serve())
+
+    async def _serve(self) -> None:
+        tasks = [
+            asyncio.create_task(self._run(), name="pgjobs-session"),
+            asyncio.create_task(self._watch(), name="pgjobs-watch"),
+        ]
+        await self._stopping.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._leader.stop()
         conn = self._link.current
         if conn is not None and not conn.closed:
             try:
@@ -116,6 +171,12 @@ class Session:
                 log.warning("could not deregister worker: %s", str(exc).strip())
         await self._link.close()
 
+    def _tell(self, callback: Callable[..., object], *args: Any) -> None:
+        """Run ``callback(*args)`` on the worker's loop."""
+        assert self._worker_loop is not None
+        with contextlib.suppress(RuntimeError):  # the worker's loop is closed: nobody to tell
+            self._worker_loop.call_soon_threadsafe(callback, *args)
+
     async def _run(self) -> None:
         backoff = Backoff(*RECONNECT_BACKOFF)
         while True:
@@ -127,7 +188,7 @@ class Session:
                 while True:
                     sweep_due, vacuum_due = await within(conn, self._beat(conn), BEAT_TIMEOUT)
                     if self._leading:
-                        lead = self._lead(conn, sweep_due, vacuum_due)
+                        lead = self._leader.lead(conn, sweep_due, vacuum_due)
                         await within(conn, lead, STATEMENT_TIMEOUT)
                     await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
             except Exception as exc:  # never let the heartbeat die: a live worker needs it
@@ -137,7 +198,7 @@ class Session:
                 else:
                     log.exception("session failed; reconnecting")
                 await self._link.close()
-                self._events.on_jobs("")  # the producer polls meanwhile; wake it now
+                self._tell(self._events.on_jobs, "")  # the producer polls meanwhile; wake it now
                 await backoff.sleep()
 
     async def _open(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -163,10 +224,11 @@ class Session:
             log.info(
                 "listening on %s, %s and %s", q.jobs_channel, q.scheduled_channel, q.cancel_channel
             )
-        if not self.registered.is_set():
-            await self._sweep(conn)  # start-up sweep: lost workers' jobs need no leader
-            self.registered.set()
-        self._events.on_jobs("")
+        if not self._swept:
+            await self._leader.sweep(conn)  # start-up sweep: lost workers' jobs need no leader
+            self._swept = True
+            self._tell(self.registered.set)
+        self._tell(self._events.on_jobs, "")
 
     async def _take_lock(self, conn: psycopg.AsyncConnection[Any]) -> int:
         """A session advisory lock under a random key; a key still held (say, by this worker's
@@ -207,54 +269,16 @@ class Session:
             self._leading = leading
             log.info("%s the leader", "became" if leading else "is no longer")
         for job_id in cancel_requested:
-            self._events.on_cancel(job_id)
+            self._tell(self._events.on_cancel, job_id)
         return bool(sweep_due), bool(vacuum_due)
 
-    async def _lead(
-        self, conn: psycopg.AsyncConnection[Any], sweep_due: bool, vacuum_due: bool
-    ) -> None:
-        """The leader's duties at each beat: sweep lost workers and start a vacuum when the beat
-        found them due, prune when due."""
-        if vacuum_due:
-            self._vacuum.start_unless_running()
-        if sweep_due:
-            await self._sweep(conn)
-        await self._prune_when_due(conn)
-
-    async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        lost, rescued, discarded = await rescue(
-            conn, self._queries, sweeper_id=self._worker_id, worker_id=None, reason=None
+    async def _read_cancellations(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Tell the worker which of its running jobs have a cancellation requested."""
+        cur = await conn.execute(
+            self._queries.cancel_requested_jobs, {"worker_id": self._worker_id}
         )
-        if lost or rescued:
-            log.warning(
-                "swept %s lost worker(s): %s job(s) back to the queue, %s discarded on their "
-                "last attempt",
-                lost,
-                rescued - discarded,
-                discarded,
-            )
-
-    async def _prune_when_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        now = asyncio.get_running_loop().time()
-        if now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_INTERVAL
-        params = {
-            "completed": self._settings.retain_completed,
-            "cancelled": self._settings.retain_cancelled,
-            "discarded": self._settings.retain_discarded,
-            "limit": PRUNE_BATCH,
-        }
-        total = 0
-        for _ in range(PRUNE_BATCHES):
-            cur = await conn.execute(self._queries.prune_jobs, params)
-            row = await cur.fetchone()
-            deleted = row[0] if row else 0
-            total += deleted
-            if deleted < PRUNE_BATCH:
-                break
-        if total:
-            log.info("pruned %s finished job(s) past their retention", total)
+        for (job_id,) in await cur.fetchall():
+            self._tell(self._events.on_cancel, job_id)
 
     async def _wait_for_notifications(
         self, conn: psycopg.AsyncConnection[Any], seconds: float
@@ -263,38 +287,61 @@ class Session:
             await asyncio.sleep(seconds)
             return
         q = self._queries
-        async for notify in conn.notifies(timeout=seconds):
-            if notify.channel == q.jobs_channel:
-                self._events.on_jobs(notify.payload)
-            elif notify.channel == q.scheduled_channel:
-                self._events.on_scheduled()
-            elif notify.channel == q.cancel_channel and notify.payload.isdigit():
-                self._events.on_cancel(int(notify.payload))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            cancel_news = False
+            # one batch at a time: a statement cannot run while notifies() holds the connection
+            async for notify in conn.notifies(timeout=left, stop_after=1):
+                if notify.channel == q.jobs_channel:
+                    self._tell(self._events.on_jobs, notify.payload)
+                elif notify.channel == q.scheduled_channel:
+                    self._tell(self._events.on_scheduled)
+                elif notify.channel == q.cancel_channel:
+                    cancel_news = True  # the payload is anyone's word: look at the table
+            if cancel_news:
+                await within(conn, self._read_cancellations(conn), BEAT_TIMEOUT)
 
+    async def _watch(self) -> None:
+        """Ping the worker's loop every :data:`WATCH_INTERVAL`; log a stall once, and its end."""
+        pinged = time.monotonic()
+        self._tell(self._answer, pinged)
+        stalled = False
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if self._answered == pinged:
+                if stalled:
+                    stalled = False
+                    log.warning(
+                        "the event loop answers again after %.1f s", self._answered_at - pinged
+                    )
+                pinged = time.monotonic()
+                self._tell(self._answer, pinged)
+            elif not stalled and (blocked := time.monotonic() - pinged) >= STALL_WARNING:
+                stalled = True
+                log.warning(
+                    "the event loop was blocked for %.1f s (%s); async jobs must not block it: "
+                    "await, or run blocking calls in a thread (asyncio.to_thread)",
+                    blocked,
+                    self._blocker(),
+                )
 
-async def rescue(
-    conn: psycopg.AsyncConnection[Any],
-    queries: Queries,
-    *,
-    sweeper_id: str | None,
-    worker_id: str | None,
-    reason: str | None,
-) -> tuple[int, int, int]:
-    """Run the rescue sweep; returns (workers lost, jobs rescued, of which discarded).
+    def _answer(self, pinged: float) -> None:
+        """Run on the worker's loop: it is responsive."""
+        self._answered_at = time.monotonic()
+        self._answered = pinged
 
-    ``worker_id`` names one worker known to be dead (its supervisor saw it exit), with ``reason``.
-    """
-    cur = await conn.execute(
-        queries.rescue_jobs,
-        {
-            "sweeper_id": sweeper_id,
-            "worker_id": worker_id,
-            "reason": reason,
-            "lock_namespace": queries.lock_namespace,
-            "channel": queries.jobs_channel,
-        },
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    lost, rescued, discarded, _ = row
-    return lost, rescued, discarded
+    def _blocker(self) -> str:
+        """What holds the worker's loop: its current task and its thread's innermost line."""
+        assert self._worker_loop is not None
+        task = asyncio.current_task(self._worker_loop)
+        frame = sys._current_frames().get(self._worker_thread)
+        where = (
+            f" at {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+            if frame is not None
+            else ""
+        )
+        name = task.get_name() if task is not None else None
+        if name is not None and name.startswith(JOB_TASK_PREFIX):
+            return f"a job is blocking it: job {name.removeprefix(JOB_TASK_PREFIX)}{where}"
+        return f"task {name}{where}" if name is not None else f"blocked{where}"

@@ -150,6 +150,11 @@ LOST_WORKER = """(w.expires_at < now()
 """Worker ``w`` is lost: its lease expired, or its session lock is free (its process died).
 Filled in for ``{lost_worker}`` below."""
 
+CANCEL_REQUESTED = """(j.state = 'running' AND j.worker_id = %(worker_id)s
+     AND j.cancel_requested_at IS NOT NULL)"""
+"""Job ``j`` runs on this worker and its cancellation was requested. Filled in for
+``{cancel_requested}`` below."""
+
 HEARTBEAT = """
 WITH beat AS (
     UPDATE {schema}.workers
@@ -172,9 +177,7 @@ WITH beat AS (
 )
 SELECT EXISTS (SELECT 1 FROM beat) AS registered,
        EXISTS (SELECT 1 FROM leader) AS leading,
-       ARRAY(SELECT id FROM {schema}.jobs
-             WHERE state = 'running' AND worker_id = %(worker_id)s
-               AND cancel_requested_at IS NOT NULL) AS cancel_requested,
+       ARRAY(SELECT j.id FROM {schema}.jobs AS j WHERE {cancel_requested}) AS cancel_requested,
        CASE WHEN EXISTS (SELECT 1 FROM leader) THEN
            EXISTS (SELECT 1 FROM {schema}.workers AS w
                    WHERE w.id <> %(worker_id)s AND {lost_worker})
@@ -189,11 +192,19 @@ SELECT EXISTS (SELECT 1 FROM beat) AS registered,
            AS vacuum_due
 """
 """One beat: extend this worker's lease, take or keep the leader lease, and list the running jobs
-whose cancellation was requested (the fallback for a missed notification). The leader lease
-passes on when its holder's lease expires or its session lock is free (its process died). For the
-leader, ``sweep_due`` tells whether RESCUE_JOBS has anything to do, so an idle leader makes one
-statement per beat, and ``vacuum_due`` whether the jobs table holds more dead rows than
-``vacuum_threshold`` plus 2 % of its live ones (autovacuum's rule, with pgjobs' own numbers)."""
+whose cancellation was requested (as CANCEL_REQUESTED_JOBS does: the fallback for a missed
+notification). The leader lease passes on when its holder's lease expires or its session lock is
+free (its process died). For the leader, ``sweep_due`` tells whether RESCUE_JOBS has anything to
+do, so an idle leader makes one statement per beat, and ``vacuum_due`` whether the jobs table
+holds more dead rows than ``vacuum_threshold`` plus 2 % of its live ones (autovacuum's rule, with
+pgjobs' own numbers)."""
+
+CANCEL_REQUESTED_JOBS = """
+SELECT j.id FROM {schema}.jobs AS j WHERE {cancel_requested}
+"""
+"""This worker's running jobs whose cancellation was requested. A notification on the cancel
+channel only wakes the worker to run this: anyone who can log in may NOTIFY, so its payload is
+never trusted."""
 
 VACUUM_JOBS = """
 VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {schema}.jobs
@@ -351,6 +362,7 @@ class Queries:
     lock_worker: str
     register_worker: str
     heartbeat: str
+    cancel_requested_jobs: str
     rescue_jobs: str
     prune_jobs: str
     vacuum_jobs: str
@@ -367,7 +379,8 @@ class Queries:
     scheduled_channel: str
     """Channel notified when a job is inserted for later, so stagers re-read the next due time."""
     cancel_channel: str
-    """Channel notified with a job's id when its cancellation is requested while it runs."""
+    """Channel notified with a job's id when its cancellation is requested while it runs. A wake-up
+    only: workers read the table (anyone who can log in may NOTIFY)."""
     lock_namespace: str
     """Hashed into the first key of the workers' session advisory locks."""
 
@@ -376,7 +389,9 @@ class Queries:
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (already validated as a plain lower-case identifier)."""
     texts = {
-        f.name: globals()[f.name.upper()].format(schema=f'"{schema}"', lost_worker=LOST_WORKER)
+        f.name: globals()[f.name.upper()].format(
+            schema=f'"{schema}"', lost_worker=LOST_WORKER, cancel_requested=CANCEL_REQUESTED
+        )
         for f in fields(Queries)
         if f.name.upper() in globals()
     }

@@ -29,7 +29,7 @@ import psycopg
 
 from ._connection import connect_async
 from ._errors import DatabaseError
-from ._session import rescue
+from ._leader import rescue
 from ._settings import Settings
 from ._sql import queries_for
 from ._waits import Backoff, wait_for_event

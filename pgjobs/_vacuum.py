@@ -3,11 +3,13 @@
 Every claim leaves a dead entry at the head of the claim index, and every later claim steps over
 it until a vacuum removes it (see ``VACUUM_JOBS`` in :mod:`pgjobs._sql`). Autovacuum visits a
 database at most once a minute, which under load is long enough for claims to slow several
-times over; so the leader's heartbeat tells when the table is due, and :class:`Vacuum` runs it.
+times over; so the leader's heartbeat tells when the table is due, and the leader
+(:mod:`pgjobs._leader`) has :class:`Vacuum` run it.
 Its own connection, opened for each run, keeps a long vacuum from ever delaying a heartbeat.
 
 A role that may not vacuum the table (PostgreSQL wants its owner) gets a warning instead, which is
-logged once; this worker then leaves the table to autovacuum.
+logged once; this worker then leaves the table to autovacuum. A table that another vacuum holds
+(autovacuum, say) is skipped for this time only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from ._settings import Settings
 from ._sql import Queries
 
 log = logging.getLogger("pgjobs.worker")
+
+LOCK_NOT_AVAILABLE = "55P03"
+"""The SQLSTATE of the warning by which ``SKIP_LOCKED`` skips a table that another vacuum
+(autovacuum, a former leader's) or an ``ANALYZE`` holds: the table is busy, not forbidden."""
 
 
 class Vacuum:
@@ -45,9 +51,15 @@ class Vacuum:
 
     async def _run(self) -> None:
         refusals: list[str] = []
+        busy = False
 
         def note_refusal(notice: psycopg.errors.Diagnostic) -> None:
-            if notice.severity_nonlocalized == "WARNING" and notice.message_primary:
+            nonlocal busy
+            if notice.severity_nonlocalized != "WARNING" or not notice.message_primary:
+                return
+            if notice.sqlstate == LOCK_NOT_AVAILABLE:
+                busy = True
+            else:
                 refusals.append(notice.message_primary)
 
         loop = asyncio.get_running_loop()
@@ -72,5 +84,8 @@ class Vacuum:
                 "table's owner, or set vacuum_threshold = 0 to silence this",
                 "; ".join(refusals),
             )
+            return
+        if busy:
+            log.debug("vacuum of the jobs table skipped: the table is busy; trying again later")
             return
         log.debug("vacuumed the jobs table in %.3f s", loop.time() - started)

@@ -37,6 +37,7 @@ from ._acker import Acker
 from ._app import App
 from ._context import JobContext
 from ._execution import ClaimedJob, execute
+from ._leader import Leader
 from ._link import Link
 from ._migrate import check_schema
 from ._session import Session, SessionEvents
@@ -120,7 +121,12 @@ class Worker:
                 on_scheduled=self._stager.wake,
                 on_cancel=self._cancel,
             ),
-            Vacuum(self.settings, self._queries, self._application_name("vacuum")),
+            Leader(
+                self.settings,
+                self._queries,
+                self.id,
+                Vacuum(self.settings, self._queries, self._application_name("vacuum")),
+            ),
         )
         self.unfinished_threads = False
         """Set when jobs were handed back or overran: their threads may still be running."""

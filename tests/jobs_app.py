@@ -280,3 +280,11 @@ def _hook_exits(exc: BaseException) -> None:
 def hook_exits() -> None:
     record("hook_exits")
     raise RuntimeError("the job failed")
+
+
+@app.job(name="blocks_the_loop")
+async def blocks_the_loop(seconds: float) -> None:
+    """Misbehaves: a blocking call inside ``async def`` holds its worker's event loop."""
+    record("blocks_the_loop")
+    time.sleep(seconds)
+    record("blocks_the_loop", "end")

@@ -92,3 +92,21 @@ def test_a_role_that_may_not_vacuum_says_so_once_and_goes_on_working(
         churn(app, db, 1000)  # past the threshold again: no second try, and jobs still run
         assert worker.output().count("cannot vacuum the jobs table") == 1, worker.output()
         assert vacuums(db) == 0
+
+
+def test_a_vacuum_skipped_while_another_holds_the_table_is_tried_again(
+    app: pgjobs.App, db: psycopg.Connection[Any], database_url: str, worker_process: StartWorker
+) -> None:
+    debug = {"PGJOBS_LOG_LEVEL": "DEBUG"}
+    worker = worker_process(
+        "--concurrency", "20", "--vacuum-threshold", "300", *FAST_BEATS, env=debug
+    )
+    worker.wait_for_log("became the leader")
+    with psycopg.connect(database_url) as holder:  # as autovacuum would: the vacuum's own lock
+        holder.execute("LOCK TABLE pgjobs.jobs IN SHARE UPDATE EXCLUSIVE MODE")
+        churn(app, db, 1000)
+        tried = ("vacuum of the jobs table skipped: the table is busy", "cannot vacuum")
+        eventually(lambda: any(text in worker.output() for text in tried), 15)
+        assert vacuums(db) == 0
+    assert "cannot vacuum" not in worker.output()  # busy is not forbidden: it tries again
+    eventually(lambda: vacuums(db) >= 1, 15)

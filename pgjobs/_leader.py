@@ -1,0 +1,134 @@
+"""The leader's duties: the rescue sweep, pruning, and starting the vacuum of the jobs table.
+
+One worker at a time leads: its session holds the leader lease (a row in ``leases``), renewed at
+every heartbeat (:mod:`pgjobs._session`). The heartbeat that renews it also tells whether any
+worker is lost and whether the jobs table is due for a vacuum, so the session calls
+:meth:`Leader.lead` after each of the leader's beats and an idle leader makes no statement of its
+own. Invariants:
+
+* every duty is safe to run twice or by two workers at once (a lease can pass on while its old
+  holder is mid-duty): the sweep and the prune lock their rows ``SKIP LOCKED``, and the vacuum
+  skips what another holds;
+* nothing here decides from how long a job has run: the sweep takes the jobs of workers whose
+  lease expired or whose session lock is free, and running jobs whose worker is not registered;
+* the duties run on the session's connection, one statement at a time, except the vacuum, which
+  runs in the background on a connection of its own (:mod:`pgjobs._vacuum`) so it never delays
+  a heartbeat.
+
+:func:`rescue` is the sweep itself; a supervisor also runs it for a child it saw die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import psycopg
+
+from ._settings import Settings
+from ._sql import Queries
+from ._vacuum import Vacuum
+
+log = logging.getLogger("pgjobs.worker")
+
+PRUNE_INTERVAL = 60.0
+"""Seconds between the leader's prune runs."""
+
+PRUNE_BATCH = 1000
+"""Jobs deleted per prune statement; a run stops after :data:`PRUNE_BATCHES` full batches."""
+
+PRUNE_BATCHES = 10
+
+
+class Leader:
+    """What the worker ``worker_id`` does while it holds the leader lease."""
+
+    def __init__(
+        self, settings: Settings, queries: Queries, worker_id: str, vacuum: Vacuum
+    ) -> None:
+        self._settings = settings
+        self._queries = queries
+        self._worker_id = worker_id
+        self._vacuum = vacuum
+        self._next_prune = 0.0
+
+    async def lead(
+        self, conn: psycopg.AsyncConnection[Any], sweep_due: bool, vacuum_due: bool
+    ) -> None:
+        """The duties after one of the leader's beats: sweep lost workers and start a vacuum when
+        the beat found them due, prune when due."""
+        if vacuum_due:
+            self._vacuum.start_unless_running()
+        if sweep_due:
+            await self.sweep(conn)
+        await self._prune_when_due(conn)
+
+    async def sweep(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Give the jobs of lost workers back to the queue (also run once by a starting worker,
+        leader or not: a whole fleet restarting needs no leader to recover its jobs)."""
+        lost, rescued, discarded = await rescue(
+            conn, self._queries, sweeper_id=self._worker_id, worker_id=None, reason=None
+        )
+        if lost or rescued:
+            log.warning(
+                "swept %s lost worker(s): %s job(s) back to the queue, %s discarded on their "
+                "last attempt",
+                lost,
+                rescued - discarded,
+                discarded,
+            )
+
+    async def stop(self) -> None:
+        """Stop a vacuum in progress."""
+        await self._vacuum.stop()
+
+    async def _prune_when_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL
+        params = {
+            "completed": self._settings.retain_completed,
+            "cancelled": self._settings.retain_cancelled,
+            "discarded": self._settings.retain_discarded,
+            "limit": PRUNE_BATCH,
+        }
+        total = 0
+        for _ in range(PRUNE_BATCHES):
+            cur = await conn.execute(self._queries.prune_jobs, params)
+            row = await cur.fetchone()
+            deleted = row[0] if row else 0
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        if total:
+            log.info("pruned %s finished job(s) past their retention", total)
+
+
+async def rescue(
+    conn: psycopg.AsyncConnection[Any],
+    queries: Queries,
+    *,
+    sweeper_id: str | None,
+    worker_id: str | None,
+    reason: str | None,
+) -> tuple[int, int, int]:
+    """Run the rescue sweep; returns (workers lost, jobs rescued, of which discarded).
+
+    ``worker_id`` names one worker known to be dead (its supervisor saw it exit), with ``reason``.
+    """
+    cur = await conn.execute(
+        queries.rescue_jobs,
+        {
+            "sweeper_id": sweeper_id,
+            "worker_id": worker_id,
+            "reason": reason,
+            "lock_namespace": queries.lock_namespace,
+            "channel": queries.jobs_channel,
+        },
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    lost, rescued, discarded, _ = row
+    return lost, rescued, discarded

@@ -36,4 +36,6 @@ else:
         context.configure(
             connection=connection, version_table_schema=schema, transactional_ddl=True
         )
+        # read under the lock: what this run found, for `pgjobs migrate`'s "0004 -> 0005"
+        config.attributes["revision_before"] = context.get_context().get_current_revision()
         context.run_migrations()

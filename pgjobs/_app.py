@@ -27,7 +27,7 @@ from ._outcome import MAX_DELAY as MAX_DELAY
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._settings import QUEUE_NAME, Settings, load_settings
 from ._sql import Queries, queries_for
-from ._validation import encode_arguments
+from ._validation import MAX_ATTEMPTS, check_job_name, encode_arguments
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,8 +58,8 @@ class EnqueueOptions:
             )
         if self.priority is not None and self.priority not in PRIORITY_RANGE:
             raise ValidationError("priority", "must be an integer from -32768 to 32767")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValidationError("max_attempts", "must be at least 1")
+        if self.max_attempts is not None and not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise ValidationError("max_attempts", f"must be from 1 to {MAX_ATTEMPTS}")
         if self.at is not None and self.at.utcoffset() is None:
             raise ValidationError(
                 "at", "naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
@@ -290,6 +290,7 @@ class App:
 
         def register(f: Callable[P, R]) -> Job[P, R]:
             job_name = name or f"{f.__module__}.{f.__qualname__}"
+            check_job_name(job_name)
             if job_name in self._jobs:
                 raise ConfigError(f"a job named {job_name!r} is already registered")
             if "conn" in inspect.signature(f).parameters:
@@ -417,6 +418,7 @@ class App:
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         with self._pool_lock:
             if self._pool is None:
+                _connection.check_connection(self.settings, "pgjobs-client")
                 kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
                 self._pool = psycopg_pool.ConnectionPool(
                     kwargs.pop("conninfo"),
@@ -462,6 +464,7 @@ class App:
 
     async def _open_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         if self._async_pool is None:
+            await _connection.check_connection_async(self.settings, "pgjobs-client")
             kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
             pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
                 kwargs.pop("conninfo"),

@@ -12,7 +12,7 @@ import psycopg
 import psycopg.conninfo
 
 from ._errors import ConfigError, DatabaseError
-from ._settings import Settings
+from ._settings import Settings, mask_password
 
 KEEPALIVES = {
     "keepalives": 1,
@@ -32,12 +32,8 @@ def connect_kwargs(settings: Settings, application_name: str) -> dict[str, Any]:
     conninfo = to_libpq_url(settings.database_url)
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(
-            f"database_url: {settings.database_url!r} is not a PostgreSQL URL or DSN "
-            f"({str(exc).strip()}); "
-            "expected e.g. postgresql://user@host:5432/dbname"
-        ) from None
+    except psycopg.ProgrammingError:
+        raise ConfigError(_malformed(settings.database_url)) from None
     return {
         "conninfo": conninfo,
         "application_name": application_name[:63],
@@ -45,6 +41,30 @@ def connect_kwargs(settings: Settings, application_name: str) -> dict[str, Any]:
         "prepare_threshold": 5 if settings.prepared_statements else None,
         **KEEPALIVES,
     }
+
+
+def _malformed(url: str) -> str:
+    """Why ``url`` does not parse, without its password: libpq's reasons quote the text they
+    choke on, so they are taken from parsing the masked text."""
+    masked = mask_password(url)
+    try:
+        psycopg.conninfo.conninfo_to_dict(to_libpq_url(masked))
+    except psycopg.ProgrammingError as exc:
+        reason = one_line(exc)
+    else:
+        reason = (
+            "its password does not parse: in a URL, percent-encode @ : / ? # % and spaces in it "
+            "(%40 for @)"
+        )
+    return (
+        f"database_url: {masked!r} is not a PostgreSQL URL or DSN ({reason}); "
+        "expected e.g. postgresql://user@host:5432/dbname"
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """A driver error's message on one line (libpq's span several, with tabs)."""
+    return " ".join(str(error).split())
 
 
 def to_libpq_url(url: str) -> str:
@@ -55,14 +75,16 @@ def to_libpq_url(url: str) -> str:
     return url
 
 
-def connect(settings: Settings, application_name: str) -> psycopg.Connection[Any]:
-    """A new autocommit connection; connection failures become :class:`DatabaseError`."""
+def connect(
+    settings: Settings, application_name: str, *, autocommit: bool = True
+) -> psycopg.Connection[Any]:
+    """A new (autocommit) connection; connection failures become :class:`DatabaseError`."""
     try:
         return psycopg.Connection.connect(
-            autocommit=True, **connect_kwargs(settings, application_name)
+            autocommit=autocommit, **connect_kwargs(settings, application_name)
         )
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database: {exc}".strip()) from exc
+        raise DatabaseError(f"cannot connect to the database: {one_line(exc)}") from exc
 
 
 async def connect_async(settings: Settings, application_name: str) -> psycopg.AsyncConnection[Any]:
@@ -72,7 +94,21 @@ async def connect_async(settings: Settings, application_name: str) -> psycopg.As
             autocommit=True, **connect_kwargs(settings, application_name)
         )
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database: {exc}".strip()) from exc
+        raise DatabaseError(f"cannot connect to the database: {one_line(exc)}") from exc
+
+
+def check_connection(settings: Settings, application_name: str) -> None:
+    """Connect once and hang up, raising :class:`DatabaseError` with the server's reason.
+
+    A connection pool retries a refused connection quietly until its timeout; done before a pool
+    opens, this says at once that the password is wrong or the database does not exist.
+    """
+    connect(settings, application_name).close()
+
+
+async def check_connection_async(settings: Settings, application_name: str) -> None:
+    """The async twin of :func:`check_connection`."""
+    await (await connect_async(settings, application_name)).close()
 
 
 def unwrap_sync(conn: Any) -> psycopg.Connection[Any]:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from ._connection import connect, connect_kwargs
-from ._errors import SchemaError
+from ._connection import connect, one_line
+from ._errors import DatabaseError, SchemaError
 from ._settings import Settings
 from ._sql import queries_for
 
@@ -44,18 +44,24 @@ def _known_revisions() -> frozenset[str]:
     return frozenset(path.name.partition("_")[0] for path in versions.glob("[0-9]*_*.py"))
 
 
-def migrate(settings: Settings) -> None:
-    """Upgrade the schema to the newest revision. Safe to run again, and from two processes."""
+def migrate(settings: Settings) -> str | None:
+    """Upgrade the schema to the newest revision. Safe to run again, and from two processes.
+
+    Returns:
+        The revision the schema was at before, ``None`` if it had no pgjobs tables.
+
+    Raises:
+        DatabaseError: the database refused, e.g. this role does not own the schema.
+    """
     from alembic import command
     from alembic.util import CommandError
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
-    kwargs = connect_kwargs(settings, "pgjobs-migrate")
-    conninfo = kwargs.pop("conninfo")
     engine = create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(conninfo, **kwargs),
+        creator=lambda: connect(settings, "pgjobs-migrate", autocommit=False),
         poolclass=NullPool,
     )
     config = _config(settings.schema)
@@ -68,8 +74,16 @@ def migrate(settings: Settings) -> None:
             f"cannot migrate schema {settings.schema!r}: {exc}; if it was migrated by a newer "
             "pgjobs, upgrade pgjobs here too"
         ) from None
+    except DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.Error):
+            raise _refused(settings.schema, "migrate", exc.orig) from None
+        raise
+    except psycopg.Error as exc:
+        raise _refused(settings.schema, "migrate", exc) from None
     finally:
         engine.dispose()
+    before: str | None = config.attributes.get("revision_before")
+    return before
 
 
 def migration_sql(schema: str) -> str:
@@ -89,7 +103,22 @@ def schema_revision(settings: Settings) -> str | None:
             row = conn.execute(queries_for(settings.schema).schema_version).fetchone()
         except psycopg.errors.UndefinedTable:
             return None
+        except psycopg.Error as exc:
+            raise _refused(settings.schema, "read", exc) from None
     return None if row is None else str(row[0])
+
+
+def _refused(schema: str, action: str, error: psycopg.Error) -> DatabaseError:
+    """The database's refusal to ``action`` ("migrate", "read") ``schema``, on one line."""
+    reason = error.diag.message_primary or one_line(error)
+    if isinstance(error, psycopg.errors.InsufficientPrivilege):
+        who = (
+            "the role that owns it (or, for a new schema, one allowed to create schemas here)"
+            if action == "migrate"
+            else "a role granted USAGE on it"
+        )
+        return DatabaseError(f"cannot {action} schema {schema!r}: {reason}; connect as {who}")
+    return DatabaseError(f"cannot {action} schema {schema!r}: {reason}")
 
 
 def check_schema(settings: Settings) -> None:

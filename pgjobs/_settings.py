@@ -24,6 +24,16 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": DAY, None: 1}
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_NOT_OURS = frozenset({"public", "information_schema"})
+"""Schemas pgjobs must not take over: the application's default one and PostgreSQL's own (as is
+every ``pg_*`` name)."""
+
+_PASSWORD_PAIR = re.compile(
+    r"(?P<key>\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^&\s]*(?:\s+(?!\w+\s*=)[^&\s]+)*)",
+    re.IGNORECASE,
+)
+"""A ``password=`` (or ``sslpassword=``) value in a URL's query or a key/value DSN, quoted or not;
+unquoted, it runs up to the next ``key=`` so that a value with a stray space is hidden whole."""
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """What a queue may be called: no commas or colons, which the ``queues`` setting uses."""
 
@@ -96,6 +106,11 @@ class Settings:
             raise ConfigError(
                 f"schema: {self.schema!r} must be a lower-case SQL identifier such as 'pgjobs'"
             )
+        if self.schema in _NOT_OURS or self.schema.startswith("pg_"):
+            raise ConfigError(
+                f"schema: {self.schema!r} belongs to PostgreSQL or to the application; give "
+                "pgjobs a schema of its own, such as 'pgjobs'"
+            )
         QueueSpec.parse(self.queues)
         if self.concurrency < 1:
             raise ConfigError("concurrency: must be at least 1")
@@ -112,6 +127,15 @@ class Settings:
                 f"({3 * self.heartbeat_interval:g} s), so one late beat never loses a worker"
             )
 
+    def __repr__(self) -> str:
+        shown = ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.repr)
+        return "Settings({})".format(
+            ", ".join(
+                f"{name}={mask_password(value) if name in _URLS and value else value!r}"
+                for name, value in shown
+            )
+        )
+
     @property
     def queue_spec(self) -> QueueSpec:
         return QueueSpec.parse(self.queues)
@@ -119,6 +143,26 @@ class Settings:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
 _DURATIONS = tuple(name for name, f in _FIELDS.items() if f.type == "float")
+_URLS = ("database_url", "listen_database_url")
+
+
+def mask_password(url: str) -> str:
+    """``url`` (a URL or key/value DSN) with every password in it replaced by ``***``.
+
+    Hides ``user:password@`` (up to the last ``@``, as a password with an unescaped ``@`` would
+    run), ``password=`` and ``sslpassword=`` values. Meant for anything printed or logged: when
+    the text is malformed, it errs on the side of hiding more.
+    """
+    scheme, sep, rest = url.partition("://")
+    before, at, after = (rest if sep else url).rpartition("@")
+    if at:
+        cut = 0 if sep else before.rfind(" ") + 1  # no scheme: the last word is the user-info
+        user, colon, _ = before[cut:].partition(":")
+        if colon:
+            before = f"{before[:cut]}{user}:***"
+        masked = f"{before}@{after}"
+        url = f"{scheme}://{masked}" if sep else masked
+    return _PASSWORD_PAIR.sub(lambda m: f"{m['key']}***", url)
 
 
 def parse_duration(text: str) -> float:

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import psycopg
 
@@ -49,9 +49,16 @@ LIVED_LONG = 5.0
 
 class Supervisor:
     def __init__(
-        self, settings: Settings, processes: int, argv: Sequence[str], *, burst: bool = False
+        self,
+        settings: Settings,
+        processes: int,
+        argv: Sequence[str],
+        *,
+        burst: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = settings
+        self._env = dict(env or {})  # for what the command line must not show, e.g. passwords
         self._processes = processes
         self._burst = burst
         self._argv = [sys.executable, "-m", "pgjobs", *argv]
@@ -89,7 +96,7 @@ class Supervisor:
             worker_id = str(uuid.uuid4())
             child = await asyncio.create_subprocess_exec(
                 *self._argv,
-                env={**os.environ, WORKER_ID_VARIABLE: worker_id},
+                env={**os.environ, **self._env, WORKER_ID_VARIABLE: worker_id},
                 process_group=0,
             )
             self._children[slot] = child

@@ -19,6 +19,13 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 """Largest accepted size of a job's encoded arguments (args and kwargs together), in bytes."""
 
 
+MAX_ATTEMPTS = 2**31 - 1
+"""Largest ``max_attempts``: the column is a PostgreSQL ``integer``."""
+
+MAX_NAME_LENGTH = 255
+"""Longest job name, in characters (the ``jobs_name_check`` constraint)."""
+
+
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -40,6 +47,17 @@ def encode_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[st
             "store large data in your own table and pass its id",
         )
     return args_json, kwargs_json
+
+
+def check_job_name(name: str) -> None:
+    """Refuse a job name the ``jobs`` table cannot store, before any row is written."""
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        raise ValidationError(
+            "name",
+            f"{name[:40]!r}… is {len(name)} characters long; a job name has 1 to "
+            f"{MAX_NAME_LENGTH}: pass a shorter name= to app.job",
+        )
+    _check_text(name, "name")
 
 
 def _check(value: Any, path: str, depth: int) -> None:

@@ -8,29 +8,41 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import json
 import logging
 import os
+import pkgutil
 import sys
+import types
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import psycopg
 
 from ._app import MAX_DELAY, App
+from ._connection import one_line
 from ._embedded import embedded_database_url
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
-from ._migrate import check_schema, head_revision, migrate, migration_sql, schema_revision
+from ._migrate import check_schema, head_revision, migrate, migration_sql
 from ._settings import load_settings, parse_duration
 from ._supervisor import Supervisor, supervised_worker_id
+from ._validation import MAX_DEPTH
 from ._worker import EXIT_RETIRED, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 STATES = ("scheduled", "available", "running", "retryable", "completed", "discarded", "cancelled")
+
+JOB_ID = click.IntRange(-(2**63), 2**63 - 1)
+"""A job id is a PostgreSQL ``bigint``."""
+
+URL_FLAGS = ("--database-url", "--listen-database-url")
+"""Flags whose values may hold a password: a supervisor hands them to its workers in their
+environment (``PGJOBS_DATABASE_URL``…), never on their command lines, which ``ps`` shows to every
+user of the machine."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -38,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 @click.group()
+@click.version_option(package_name="pgjobs", message="%(prog)s %(version)s")
 @click.option(
     "--database-url", envvar=None, help="PostgreSQL URL [PGJOBS_DATABASE_URL, DATABASE_URL]"
 )
@@ -71,6 +84,10 @@ def _handles_errors(func: F) -> F:
         except DatabaseError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
+        except psycopg.Error as exc:  # the database refused: its reason, not a traceback
+            reason = exc.diag.message_primary or one_line(exc)
+            click.echo(f"Error: the database refused: {reason}", err=True)
+            sys.exit(1)
         except (PgjobsError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -103,25 +120,45 @@ def _load_app(flags: dict[str, Any], *, require_app: bool = False) -> App:
         level=app.settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.root.level > logging.DEBUG:  # Alembic's line per revision: `migrate` sums them up
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if app.settings.database_url is None:
         app.configure(**flags, database_url=embedded_database_url())
     return app
 
 
 def _import_app(path: str) -> App:
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"--app {path!r}: expected MODULE:ATTRIBUTE, e.g. myproject.jobs:app")
+    """The App at ``path``: ``MODULE:ATTR`` (``ATTR`` may be dotted) or ``MODULE.ATTR``, found
+    the way :func:`pkgutil.resolve_name` does, with the current directory importable."""
+    example = "expected MODULE:ATTRIBUTE, e.g. myproject.jobs:app"
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(module_name)
+        app = pkgutil.resolve_name(path)
+    except ValueError:
+        raise ConfigError(f"--app {path!r}: {example}") from None
     except ImportError as exc:
-        raise ConfigError(f"--app {path!r}: cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attribute, None)
+        raise ConfigError(f"--app {path!r}: cannot import {exc.name or path!r}: {exc}") from None
+    except AttributeError as exc:
+        raise ConfigError(f"--app {path!r} is not a pgjobs.App: {exc}") from None
+    if isinstance(app, types.ModuleType):
+        raise ConfigError(f"--app {path!r} is a module, not a pgjobs.App; {example}")
     if not isinstance(app, App):
-        raise ConfigError(f"--app {path!r}: {attribute!r} in {module_name} is not a pgjobs.App")
+        raise ConfigError(f"--app {path!r} is not a pgjobs.App but a {type(app).__name__}")
     return app
+
+
+def _without_urls(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the :data:`URL_FLAGS` and their values."""
+    kept: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        flag, equals, _ = argument.partition("=")
+        if flag not in URL_FLAGS:
+            kept.append(argument)
+        elif not equals:
+            next(arguments, None)  # the value, given as the next argument
+    return kept
 
 
 @cli.command()
@@ -157,11 +194,22 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
     Exit status 3: the worker retired because a job's thread overran its timeout; start it again
     (``--processes`` does that by itself).
     """
-    app = _load_app(_given(obj, flags, {"app": app_path}), require_app=True)
+    given = _given(obj, flags, {"app": app_path})
+    app = _load_app(given, require_app=True)
     worker_id = supervised_worker_id()
     if app.settings.processes > 1 and worker_id is None:
         check_schema(app.settings)
-        supervisor = Supervisor(app.settings, app.settings.processes, sys.argv[1:], burst=burst)
+        supervisor = Supervisor(
+            app.settings,
+            app.settings.processes,
+            _without_urls(sys.argv[1:]),
+            burst=burst,
+            env={
+                f"PGJOBS_{name.upper()}": given[name]
+                for name in ("database_url", "listen_database_url")
+                if name in given
+            },
+        )
         asyncio.run(supervisor.run())
         return
     runner = Worker(
@@ -198,8 +246,7 @@ def migrate_command(obj: dict[str, Any], as_sql: bool, check: bool) -> None:
             sys.exit(1)
         click.echo(f"schema {app.settings.schema!r} is up to date ({head_revision()})")
         return
-    before = schema_revision(app.settings)
-    migrate(app.settings)
+    before = migrate(app.settings)
     click.echo(f"schema {app.settings.schema!r}: {before or 'empty'} -> {head_revision()}")
 
 
@@ -280,7 +327,7 @@ def jobs(
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.pass_obj
 @_handles_errors
 def retry(obj: dict[str, Any], job_id: int) -> None:
@@ -292,7 +339,7 @@ def retry(obj: dict[str, Any], job_id: int) -> None:
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.pass_obj
 @_handles_errors
 def cancel(obj: dict[str, Any], job_id: int) -> None:
@@ -463,6 +510,8 @@ def _parse_json(text: str, option: str, kind: type) -> Any:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{option}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{option}: nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(value, kind):
         raise ConfigError(f"{option}: expected a JSON {'array' if kind is list else 'object'}")
     return value

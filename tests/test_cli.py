@@ -3,10 +3,18 @@ promise that bad input exits 2 with a one-line message, no traceback and nothing
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import json
+import signal
 import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -15,7 +23,7 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs.cli import STATES
 from tests import jobs_app
-from tests.helpers import run_burst, run_cli
+from tests.helpers import WorkerProcess, eventually, run_burst, run_cli
 
 APP = ("--app", "tests.jobs_app:app")
 UNREACHABLE = "postgresql://nobody@127.0.0.1:9/nowhere"
@@ -163,6 +171,31 @@ BAD_ENQUEUES = [
     pytest.param([*APP, "enqueue", "noop", "--queue", "a b"], "queue", id="bad-queue"),
     pytest.param([*APP, "enqueue", "noop", "--priority", "40000"], "priority", id="bad-priority"),
     pytest.param([*APP, "enqueue", "noop", "--max-attempts", "0"], "max_attempts", id="attempts-0"),
+    pytest.param(
+        [*APP, "enqueue", "noop", "--max-attempts", "2147483648"],
+        "max_attempts: must be from 1 to 2147483647",
+        id="attempts-past-integer",
+    ),
+    pytest.param(
+        [*APP, "enqueue", "noop", "--max-attempts", "99999999999"],
+        "max_attempts",
+        id="attempts-99999999999",
+    ),
+    pytest.param(
+        [*APP, "enqueue", "anything", "--args", "[" * 20000 + "]" * 20000],
+        "--args: nested deeper than 64 levels",
+        id="args-nested-past-the-json-parser",
+    ),
+    pytest.param(
+        [*APP, "enqueue", "anything", "--kwargs", '{"a": ' + "[" * 20000 + "]" * 20000 + "}"],
+        "--kwargs: nested deeper than 64 levels",
+        id="kwargs-nested-past-the-json-parser",
+    ),
+    pytest.param(
+        [*APP, "enqueue", "anything", "--args", "[" * 100 + "]" * 100],
+        "nested deeper than 64 levels",
+        id="args-nested-too-deep",
+    ),
     pytest.param([*APP, "enqueue", "noop", "--args", '["a\\u0000b"]'], "NUL", id="nul-in-argument"),
     pytest.param(
         ["--app", "tests.no_such_module:app", "enqueue", "noop"],
@@ -371,3 +404,169 @@ def test_worker_takes_app_after_the_command(database_url: str, db: psycopg.Conne
     result = run_cli(database_url, "worker", "--app", "tests.jobs_app:app", "--burst")
     assert result.returncode == 0, result.stderr
     assert job_row(db, int(enqueued.stdout))["state"] == "completed"
+
+
+# --- version, --app, ids, secrets, refusals ----------------------------------------------------
+
+
+def test_version() -> None:
+    result = run_cli(None, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"pgjobs {importlib.metadata.version('pgjobs')}\n"
+
+
+@pytest.mark.parametrize("path", ["tests.jobs_app:app", "tests.jobs_app.app"])
+def test_app_paths_resolve_like_pkgutil(
+    database_url: str, db: psycopg.Connection[Any], path: str
+) -> None:
+    result = run_cli(database_url, "--app", path, "enqueue", "noop")
+    assert result.returncode == 0, result.stderr
+    assert job_row(db, int(result.stdout))["name"] == "noop"
+
+
+@pytest.mark.parametrize("command", ["retry", "cancel"])
+@pytest.mark.parametrize("job_id", [str(2**63), str(10**30), "12abc"])
+def test_job_ids_outside_bigint_are_refused(
+    database_url: str, db: psycopg.Connection[Any], command: str, job_id: str
+) -> None:
+    assert_usage_error(run_cli(database_url, command, job_id), "JOB_ID")
+    assert job_count(db) == 0
+
+
+PASSWORD = "s3cr3t-Pw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://bob:{PASSWORD}%zz@127.0.0.1:5432/app",  # bad percent-encoding
+        f"postgresql://bob:{PASSWORD}@[::1/app",  # libpq quotes the whole URL back
+        f"postgresql://bob:{PASSWORD}@127.0.0.1:5432/app?nonsense=1",
+        f"host=127.0.0.1 password={PASSWORD} junk",
+        f"host=127.0.0.1 password={PASSWORD} with-a-space dbname=app",
+        f"postgresql://bob@127.0.0.1/app?password={PASSWORD}&bad",
+    ],
+)
+def test_a_malformed_url_is_refused_without_its_password(
+    database_url: str, db: psycopg.Connection[Any], url: str
+) -> None:
+    result = run_cli(UNREACHABLE, "--database-url", url, *APP, "enqueue", "noop")
+    assert PASSWORD not in result.stdout + result.stderr
+    assert_usage_error(result, "database_url: ", "is not a PostgreSQL URL or DSN", "***")
+    assert job_count(db) == 0
+
+
+def server_url_as(server_url: str, user: str, dbname: str) -> str:
+    parts = urlsplit(server_url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}", path=f"/{dbname}"))
+
+
+@pytest.mark.parametrize("missing", ["database", "role"])
+@pytest.mark.parametrize(
+    "args", [["stats"], ["jobs"], [*APP, "enqueue", "noop"], ["cancel", "1"], ["migrate"]]
+)
+def test_a_refused_connection_says_why_at_once(
+    server_url: str, missing: str, args: list[str]
+) -> None:
+    user = urlsplit(server_url).username or "postgres"
+    if missing == "database":
+        url, reason = server_url_as(server_url, user, "no_such_db"), 'database "no_such_db"'
+    else:
+        url, reason = server_url_as(server_url, "no_such_role", "postgres"), 'role "no_such_role"'
+    started = time.monotonic()
+    result = run_cli(url, *args)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        line for line in result.stderr.splitlines() if line.startswith("Error: ")
+    ], result.stderr
+    assert f"{reason} does not exist" in result.stderr
+    assert elapsed < 8, elapsed  # not the pool's 10 s connect timeout
+
+
+def test_the_api_says_why_a_connection_is_refused_at_once(server_url: str) -> None:
+    user = urlsplit(server_url).username or "postgres"
+    registry = pgjobs.App(database_url=server_url_as(server_url, user, "no_such_db"))
+    job = registry.job(name="refused")(lambda: None)
+    started = time.monotonic()
+    with pytest.raises(pgjobs.DatabaseError, match='database "no_such_db" does not exist'):
+        job.enqueue()
+    with pytest.raises(pgjobs.DatabaseError, match='database "no_such_db" does not exist'):
+        asyncio.run(job.enqueue_async())
+    assert time.monotonic() - started < 8
+    registry.close()
+
+
+def test_migrate_prints_its_summary_only(empty_database_url: str) -> None:
+    from pgjobs._migrate import head_revision
+
+    result = run_cli(empty_database_url, "migrate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"schema 'pgjobs': empty -> {head_revision()}\n"
+    assert "alembic" not in result.stderr and "Running upgrade" not in result.stderr
+
+
+@pytest.fixture
+def stranger(server_url: str) -> Iterator[str]:
+    """A role that may log in and owns nothing."""
+    name = f"pgjobs_stranger_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{name}" LOGIN')
+    yield name
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP ROLE "{name}"')
+
+
+@pytest.mark.parametrize("schema", ["pgjobs", "not_yet_created"])
+def test_migrate_as_a_role_that_does_not_own_the_schema(
+    server_url: str, database_url: str, stranger: str, schema: str
+) -> None:
+    url = server_url_as(server_url, stranger, urlsplit(database_url).path.lstrip("/"))
+    result = run_cli(url, "--schema", schema, "migrate")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: cannot migrate schema '{schema}': permission denied"), line
+    assert "connect as the role that owns it" in line
+
+
+def test_supervised_workers_get_urls_in_their_environment_not_their_command_line(
+    database_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    parts = urlsplit(database_url)
+    if parts.password:
+        pytest.skip("the test server's URL carries a password of its own")
+    userinfo, _, host = parts.netloc.rpartition("@")
+    secret_url = urlunsplit(parts._replace(netloc=f"{userinfo}:{PASSWORD}@{host}"))
+    supervisor = WorkerProcess.start(
+        [
+            "--database-url",
+            secret_url,
+            *APP,
+            "worker",
+            "--processes",
+            "2",
+            f"--listen-database-url={secret_url}",
+        ],
+        database_url=UNREACHABLE,  # PGJOBS_DATABASE_URL: the flag must win in the children too
+        log=tmp_path / "supervisor.log",
+    )
+    try:
+        eventually(lambda: len(supervisor.children()) == 2, timeout=30)
+        assert PASSWORD in Path(f"/proc/{supervisor.process.pid}/cmdline").read_text()
+        for child in supervisor.children():
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            assert PASSWORD.encode() not in b" ".join(argv), argv
+            assert b"worker" in argv and b"--processes" in argv
+        job_id = enqueue(database_url, "noop")
+        assert job_id.returncode == 0, job_id.stderr
+        eventually(lambda: job_row(db, int(job_id.stdout))["state"] == "completed", timeout=30)
+        workers = db.execute("SELECT count(*) FROM pgjobs.workers").fetchone()
+        assert workers == (2,)
+    finally:
+        supervisor.signal(signal.SIGTERM)
+        supervisor.wait(timeout=60)
+        supervisor.kill()
+    assert PASSWORD not in supervisor.output()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pgjobs import ConfigError, load_settings
-from pgjobs._settings import QueueSpec
+from pgjobs._settings import QueueSpec, mask_password
 
 
 def test_layers_lowest_first(tmp_path: Path) -> None:
@@ -96,3 +96,56 @@ def test_durations_take_units_everywhere(tmp_path: Path) -> None:
         settings.poll_interval,
         settings.shutdown_timeout,
     ) == (90 * 86400, 1.0, 45.0, 12 * 3600, 0.25, 90.0)
+
+
+@pytest.mark.parametrize(
+    "schema", ["public", "pg_catalog", "information_schema", "pg_toast", "pg_jobs"]
+)
+def test_schemas_that_are_not_pgjobs_own_are_refused(tmp_path: Path, schema: str) -> None:
+    with pytest.raises(ConfigError, match=f"schema: '{schema}'.*a schema of its own"):
+        load_settings({"schema": schema}, directory=tmp_path, environ={})
+
+
+PASSWORD = "s3cr3t-Pw"
+
+MASKED = [
+    (
+        f"postgresql://bob:{PASSWORD}@db.internal:5432/app",
+        "postgresql://bob:***@db.internal:5432/app",
+    ),
+    (f"postgresql+psycopg://bob:{PASSWORD}@db/app", "postgresql+psycopg://bob:***@db/app"),
+    (f"postgresql://bob:p@ss{PASSWORD}@db/app", "postgresql://bob:***@db/app"),
+    (
+        f"postgresql://bob@db/app?password={PASSWORD}&sslmode=require",
+        "postgresql://bob@db/app?password=***&sslmode=require",
+    ),
+    (f"host=db password={PASSWORD} dbname=app", "host=db password=*** dbname=app"),
+    (f"host=db password='{PASSWORD} x' dbname=app", "host=db password=*** dbname=app"),
+    (f"host=db password={PASSWORD} x dbname=app", "host=db password=*** dbname=app"),
+    (f"host=db sslpassword={PASSWORD}", "host=db sslpassword=***"),
+    (f"postgresql//bob:{PASSWORD}@db/app", "postgresql//bob:***@db/app"),
+    ("postgresql://bob@db:5432/app", "postgresql://bob@db:5432/app"),
+    ("host=db dbname=app", "host=db dbname=app"),
+]
+
+
+@pytest.mark.parametrize(("url", "masked"), MASKED)
+def test_mask_password(url: str, masked: str) -> None:
+    assert mask_password(url) == masked
+
+
+def test_settings_repr_hides_passwords(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "database_url": f"postgresql://bob:{PASSWORD}@db.internal/app",
+            "listen_database_url": f"host=direct password={PASSWORD}",
+        },
+        directory=tmp_path,
+        environ={},
+    )
+    for text in (repr(settings), str(settings), f"{settings}", repr([settings])):
+        assert PASSWORD not in text
+        assert "database_url='postgresql://bob:***@db.internal/app'" in text
+        assert "listen_database_url='host=direct password=***'" in text
+        assert "schema='pgjobs'" in text
+    assert settings.database_url == f"postgresql://bob:{PASSWORD}@db.internal/app"

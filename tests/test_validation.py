@@ -79,3 +79,44 @@ def test_edge_values_that_are_valid_round_trip(
 def test_unregistered_name_is_refused(app: pgjobs.App) -> None:
     with pytest.raises(pgjobs.UnknownJobError, match="no job named 'missing'"):
         app.get("missing")
+
+
+@pytest.mark.parametrize("max_attempts", [2**31, 99999999999, 0])
+def test_max_attempts_outside_integer_is_refused_before_sql(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any], max_attempts: int
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TEMP TABLE marker (n int)")
+        with pytest.raises(pgjobs.ValidationError, match="max_attempts: must be from 1 to"):
+            jobs_app.noop.options(max_attempts=max_attempts).enqueue("x", conn=conn)
+        conn.execute("INSERT INTO marker VALUES (1)")  # the transaction is still usable
+        largest = jobs_app.noop.options(max_attempts=2**31 - 1).enqueue("y", conn=conn)
+        conn.commit()
+    assert db.execute("SELECT id, max_attempts FROM pgjobs.jobs").fetchall() == [
+        (largest, 2**31 - 1)
+    ]
+
+
+def test_registration_refuses_what_the_table_cannot_hold(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    registry = pgjobs.App(database_url=database_url)
+
+    def work() -> None: ...
+
+    with pytest.raises(pgjobs.ValidationError, match=r"name: .* 256 characters long"):
+        registry.job(name="n" * 256)(work)
+    with pytest.raises(pgjobs.ValidationError, match="name: contains a NUL"):
+        registry.job(name="a\x00b")(work)
+    with pytest.raises(pgjobs.ValidationError, match="max_attempts"):
+        registry.job(name="too_many", max_attempts=2**31)(work)
+    assert registry.jobs == {}
+
+    longest = registry.job(name="n" * 255)(work)
+    with psycopg.connect(database_url) as conn:
+        job_id = longest.enqueue(conn=conn)
+        conn.commit()
+    registry.close()
+    assert db.execute("SELECT name FROM pgjobs.jobs WHERE id = %s", (job_id,)).fetchone() == (
+        "n" * 255,
+    )

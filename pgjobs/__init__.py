@@ -4,7 +4,7 @@ Define jobs on an :class:`App`, enqueue them inside your own transactions, run t
 ``pgjobs worker --app module:app``.
 """
 
-from ._app import App, Job, JobCall
+from ._app import App
 from ._context import JobContext, current_job
 from ._errors import (
     ConfigError,
@@ -15,6 +15,7 @@ from ._errors import (
     UnknownJobError,
     ValidationError,
 )
+from ._job import Job, JobCall
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
 from ._settings import Settings, load_settings

@@ -44,11 +44,12 @@ import psycopg
 from psycopg import sql
 
 from ._acker import finish_params
-from ._app import App, Job
+from ._app import App
 from ._connection import connect
 from ._context import current_job
 from ._errors import ConfigError
 from ._execution import ClaimedJob
+from ._job import Job
 from ._link import CUSTOM_PLANS
 from ._migrate import migrate
 from ._outcome import COMPLETED

@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 import click
 
-from ._app import MAX_DELAY, App
+from ._app import App
 from ._embedded import embedded_database_url
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
+from ._job import MAX_DELAY
 from ._migrate import check_schema, head_revision, migrate, migration_sql, schema_revision
 from ._settings import load_settings, parse_duration
 from ._supervisor import Supervisor, supervised_worker_id

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
+from . import _admin
 from ._client import Client
 from ._errors import ConfigError, UnknownJobError
 from ._job import EnqueueOptions, Job, JobCall
@@ -163,13 +164,86 @@ class App:
         """:meth:`enqueue_many` for async code."""
         return await self._client.enqueue_many_async(calls, conn)
 
+    def get_job(self, job_id: int, *, conn: Any = None) -> dict[str, Any] | None:
+        """Job ``job_id`` as a dict of its columns (``errors`` included), ``None`` if there is
+        no such job.
+
+        ``conn`` (here and in every admin method) is the caller's connection or session, as in
+        :meth:`Job.using`: the call then sees and joins its transaction. Without it the call runs
+        on pgjobs' own connection pool, and its change, if any, is committed at once.
+        """
+        return self._client.run(_admin.get_job(self.queries, job_id), conn)
+
+    async def get_job_async(self, job_id: int, *, conn: Any = None) -> dict[str, Any] | None:
+        """:meth:`get_job` for async code."""
+        return await self._client.run_async(_admin.get_job(self.queries, job_id), conn)
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queues: Iterable[str] | None = None,
+        limit: int = 50,
+        conn: Any = None,
+    ) -> list[dict[str, Any]]:
+        """Jobs, newest first, optionally only in some states and queues."""
+        return self._client.run(_admin.list_jobs(self.queries, states, queues, limit), conn)
+
+    async def list_jobs_async(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        queues: Iterable[str] | None = None,
+        limit: int = 50,
+        conn: Any = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`list_jobs` for async code."""
+        operation = _admin.list_jobs(self.queries, states, queues, limit)
+        return await self._client.run_async(operation, conn)
+
     def retry(self, job_id: int, *, conn: Any = None) -> bool:
         """Put a finished, discarded or waiting job back to run now; ``False`` if it does not exist.
 
         Raises:
             ValueError: the job is running; wait for it to finish.
         """
-        return self._client.retry(job_id, conn)
+        return self._client.run(_admin.retry(self.queries, job_id), conn)
+
+    async def retry_async(self, job_id: int, *, conn: Any = None) -> bool:
+        """:meth:`retry` for async code."""
+        return await self._client.run_async(_admin.retry(self.queries, job_id), conn)
+
+    def retry_all(
+        self,
+        *,
+        states: Iterable[str] = ("discarded",),
+        queues: Iterable[str] | None = None,
+        names: Iterable[str] | None = None,
+        conn: Any = None,
+    ) -> int:
+        """Put every job in ``states`` (by default the discarded ones), optionally only of some
+        queues and job names, back to run now; returns how many.
+
+        Running jobs are never touched, nor a job a worker claims while this runs. Each job gets
+        one more attempt if it had used them all, as with :meth:`retry`.
+
+        Raises:
+            ValidationError: no state, an unknown one, or ``running``.
+        """
+        operation = _admin.retry_all(self.queries, states, queues, names)
+        return self._client.run(operation, conn)
+
+    async def retry_all_async(
+        self,
+        *,
+        states: Iterable[str] = ("discarded",),
+        queues: Iterable[str] | None = None,
+        names: Iterable[str] | None = None,
+        conn: Any = None,
+    ) -> int:
+        """:meth:`retry_all` for async code."""
+        operation = _admin.retry_all(self.queries, states, queues, names)
+        return await self._client.run_async(operation, conn)
 
     def cancel(self, job_id: int, *, conn: Any = None) -> str | None:
         """Cancel a job; returns what became of it, ``None`` if there is no such job.
@@ -180,31 +254,28 @@ class App:
         ``"already completed"``, ``"already discarded"``, ``"already cancelled"``: it had ended
         and is left as it is. The same as ``SELECT pgjobs.cancel_job(id)`` in SQL.
         """
-        return self._client.cancel(job_id, conn)
+        return self._client.run(_admin.cancel(self.queries, job_id), conn)
 
-    def list_jobs(
-        self,
-        *,
-        states: Iterable[str] | None = None,
-        queues: Iterable[str] | None = None,
-        limit: int = 50,
-    ) -> list[dict[str, Any]]:
-        """Jobs, newest first, optionally only in some states and queues."""
-        params = {
-            "states": None if states is None else list(states),
-            "queues": None if queues is None else list(queues),
-            "limit": limit,
-        }
-        return self._client.list_jobs(params)
+    async def cancel_async(self, job_id: int, *, conn: Any = None) -> str | None:
+        """:meth:`cancel` for async code."""
+        return await self._client.run_async(_admin.cancel(self.queries, job_id), conn)
 
-    def list_workers(self) -> list[dict[str, Any]]:
+    def list_workers(self, *, conn: Any = None) -> list[dict[str, Any]]:
         """The registered workers, oldest first, with their heartbeat age, leadership and number
         of running jobs."""
-        return self._client.list_workers()
+        return self._client.run(_admin.list_workers(self.queries), conn)
 
-    def queue_counts(self) -> dict[str, dict[str, int]]:
+    async def list_workers_async(self, *, conn: Any = None) -> list[dict[str, Any]]:
+        """:meth:`list_workers` for async code."""
+        return await self._client.run_async(_admin.list_workers(self.queries), conn)
+
+    def queue_counts(self, *, conn: Any = None) -> dict[str, dict[str, int]]:
         """``{queue: {state: jobs}}`` from the ``queue_counts`` view."""
-        return self._client.queue_counts()
+        return self._client.run(_admin.queue_counts(self.queries), conn)
+
+    async def queue_counts_async(self, *, conn: Any = None) -> dict[str, dict[str, int]]:
+        """:meth:`queue_counts` for async code."""
+        return await self._client.run_async(_admin.queue_counts(self.queries), conn)
 
     def close(self) -> None:
         """Close pgjobs' own connection pool (the async one must be closed with ``aclose``)."""

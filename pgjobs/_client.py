@@ -1,23 +1,25 @@
 """The client: pgjobs' own connection pools, the caller's connections, error translation, and the
 statements run on them (enqueue and the admin operations).
 
-Sync and async enqueue share everything but the I/O: :mod:`._encoding` builds the statements'
-parameters in pure code; :func:`_run_insert` and :func:`_run_insert_async` only run them.
+Sync and async share everything but the I/O: :mod:`._encoding` builds the insert statements'
+parameters and :mod:`._admin` the admin operations in pure code; :func:`_run_insert` and
+:meth:`Client.run`, and their async twins, only run them.
 """
 
 from __future__ import annotations
 
 import select
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 
 from . import _connection
+from ._admin import Operation
 from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
 from ._errors import DatabaseError, SchemaError
 from ._settings import Settings
@@ -25,6 +27,8 @@ from ._sql import Queries, queries_for
 
 if TYPE_CHECKING:
     from ._job import JobCall
+
+T = TypeVar("T")
 
 
 class Client:
@@ -62,37 +66,23 @@ class Client:
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
         params = insert_params(calls)
-        with self.translated_errors():
-            if conn is not None:
-                driver = await _connection.unwrap_async(conn)
-                return await _run_insert_async(driver, self.queries, params, self.prepare)
-            pool = await self._open_async_pool()
-            with _lost_connection_errors():
-                async with pool.connection(timeout=self.settings.connect_timeout) as own:
-                    return await _run_insert_async(own, self.queries, params, self.prepare)
+        async with self.connection_for_async(conn) as driver:
+            return await _run_insert_async(driver, self.queries, params, self.prepare)
 
-    def retry(self, job_id: int, conn: Any = None) -> bool:
-        with self.connection_for(conn) as driver:
-            return _run_retry(driver, self.queries.retry_job, job_id)
+    def run(self, operation: Operation[T], conn: Any = None) -> T:
+        """Run an admin operation on ``conn`` (the caller's transaction) or pgjobs' pool."""
+        with self.connection_for(conn) as driver, driver.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(operation.statement, operation.params, prepare=self.prepare)
+            return operation.result(rows.fetchall())
 
-    def cancel(self, job_id: int, conn: Any = None) -> str | None:
-        with self.connection_for(conn) as driver:
-            return _run_cancel(driver, self.queries.cancel_job, job_id)
-
-    def list_jobs(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(self.queries.list_jobs, params).fetchall()
-
-    def list_workers(self) -> list[dict[str, Any]]:
-        with self.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(self.queries.list_workers).fetchall()
-
-    def queue_counts(self) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
-        with self.connection() as conn:
-            for queue, state, jobs in conn.execute(self.queries.queue_counts).fetchall():
-                counts.setdefault(queue, {})[state] = jobs
-        return counts
+    async def run_async(self, operation: Operation[T], conn: Any = None) -> T:
+        """:meth:`run` for async code."""
+        async with (
+            self.connection_for_async(conn) as driver,
+            driver.cursor(row_factory=dict_row) as cur,
+        ):
+            await cur.execute(operation.statement, operation.params, prepare=self.prepare)
+            return operation.result(await cur.fetchall())
 
     def close(self) -> None:
         if self._pool is not None:
@@ -136,6 +126,19 @@ class Client:
         else:
             with self.translated_errors():
                 yield _connection.unwrap_sync(conn)
+
+    @asynccontextmanager
+    async def connection_for_async(self, conn: Any) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """:meth:`connection_for` for async code: ``conn`` is a psycopg ``AsyncConnection`` or a
+        SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
+        with self.translated_errors():
+            if conn is not None:
+                yield await _connection.unwrap_async(conn)
+                return
+            pool = await self._open_async_pool()
+            with _lost_connection_errors():
+                async with pool.connection(timeout=self.settings.connect_timeout) as own:
+                    yield own
 
     @contextmanager
     def translated_errors(self) -> Iterator[None]:
@@ -253,20 +256,3 @@ async def _run_insert_async(
             for data in copy_text(ids, now, params):
                 await copy.write(data)
         return list(ids)
-
-
-def _run_retry(conn: psycopg.Connection[Any], statement: str, job_id: int) -> bool:
-    with conn.cursor() as cur:
-        row = cur.execute(statement, {"id": job_id}).fetchone()
-    if row is None:
-        return False
-    previous_state, retried = row
-    if not retried:
-        raise ValueError(f"job {job_id} is {previous_state}; it can be retried once it ends")
-    return True
-
-
-def _run_cancel(conn: psycopg.Connection[Any], statement: str, job_id: int) -> str | None:
-    with conn.cursor() as cur:
-        row = cur.execute(statement, {"id": job_id}).fetchone()
-    return None if row is None else row[0]

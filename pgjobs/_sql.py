@@ -265,7 +265,7 @@ SELECT count(*) FROM deleted
 """
 
 CANCEL_JOB = """
-SELECT {schema}.cancel_job(%(id)s)
+SELECT {schema}.cancel_job(%(id)s) AS outcome
 """
 
 DEREGISTER_WORKER = """
@@ -304,6 +304,31 @@ WITH target AS (
     RETURNING j.id
 )
 SELECT target.state AS previous_state, (SELECT count(*) FROM retried) AS retried FROM target
+"""
+
+RETRY_JOBS = """
+WITH retried AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
+        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+    WHERE j.state = ANY(%(states)s::text[]) AND j.state <> 'running'
+      AND (%(queues)s::text[] IS NULL OR j.queue = ANY(%(queues)s::text[]))
+      AND (%(names)s::text[] IS NULL OR j.name = ANY(%(names)s::text[]))
+    RETURNING j.queue
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried) AS q
+)
+SELECT (SELECT count(*) FROM retried) AS retried, (SELECT count(*) FROM notified) AS notified
+"""
+"""RETRY_JOB for every job in some states (never ``running``: a job claimed while this waits for
+its row lock is re-checked and left to its worker), optionally only of some queues and names."""
+
+GET_JOB = """
+SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
+       scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
+       cancel_requested_at, errors
+FROM {schema}.jobs
+WHERE id = %(id)s
 """
 
 LIST_JOBS = """
@@ -358,6 +383,8 @@ class Queries:
     deregister_worker: str
     promote_scheduled_jobs: str
     retry_job: str
+    retry_jobs: str
+    get_job: str
     list_jobs: str
     list_workers: str
     queue_counts: str

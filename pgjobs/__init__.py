@@ -15,7 +15,7 @@ from ._errors import (
     UnknownJobError,
     ValidationError,
 )
-from ._job import Job, JobCall
+from ._job import BoundJob, Job, JobCall
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
 from ._settings import Settings, load_settings
@@ -26,6 +26,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_PAYLOAD_BYTES",
     "App",
+    "BoundJob",
     "ConfigError",
     "DatabaseError",
     "Job",

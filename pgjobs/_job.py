@@ -152,23 +152,39 @@ class Job(Generic[P, R]):
         args_json, kwargs_json = encode_arguments(args, kwargs)
         return JobCall(self, args_json, kwargs_json, self._options)
 
-    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
-        """Enqueue a run of this job; returns its id.
+    def using(self, conn: Any) -> BoundJob[P, R]:
+        """This job bound to the caller's connection: ``job.using(conn).enqueue(...)`` enqueues
+        inside ``conn``'s transaction, with the job's arguments type-checked as for
+        :meth:`enqueue`.
 
-        Pass ``conn=`` (a psycopg ``Connection`` or SQLAlchemy ``Session``/``Connection``) to
-        enqueue inside the caller's transaction: the job exists only if that transaction commits,
-        and rolling back a savepoint removes the jobs enqueued inside it. Without ``conn`` the job
-        is committed at once on pgjobs' own connection pool. ``conn`` is reserved for this; a job
-        function cannot take a parameter of that name.
+        ``conn`` is a psycopg ``Connection`` or a SQLAlchemy ``Session``/``Connection`` (for
+        :meth:`BoundJob.enqueue_async`, a psycopg ``AsyncConnection`` or a SQLAlchemy
+        ``AsyncSession``/``AsyncConnection``), using the psycopg 3 driver. The job exists only if
+        that transaction commits, and rolling back a savepoint removes the jobs enqueued inside
+        it. Nothing is committed for you. ``None`` means pgjobs' own pool, as without ``using``.
+
+        Example::
+
+            with Session(engine) as session, session.begin():
+                session.add(user)
+                session.flush()
+                send_welcome_email.using(session).enqueue(user.id)
         """
-        conn = kwargs.pop("conn", None)
-        return self._client.enqueue_many([self.call(*args, **kwargs)], conn=conn)[0]
+        return BoundJob(self, conn)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a run of this job on pgjobs' own connection pool, committed at once; returns
+        its id. To enqueue inside your transaction, use :meth:`using`.
+
+        ``enqueue(..., conn=conn)`` is the older spelling of ``using(conn).enqueue(...)``: it
+        still works but does not type-check, and it is why a job function cannot take a
+        parameter called ``conn``.
+        """
+        return self.using(kwargs.pop("conn", None)).enqueue(*args, **kwargs)
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
-        """:meth:`enqueue` for async code: ``conn=`` takes a psycopg ``AsyncConnection`` or a
-        SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
-        conn = kwargs.pop("conn", None)
-        return (await self._client.enqueue_many_async([self.call(*args, **kwargs)], conn=conn))[0]
+        """:meth:`enqueue` for async code, on pgjobs' own async pool."""
+        return await self.using(kwargs.pop("conn", None)).enqueue_async(*args, **kwargs)
 
     def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue to run ``delay`` (a timedelta or seconds) from now, by the database clock."""
@@ -177,6 +193,39 @@ class Job(Generic[P, R]):
     def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> int:
         """Enqueue to run at ``at``, an aware datetime (naive ones are refused)."""
         return self.options(at=at).enqueue(*args, **kwargs)
+
+
+class BoundJob(Generic[P, R]):
+    """A job bound to the caller's connection, from :meth:`Job.using`: each enqueue joins that
+    connection's transaction. The methods take the job's own arguments, checked by type checkers
+    as the job function's."""
+
+    __slots__ = ("_conn", "_job")
+
+    def __init__(self, job: Job[P, R], conn: Any) -> None:
+        self._job = job
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"<pgjobs.BoundJob {self._job.name!r} using {type(self._conn).__name__}>"
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a run of the job in the connection's transaction; returns its id."""
+        call = self._job.call(*args, **kwargs)
+        return self._job._client.enqueue_many([call], self._conn)[0]
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """:meth:`enqueue` on an async connection or session."""
+        call = self._job.call(*args, **kwargs)
+        return (await self._job._client.enqueue_many_async([call], self._conn))[0]
+
+    def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue to run ``delay`` (a timedelta or seconds) from now, by the database clock."""
+        return self._job.options(delay=delay).using(self._conn).enqueue(*args, **kwargs)
+
+    def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue to run at ``at``, an aware datetime (naive ones are refused)."""
+        return self._job.options(at=at).using(self._conn).enqueue(*args, **kwargs)
 
 
 def _accepts_no_arguments(signature: inspect.Signature) -> bool:

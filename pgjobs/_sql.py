@@ -361,6 +361,47 @@ SELECT version_num FROM {schema}.alembic_version
 """
 
 
+BENCH_DROP_SCHEMA = """
+DROP SCHEMA IF EXISTS {schema} CASCADE
+"""
+"""``pgjobs bench`` runs in a schema of its own, dropped before and after."""
+
+BENCH_FILL_AVAILABLE = """
+INSERT INTO {schema}.jobs (name) SELECT 'pgjobs.bench.noop' FROM generate_series(1, %(rows)s::int)
+"""
+
+BENCH_FILL_FINISHED = """
+INSERT INTO {schema}.jobs (name, state, attempt, attempted_at, finished_at)
+SELECT 'pgjobs.bench.noop', 'completed', 1, now(), now() FROM generate_series(1, %(rows)s::int)
+"""
+
+BENCH_VACUUM_ANALYZE = """
+VACUUM ANALYZE {schema}.jobs
+"""
+
+BENCH_BARE_INSERT = """
+INSERT INTO {schema}.jobs (name) VALUES ('pgjobs.bench.noop')
+"""
+"""The enqueue mode's baseline: the least a job row can cost, trigger included."""
+
+BENCH_ENABLE_NOTIFY = """
+ALTER TABLE {schema}.jobs ENABLE TRIGGER jobs_notify_inserted
+"""
+
+BENCH_DISABLE_NOTIFY = """
+ALTER TABLE {schema}.jobs DISABLE TRIGGER jobs_notify_inserted
+"""
+
+BENCH_COUNT_UNFINISHED = """
+SELECT (SELECT count(*) FROM {schema}.jobs WHERE state = 'available'),
+       (SELECT count(*) FROM {schema}.jobs WHERE state = 'running')
+"""
+"""Available and running jobs, each counted on its own partial index."""
+
+BENCH_EXPLAIN_CLAIM_JOBS = "EXPLAIN (ANALYZE, BUFFERS)" + CLAIM_JOBS
+"""The plan of one claim as it ran (``ANALYZE`` claims the jobs for real)."""
+
+
 @dataclass(frozen=True)
 class Queries:
     """The statements above with the schema filled in."""
@@ -399,18 +440,43 @@ class Queries:
     """Hashed into the first key of the workers' session advisory locks."""
 
 
+@dataclass(frozen=True)
+class BenchQueries:
+    """The statements of ``pgjobs bench`` alone, with the schema filled in."""
+
+    bench_drop_schema: str
+    bench_fill_available: str
+    bench_fill_finished: str
+    bench_vacuum_analyze: str
+    bench_bare_insert: str
+    bench_enable_notify: str
+    bench_disable_notify: str
+    bench_count_unfinished: str
+    bench_explain_claim_jobs: str
+
+
 @functools.cache
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (already validated as a plain lower-case identifier)."""
-    texts = {
-        f.name: globals()[f.name.upper()].format(schema=f'"{schema}"', lost_worker=LOST_WORKER)
-        for f in fields(Queries)
-        if f.name.upper() in globals()
-    }
     return Queries(
-        **texts,
+        **_texts(Queries, schema),
         jobs_channel=f"{schema}.jobs",
         scheduled_channel=f"{schema}.scheduled",
         cancel_channel=f"{schema}.cancel",
         lock_namespace=f"pgjobs.workers:{schema}",
     )
+
+
+@functools.cache
+def bench_queries_for(schema: str) -> BenchQueries:
+    """The bench's statements for ``schema``."""
+    return BenchQueries(**_texts(BenchQueries, schema))
+
+
+def _texts(statements: type[Queries | BenchQueries], schema: str) -> dict[str, str]:
+    """The statements named by the fields of ``statements``, for ``schema``."""
+    return {
+        f.name: globals()[f.name.upper()].format(schema=f'"{schema}"', lost_worker=LOST_WORKER)
+        for f in fields(statements)
+        if f.name.upper() in globals()
+    }

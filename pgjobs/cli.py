@@ -466,7 +466,7 @@ def bench(
     steady (a worker under --rate jobs/s for --duration s: commit to job start, backlog), scale
     (the claim statement on a table of --available and --finished jobs, and its plan).
     """
-    from . import _bench
+    from . import bench as _bench
 
     settings = _load_app(obj).settings
     default_jobs = {"enqueue": 10_000, "bulk": 100_000, "process": 100_000}

@@ -35,7 +35,7 @@ class App:
         @app.job(queue="mailers", max_attempts=5)
         def send_welcome_email(user_id: int) -> None: ...
 
-        send_welcome_email.enqueue(42, conn=session)
+        send_welcome_email.using(session).enqueue(42)
     """
 
     def __init__(self, **settings: Any) -> None:
@@ -156,7 +156,7 @@ class App:
     def enqueue_many(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[int]:
         """Enqueue many jobs in one statement; returns their ids in order.
 
-        ``conn`` works as in :meth:`Job.enqueue`: all of the jobs commit or roll back with it.
+        ``conn`` works as in :meth:`Job.using`: all of the jobs commit or roll back with it.
         """
         return self._client.enqueue_many(calls, conn)
 

@@ -1,5 +1,6 @@
-"""Job definitions: :class:`Job` (a registered function and its defaults), :class:`JobCall` (one
-run to enqueue) and :class:`EnqueueOptions` (per-call options).
+"""Job definitions: :class:`Job` (a registered function and its defaults), :class:`BoundJob` (a
+job bound to the caller's connection), :class:`JobCall` (one run to enqueue) and
+:class:`EnqueueOptions` (per-call options).
 
 A job enqueues through the :class:`~pgjobs._client.Client` it was registered with; it knows
 nothing of the registry.

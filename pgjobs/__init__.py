@@ -4,7 +4,7 @@ Define jobs on an :class:`App`, enqueue them inside your own transactions, run t
 ``pgjobs worker --app module:app``.
 """
 
-from ._app import App, Job, JobCall
+from ._app import App
 from ._context import JobContext, current_job
 from ._errors import (
     ArgumentsMismatch,
@@ -16,6 +16,7 @@ from ._errors import (
     UnknownJobError,
     ValidationError,
 )
+from ._job import BoundJob, Job, JobCall
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
 from ._settings import Settings, load_settings
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "App",
     "ArgumentsMismatch",
+    "BoundJob",
     "ConfigError",
     "DatabaseError",
     "Job",

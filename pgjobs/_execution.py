@@ -17,9 +17,10 @@ from collections.abc import Awaitable
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
 
-from ._app import App, Job
+from ._app import App
 from ._context import JobContext, reset_current_job, set_current_job
 from ._errors import ArgumentsMismatch, JobTimeout, UnknownJobError
+from ._job import Job
 from ._outcome import (
     CANCELLED,
     COMPLETED,

@@ -276,7 +276,7 @@ SELECT count(*) FROM deleted
 """
 
 CANCEL_JOB = """
-SELECT {schema}.cancel_job(%(id)s)
+SELECT {schema}.cancel_job(%(id)s) AS outcome
 """
 
 DEREGISTER_WORKER = """
@@ -317,6 +317,31 @@ WITH target AS (
 SELECT target.state AS previous_state, (SELECT count(*) FROM retried) AS retried FROM target
 """
 
+RETRY_JOBS = """
+WITH retried AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
+        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+    WHERE j.state = ANY(%(states)s::text[]) AND j.state <> 'running'
+      AND (%(queues)s::text[] IS NULL OR j.queue = ANY(%(queues)s::text[]))
+      AND (%(names)s::text[] IS NULL OR j.name = ANY(%(names)s::text[]))
+    RETURNING j.queue
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried) AS q
+)
+SELECT (SELECT count(*) FROM retried) AS retried, (SELECT count(*) FROM notified) AS notified
+"""
+"""RETRY_JOB for every job in some states (never ``running``: a job claimed while this waits for
+its row lock is re-checked and left to its worker), optionally only of some queues and names."""
+
+GET_JOB = """
+SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
+       scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
+       cancel_requested_at, errors
+FROM {schema}.jobs
+WHERE id = %(id)s
+"""
+
 LIST_JOBS = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, errors
@@ -347,6 +372,47 @@ SELECT version_num FROM {schema}.alembic_version
 """
 
 
+BENCH_DROP_SCHEMA = """
+DROP SCHEMA IF EXISTS {schema} CASCADE
+"""
+"""``pgjobs bench`` runs in a schema of its own, dropped before and after."""
+
+BENCH_FILL_AVAILABLE = """
+INSERT INTO {schema}.jobs (name) SELECT 'pgjobs.bench.noop' FROM generate_series(1, %(rows)s::int)
+"""
+
+BENCH_FILL_FINISHED = """
+INSERT INTO {schema}.jobs (name, state, attempt, attempted_at, finished_at)
+SELECT 'pgjobs.bench.noop', 'completed', 1, now(), now() FROM generate_series(1, %(rows)s::int)
+"""
+
+BENCH_VACUUM_ANALYZE = """
+VACUUM ANALYZE {schema}.jobs
+"""
+
+BENCH_BARE_INSERT = """
+INSERT INTO {schema}.jobs (name) VALUES ('pgjobs.bench.noop')
+"""
+"""The enqueue mode's baseline: the least a job row can cost, trigger included."""
+
+BENCH_ENABLE_NOTIFY = """
+ALTER TABLE {schema}.jobs ENABLE TRIGGER jobs_notify_inserted
+"""
+
+BENCH_DISABLE_NOTIFY = """
+ALTER TABLE {schema}.jobs DISABLE TRIGGER jobs_notify_inserted
+"""
+
+BENCH_COUNT_UNFINISHED = """
+SELECT (SELECT count(*) FROM {schema}.jobs WHERE state = 'available'),
+       (SELECT count(*) FROM {schema}.jobs WHERE state = 'running')
+"""
+"""Available and running jobs, each counted on its own partial index."""
+
+BENCH_EXPLAIN_CLAIM_JOBS = "EXPLAIN (ANALYZE, BUFFERS)" + CLAIM_JOBS
+"""The plan of one claim as it ran (``ANALYZE`` claims the jobs for real)."""
+
+
 @dataclass(frozen=True)
 class Queries:
     """The statements above with the schema filled in."""
@@ -370,6 +436,8 @@ class Queries:
     deregister_worker: str
     promote_scheduled_jobs: str
     retry_job: str
+    retry_jobs: str
+    get_job: str
     list_jobs: str
     list_workers: str
     queue_counts: str
@@ -385,20 +453,45 @@ class Queries:
     """Hashed into the first key of the workers' session advisory locks."""
 
 
+@dataclass(frozen=True)
+class BenchQueries:
+    """The statements of ``pgjobs bench`` alone, with the schema filled in."""
+
+    bench_drop_schema: str
+    bench_fill_available: str
+    bench_fill_finished: str
+    bench_vacuum_analyze: str
+    bench_bare_insert: str
+    bench_enable_notify: str
+    bench_disable_notify: str
+    bench_count_unfinished: str
+    bench_explain_claim_jobs: str
+
+
 @functools.cache
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (already validated as a plain lower-case identifier)."""
-    texts = {
-        f.name: globals()[f.name.upper()].format(
-            schema=f'"{schema}"', lost_worker=LOST_WORKER, cancel_requested=CANCEL_REQUESTED
-        )
-        for f in fields(Queries)
-        if f.name.upper() in globals()
-    }
     return Queries(
-        **texts,
+        **_texts(Queries, schema),
         jobs_channel=f"{schema}.jobs",
         scheduled_channel=f"{schema}.scheduled",
         cancel_channel=f"{schema}.cancel",
         lock_namespace=f"pgjobs.workers:{schema}",
     )
+
+
+@functools.cache
+def bench_queries_for(schema: str) -> BenchQueries:
+    """The bench's statements for ``schema``."""
+    return BenchQueries(**_texts(BenchQueries, schema))
+
+
+def _texts(statements: type[Queries | BenchQueries], schema: str) -> dict[str, str]:
+    """The statements named by the fields of ``statements``, for ``schema``."""
+    return {
+        f.name: globals()[f.name.upper()].format(
+            schema=f'"{schema}"', lost_worker=LOST_WORKER, cancel_requested=CANCEL_REQUESTED
+        )
+        for f in fields(statements)
+        if f.name.upper() in globals()
+    }

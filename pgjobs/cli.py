@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
-from ._app import MAX_DELAY, App
+from ._app import App
 from ._connection import one_line
 from ._embedded import embedded_database_url
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._migrate import check_schema, head_revision, migrate, migration_sql
+from ._outcome import MAX_DELAY
 from ._settings import load_settings, parse_duration
 from ._supervisor import Supervisor, supervised_worker_id
 from ._validation import MAX_DEPTH
@@ -327,15 +328,68 @@ def jobs(
 
 
 @cli.command()
-@click.argument("job_id", type=JOB_ID)
+@click.argument("job_id", type=JOB_ID, required=False)
+@click.option("--all", "every", is_flag=True, help="Every job matching --state/--queue/--name")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s for s in STATES if s != "running"]),
+    help="With --all, repeatable [default discarded]",
+)
+@click.option("--queue", "queues", multiple=True, help="With --all, repeatable")
+@click.option("--name", "names", multiple=True, help="With --all: job name, repeatable")
 @click.pass_obj
 @_handles_errors
-def retry(obj: dict[str, Any], job_id: int) -> None:
-    """Put job JOB_ID back to run now (a discarded job gets one more attempt)."""
+def retry(
+    obj: dict[str, Any],
+    job_id: int | None,
+    every: bool,
+    states: tuple[str, ...],
+    queues: tuple[str, ...],
+    names: tuple[str, ...],
+) -> None:
+    """Put job JOB_ID, or with --all every matching job, back to run now (a discarded job gets
+    one more attempt). Running jobs are never touched."""
+    if every == (job_id is not None):
+        raise click.UsageError("give either JOB_ID or --all")
+    if not every and (states or queues or names):
+        raise click.UsageError("--state, --queue and --name go with --all")
     app = _load_app(obj)
+    if every:
+        count = app.retry_all(
+            states=states or ("discarded",), queues=queues or None, names=names or None
+        )
+        click.echo(f"{count} job{'' if count == 1 else 's'} will run again")
+        return
+    assert job_id is not None
     if not app.retry(job_id):
         raise click.UsageError(f"no job {job_id}")
     click.echo(f"job {job_id} will run again")
+
+
+@cli.command("job")
+@click.argument("job_id", type=JOB_ID)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object")
+@click.pass_obj
+@_handles_errors
+def job_command(obj: dict[str, Any], job_id: int, as_json: bool) -> None:
+    """Show job JOB_ID: its columns, then each failed attempt's error with its traceback."""
+    row = _load_app(obj).get_job(job_id)
+    if row is None:
+        raise click.UsageError(f"no job {job_id}")
+    if as_json:
+        click.echo(json.dumps(row, default=str))
+        return
+    for key, value in row.items():
+        shown = json.dumps(value) if isinstance(value, list | dict) else value
+        if key != "errors":
+            click.echo(f"{key + ':':<20} {'' if shown is None else shown}")
+    for error in row["errors"]:
+        click.echo(f"\nattempt {error.get('attempt')} at {error.get('at')}: {error.get('class')}")
+        click.echo(f"  {error.get('message')}")
+        for line in (error.get("traceback") or "").rstrip().splitlines():
+            click.echo(f"  {line}")
 
 
 @cli.command()
@@ -459,7 +513,7 @@ def bench(
     steady (a worker under --rate jobs/s for --duration s: commit to job start, backlog), scale
     (the claim statement on a table of --available and --finished jobs, and its plan).
     """
-    from . import _bench
+    from . import bench as _bench
 
     settings = _load_app(obj).settings
     default_jobs = {"enqueue": 10_000, "bulk": 100_000, "process": 100_000}

@@ -221,7 +221,7 @@ def test_large_batches_go_through_copy_with_the_same_results(
 ) -> None:
     """From COPY_THRESHOLD jobs on, enqueue_many uses COPY: ids in order, delays and times by the
     database clock, defaults and options, notifications, and the caller's transaction."""
-    from pgjobs._app import COPY_THRESHOLD
+    from pgjobs._encoding import COPY_THRESHOLD
 
     later = datetime.now(UTC) + timedelta(hours=1)
     calls = [
@@ -256,7 +256,7 @@ def test_copy_stores_awkward_names_and_arguments_exactly_as_insert_does(
 ) -> None:
     """COPY's text format gives backslashes, tabs and newlines a meaning: they must arrive as
     written, in the name and in the JSON, whichever way the batch went."""
-    from pgjobs._app import COPY_THRESHOLD
+    from pgjobs._encoding import COPY_THRESHOLD
 
     @app.job(name="odd\tname \\N with\nlines")
     def odd(*args: Any, **kwargs: Any) -> None:

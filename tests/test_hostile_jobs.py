@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs._app import MAX_DELAY as APP_MAX_DELAY
+from pgjobs._job import MAX_DELAY as JOB_MAX_DELAY
 from pgjobs._outcome import (
     MAX_DELAY,
     MAX_ERROR_MESSAGE,
@@ -278,7 +278,7 @@ def test_snooze_takes_zero_up_to_a_hundred_years() -> None:
         3600.0,
         MAX_DELAY,
     ]
-    assert APP_MAX_DELAY == MAX_DELAY == 100 * 365.25 * 86400
+    assert JOB_MAX_DELAY == MAX_DELAY == 100 * 365.25 * 86400
 
 
 class SnoozeWithoutDelay(pgjobs.Snooze):

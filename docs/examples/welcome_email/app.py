@@ -62,7 +62,7 @@ class OutboxEmail(Base):
 
 
 def sqlalchemy_url(url: str) -> str:
-    """``url`` with the psycopg 3 driver, which ``enqueue(conn=session)`` needs."""
+    """``url`` with the psycopg 3 driver, which ``using(session).enqueue(...)`` needs."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url.removeprefix(prefix)
@@ -116,7 +116,9 @@ def create_app(database_url: str | None = None) -> Flask:
     @app.post("/users")
     def create_user() -> tuple[dict[str, Any], int]:
         payload = request.get_json(silent=True)
-        email = payload.get("email") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict):
+            payload = {}
+        email = payload.get("email")
         if not isinstance(email, str) or "@" not in email:
             return {"error": 'send JSON like {"email": "ada@example.com"}'}, 400
         try:
@@ -124,7 +126,7 @@ def create_app(database_url: str | None = None) -> Flask:
                 user = User(email=email.strip().lower())
                 session.add(user)
                 session.flush()  # INSERT now: assigns user.id, or fails on a taken email
-                send_welcome_email.enqueue(user.id, conn=session)  # same transaction
+                send_welcome_email.using(session).enqueue(user.id)  # same transaction
                 if payload.get("fail") is True:
                     raise SimulatedFailure
                 created = {"id": user.id, "email": user.email}

@@ -1,25 +1,4 @@
-"""``pgjobs bench``: measure pgjobs on your own database, in a schema of its own.
-
-Every mode works in the ``pgjobs_bench`` schema (migrated at the start, dropped at the end), so
-your jobs are never touched. The runs use the default, fenced, at-least-once configuration.
-
-* ``enqueue``: one job per transaction on one connection, against the same loop of bare
-  ``INSERT`` + ``COMMIT`` statements and against itself with the insert notification trigger
-  disabled (interleaved, so drift hits all alike);
-* ``bulk``: ``App.enqueue_many``;
-* ``process``: a burst worker (``--processes``, ``--concurrency``) burns down pre-enqueued no-op
-  jobs; timed from its start to its exit;
-* ``latency``: an idle worker; each job (``async def`` with ``--async-jobs``) is committed alone
-  and reports, over a loopback UDP socket, the moment its function starts. Latency is that moment
-  minus the moment just before ``COMMIT``, on the same host clock.
-* ``steady``: offered load (``async def`` jobs with ``--async-jobs``). A worker runs while jobs
-  are committed at a fixed rate, a batch every 10 ms; latency as in ``latency``, for every job,
-  read by a thread of its own so that no report waits in the socket buffer. The backlog is sampled
-  once a second.
-* ``scale``: the claim statement on a big table. The table is filled with available and finished
-  jobs by ``INSERT ... SELECT``, vacuumed and analyzed; then ``claim_jobs`` runs again and again on
-  one connection, each claim followed by ``finish_jobs`` for its jobs, and only the claim is timed.
-"""
+"""The bench's modes: each runs against the ``pgjobs_bench`` schema and returns its figures."""
 
 from __future__ import annotations
 
@@ -41,20 +20,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from ._acker import finish_params
-from ._app import App, Job
-from ._connection import connect
-from ._context import current_job
-from ._errors import ConfigError
-from ._execution import ClaimedJob
-from ._link import CUSTOM_PLANS
-from ._migrate import migrate
-from ._outcome import COMPLETED
-from ._settings import Settings
+from .._acker import finish_params
+from .._connection import connect
+from .._errors import ConfigError
+from .._execution import ClaimedJob
+from .._job import Job
+from .._link import CUSTOM_PLANS
+from .._migrate import migrate
+from .._outcome import COMPLETED
+from .._settings import Settings
+from .._sql import bench_queries_for
+from ._jobs import SCHEMA, app, async_noop, async_report_start, noop, report_start
 
-SCHEMA = "pgjobs_bench"
+BENCH = bench_queries_for(SCHEMA)
+
 BULK_CHUNK = 10_000
 """Jobs per ``enqueue_many`` call in the bulk and process modes."""
 SLICE = 100
@@ -67,61 +47,13 @@ FILL_CHUNK = 1_000_000
 JSON_ONLY = frozenset({"claim_plan"})
 """Figures too long for the table: only in ``--json``."""
 
-JOBS = sql.SQL("{}.jobs").format(sql.Identifier(SCHEMA))
-FILL_AVAILABLE = sql.SQL("""
-INSERT INTO {} (name) SELECT 'pgjobs.bench.noop' FROM generate_series(1, %(rows)s::int)
-""").format(JOBS)
-FILL_FINISHED = sql.SQL("""
-INSERT INTO {} (name, state, attempt, attempted_at, finished_at)
-SELECT 'pgjobs.bench.noop', 'completed', 1, now(), now() FROM generate_series(1, %(rows)s::int)
-""").format(JOBS)
-VACUUM_ANALYZE = sql.SQL("VACUUM ANALYZE {}").format(JOBS)
-BARE_INSERT = sql.SQL("INSERT INTO {} (name) VALUES ('pgjobs.bench.noop')").format(JOBS)
-"""The enqueue mode's baseline: the least a job row can cost, trigger included."""
-ENABLE_NOTIFY = sql.SQL("ALTER TABLE {} ENABLE TRIGGER jobs_notify_inserted").format(JOBS)
-DISABLE_NOTIFY = sql.SQL("ALTER TABLE {} DISABLE TRIGGER jobs_notify_inserted").format(JOBS)
-COUNT_UNFINISHED = sql.SQL("""
-SELECT (SELECT count(*) FROM {0} WHERE state = 'available'),
-       (SELECT count(*) FROM {0} WHERE state = 'running')
-""").format(JOBS)
-"""Available and running jobs, each counted on its own partial index."""
 PLAN_INDEX = re.compile(r"(?:Scan(?: Backward)? using|Bitmap Index Scan on) (\w+)")
 PLAN_SEQ_SCAN_ON_JOBS = re.compile(r"Seq Scan on jobs\b")
-
-app = App(schema=SCHEMA)
-"""The bench's own jobs; its workers run ``python -m pgjobs --app pgjobs._bench:app``."""
-
-
-@app.job(name="pgjobs.bench.noop", max_attempts=1)
-def noop() -> None:
-    """Does nothing: what is measured is pgjobs."""
-
-
-@app.job(name="pgjobs.bench.async_noop", max_attempts=1)
-async def async_noop() -> None:
-    """Does nothing, on the event loop."""
-
-
-@app.job(name="pgjobs.bench.report_start", max_attempts=1)
-def report_start(port: int) -> None:
-    """Sends the time this function started to the bench over loopback UDP."""
-    _report(time.time(), port)
-
-
-@app.job(name="pgjobs.bench.async_report_start", max_attempts=1)
-async def async_report_start(port: int) -> None:
-    """:func:`report_start` on the event loop."""
-    _report(time.time(), port)
 
 
 def _reporter(options: BenchOptions) -> Job[[int], Any]:
     """The job that reports its start: ``async def`` with ``--async-jobs``."""
     return async_report_start if options.async_jobs else report_start
-
-
-def _report(started: float, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(f"{current_job().id} {started!r}".encode(), ("127.0.0.1", port))
 
 
 @dataclass(frozen=True)
@@ -151,15 +83,14 @@ def run(mode: str, settings: Settings, options: BenchOptions) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _fresh_schema(settings: Settings) -> Iterator[None]:
-    drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA))
     with connect(settings, "pgjobs-bench") as conn:
-        conn.execute(drop)
+        conn.execute(BENCH.bench_drop_schema)
     migrate(settings)
     try:
         yield
     finally:
         with connect(settings, "pgjobs-bench") as conn:
-            conn.execute(drop)
+            conn.execute(BENCH.bench_drop_schema)
 
 
 def _enqueue(settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -179,20 +110,22 @@ def _enqueue(settings: Settings, options: BenchOptions) -> dict[str, Any]:
 
         loops: dict[str, Callable[[], object]] = {
             "pgjobs": enqueue_one,
-            "bare": lambda: conn.execute(BARE_INSERT),
+            "bare": lambda: conn.execute(BENCH.bench_bare_insert),
             "silent": enqueue_one,  # with the notification trigger disabled
         }
         for turn in range(turns):
             names = list(loops)[turn % 3 :] + list(loops)[: turn % 3]
             for name in names:
-                conn.execute(DISABLE_NOTIFY if name == "silent" else ENABLE_NOTIFY)
+                conn.execute(
+                    BENCH.bench_disable_notify if name == "silent" else BENCH.bench_enable_notify
+                )
                 conn.commit()
                 started = time.perf_counter()
                 for _ in range(per_slice):
                     loops[name]()
                     conn.commit()
                 times[name].append(time.perf_counter() - started)
-        conn.execute(ENABLE_NOTIFY)
+        conn.execute(BENCH.bench_enable_notify)
         conn.commit()
     done = per_slice * turns
 
@@ -380,7 +313,7 @@ def _sample_backlog(settings: Settings, backlog: list[int], stop: threading.Even
     """Once a second, the number of available jobs."""
     with connect(settings, "pgjobs-bench") as conn:
         while not stop.wait(1.0):
-            row = conn.execute(COUNT_UNFINISHED).fetchone()
+            row = conn.execute(BENCH.bench_count_unfinished).fetchone()
             assert row is not None
             backlog.append(row[0])
 
@@ -393,7 +326,7 @@ def _wait_for_starts(
     deadline = time.monotonic() + timeout
     with connect(settings, "pgjobs-bench") as conn:
         while len(starts) < expected and time.monotonic() < deadline:
-            row = conn.execute(COUNT_UNFINISHED).fetchone()
+            row = conn.execute(BENCH.bench_count_unfinished).fetchone()
             assert row is not None
             time.sleep(0.2)  # the last reports may still be on their way
             if not any(row):
@@ -448,10 +381,11 @@ def _fill(settings: Settings, available: int, finished: int) -> None:
     """Finished jobs first, as in a table that has been in use, then available ones; a
     transaction per chunk."""
     with connect(settings, "pgjobs-bench") as conn:
-        for statement, rows in ((FILL_FINISHED, finished), (FILL_AVAILABLE, available)):
+        filling = ((BENCH.bench_fill_finished, finished), (BENCH.bench_fill_available, available))
+        for statement, rows in filling:
             for start in range(0, rows, FILL_CHUNK):
                 conn.execute(statement, {"rows": min(FILL_CHUNK, rows - start)})
-        conn.execute(VACUUM_ANALYZE)
+        conn.execute(BENCH.bench_vacuum_analyze)
 
 
 def _claim_params(limit: int, worker_id: uuid.UUID) -> dict[str, Any]:
@@ -470,8 +404,7 @@ def _timed_claim(conn: psycopg.Connection[Any], limit: int, worker_id: uuid.UUID
 
 def _explain_claim(conn: psycopg.Connection[Any], limit: int, worker_id: uuid.UUID) -> str:
     """The plan of one claim as it ran (``EXPLAIN ANALYZE`` claims the jobs for real)."""
-    statement = f"EXPLAIN (ANALYZE, BUFFERS) {app.queries.claim_jobs}"
-    rows = conn.execute(statement, _claim_params(limit, worker_id)).fetchall()
+    rows = conn.execute(BENCH.bench_explain_claim_jobs, _claim_params(limit, worker_id)).fetchall()
     return "\n".join(row[0] for row in rows)
 
 
@@ -513,7 +446,7 @@ def _start_worker(settings: Settings, options: BenchOptions, *args: str) -> subp
             "-m",
             "pgjobs",
             "--app",
-            "pgjobs._bench:app",
+            "pgjobs.bench._jobs:app",
             "--schema",
             SCHEMA,
             "--log-level",

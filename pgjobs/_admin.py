@@ -1,0 +1,113 @@
+"""Admin operations as data: each is an :class:`Operation` holding its statement, its parameters
+and a pure function turning the rows into the result.
+
+Nothing here does I/O. :meth:`Client.run <pgjobs._client.Client.run>` and
+:meth:`Client.run_async <pgjobs._client.Client.run_async>` execute any operation on pgjobs' own
+pool or on a caller's connection, so every operation has a sync and an async form without a
+second copy. Arguments are checked when the operation is built, before any SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ._errors import ValidationError
+from ._sql import Queries
+
+T = TypeVar("T")
+
+Rows = list[dict[str, Any]]
+
+STATES = ("scheduled", "available", "running", "retryable", "completed", "discarded", "cancelled")
+"""Every state a job can be in (docs/schema.md)."""
+
+
+@dataclass(frozen=True)
+class Operation(Generic[T]):
+    """One admin statement: ``result(rows)`` is what the caller gets."""
+
+    statement: str
+    params: Mapping[str, Any]
+    result: Callable[[Rows], T]
+
+
+def get_job(queries: Queries, job_id: int) -> Operation[dict[str, Any] | None]:
+    return Operation(queries.get_job, {"id": job_id}, _first)
+
+
+def list_jobs(
+    queries: Queries,
+    states: Iterable[str] | None,
+    queues: Iterable[str] | None,
+    limit: int,
+) -> Operation[Rows]:
+    params = {
+        "states": None if states is None else list(states),
+        "queues": None if queues is None else list(queues),
+        "limit": limit,
+    }
+    return Operation(queries.list_jobs, params, list)
+
+
+def retry(queries: Queries, job_id: int) -> Operation[bool]:
+    def result(rows: Rows) -> bool:
+        if not rows:
+            return False
+        if not rows[0]["retried"]:
+            raise ValueError(
+                f"job {job_id} is {rows[0]['previous_state']}; it can be retried once it ends"
+            )
+        return True
+
+    return Operation(queries.retry_job, {"id": job_id}, result)
+
+
+def retry_all(
+    queries: Queries,
+    states: Iterable[str],
+    queues: Iterable[str] | None,
+    names: Iterable[str] | None,
+) -> Operation[int]:
+    chosen = list(states)
+    if not chosen:
+        raise ValidationError("states", "name at least one state")
+    for state in chosen:
+        if state == "running":
+            raise ValidationError("states", "running jobs cannot be retried; cancel them first")
+        if state not in STATES:
+            raise ValidationError("states", f"{state!r} is not a state ({', '.join(STATES)})")
+    params = {
+        "states": chosen,
+        "queues": None if queues is None else list(queues),
+        "names": None if names is None else list(names),
+        "channel": queries.jobs_channel,
+    }
+    return Operation(queries.retry_jobs, params, lambda rows: int(rows[0]["retried"]))
+
+
+def cancel(queries: Queries, job_id: int) -> Operation[str | None]:
+    def result(rows: Rows) -> str | None:
+        outcome: str | None = rows[0]["outcome"]
+        return outcome
+
+    return Operation(queries.cancel_job, {"id": job_id}, result)
+
+
+def list_workers(queries: Queries) -> Operation[Rows]:
+    return Operation(queries.list_workers, {}, list)
+
+
+def queue_counts(queries: Queries) -> Operation[dict[str, dict[str, int]]]:
+    def result(rows: Rows) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            counts.setdefault(row["queue"], {})[row["state"]] = row["jobs"]
+        return counts
+
+    return Operation(queries.queue_counts, {}, result)
+
+
+def _first(rows: Rows) -> dict[str, Any] | None:
+    return rows[0] if rows else None

@@ -1,0 +1,260 @@
+"""The client: pgjobs' own connection pools, the caller's connections, error translation, and the
+statements run on them (enqueue and the admin operations).
+
+Sync and async share everything but the I/O: :mod:`._encoding` builds the insert statements'
+parameters and :mod:`._admin` the admin operations in pure code; :func:`_run_insert` and
+:meth:`Client.run`, and their async twins, only run them.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from . import _connection
+from ._admin import Operation
+from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
+from ._errors import DatabaseError, SchemaError
+from ._settings import Settings
+from ._sql import Queries, queries_for
+
+if TYPE_CHECKING:
+    from ._job import JobCall
+
+T = TypeVar("T")
+
+
+class Client:
+    """Runs pgjobs' statements on its own pools or on a caller's connection.
+
+    ``settings`` is read when a pool opens or a statement runs, so settings applied after the
+    client was made (``App.configure``) hold. The pools open on first use and stay open until
+    :meth:`close` / :meth:`aclose`.
+    """
+
+    def __init__(self, settings: Callable[[], Settings]) -> None:
+        self._settings = settings
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings()
+
+    @property
+    def queries(self) -> Queries:
+        return queries_for(self.settings.schema)
+
+    @property
+    def prepare(self) -> bool | None:
+        """``prepare=`` for statements on callers' connections: never behind a pooler that
+        cannot keep them (``prepared_statements = false``), else psycopg's choice."""
+        return None if self.settings.prepared_statements else False
+
+    def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
+        params = insert_params(calls)
+        with self.connection_for(conn) as driver:
+            return _run_insert(driver, self.queries, params, self.prepare)
+
+    async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
+        params = insert_params(calls)
+        async with self.connection_for_async(conn) as driver:
+            return await _run_insert_async(driver, self.queries, params, self.prepare)
+
+    def run(self, operation: Operation[T], conn: Any = None) -> T:
+        """Run an admin operation on ``conn`` (the caller's transaction) or pgjobs' pool."""
+        with self.connection_for(conn) as driver, driver.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(operation.statement, operation.params, prepare=self.prepare)
+            return operation.result(rows.fetchall())
+
+    async def run_async(self, operation: Operation[T], conn: Any = None) -> T:
+        """:meth:`run` for async code."""
+        async with (
+            self.connection_for_async(conn) as driver,
+            driver.cursor(row_factory=dict_row) as cur,
+        ):
+            await cur.execute(operation.statement, operation.params, prepare=self.prepare)
+            return operation.result(await cur.fetchall())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    async def aclose(self) -> None:
+        if self._async_pool is not None:
+            await self._async_pool.close()
+            self._async_pool = None
+        self.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """One of pgjobs' own connections (autocommit), errors translated."""
+        with self._pool_lock:
+            if self._pool is None:
+                _connection.check_connection(self.settings, "pgjobs-client")
+                kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
+                self._pool = psycopg_pool.ConnectionPool(
+                    kwargs.pop("conninfo"),
+                    kwargs={**kwargs, "autocommit": True},
+                    min_size=0,
+                    max_size=4,
+                    check=_check_pooled,
+                    open=True,
+                )
+        with (
+            self.translated_errors(),
+            _lost_connection_errors(),
+            self._pool.connection(timeout=self.settings.connect_timeout) as conn,
+        ):
+            yield conn
+
+    @contextmanager
+    def connection_for(self, conn: Any) -> Iterator[psycopg.Connection[Any]]:
+        """The psycopg connection behind the caller's ``conn`` (its transaction), or one of
+        pgjobs' own when ``conn`` is ``None``."""
+        if conn is None:
+            with self.connection() as own:
+                yield own
+        else:
+            with self.translated_errors():
+                yield _connection.unwrap_sync(conn)
+
+    @asynccontextmanager
+    async def connection_for_async(self, conn: Any) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """:meth:`connection_for` for async code: ``conn`` is a psycopg ``AsyncConnection`` or a
+        SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
+        with self.translated_errors():
+            if conn is not None:
+                yield await _connection.unwrap_async(conn)
+                return
+            pool = await self._open_async_pool()
+            with _lost_connection_errors():
+                async with pool.connection(timeout=self.settings.connect_timeout) as own:
+                    yield own
+
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """Driver errors that mean "fix your setup" become pgjobs errors saying how."""
+        try:
+            yield
+        except psycopg_pool.PoolTimeout as exc:
+            raise DatabaseError(
+                f"could not get a database connection within {self.settings.connect_timeout:g} s;"
+                " is the database at PGJOBS_DATABASE_URL up and reachable?"
+            ) from exc
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaError(
+                f"pgjobs tables not found in schema {self.settings.schema!r}; "
+                "run `pgjobs migrate` first"
+            ) from exc
+
+    async def _open_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        if self._async_pool is None:
+            await _connection.check_connection_async(self.settings, "pgjobs-client")
+            kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
+            pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+                kwargs.pop("conninfo"),
+                kwargs={**kwargs, "autocommit": True},
+                min_size=0,
+                max_size=4,
+                check=_check_pooled_async,
+                open=False,
+            )
+            await pool.open()
+            self._async_pool = pool
+        return self._async_pool
+
+
+@contextmanager
+def _lost_connection_errors() -> Iterator[None]:
+    """On pgjobs' own connections, a connection lost mid-call is a :class:`DatabaseError`.
+
+    (On a caller's connection the driver's error stands: the caller's transaction failed.)
+    """
+    try:
+        yield
+    except psycopg_pool.PoolTimeout:
+        raise  # no connection at all: translated_errors says so
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"the database connection failed during the call ({str(exc).strip()}); if it was an "
+            "enqueue, it may or may not have been committed"
+        ) from exc
+
+
+def _server_spoke(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection's socket has something to read: a closed connection (the
+    server restarted or ended the session) or a message to look at. Costs no round trip."""
+    if conn.closed:
+        return True
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
+
+
+def _check_pooled(conn: psycopg.Connection[Any]) -> None:
+    """Pool check: drop a connection the server closed while it sat idle, so the first enqueue
+    after a database restart gets a fresh one instead of an error."""
+    if _server_spoke(conn):
+        psycopg_pool.ConnectionPool.check_connection(conn)
+
+
+async def _check_pooled_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    if _server_spoke(conn):
+        await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+
+def _run_insert(
+    conn: psycopg.Connection[Any], queries: Queries, params: Mapping[str, Any], prepare: bool | None
+) -> list[int]:
+    count = len(params["names"])
+    if not count:
+        return []
+    with conn.cursor() as cur:
+        if count == 1:
+            cur.execute(queries.insert_job, single(params), prepare=prepare)
+            return [row[0] for row in cur.fetchall()]
+        if count < COPY_THRESHOLD:
+            cur.execute(queries.insert_jobs, params, prepare=prepare)
+            return [row[0] for row in cur.fetchall()]
+        row = cur.execute(queries.reserve_job_ids, {"count": count}, prepare=prepare).fetchone()
+        assert row is not None
+        now, ids = row
+        with cur.copy(queries.copy_jobs) as copy:
+            for data in copy_text(ids, now, params):
+                copy.write(data)
+        return list(ids)
+
+
+async def _run_insert_async(
+    conn: psycopg.AsyncConnection[Any],
+    queries: Queries,
+    params: Mapping[str, Any],
+    prepare: bool | None,
+) -> list[int]:
+    count = len(params["names"])
+    if not count:
+        return []
+    async with conn.cursor() as cur:
+        if count == 1:
+            await cur.execute(queries.insert_job, single(params), prepare=prepare)
+            return [row[0] for row in await cur.fetchall()]
+        if count < COPY_THRESHOLD:
+            await cur.execute(queries.insert_jobs, params, prepare=prepare)
+            return [row[0] for row in await cur.fetchall()]
+        await cur.execute(queries.reserve_job_ids, {"count": count}, prepare=prepare)
+        row = await cur.fetchone()
+        assert row is not None
+        now, ids = row
+        async with cur.copy(queries.copy_jobs) as copy:
+            for data in copy_text(ids, now, params):
+                await copy.write(data)
+        return list(ids)

@@ -1,0 +1,236 @@
+"""Job definitions: :class:`Job` (a registered function and its defaults), :class:`BoundJob` (a
+job bound to the caller's connection), :class:`JobCall` (one run to enqueue) and
+:class:`EnqueueOptions` (per-call options).
+
+A job enqueues through the :class:`~pgjobs._client.Client` it was registered with; it knows
+nothing of the registry.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+
+from ._errors import ValidationError
+from ._outcome import MAX_DELAY, RetryPolicy
+from ._settings import QUEUE_NAME
+from ._validation import MAX_ATTEMPTS, encode_arguments
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PRIORITY_RANGE = range(-32768, 32768)
+
+
+@dataclass(frozen=True)
+class EnqueueOptions:
+    """Per-call options; ``None`` means "the job's default"."""
+
+    queue: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    at: datetime | None = None
+    delay: float | None = None
+
+    def checked(self) -> EnqueueOptions:
+        if self.queue is not None and not QUEUE_NAME.fullmatch(self.queue):
+            raise ValidationError(
+                "queue", f"{self.queue!r} is not a queue name (letters, digits, _.-)"
+            )
+        if self.priority is not None and self.priority not in PRIORITY_RANGE:
+            raise ValidationError("priority", "must be an integer from -32768 to 32767")
+        if self.max_attempts is not None and not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise ValidationError("max_attempts", f"must be from 1 to {MAX_ATTEMPTS}")
+        if self.at is not None and self.at.utcoffset() is None:
+            raise ValidationError(
+                "at", "naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
+            )
+        if self.delay is not None and not 0 <= self.delay <= MAX_DELAY:
+            raise ValidationError("delay", f"must be from 0 to {MAX_DELAY:g} seconds (100 years)")
+        if self.at is not None and self.delay is not None:
+            raise ValidationError("at", "give either at= or a delay, not both")
+        return self
+
+
+class JobCall(NamedTuple):
+    """One job to enqueue: the job, its validated JSON arguments and per-call options.
+
+    Build with :meth:`Job.call`; pass to :meth:`App.enqueue_many`. (A named tuple: a bulk enqueue
+    makes one per job, and a frozen dataclass costs several times more to build.)
+    """
+
+    job: Job[..., Any]
+    args_json: str
+    kwargs_json: str
+    options: EnqueueOptions
+
+
+class Job(Generic[P, R]):
+    """A registered job. Calling it runs the function directly; ``enqueue`` runs it in a worker."""
+
+    def __init__(
+        self,
+        client: Client,
+        func: Callable[P, R],
+        *,
+        name: str,
+        queue: str,
+        priority: int,
+        max_attempts: int,
+        retry: RetryPolicy,
+        discard_on: tuple[type[BaseException], ...],
+        on_exhausted: Callable[[BaseException], object] | None,
+        timeout: float | None = None,
+        options: EnqueueOptions | None = None,
+    ) -> None:
+        self._client = client
+        self.func = func
+        self.name = name
+        self.queue = queue
+        self.priority = priority
+        self.max_attempts = max_attempts
+        self.retry = retry
+        self.discard_on = discard_on
+        self.on_exhausted = on_exhausted
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(func)
+        self._signature = inspect.signature(func)
+        self._options = options or EnqueueOptions()
+        self._takes_no_arguments = _accepts_no_arguments(self._signature)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<pgjobs.Job {self.name!r} queue={self.queue!r}>"
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        at: datetime | None = None,
+        delay: timedelta | float | None = None,
+    ) -> Job[P, R]:
+        """A view of this job whose enqueues use these options instead of the defaults."""
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        changes = {
+            "queue": queue,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "at": at,
+            "delay": seconds,
+        }
+        given: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
+        merged = dataclasses.replace(self._options, **given).checked()
+        view = copy.copy(self)
+        view._options = merged
+        return view
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> JobCall:
+        """Check the arguments against the function's signature and as JSON; nothing is written.
+
+        Raises:
+            TypeError: the arguments do not fit the function.
+            ValidationError: an argument cannot be stored as JSON (the message names it).
+        """
+        if not args and not kwargs and self._takes_no_arguments:
+            return JobCall(self, "[]", "{}", self._options)  # nothing to bind or encode
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+        args_json, kwargs_json = encode_arguments(args, kwargs)
+        return JobCall(self, args_json, kwargs_json, self._options)
+
+    def using(self, conn: Any) -> BoundJob[P, R]:
+        """This job bound to the caller's connection: ``job.using(conn).enqueue(...)`` enqueues
+        inside ``conn``'s transaction, with the job's arguments type-checked as for
+        :meth:`enqueue`.
+
+        ``conn`` is a psycopg ``Connection`` or a SQLAlchemy ``Session``/``Connection`` (for
+        :meth:`BoundJob.enqueue_async`, a psycopg ``AsyncConnection`` or a SQLAlchemy
+        ``AsyncSession``/``AsyncConnection``), using the psycopg 3 driver. The job exists only if
+        that transaction commits, and rolling back a savepoint removes the jobs enqueued inside
+        it. Nothing is committed for you. ``None`` means pgjobs' own pool, as without ``using``.
+
+        Example::
+
+            with Session(engine) as session, session.begin():
+                session.add(user)
+                session.flush()
+                send_welcome_email.using(session).enqueue(user.id)
+        """
+        return BoundJob(self, conn)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a run of this job on pgjobs' own connection pool, committed at once; returns
+        its id. To enqueue inside your transaction, use :meth:`using`.
+
+        ``enqueue(..., conn=conn)`` is the older spelling of ``using(conn).enqueue(...)``: it
+        still works but does not type-check, and it is why a job function cannot take a
+        parameter called ``conn``.
+        """
+        return self.using(kwargs.pop("conn", None)).enqueue(*args, **kwargs)
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """:meth:`enqueue` for async code, on pgjobs' own async pool."""
+        return await self.using(kwargs.pop("conn", None)).enqueue_async(*args, **kwargs)
+
+    def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue to run ``delay`` (a timedelta or seconds) from now, by the database clock."""
+        return self.options(delay=delay).enqueue(*args, **kwargs)
+
+    def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue to run at ``at``, an aware datetime (naive ones are refused)."""
+        return self.options(at=at).enqueue(*args, **kwargs)
+
+
+class BoundJob(Generic[P, R]):
+    """A job bound to the caller's connection, from :meth:`Job.using`: each enqueue joins that
+    connection's transaction. The methods take the job's own arguments, checked by type checkers
+    as the job function's."""
+
+    __slots__ = ("_conn", "_job")
+
+    def __init__(self, job: Job[P, R], conn: Any) -> None:
+        self._job = job
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"<pgjobs.BoundJob {self._job.name!r} using {type(self._conn).__name__}>"
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue a run of the job in the connection's transaction; returns its id."""
+        call = self._job.call(*args, **kwargs)
+        return self._job._client.enqueue_many([call], self._conn)[0]
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """:meth:`enqueue` on an async connection or session."""
+        call = self._job.call(*args, **kwargs)
+        return (await self._job._client.enqueue_many_async([call], self._conn))[0]
+
+    def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue to run ``delay`` (a timedelta or seconds) from now, by the database clock."""
+        return self._job.options(delay=delay).using(self._conn).enqueue(*args, **kwargs)
+
+    def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Enqueue to run at ``at``, an aware datetime (naive ones are refused)."""
+        return self._job.options(at=at).using(self._conn).enqueue(*args, **kwargs)
+
+
+def _accepts_no_arguments(signature: inspect.Signature) -> bool:
+    try:
+        signature.bind()
+    except TypeError:
+        return False
+    return True

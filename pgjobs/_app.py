@@ -22,6 +22,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 from . import _connection
+from ._blockers import lock_wait_error
 from ._errors import ConfigError, DatabaseError, SchemaError, UnknownJobError, ValidationError
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._settings import QUEUE_NAME, Settings, load_settings
@@ -340,7 +341,7 @@ class App:
                 driver = await _connection.unwrap_async(conn)
                 return await _run_insert_async(driver, self.queries, params, self._prepare)
             pool = await self._open_async_pool()
-            with _lost_connection_errors():
+            with _lost_connection_errors(self.settings, self.queries):
                 async with pool.connection(timeout=self.settings.connect_timeout) as own:
                     return await _run_insert_async(own, self.queries, params, self._prepare)
 
@@ -417,7 +418,7 @@ class App:
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         with self._pool_lock:
             if self._pool is None:
-                kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
+                kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client", limits=True)
                 self._pool = psycopg_pool.ConnectionPool(
                     kwargs.pop("conninfo"),
                     kwargs={**kwargs, "autocommit": True},
@@ -428,7 +429,7 @@ class App:
                 )
         with (
             self._translated_errors(),
-            _lost_connection_errors(),
+            _lost_connection_errors(self.settings, self.queries),
             self._pool.connection(timeout=self.settings.connect_timeout) as conn,
         ):
             yield conn
@@ -462,7 +463,7 @@ class App:
 
     async def _open_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         if self._async_pool is None:
-            kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
+            kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client", limits=True)
             pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
                 kwargs.pop("conninfo"),
                 kwargs={**kwargs, "autocommit": True},
@@ -477,8 +478,10 @@ class App:
 
 
 @contextmanager
-def _lost_connection_errors() -> Iterator[None]:
-    """On pgjobs' own connections, a connection lost mid-call is a :class:`DatabaseError`.
+def _lost_connection_errors(settings: Settings, queries: Queries) -> Iterator[None]:
+    """On pgjobs' own connections, a connection lost mid-call is a :class:`DatabaseError`, and
+    so is a lock wait past their ``lock_timeout`` (naming who holds the lock) or a statement
+    past their ``statement_timeout``.
 
     (On a caller's connection the driver's error stands: the caller's transaction failed.)
     """
@@ -486,6 +489,10 @@ def _lost_connection_errors() -> Iterator[None]:
         yield
     except psycopg_pool.PoolTimeout:
         raise  # no connection at all: _translated_errors says so
+    except psycopg.errors.LockNotAvailable:
+        raise lock_wait_error(settings, queries) from None
+    except psycopg.errors.QueryCanceled as exc:
+        raise DatabaseError(f"the database canceled the call ({str(exc).strip()})") from None
     except psycopg.OperationalError as exc:
         raise DatabaseError(
             f"the database connection failed during the call ({str(exc).strip()}); if it was an "

@@ -212,3 +212,15 @@ def segfaults() -> None:
     """Poison pill: a segmentation fault."""
     record("segfaults")
     ctypes.string_at(0)
+
+
+@app.job(name="nap")
+def nap(seconds: float) -> None:
+    """Sleeps, touching no database (the ledger may be unreachable)."""
+    time.sleep(seconds)
+
+
+@app.job(name="leaks_a_thread")
+def leaks_a_thread() -> None:
+    """Leaves a non-daemon thread behind that never ends, as careless job code can."""
+    threading.Thread(target=threading.Event().wait, name="leaked", daemon=False).start()

@@ -99,20 +99,6 @@ def test_worker_started_on_a_read_only_database_stops_on_sigterm_before_register
     assert fetch_one(jobs_url, "SELECT count(*) FROM pgjobs.workers") == (0,)
 
 
-def test_worker_started_on_a_read_only_database_registers_and_runs_jobs_once_it_is_writable(
-    cluster: Cluster, jobs_url: str, start_worker: StartWorker
-) -> None:
-    set_read_only(cluster, True)
-    worker = start_worker(jobs_url, *FLAGS)
-    worker.wait_for_log("read-only transaction")
-
-    set_read_only(cluster, False)
-    worker.wait_for_log("listening on", timeout=20)
-    ids = jobs_app.app.enqueue_many([jobs_app.nap.call(0) for _ in range(3)])
-    eventually(lambda: completed(jobs_url, ids), timeout=20)
-    assert worker.process.poll() is None
-
-
 def test_worker_rides_out_a_database_turned_read_only_and_stops_on_sigterm_meanwhile(
     cluster: Cluster, jobs_url: str, start_worker: StartWorker
 ) -> None:

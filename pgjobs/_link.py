@@ -165,7 +165,7 @@ class Link:
                     await self._retry_later(_kind(exc), problem, backoff)
                     continue
                 if self._problem is not None:
-                    log.warning("%s: the database answers again", self._application_name)
+                    log.info("%s: the database answers again", self._application_name)
                     self._problem = None
                 return rows
 

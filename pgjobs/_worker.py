@@ -56,8 +56,8 @@ EXIT_RETIRED = 3
 """Exit status of a worker that retired because a job's thread overran its timeout."""
 
 FINAL_WAIT = 0.5
-"""Seconds a stopping worker past its shutdown timeout still gives outcomes that are being
-written."""
+"""Seconds a stopping worker whose jobs ran to its shutdown timeout still gives their outcomes
+to be written."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class Worker:
         timeout (:meth:`_drain` has said what was left unwritten)."""
         left = None
         if self._deadline is not None:
-            left = max(self._deadline - asyncio.get_running_loop().time(), FINAL_WAIT)
+            left = max(self._deadline - asyncio.get_running_loop().time(), 0.0)
         with contextlib.suppress(TimeoutError, DatabaseError):
             async with asyncio.timeout(left):
                 await self._acker.stop()

@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 
 from . import _connection
 from ._admin import Operation
+from ._blockers import lock_wait_error
 from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
 from ._errors import DatabaseError, SchemaError
 from ._settings import Settings
@@ -101,7 +102,7 @@ class Client:
         with self._pool_lock:
             if self._pool is None:
                 _connection.check_connection(self.settings, "pgjobs-client")
-                kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
+                kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client", limits=True)
                 self._pool = psycopg_pool.ConnectionPool(
                     kwargs.pop("conninfo"),
                     kwargs={**kwargs, "autocommit": True},
@@ -112,7 +113,7 @@ class Client:
                 )
         with (
             self.translated_errors(),
-            _lost_connection_errors(),
+            _lost_connection_errors(self.settings, self.queries),
             self._pool.connection(timeout=self.settings.connect_timeout) as conn,
         ):
             yield conn
@@ -137,7 +138,7 @@ class Client:
                 yield await _connection.unwrap_async(conn)
                 return
             pool = await self._open_async_pool()
-            with _lost_connection_errors():
+            with _lost_connection_errors(self.settings, self.queries):
                 async with pool.connection(timeout=self.settings.connect_timeout) as own:
                     yield own
 
@@ -160,7 +161,7 @@ class Client:
     async def _open_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         if self._async_pool is None:
             await _connection.check_connection_async(self.settings, "pgjobs-client")
-            kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client")
+            kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client", limits=True)
             pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
                 kwargs.pop("conninfo"),
                 kwargs={**kwargs, "autocommit": True},
@@ -175,8 +176,10 @@ class Client:
 
 
 @contextmanager
-def _lost_connection_errors() -> Iterator[None]:
-    """On pgjobs' own connections, a connection lost mid-call is a :class:`DatabaseError`.
+def _lost_connection_errors(settings: Settings, queries: Queries) -> Iterator[None]:
+    """On pgjobs' own connections, a connection lost mid-call is a :class:`DatabaseError`, and
+    so is a lock wait past their ``lock_timeout`` (naming who holds the lock) or a statement
+    past their ``statement_timeout``.
 
     (On a caller's connection the driver's error stands: the caller's transaction failed.)
     """
@@ -184,6 +187,10 @@ def _lost_connection_errors() -> Iterator[None]:
         yield
     except psycopg_pool.PoolTimeout:
         raise  # no connection at all: translated_errors says so
+    except psycopg.errors.LockNotAvailable:
+        raise lock_wait_error(settings, queries) from None
+    except psycopg.errors.QueryCanceled as exc:
+        raise DatabaseError(f"the database canceled the call ({str(exc).strip()})") from None
     except psycopg.OperationalError as exc:
         raise DatabaseError(
             f"the database connection failed during the call ({str(exc).strip()}); if it was an "

@@ -6,6 +6,7 @@ for workers), turns on TCP keepalives, and can skip prepared statements for tran
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psycopg
@@ -21,9 +22,23 @@ KEEPALIVES = {
     "keepalives_count": 3,
 }
 
+SERVER_STATEMENT_TIMEOUT = 30.0
+"""Seconds the server lets a statement of pgjobs' own run (its statements take milliseconds)."""
 
-def connect_kwargs(settings: Settings, application_name: str) -> dict[str, Any]:
-    """Keyword arguments for ``psycopg.[Async]Connection.connect`` under ``settings``."""
+LOCK_TIMEOUT = 3.0
+"""Seconds a statement of pgjobs' own waits for a lock before failing with who holds it."""
+
+
+def connect_kwargs(
+    settings: Settings, application_name: str, *, limits: bool = False
+) -> dict[str, Any]:
+    """Keyword arguments for ``psycopg.[Async]Connection.connect`` under ``settings``.
+
+    ``limits``: the connection sets its own ``statement_timeout`` and ``lock_timeout`` (worker
+    links, the client pool), so that a tiny server default cannot starve it and a lock held on
+    the jobs table cannot hold it for long. Not behind a transaction pooler (``poll_only`` or no
+    prepared statements), which may refuse startup options.
+    """
     if not settings.database_url:
         raise DatabaseError(
             "no database configured: set PGJOBS_DATABASE_URL (or DATABASE_URL), "
@@ -31,16 +46,24 @@ def connect_kwargs(settings: Settings, application_name: str) -> dict[str, Any]:
         )
     conninfo = to_libpq_url(settings.database_url)
     try:
-        psycopg.conninfo.conninfo_to_dict(conninfo)
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
         raise ConfigError(_malformed(settings.database_url)) from None
-    return {
+    kwargs = {
         "conninfo": conninfo,
         "application_name": application_name[:63],
         "connect_timeout": max(1, round(settings.connect_timeout)),
         "prepare_threshold": 5 if settings.prepared_statements else None,
         **KEEPALIVES,
     }
+    if limits and settings.prepared_statements and not settings.poll_only:
+        # first, so that settings of the user's own (the URL's options, else PGOPTIONS) win
+        own = params.get("options") or os.environ.get("PGOPTIONS", "")
+        kwargs["options"] = (
+            f"-c statement_timeout={SERVER_STATEMENT_TIMEOUT * 1000:.0f} "
+            f"-c lock_timeout={LOCK_TIMEOUT * 1000:.0f} {own}"
+        ).strip()
+    return kwargs
 
 
 def _malformed(url: str) -> str:
@@ -76,22 +99,24 @@ def to_libpq_url(url: str) -> str:
 
 
 def connect(
-    settings: Settings, application_name: str, *, autocommit: bool = True
+    settings: Settings, application_name: str, *, autocommit: bool = True, limits: bool = False
 ) -> psycopg.Connection[Any]:
     """A new (autocommit) connection; connection failures become :class:`DatabaseError`."""
     try:
         return psycopg.Connection.connect(
-            autocommit=autocommit, **connect_kwargs(settings, application_name)
+            autocommit=autocommit, **connect_kwargs(settings, application_name, limits=limits)
         )
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database: {one_line(exc)}") from exc
 
 
-async def connect_async(settings: Settings, application_name: str) -> psycopg.AsyncConnection[Any]:
+async def connect_async(
+    settings: Settings, application_name: str, *, limits: bool = False
+) -> psycopg.AsyncConnection[Any]:
     """The async twin of :func:`connect`."""
     try:
         return await psycopg.AsyncConnection.connect(
-            autocommit=True, **connect_kwargs(settings, application_name)
+            autocommit=True, **connect_kwargs(settings, application_name, limits=limits)
         )
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to the database: {one_line(exc)}") from exc

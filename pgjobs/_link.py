@@ -1,12 +1,19 @@
-"""A worker's database connection for one role, that reconnects by itself.
+"""A worker's database connection for one role, that rides out database errors by itself.
 
-Statements on one link run one at a time. When the connection breaks, the statement is retried
-on a new connection after a back-off (0.1 s doubling to 5 s), so a database restart pauses the
-worker instead of killing it. Every statement pgjobs retries this way is safe to repeat: claims
-and promotions select afresh, and fenced writes that already landed simply match no row again. (A
-claim that landed before its answer was lost is found and handed back by the worker.) A statement
-unanswered for :data:`STATEMENT_TIMEOUT` counts as a broken connection: that is a half-open link,
-and :func:`within` cuts it at once.
+Statements on one link run one at a time. A statement that fails for a reason not in what it was
+given (a broken connection, a read-only or recovering server, a statement or lock timeout, a full
+disk, a serialization failure...) is retried after a back-off (0.1 s doubling to 5 s), so a
+database in trouble pauses the worker instead of killing it. Each distinct problem is logged once
+while it lasts, and its end once. The connection is replaced only when it is broken or the server
+is read-only (a new connection is how a multi-host URL finds the new primary). Only errors in the
+statement's data (SQLSTATE classes 22 and 23) reach the caller. Every statement pgjobs retries
+this way is safe to repeat: claims and promotions select afresh, and fenced writes that already
+landed simply match no row again. (A claim that landed before its answer was lost is found and
+handed back by the worker.) A statement unanswered for :data:`STATEMENT_TIMEOUT` counts as a
+broken connection: that is a half-open link, and :func:`within` cuts it at once.
+
+A stopping worker sets a time to give up (:meth:`Link.give_up_at`): past it, a failure raises
+:class:`DatabaseError` instead of being retried.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.types.json import set_json_loads
 
+from ._blockers import lock_holders
 from ._connection import connect_async
 from ._errors import DatabaseError
 from ._settings import Settings
-from ._waits import Backoff
+from ._sql import queries_for
+from ._waits import Backoff, wait_for_event
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -38,6 +47,14 @@ RECONNECT_BACKOFF = (0.1, 5.0)
 STATEMENT_TIMEOUT = 30.0
 """Seconds a statement may go unanswered before its connection is presumed half-open and
 replaced. pgjobs' statements take milliseconds; this only catches dead links."""
+
+CALLERS_FAULT = ("22", "23")
+"""SQLSTATE classes of errors in what a statement was given (data exceptions, integrity
+violations): raised to the caller, never retried."""
+
+LAST_TRY = 1.0
+"""Seconds a statement (or a connection attempt) may take once the give-up time has passed: a
+stopping worker still tries each of its last writes once."""
 
 
 async def within(conn: psycopg.AsyncConnection[Any], work: Awaitable[T], seconds: float) -> T:
@@ -82,8 +99,13 @@ class Link:
     def __init__(self, settings: Settings, application_name: str) -> None:
         self._settings = settings
         self._application_name = application_name
+        self._queries = queries_for(settings.schema)
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
+        self._give_up_at: float | None = None
+        self._give_up_moved = asyncio.Event()
+        self._problem: str | None = None
+        """The problem last logged, until a statement succeeds again."""
         self.failures = 0
         """Statements that failed with the connection and were run again on a new one."""
 
@@ -92,46 +114,123 @@ class Link:
         """The connection if one is open, without connecting."""
         return self._conn
 
+    def give_up_at(self, when: float) -> None:
+        """From loop time ``when`` on, a failed statement or connection attempt raises
+        :class:`DatabaseError` instead of being retried; a back-off under way ends then."""
+        self._give_up_at = when
+        self._give_up_moved.set()
+
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         """The open connection, reconnecting (with back-off) until it succeeds."""
         backoff = Backoff(*RECONNECT_BACKOFF)
         while self._conn is None or self._conn.closed:
+            conn = None
             try:
-                conn = await connect_async(self._settings, self._application_name)
-                set_json_loads(_loads, conn)
-                if self._settings.prepared_statements:
-                    await conn.execute(CUSTOM_PLANS)
+                async with asyncio.timeout(
+                    self._bound(self._settings.connect_timeout + STATEMENT_TIMEOUT)
+                ):
+                    conn = await connect_async(self._settings, self._application_name, limits=True)
+                    set_json_loads(_loads, conn)
+                    if self._settings.prepared_statements:
+                        await conn.execute(CUSTOM_PLANS)
                 self._conn = conn
-            except DatabaseError as exc:
-                log.warning(
-                    "%s: %s; retrying in %.1f s", self._application_name, exc, backoff.delay
-                )
-                await backoff.sleep()
+            except (DatabaseError, psycopg.Error, TimeoutError) as exc:
+                if conn is not None:
+                    await conn.close()
+                problem = str(exc).strip() or "no answer"
+                await self._retry_later(problem, problem, backoff)
         return self._conn
 
     async def fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Run ``statement`` and return its rows, riding out connection failures."""
+        """Run ``statement`` and return its rows, riding out every error but the caller's."""
         backoff = Backoff(*RECONNECT_BACKOFF)
         async with self._lock:
             while True:
                 conn = await self.connection()
                 try:
-                    return await within(conn, _rows(conn, statement, params), STATEMENT_TIMEOUT)
-                except (psycopg.OperationalError, TimeoutError) as exc:
-                    self.failures += 1
-                    log.warning(
-                        "%s: connection lost (%s); retrying in %.1f s",
-                        self._application_name,
-                        str(exc).strip() or "no answer",
-                        backoff.delay,
+                    rows = await within(
+                        conn, _rows(conn, statement, params), self._bound(STATEMENT_TIMEOUT)
                     )
-                    await conn.close()
-                    await backoff.sleep()
+                except (psycopg.Error, TimeoutError) as exc:
+                    if isinstance(exc, psycopg.Error) and not _retried(exc):
+                        raise
+                    problem = _first_line(exc) or "no answer"
+                    if isinstance(exc, psycopg.errors.LockNotAvailable):
+                        problem = f"{problem}; {await lock_holders(conn, self._queries)}"
+                    if _reconnects(conn, exc):
+                        if not isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                            problem = f"connection lost ({problem})"
+                        self.failures += 1
+                        await conn.close()
+                    await self._retry_later(_kind(exc), problem, backoff)
+                    continue
+                if self._problem is not None:
+                    log.info("%s: the database answers again", self._application_name)
+                    self._problem = None
+                return rows
 
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+    def _bound(self, seconds: float) -> float:
+        """``seconds``, cut to the time left before giving up (but :data:`LAST_TRY` at least)."""
+        if self._give_up_at is None:
+            return seconds
+        return min(seconds, max(self._give_up_at - asyncio.get_running_loop().time(), LAST_TRY))
+
+    async def _retry_later(self, kind: str, problem: str, backoff: Backoff) -> None:
+        """Log ``problem`` unless a problem of this ``kind`` is the one last logged, then wait
+        out the back-off; raise :class:`DatabaseError` instead once it is time to give up."""
+        now = asyncio.get_running_loop().time()
+        name = self._application_name
+        if self._give_up_at is not None and now >= self._give_up_at:
+            raise DatabaseError(f"{name}: {problem}; gave up, the worker is stopping")
+        if kind != self._problem:
+            self._problem = kind
+            log.warning(
+                "%s: %s; retrying with back-off (%.1f s, doubling up to %g s)",
+                name,
+                problem,
+                backoff.delay,
+                RECONNECT_BACKOFF[1],
+            )
+        delay = backoff.take()
+        if self._give_up_at is not None:
+            delay = min(delay, self._give_up_at - now)
+        self._give_up_moved.clear()
+        await wait_for_event(self._give_up_moved, delay)
+
+
+def _retried(exc: psycopg.Error) -> bool:
+    """Whether a failed statement is tried again: unless its data was at fault, or psycopg
+    refused it before sending (no SQLSTATE, not a connection error)."""
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    return exc.sqlstate is not None and exc.sqlstate[:2] not in CALLERS_FAULT
+
+
+def _reconnects(conn: psycopg.AsyncConnection[Any], exc: Exception) -> bool:
+    """Whether to retry on a new connection: this one is broken (or cut: a half-open link), or
+    the server is read-only (a hot standby stays one; a new connection may find the primary)."""
+    return (
+        conn.closed
+        or conn.broken
+        or isinstance(exc, TimeoutError | psycopg.errors.ReadOnlySqlTransaction)
+    )
+
+
+def _kind(exc: Exception) -> str:
+    """What makes two failures the same problem, for logging it once: its SQLSTATE and first
+    line (a lock wait's holders, a connection's details may differ)."""
+    sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return f"{sqlstate or type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: Exception) -> str:
+    """The message without the statement excerpt the server adds (``LINE 3: ...``)."""
+    return str(exc).strip().partition("\n")[0]
 
 
 def _loads(data: str | bytes) -> Any:

@@ -98,7 +98,7 @@ def migration_sql(schema: str) -> str:
 
 def schema_revision(settings: Settings) -> str | None:
     """The revision the database is at, or ``None`` when pgjobs' tables are not there."""
-    with connect(settings, "pgjobs-check") as conn:
+    with connect(settings, "pgjobs-check", limits=True) as conn:
         try:
             row = conn.execute(queries_for(settings.schema).schema_version).fetchone()
         except psycopg.errors.UndefinedTable:

@@ -367,6 +367,22 @@ QUEUE_COUNTS = """
 SELECT queue, state, jobs FROM {schema}.queue_counts ORDER BY queue, state
 """
 
+LOCK_HOLDERS = """
+SELECT a.pid, a.application_name, l.mode,
+       extract(epoch FROM clock_timestamp() - coalesce(a.xact_start, a.query_start))::float8,
+       left(regexp_replace(a.query, '[[:space:]]+', ' ', 'g'), 60)
+FROM pg_locks AS l
+JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.relation = '{schema}.jobs'::regclass AND l.granted
+  AND l.pid <> pg_backend_pid()
+  AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+ORDER BY a.xact_start NULLS LAST
+LIMIT 3
+"""
+"""Who holds a lock on the jobs table that keeps others from writing it (``LOCK TABLE``, a
+running DDL statement), longest first: named in the error when pgjobs' bounded lock wait on the
+table runs out."""
+
 SCHEMA_VERSION = """
 SELECT version_num FROM {schema}.alembic_version
 """
@@ -441,6 +457,7 @@ class Queries:
     list_jobs: str
     list_workers: str
     queue_counts: str
+    lock_holders: str
     schema_version: str
     jobs_channel: str
     """Channel notified with a queue's name when jobs become available in it."""

@@ -24,21 +24,24 @@ so its supervisor (``--processes``) or process manager starts a fresh one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import signal
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ._acker import Acker
 from ._app import App
 from ._context import JobContext
+from ._errors import DatabaseError
 from ._execution import ClaimedJob, execute
 from ._leader import Leader
-from ._link import Link
+from ._link import LAST_TRY, Link
 from ._migrate import check_schema
 from ._session import Session, SessionEvents
 from ._stager import Stager
@@ -52,6 +55,10 @@ CLAIM_LINGER = 0.005
 
 EXIT_RETIRED = 3
 """Exit status of a worker that retired because a job's thread overran its timeout."""
+
+FINAL_WAIT = 0.5
+"""Seconds a stopping worker whose jobs ran to its shutdown timeout still gives their outcomes
+to be written."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,9 @@ class Worker:
         self._supervisor_pid = supervisor_pid
         self.queues = self.settings.queue_spec
         self.stopping = threading.Event()
+        self._stop_requested = asyncio.Event()
+        self._deadline: float | None = None
+        """Loop time at which the shutdown timeout runs out, once stopping."""
         self._force = asyncio.Event()
         self._jobs_waiting = asyncio.Event()
         """Set when jobs may have become available: a notification, a promotion, a stop."""
@@ -139,34 +149,41 @@ class Worker:
     async def run(self) -> None:
         """Run until stopped. Installs SIGTERM/SIGINT handlers while it runs."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, check_schema, self.settings)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT):  # first: a stop must work in every state
             loop.add_signal_handler(signum, self.request_stop)
-        log.info(
-            "worker %s started: queues %s, concurrency %s, %s",
-            self.id,
-            self.queues,
-            self.settings.concurrency,
-            "listening for notifications" if self._session.trusted else "poll-only",
-        )
         try:
+            if not await self._unless_stopped(_in_daemon_thread(check_schema, self.settings)):
+                return
+            log.info(
+                "worker %s started: queues %s, concurrency %s, %s",
+                self.id,
+                self.queues,
+                self.settings.concurrency,
+                "listening for notifications" if self._session.trusted else "poll-only",
+            )
             self._session.start()
-            await self._session.registered.wait()
+            if not await self._unless_stopped(self._session.registered.wait()):
+                return
             self._acker.start()
             if not self.burst:
                 self._stager.start()
-            await self._produce()
+            try:
+                await self._produce()
+            except DatabaseError:
+                if not self.stopping.is_set():
+                    raise
+                # a claim the database kept refusing, given up at the stop
             await self._drain()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self._stager.stop()
-            await self._acker.stop()
+            await self._stop_acker()
             await self._session.stop()
             await self._claim.close()
             await self._ack.close()
             self._threads.shutdown(wait=False, cancel_futures=True)
-        log.info("worker %s stopped", self.id)
+            log.info("worker %s stopped", self.id)
 
     def request_stop(self) -> None:
         """First call: graceful shutdown. Second call: hand running jobs back and stop now."""
@@ -180,8 +197,37 @@ class Worker:
                 len(self._running),
             )
             self.stopping.set()
+            now = asyncio.get_running_loop().time()
+            self._deadline = now + self.settings.shutdown_timeout
+            self._claim.give_up_at(now)  # no more claims: one the database refuses ends now
+            # after the drain's wait for the last outcomes: that wait reports what is unwritten
+            self._ack.give_up_at(self._deadline + LAST_TRY)
+            self._stop_requested.set()
         self._jobs_waiting.set()
         self._slot_freed.set()
+
+    async def _unless_stopped(self, work: Awaitable[object]) -> bool:
+        """Await ``work`` unless a stop comes first (then cancel it); True if it completed."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.create_task(self._stop_requested.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            log.info("stopping before the worker could start")
+            return False
+        task.result()
+        return True
+
+    async def _stop_acker(self) -> None:
+        """Stop the acker once every outcome is written; once stopping, give up at the shutdown
+        timeout (:meth:`_drain` has said what was left unwritten)."""
+        left = None
+        if self._deadline is not None:
+            left = max(self._deadline - asyncio.get_running_loop().time(), 0.0)
+        with contextlib.suppress(TimeoutError, DatabaseError):
+            async with asyncio.timeout(left):
+                await self._acker.stop()
 
     def _cancel(self, job_id: int) -> None:
         """Cancel a job this worker runs: flag it, and cancel its task if it is async."""
@@ -323,9 +369,10 @@ class Worker:
             self._cancelled_ids.discard(job.id)
 
     async def _drain(self) -> None:
-        """Let running jobs finish within the shutdown timeout, then hand the rest back."""
+        """Let running jobs finish within the shutdown timeout, write their outcomes, then hand
+        the rest back."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.shutdown_timeout
+        deadline = self._deadline or loop.time() + self.settings.shutdown_timeout
         forced = asyncio.create_task(self._force.wait())
         tasks = {running.task for running in self._running.values()}
         while tasks and not forced.done() and (left := deadline - loop.time()) > 0:
@@ -334,24 +381,70 @@ class Worker:
             )
             tasks -= done
         forced.cancel()
-        await self._acker.flush()
+        try:
+            async with asyncio.timeout(max(deadline - loop.time(), FINAL_WAIT)):
+                await self._acker.flush()
+        except TimeoutError:
+            log.error(
+                "could not write %s job outcome(s) before the shutdown timeout: the database did "
+                "not take them. Those jobs stay running under this worker until the rescue sweep "
+                "finds it gone (at once when its session has ended, else when its lease of %s s "
+                "expires) and hands them back",
+                self._acker.backlog,
+                self.settings.lease_timeout,
+            )
         if self._running:
             await self._hand_back()
 
     async def _hand_back(self) -> None:
         """Give running jobs back to the queue (fenced), and stop waiting for them."""
         running = list(self._running.values())
-        rows = await self._claim.fetch(
-            self._queries.release_jobs,
-            {
-                "ids": [r.job.id for r in running],
-                "attempts": [r.job.attempt for r in running],
-                "worker_id": self.id,
-                "channel": self._queries.jobs_channel,
-            },
-        )
-        log.info("handed %s running job(s) back to the queue", len(rows))
         self.unfinished_threads = True
+        try:
+            rows = await self._ack.fetch(
+                self._queries.release_jobs,
+                {
+                    "ids": [r.job.id for r in running],
+                    "attempts": [r.job.attempt for r in running],
+                    "worker_id": self.id,
+                    "channel": self._queries.jobs_channel,
+                },
+            )
+            log.info("handed %s running job(s) back to the queue", len(rows))
+        except DatabaseError as exc:
+            log.error(
+                "could not hand %s running job(s) back (%s); the rescue sweep will, once this "
+                "worker is gone",
+                len(running),
+                exc,
+            )
         for r in running:
             r.task.cancel()
         await asyncio.gather(*(r.task for r in running), return_exceptions=True)
+
+
+def _in_daemon_thread(func: Callable[..., object], *args: object) -> asyncio.Future[object]:
+    """``func(*args)`` in a daemon thread, as a future: a stopping worker can leave it behind
+    (say, a schema check waiting ``connect_timeout`` on an unreachable database), and neither
+    the event loop nor the interpreter waits for it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[object] = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        try:
+            result, error = func(*args), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="pgjobs-start", daemon=True).start()
+    return future

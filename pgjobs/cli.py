@@ -220,11 +220,12 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
         supervisor_pid=os.getppid() if worker_id else None,
     )
     asyncio.run(runner.run())
-    if runner.unfinished_threads:
-        logging.shutdown()
-        # job threads handed back to the queue, or stuck past their timeout, must not hold the
-        # process
-        os._exit(EXIT_RETIRED if runner.retired else 0)
+    # Exit now: the interpreter would wait for every non-daemon thread, and a job may have left
+    # one behind (started by its code, or its own thread handed back or stuck past its timeout).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_RETIRED if runner.retired else 0)
 
 
 @cli.command("migrate")

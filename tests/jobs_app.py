@@ -288,3 +288,15 @@ async def blocks_the_loop(seconds: float) -> None:
     record("blocks_the_loop")
     time.sleep(seconds)
     record("blocks_the_loop", "end")
+
+
+@app.job(name="nap")
+def nap(seconds: float) -> None:
+    """Sleeps, touching no database (the ledger may be unreachable)."""
+    time.sleep(seconds)
+
+
+@app.job(name="leaks_a_thread")
+def leaks_a_thread() -> None:
+    """Leaves a non-daemon thread behind that never ends, as careless job code can."""
+    threading.Thread(target=threading.Event().wait, name="leaked", daemon=False).start()

@@ -212,3 +212,15 @@ def segfaults() -> None:
     """Poison pill: a segmentation fault."""
     record("segfaults")
     ctypes.string_at(0)
+
+
+@app.job(name="sleepy_elsewhere")
+def sleepy_elsewhere(seconds: float, ledger_url: str) -> None:
+    """``sleepy`` with its ledger in another database (``ledger_url``): its writes never flush
+    the WAL of the jobs' database, so a crash of that database can still undo the claim."""
+    job = pgjobs.current_job()
+    insert = "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (%s, %s, %s, %s, %s)"
+    with psycopg.connect(ledger_url, autocommit=True) as ledger:
+        ledger.execute(insert, (job.id, job.attempt, os.getpid(), "sleepy_elsewhere", "start"))
+        time.sleep(seconds)
+        ledger.execute(insert, (job.id, job.attempt, os.getpid(), "sleepy_elsewhere", "end"))

@@ -1,7 +1,8 @@
-"""Outcome writes: fenced on the claim's token, and one refused row never holds up the others.
+"""Outcome writes: fenced on the claim's token, adopted by a re-claim of their job, and one
+refused row never holds up the others.
 
-The acker runs here in-process against the test database, on jobs claimed by the claim
-statement itself under a made-up worker id; no worker process is involved.
+The acker (and for a re-claim the worker's claim path) runs here in-process against the test
+database, on jobs claimed by the claim statement itself; no worker process is involved.
 """
 
 from __future__ import annotations
@@ -265,3 +266,39 @@ def test_fallback_outcome(claim: Claim, outcome: Outcome, state: str) -> None:
         assert 2**4 + 15 <= fallback.delay <= 2**4 + 15 + 20  # Sidekiq's for attempt 2
     else:
         assert fallback.delay == 0.0
+
+
+def test_a_job_claimed_again_before_its_outcome_is_written_does_not_run_again(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """A database crash undid the claim of a job that has run, whose outcome is still on its way:
+    the worker claims it again. Its pending outcome adopts the new claim; no second run."""
+    job_id = jobs_app.noop.enqueue("once")
+
+    async def scenario() -> tuple[list[ClaimedJob], list[ClaimedJob], int]:
+        worker = pgjobs.Worker(app)
+        try:
+            first = await worker._claim_jobs(1)
+            await worker._running[job_id].task  # its outcome waits in the acker, not started yet
+            db.execute(  # what the crash leaves: the claim undone
+                "UPDATE pgjobs.jobs SET state = 'available', attempt = 0, worker_id = NULL,"
+                " claim_token = NULL WHERE id = %s",
+                (job_id,),
+            )
+            again = await worker._claim_jobs(1)
+            running = len(worker._running)
+            worker._acker.start()
+            async with asyncio.timeout(15):
+                await worker._acker.stop()
+        finally:
+            await worker._claim.close()
+            await worker._ack.close()
+            worker._threads.shutdown()
+        return first, again, running
+
+    first, again, running = asyncio.run(scenario())
+    assert running == 0
+    assert count(db, "SELECT count(*) FROM ledger WHERE job_id = %s", job_id) == 1
+    assert [job.attempt for job in first + again] == [1, 1]
+    assert first[0].claim_token != again[0].claim_token
+    assert job_row(db, job_id) == ("completed", 1, None, None)

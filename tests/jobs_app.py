@@ -214,13 +214,13 @@ def segfaults() -> None:
     ctypes.string_at(0)
 
 
-@app.job(name="sleepy_elsewhere")
-def sleepy_elsewhere(seconds: float, ledger_url: str) -> None:
-    """``sleepy`` with its ledger in another database (``ledger_url``): its writes never flush
-    the WAL of the jobs' database, so a crash of that database can still undo the claim."""
+@app.job(name="waits_for_lock_elsewhere")
+def waits_for_lock_elsewhere(key: int, ledger_url: str) -> None:
+    """``waits_for_lock`` with its ledger and lock in another database (``ledger_url``): it never
+    writes to the jobs' database, so a crash of that database can still undo its claim."""
     job = pgjobs.current_job()
     insert = "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (%s, %s, %s, %s, %s)"
     with psycopg.connect(ledger_url, autocommit=True) as ledger:
-        ledger.execute(insert, (job.id, job.attempt, os.getpid(), "sleepy_elsewhere", "start"))
-        time.sleep(seconds)
-        ledger.execute(insert, (job.id, job.attempt, os.getpid(), "sleepy_elsewhere", "end"))
+        ledger.execute(insert, (job.id, job.attempt, os.getpid(), "waits_elsewhere", "start"))
+        ledger.execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
+        ledger.execute(insert, (job.id, job.attempt, os.getpid(), "waits_elsewhere", "end"))

@@ -9,9 +9,11 @@ under that claim.
 
 To undo the claim for certain, nothing may flush the WAL between the claim and the crash: the
 WAL writer waits 10 s (``wal_writer_delay``, its maximum), the heartbeat comes every 10 s, and
-the jobs write their ledger in another database (the suite's shared server, which never
-crashes). The test then checks that the claim was indeed undone: the claim that holds the
-finished jobs was made after the restart.
+the jobs write their ledger in another database (on the suite's shared server, which never
+crashes). The jobs run until the test lets them go (an advisory lock in that database), once the
+worker has claimed them again after the restart, however long recovery takes on a loaded
+machine. The test checks that the claims were indeed undone: the claim that holds the finished
+jobs was made after the restart.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tests.helpers import WorkerProcess, count, eventually, rows, value
 StartWorker = Callable[..., WorkerProcess]
 
 JOBS = 4
-RUN_SECONDS = 6.0
+LOCK_KEY = 4242
 
 
 def test_a_claim_undone_by_a_crash_is_adopted_by_the_run_in_progress(
@@ -47,23 +49,35 @@ def test_a_claim_undone_by_a_crash_is_adopted_by_the_run_in_progress(
         env={"PGJOBS_HEARTBEAT_INTERVAL": "10"},
     )
     worker.wait_for_log("listening on")
-    ids = jobs_app.app.enqueue_many(
-        jobs_app.sleepy_elsewhere.call(RUN_SECONDS, database_url) for _ in range(JOBS)
-    )
-    jobs_app.app.close()  # its pooled connections would not survive the crash
-
     with psycopg.connect(database_url, autocommit=True) as ledger:
+        ledger.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        ids = jobs_app.app.enqueue_many(
+            jobs_app.waits_for_lock_elsewhere.call(LOCK_KEY, database_url) for _ in range(JOBS)
+        )
+        jobs_app.app.close()  # its pooled connections would not survive the crash
         eventually(lambda: count(ledger, "SELECT count(*) FROM ledger") > 0, interval=0.005)
         cluster.stop("immediate")
         cluster.start()
         with psycopg.connect(jobs_url, autocommit=True) as jobs_db:
             restarted: datetime = value(jobs_db, "SELECT pg_postmaster_start_time()")
+            eventually(  # claimed again: attempted after the restart
+                lambda: (
+                    count(
+                        jobs_db,
+                        "SELECT count(*) FROM pgjobs.jobs WHERE attempted_at > %s",
+                        restarted,
+                    )
+                    == JOBS
+                ),
+                timeout=60,
+            )
+            ledger.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
             eventually(
                 lambda: (
                     count(jobs_db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'")
                     == JOBS
                 ),
-                timeout=4 * RUN_SECONDS,
+                timeout=30,
             )
             jobs = rows(
                 jobs_db,

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import uuid
 from collections.abc import Awaitable
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
@@ -46,6 +47,7 @@ class ClaimedJob(NamedTuple):
     priority: int
     attempt: int
     max_attempts: int
+    claim_token: uuid.UUID
 
 
 async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: Executor) -> Outcome:

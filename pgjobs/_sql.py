@@ -3,7 +3,8 @@
 This list is the storage contract: the runtime modules never write SQL of their own. Statements
 use ``{schema}`` for the pgjobs schema (filled in by :func:`queries_for`) and ``%(name)s``
 parameters. Every write to a job after its claim is fenced on ``state = 'running'``, the
-claiming worker and the attempt, so a late write from a worker that lost the job changes 0 rows.
+claiming worker, the attempt and the claim's token, so a late write from a worker that lost the
+job, or from a run whose claim a database crash undid, changes 0 rows.
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ WITH next AS (
     LIMIT %(limit)s
 )
 UPDATE {schema}.jobs AS j
-SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), worker_id = %(worker_id)s
+SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), worker_id = %(worker_id)s,
+    claim_token = gen_random_uuid()
 WHERE j.id = ANY(ARRAY(SELECT id FROM next))  -- an array: always the primary key, never a scan
   AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
-RETURNING j.id, j.queue, j.name, j.args, j.kwargs, j.priority, j.attempt, j.max_attempts
+RETURNING j.id, j.queue, j.name, j.args, j.kwargs, j.priority, j.attempt, j.max_attempts,
+          j.claim_token
 """
 """Claim up to ``limit`` jobs, queue by queue in the given order.
 
@@ -77,9 +80,11 @@ The claim commits without waiting for its WAL to reach the disk (``synchronous_c
 this transaction alone), which saves a disk flush between a job's enqueue and its start. That
 risks nothing: the claim is visible at once, and only a crash of the database server before the
 WAL writer's next flush (within ``wal_writer_delay``, 200 ms by default) can undo it. The job is
-then ``available`` again with its attempt not counted, the worker's fenced acknowledgement
-matches no row, and the job runs again: at least once, as always. Outcomes are written with the
-server's own setting."""
+then ``available`` again with its attempt not counted, and may be claimed again, by the same
+worker with the same attempt number. Each claim draws a new ``claim_token``, and every later write
+is fenced on it, so a run under the undone claim can never write the outcome of the new one. (A
+worker that claims a job it still runs keeps that run, under the new claim.) Outcomes are written
+with the server's own setting."""
 
 FINISH_JOBS = """
 UPDATE {schema}.jobs AS j
@@ -91,11 +96,12 @@ SET state = o.state,
     errors = CASE WHEN o.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(o.error || jsonb_build_object('at', now()))
              END,
-    worker_id = NULL
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(delays)s::float8[],
-            %(errors)s::jsonb[]) AS o(id, attempt, state, delay, error)
+    worker_id = NULL,
+    claim_token = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(tokens)s::uuid[], %(states)s::text[],
+            %(delays)s::float8[], %(errors)s::jsonb[]) AS o(id, attempt, token, state, delay, error)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.attempt = o.attempt
-  AND j.state = 'running' AND j.worker_id = %(worker_id)s
+  AND j.claim_token = o.token AND j.state = 'running' AND j.worker_id = %(worker_id)s
 RETURNING j.id
 """
 """Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted."""
@@ -103,10 +109,10 @@ RETURNING j.id
 RELEASE_JOBS = """
 WITH released AS (
     UPDATE {schema}.jobs AS j
-    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
+    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL, claim_token = NULL
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(tokens)s::uuid[]) AS r(id, attempt, token)
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = r.id AND j.attempt = r.attempt
-      AND j.state = 'running'
+      AND j.claim_token = r.token AND j.state = 'running'
       AND j.worker_id = %(worker_id)s
     RETURNING j.id, j.queue
 ), notified AS (
@@ -119,7 +125,7 @@ CROSS JOIN (SELECT count(*) FROM notified) AS forced  -- a CTE runs only when it
 RELEASE_STRAY_JOBS = """
 WITH released AS (
     UPDATE {schema}.jobs AS j
-    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL
+    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL, claim_token = NULL
     WHERE j.state = 'running' AND j.worker_id = %(worker_id)s AND j.id <> ALL(%(known)s::bigint[])
     RETURNING j.id, j.queue
 ), notified AS (
@@ -237,7 +243,8 @@ WITH lost AS (
                               coalesce((SELECT reason FROM lost WHERE lost.id = j.worker_id),
                                        %(reason)s, 'no worker is registered under its id')),
             'at', now())),
-        worker_id = NULL
+        worker_id = NULL,
+        claim_token = NULL
     WHERE j.state = 'running'
       AND (j.worker_id IN (SELECT id FROM lost)
            OR CASE WHEN %(worker_id)s::uuid IS NOT NULL THEN j.worker_id = %(worker_id)s::uuid

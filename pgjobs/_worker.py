@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ._acker import Acker
+from ._acker import Acker, Claim
 from ._app import App
 from ._context import JobContext
 from ._errors import DatabaseError
@@ -63,11 +63,13 @@ to be written."""
 
 @dataclass(frozen=True)
 class Running:
-    """A job this worker is running: its task, its row and what the job sees of itself."""
+    """A job this worker is running: its task, its row, what the job sees of itself, and the
+    claim its outcome will be written under."""
 
     task: asyncio.Task[None]
     job: ClaimedJob
     context: JobContext
+    claim: Claim
 
 
 class Worker:
@@ -316,6 +318,12 @@ class Worker:
         )
         claimed = [ClaimedJob._make(row) for row in rows]
         for job in claimed:
+            running = self._running.get(job.id)
+            held = running.claim if running is not None else self._acker.claim_of(job.id)
+            if held is not None:
+                self._adopt(job, held, still_running=running is not None)
+                continue
+            claim = Claim(job.id, job.attempt, job.max_attempts, job.claim_token)
             context = JobContext(
                 id=job.id,
                 name=job.name,
@@ -326,11 +334,31 @@ class Worker:
                 _stopping=self.stopping,
                 _cancelled_ids=self._cancelled_ids,
             )
-            task = asyncio.create_task(self._run_job(job, context), name=f"pgjobs-job-{job.id}")
-            self._running[job.id] = Running(task, job, context)
+            task = asyncio.create_task(
+                self._run_job(job, context, claim), name=f"pgjobs-job-{job.id}"
+            )
+            self._running[job.id] = Running(task, job, context, claim)
         if self._claim.failures != failures:
             await self._release_strays()
         return claimed
+
+    def _adopt(self, job: ClaimedJob, claim: Claim, *, still_running: bool) -> None:
+        """``job`` was claimed again while this worker still holds it: running, or its outcome
+        unwritten. Its earlier claim was undone (a database crash lost it before it reached the
+        disk) or the job was rescued from this worker. A second run would race the first, so the
+        first adopts the new claim, and its outcome is written under it."""
+        log.warning(
+            "job %s was claimed again (attempt %s) while this worker still %s (attempt %s); its "
+            "claim was undone by a database crash, or the job was rescued: the %s goes on under "
+            "the new claim",
+            job.id,
+            job.attempt,
+            "runs it" if still_running else "holds its unwritten outcome",
+            claim.attempt,
+            "run" if still_running else "outcome",
+        )
+        claim.attempt = job.attempt
+        claim.token = job.claim_token
 
     async def _release_strays(self) -> None:
         """After a claim was retried on a new connection, the lost try may have claimed jobs
@@ -358,10 +386,10 @@ class Worker:
         }
         return sorted(spec.names, key=keys.__getitem__, reverse=True)
 
-    async def _run_job(self, job: ClaimedJob, context: JobContext) -> None:
+    async def _run_job(self, job: ClaimedJob, context: JobContext, claim: Claim) -> None:
         try:
             outcome = await execute(self.app, job, context, self._threads)
-            self._acker.add(job.id, job.attempt, outcome)
+            self._acker.add(claim, outcome)
             if outcome.thread_overran:
                 self._retire(job)
         finally:
@@ -405,7 +433,8 @@ class Worker:
                 self._queries.release_jobs,
                 {
                     "ids": [r.job.id for r in running],
-                    "attempts": [r.job.attempt for r in running],
+                    "attempts": [r.claim.attempt for r in running],
+                    "tokens": [r.claim.token for r in running],
                     "worker_id": self.id,
                     "channel": self._queries.jobs_channel,
                 },

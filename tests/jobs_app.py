@@ -300,3 +300,15 @@ def nap(seconds: float) -> None:
 def leaks_a_thread() -> None:
     """Leaves a non-daemon thread behind that never ends, as careless job code can."""
     threading.Thread(target=threading.Event().wait, name="leaked", daemon=False).start()
+
+
+@app.job(name="waits_for_lock_elsewhere")
+def waits_for_lock_elsewhere(key: int, ledger_url: str) -> None:
+    """``waits_for_lock`` with its ledger and lock in another database (``ledger_url``): it never
+    writes to the jobs' database, so a crash of that database can still undo its claim."""
+    job = pgjobs.current_job()
+    insert = "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (%s, %s, %s, %s, %s)"
+    with psycopg.connect(ledger_url, autocommit=True) as ledger:
+        ledger.execute(insert, (job.id, job.attempt, os.getpid(), "waits_elsewhere", "start"))
+        ledger.execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
+        ledger.execute(insert, (job.id, job.attempt, os.getpid(), "waits_elsewhere", "end"))

@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 
 import pgjobs
-from pgjobs._acker import Acker
+from pgjobs._acker import Acker, Claim
+from pgjobs._execution import ClaimedJob
 from pgjobs._link import Link
 from pgjobs._outcome import COMPLETED
 from tests import jobs_app
@@ -131,12 +132,12 @@ def test_late_acknowledgement_changes_nothing(
     job_id = jobs_app.noop.enqueue("x")
     zombie, rescuer = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
 
-    def claim(worker_id: str) -> None:
-        db.execute(
+    def claim(worker_id: str) -> Any:
+        return db.execute(
             app.queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
-        )
+        ).fetchone()
 
-    claim(zombie)
+    zombie_claim = ClaimedJob._make(claim(zombie))
     db.execute("UPDATE pgjobs.jobs SET state = 'available', worker_id = NULL")  # rescued
     claim(rescuer)
 
@@ -146,7 +147,7 @@ def test_late_acknowledgement_changes_nothing(
             link, app.queries, zombie, on_retry=lambda delay: None, on_written=lambda: None
         )
         acker.start()
-        acker.add(job_id, 1, COMPLETED)
+        acker.add(Claim(job_id, 1, 25, zombie_claim.claim_token), COMPLETED)
         await acker.stop()
         await link.close()
         return acker.stale_acks

@@ -397,7 +397,7 @@ def _timed_claim(conn: psycopg.Connection[Any], limit: int, worker_id: uuid.UUID
     started = time.perf_counter()
     rows = conn.execute(app.queries.claim_jobs, _claim_params(limit, worker_id)).fetchall()
     seconds = time.perf_counter() - started
-    batch = [(job.id, job.attempt, COMPLETED) for job in map(ClaimedJob._make, rows)]
+    batch = [(j.id, j.attempt, j.claim_token, COMPLETED) for j in map(ClaimedJob._make, rows)]
     conn.execute(app.queries.finish_jobs, finish_params(worker_id, batch))
     return seconds * 1000
 

@@ -6,7 +6,8 @@ disk, a serialization failure...) is retried after a back-off (0.1 s doubling to
 database in trouble pauses the worker instead of killing it. Each distinct problem is logged once
 while it lasts, and its end once. The connection is replaced only when it is broken or the server
 is read-only (a new connection is how a multi-host URL finds the new primary). Only errors in the
-statement's data (SQLSTATE classes 22 and 23) reach the caller. Every statement pgjobs retries
+statement's data or rows (SQLSTATE classes 22, 23 and P0: see :data:`CALLERS_FAULT`) reach the
+caller. Every statement pgjobs retries
 this way is safe to repeat: claims and promotions select afresh, and fenced writes that already
 landed simply match no row again. (A claim that landed before its answer was lost is found and
 handed back by the worker.) A statement unanswered for :data:`STATEMENT_TIMEOUT` counts as a
@@ -48,9 +49,10 @@ STATEMENT_TIMEOUT = 30.0
 """Seconds a statement may go unanswered before its connection is presumed half-open and
 replaced. pgjobs' statements take milliseconds; this only catches dead links."""
 
-CALLERS_FAULT = ("22", "23")
-"""SQLSTATE classes of errors in what a statement was given (data exceptions, integrity
-violations): raised to the caller, never retried."""
+CALLERS_FAULT = ("22", "23", "P0")
+"""SQLSTATE classes of errors in what a statement was given or in the rows it touched (data
+exceptions, integrity violations, an exception raised by a trigger): raised to the caller, which
+can tell the bad row from the rest, never retried."""
 
 LAST_TRY = 1.0
 """Seconds a statement (or a connection attempt) may take once the give-up time has passed: a

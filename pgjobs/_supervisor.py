@@ -130,9 +130,6 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         young_deaths = 0
         while not self._stopping.is_set():
-            if self._quiet:  # a new child would claim nothing
-                await self._stopping.wait()
-                return
             worker_id = str(uuid.uuid4())
             child = await self._start_child(worker_id)
             self._children[slot] = child
@@ -149,6 +146,8 @@ class Supervisor:
             await self._release(worker_id, reason)
             if self._stopping.is_set():
                 return
+            if self._quiet:
+                return await self._stay_quiet(slot)
             if status == EXIT_RETIRED:
                 continue  # planned: replace it at once
             young_deaths = 0 if lived >= LIVED_LONG else young_deaths + 1
@@ -159,6 +158,13 @@ class Supervisor:
             )
             log.info("restarting worker process %s in %.1f s", slot, pause)
             await wait_for_event(self._stopping, pause)
+            if self._quiet:
+                return await self._stay_quiet(slot)
+
+    async def _stay_quiet(self, slot: int) -> None:
+        """Leave ``slot`` empty until the stop: a new child would claim nothing."""
+        log.info("not replacing worker process %s: quiet", slot)
+        await self._stopping.wait()
 
     async def _start_child(self, worker_id: str) -> asyncio.subprocess.Process:
         """Start a child with SIGTSTP blocked: the worker unblocks it once it handles it, so a

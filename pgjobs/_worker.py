@@ -142,7 +142,8 @@ class Worker:
         return f"pgjobs-worker:{self.id[:8]}:{role}"
 
     async def run(self) -> None:
-        """Run until stopped. Installs SIGTERM/SIGINT handlers while it runs."""
+        """Run until stopped. Installs SIGTERM/SIGINT (stop) and SIGTSTP (quiet) handlers while
+        it runs."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, check_schema, self.settings)
         for signum in (signal.SIGTERM, signal.SIGINT):

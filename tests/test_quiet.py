@@ -7,6 +7,7 @@ its heartbeat with them.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from datetime import datetime
@@ -64,6 +65,7 @@ def check_quiet(
     workers: Callable[[], list[int]],
     *,
     quieted: int,
+    before_stop: Callable[[], None] = lambda: None,
 ) -> None:
     """While a job runs, SIGTSTP ``signalled``: the job ends, new jobs stay ``available`` through
     the job's end, its written outcome and two heartbeats (six poll intervals) of ``workers()``,
@@ -94,6 +96,7 @@ def check_quiet(
     assert_not_stopped([signalled.process.pid, *workers()])
     assert quiet_lines(signalled) == quieted  # once per process, whatever else happened
 
+    before_stop()
     signalled.signal(signal.SIGTERM)
     assert signalled.wait(30) == 0, signalled.output()
 
@@ -113,7 +116,17 @@ def test_sigtstp_to_the_supervisor_quiets_every_child_and_not_itself(
     supervisor = worker_process("--processes", "2", "--concurrency", "2", *TIMINGS)
     eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.workers") == 2, 30)
 
-    check_quiet(db, database_url, supervisor, supervisor.children, quieted=2)
+    def kill_a_child() -> None:
+        """A quiet supervisor replaces no child: a new one would claim nothing."""
+        killed, survivor = supervisor.children()
+        os.kill(killed, signal.SIGKILL)
+        supervisor.wait_for_log("not replacing worker process")
+        assert supervisor.children() == [survivor]
+        assert "restarting worker process" not in supervisor.output()
+
+    check_quiet(
+        db, database_url, supervisor, supervisor.children, quieted=2, before_stop=kill_a_child
+    )
     assert "supervisor: SIGTSTP" in supervisor.output()
 
 

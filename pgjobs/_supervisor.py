@@ -19,8 +19,9 @@ queue, though: a child killed by a signal from outside (SIGKILL from an operator
 killer, not a fault of its own such as SIGSEGV or SIGABRT) while no other slot has a child alive
 is restarted at once, so the slots are never all waiting while jobs wait. A death by exit status
 or by a fault signal gets no such exemption: a crash loop of the program itself waits out its
-back-off even if every slot is in it. A retired child (a job's thread overran its timeout) is
-replaced at once and is no death.
+back-off even if every slot is in it. (A job that SIGKILLs its own process passes for a kill from
+outside; its ``max_attempts`` bounds that loop.) A retired child (a job's thread overran its
+timeout) is replaced at once and is no death.
 
 Quiet (SIGTSTP, what ``systemctl reload`` sends with ``ExecReload=/bin/kill -TSTP $MAINPID``):
 the supervisor passes it to its children, which stop claiming and finish their running jobs, and

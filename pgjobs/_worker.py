@@ -16,6 +16,15 @@ seconds to finish; jobs still running then are handed back to the queue (their a
 counted) and the worker exits. A second signal hands them back at once. The heartbeat goes on
 until the end, so a draining worker is never swept.
 
+Quiet: SIGTSTP (``systemctl reload`` with ``ExecReload=/bin/kill -TSTP $MAINPID``, as in
+Sidekiq's unit) stops claiming for good while running jobs go on to their end; the worker stays
+up with its heartbeat until SIGTERM, which then stops it as above. Quiet is one-way, as in
+Sidekiq: SIGCONT does not undo it, because systemd sends SIGCONT along with every stop signal and
+``kill -STOP``/``-CONT`` pairs (debuggers, freezers) would otherwise end a quiet nobody lifted; a
+fresh process (a restart) claims again. Under a supervisor the worker starts with SIGTSTP
+blocked and unblocks it once its handler is in place, so a quiet request during start-up is held
+for it rather than stopping the process.
+
 Retiring: a ``def`` job that overruns its timeout leaves a thread nobody can stop. The worker then
 stops claiming, lets its other jobs finish as in a shutdown, and exits with :data:`EXIT_RETIRED`
 so its supervisor (``--processes``) or process manager starts a fresh one.
@@ -95,6 +104,8 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._deadline: float | None = None
         """Loop time at which the shutdown timeout runs out, once stopping."""
+        self.quiet = False
+        """Set by SIGTSTP (:meth:`request_quiet`): no new jobs, but no stop either."""
         self._force = asyncio.Event()
         self._jobs_waiting = asyncio.Event()
         """Set when jobs may have become available: a notification, a promotion, a stop."""
@@ -149,10 +160,12 @@ class Worker:
         return f"pgjobs-worker:{self.id[:8]}:{role}"
 
     async def run(self) -> None:
-        """Run until stopped. Installs SIGTERM/SIGINT handlers while it runs."""
+        """Run until stopped. Installs SIGTERM/SIGINT (stop) and SIGTSTP (quiet) handlers while
+        it runs."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):  # first: a stop must work in every state
             loop.add_signal_handler(signum, self.request_stop)
+        self._handle_quiet(loop)
         try:
             if not await self._unless_stopped(_in_daemon_thread(check_schema, self.settings)):
                 return
@@ -175,8 +188,10 @@ class Worker:
                 if not self.stopping.is_set():
                     raise
                 # a claim the database kept refusing, given up at the stop
+            await self._stay_quiet()
             await self._drain()
         finally:
+            self._unhandle_quiet(loop)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self._stager.stop()
@@ -231,6 +246,36 @@ class Worker:
             async with asyncio.timeout(left):
                 await self._acker.stop()
 
+    def request_quiet(self) -> None:
+        """Stop claiming for good; running jobs go on, and the worker stays up until stopped."""
+        if self.quiet or self.stopping.is_set():
+            return
+        log.info("quiet: no new jobs; %s running go on; stop with SIGTERM", len(self._running))
+        self.quiet = True
+        self._jobs_waiting.set()
+        self._slot_freed.set()
+
+    def _handle_quiet(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGTSTP quiets the worker; a supervised one unblocks it now (its supervisor blocked it
+        for the start-up)."""
+        loop.add_signal_handler(signal.SIGTSTP, self.request_quiet)
+        if self._supervisor_pid is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTSTP})
+
+    def _unhandle_quiet(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Undo :meth:`_handle_quiet`; a supervised worker blocks SIGTSTP again, so a late one
+        cannot stop it on its way out."""
+        if self._supervisor_pid is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTSTP})
+        loop.remove_signal_handler(signal.SIGTSTP)
+
+    async def _stay_quiet(self) -> None:
+        """A quiet worker runs its jobs to their end and waits for the stop (a quiet burst worker
+        stops once they have ended)."""
+        while self.quiet and not self.stopping.is_set() and (self._running or not self.burst):
+            self._jobs_waiting.clear()
+            await self._wait(self._jobs_waiting)
+
     def _cancel(self, job_id: int) -> None:
         """Cancel a job this worker runs: flag it, and cancel its task if it is async."""
         running = self._running.get(job_id)
@@ -271,7 +316,7 @@ class Worker:
             self._stager.wake()
 
     async def _produce(self) -> None:
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not self.quiet:
             free = self.settings.concurrency - len(self._running) - self._acker.backlog
             if free <= 0:
                 self._slot_freed.clear()

@@ -1,30 +1,106 @@
-"""A throwaway PostgreSQL 15 cluster that one test owns, so it may stop, crash or restart it.
+"""A throwaway PostgreSQL cluster that one test owns, so it may stop, crash or restart it.
 
 Fault tests cannot share the suite's server: a restart or ``-m immediate`` stop would break every
 other test. Each cluster is a copy of one initdb'd template (initdb runs once per session), listens
 on its own free loopback port, and lives in a temporary directory that is deleted afterwards.
 PostgreSQL refuses to run as root, so when we are root its programs run as the ``postgres`` user.
+
+The server programs (``initdb``, ``pg_ctl``) are found by :func:`find_pg_bin`, first match wins:
+``$PGJOBS_PG_BIN``; ``pg_config --bindir``; ``initdb`` on ``PATH``; the newest of Debian's
+``/usr/lib/postgresql/*/bin``; the ``pgserver`` wheel's own (the test extra installs it).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
 import psycopg
 from psycopg import sql
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BIN_VARIABLE = "PGJOBS_PG_BIN"
+"""Environment variable naming the folder of the server programs (overrides the search)."""
+SERVER_PROGRAMS = ("initdb", "pg_ctl", "pg_isready")
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
 OS_USER = "postgres"
 ADMIN_APPLICATION_NAME = "pgjobs-faults-admin"
 
 StopMode = Literal["smart", "fast", "immediate"]
+
+
+def has_server_programs(directory: Path) -> bool:
+    """Whether ``directory`` holds every one of :data:`SERVER_PROGRAMS`, executable."""
+    return all(os.access(directory / name, os.X_OK) for name in SERVER_PROGRAMS)
+
+
+def pgserver_bin() -> Path | None:
+    """The ``pgserver`` wheel's folder of PostgreSQL programs, without importing the wheel."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def pg_bin_candidates(
+    environ: Mapping[str, str], debian_root: Path, pgserver: Path | None
+) -> Iterator[tuple[str, Path]]:
+    """(where it came from, folder) of each place server programs may be, in search order."""
+    if environ.get(PG_BIN_VARIABLE):
+        yield f"${PG_BIN_VARIABLE}", Path(environ[PG_BIN_VARIABLE])
+    path = environ.get("PATH", "")
+    pg_config = shutil.which("pg_config", path=path)
+    if pg_config is not None:
+        result = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, check=False, timeout=30
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            yield "pg_config --bindir", Path(result.stdout.strip())
+    initdb = shutil.which("initdb", path=path)
+    if initdb is not None:
+        yield "PATH", Path(initdb).parent
+    versions = [d for d in debian_root.glob("*/bin") if d.parent.name.isdigit()]
+    for directory in sorted(versions, key=lambda d: int(d.parent.name), reverse=True):
+        yield str(debian_root), directory
+    if pgserver is not None:
+        yield "pgserver", pgserver
+
+
+def find_pg_bin(
+    environ: Mapping[str, str] = os.environ,
+    debian_root: Path = DEBIAN_ROOT,
+    pgserver: Path | None = None,
+) -> Path:
+    """The first folder with :data:`SERVER_PROGRAMS` (the module docstring has the order).
+
+    A ``$PGJOBS_PG_BIN`` without them is an error rather than skipped: it was asked for.
+    """
+    for source, directory in pg_bin_candidates(environ, debian_root, pgserver):
+        if has_server_programs(directory):
+            return directory
+        if source == f"${PG_BIN_VARIABLE}":
+            raise RuntimeError(
+                f"${PG_BIN_VARIABLE}={directory} lacks one of {', '.join(SERVER_PROGRAMS)}"
+            )
+    raise RuntimeError(
+        f"no PostgreSQL server programs ({', '.join(SERVER_PROGRAMS)}) found: install PostgreSQL "
+        "(apt-get install postgresql, brew install postgresql), set "
+        f"${PG_BIN_VARIABLE} to their folder, or pip install pgserver (the test extra)"
+    )
+
+
+@functools.cache
+def pg_bin() -> Path:
+    """The folder of the server programs the fault tests run, found once per session."""
+    return find_pg_bin(pgserver=pgserver_bin())
 
 
 def as_postgres(argv: list[str]) -> list[str]:
@@ -41,10 +117,21 @@ def owned_tempdir(prefix: str) -> Path:
     return path
 
 
+def postgres_user() -> pwd.struct_passwd:
+    """The OS user PostgreSQL runs as when we are root."""
+    try:
+        return pwd.getpwnam(OS_USER)
+    except KeyError:
+        raise RuntimeError(
+            f"running as root, the fault tests run PostgreSQL as the OS user {OS_USER!r}, "
+            f"which does not exist: create it (useradd --system {OS_USER}) or run as another user"
+        ) from None
+
+
 def give_to_postgres(path: Path) -> None:
     """Hand ``path`` to the ``postgres`` OS user when we are root; otherwise it is ours already."""
     if os.geteuid() == 0:
-        user = pwd.getpwnam(OS_USER)
+        user = postgres_user()
         os.chown(path, user.pw_uid, user.pw_gid)
 
 
@@ -84,7 +171,7 @@ def init_template(directory: Path) -> Path:
     run_checked(
         as_postgres(
             [
-                str(PG_BIN / "initdb"),
+                str(pg_bin() / "initdb"),
                 "-D",
                 str(data),
                 "-A",
@@ -147,7 +234,7 @@ class Cluster:
         self._pg_ctl("start", "-l", str(self.log))
         run_checked(
             [
-                str(PG_BIN / "pg_isready"),
+                str(pg_bin() / "pg_isready"),
                 *("-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres"),
                 *("-t", "30"),
             ],
@@ -207,5 +294,5 @@ class Cluster:
         self.remove()
 
     def _pg_ctl(self, *args: str) -> None:
-        argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args]
+        argv = [str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args]
         run_checked(as_postgres(argv), f"pg_ctl {args[0]}", self.log, timeout=90)

@@ -4,22 +4,48 @@ In ``pool_mode=transaction`` consecutive transactions of one client may run on d
 connections, so session state (advisory locks, LISTEN, prepared statements, SET) is not to be
 trusted there. pgbouncer runs as a foreground child (so stopping it is ``terminate()``) with its
 files in a temporary directory; when we are root it runs as the ``postgres`` user, which it needs.
+
+pgbouncer is found on ``PATH`` or in ``/usr/sbin``. Without it the pgbouncer tests are skipped with
+what to install, except in CI (``CI=true``), which installs it: there a missing pgbouncer fails.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
+import pytest
 
-from tests.faults.cluster import OS_USER, free_port, log_tail, owned_tempdir
+from tests.faults.cluster import free_port, log_tail, owned_tempdir, postgres_user
 
-PGBOUNCER = Path("/usr/sbin/pgbouncer")
+SYSTEM_PATH = "/usr/sbin"
+"""Where Debian's package puts pgbouncer, often not on a user's ``PATH``."""
+INSTALL_HINT = "install pgbouncer (apt-get install pgbouncer, brew install pgbouncer)"
+
+
+def find_pgbouncer(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """pgbouncer on ``PATH``, else in :data:`SYSTEM_PATH`; None when there is none."""
+    found = shutil.which("pgbouncer", path=environ.get("PATH", "")) or shutil.which(
+        "pgbouncer", path=SYSTEM_PATH
+    )
+    return None if found is None else Path(found)
+
+
+def require_pgbouncer(environ: Mapping[str, str] = os.environ) -> Path:
+    """The pgbouncer program; skips the test when there is none, or fails it in CI."""
+    found = find_pgbouncer(environ)
+    if found is not None:
+        return found
+    message = f"pgbouncer not found on PATH or in {SYSTEM_PATH}: {INSTALL_HINT}"
+    if environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: CI must run the pgbouncer tests)")
+    pytest.skip(message)
+
 
 # Startup parameters pgbouncer would otherwise refuse with "unsupported startup parameter".
 # application_name needs no entry: pgbouncer tracks it (with client_encoding, DateStyle,
@@ -49,8 +75,7 @@ class PgBouncer:
 
     def start(self, timeout: float = 15.0) -> PgBouncer:
         """Start pgbouncer and return once a client can connect through it to the server."""
-        if not PGBOUNCER.exists():
-            raise RuntimeError(f"{PGBOUNCER} is missing: apt-get install pgbouncer")
+        program = require_pgbouncer()
         self.root = owned_tempdir("pgjobs-pgbouncer-")
         self.port = free_port()
         (self.root / "userlist.txt").write_text('"postgres" ""\n')
@@ -73,7 +98,7 @@ class PgBouncer:
         user, group, extra_groups = _postgres_ids()
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(PGBOUNCER), str(config)],
+                [str(program), str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -141,5 +166,5 @@ def _postgres_ids() -> tuple[int | None, int | None, list[int] | None]:
     """
     if os.geteuid() != 0:
         return None, None, None
-    user = pwd.getpwnam(OS_USER)
+    user = postgres_user()
     return user.pw_uid, user.pw_gid, []

@@ -23,7 +23,7 @@ import pgjobs
 from pgjobs._errors import ConfigError
 from pgjobs._grants import grant_statements
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, rows, run_cli, value
+from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
 
 KINDS = ("enqueuer", "worker", "inspector")
 
@@ -93,10 +93,17 @@ def test_grants_without_a_role_is_a_usage_error() -> None:
 
 def test_enqueuer_enqueues_one_many_and_by_copy(roles: Roles, db: psycopg.Connection[Any]) -> None:
     jobs_app.app.configure(database_url=roles.url("enqueuer"))
-    one = jobs_app.noop.enqueue("one")
-    later = jobs_app.noop.enqueue_in(timedelta(hours=1), "later")
-    many = jobs_app.app.enqueue_many([jobs_app.noop.call(f"many {i}") for i in range(10)])
-    copied = jobs_app.app.enqueue_many([jobs_app.noop.call(f"copy {i}") for i in range(600)])
+    notified: list[str] = []
+    with psycopg.connect(roles.database_url, autocommit=True) as listener:
+        listener.add_notify_handler(lambda notify: notified.append(notify.payload))
+        listener.execute('LISTEN "pgjobs.jobs"')
+        one = jobs_app.noop.enqueue("one")
+        later = jobs_app.noop.enqueue_in(timedelta(hours=1), "later")
+        many = jobs_app.app.enqueue_many([jobs_app.noop.call(f"many {i}") for i in range(10)])
+        copied = jobs_app.app.enqueue_many([jobs_app.noop.call(f"copy {i}") for i in range(600)])
+        # the insert notification still wakes workers: once per enqueue of available jobs
+        eventually(lambda: listener.execute("SELECT 1") and len(notified) == 3)
+    assert notified == ["default"] * 3
     ids = [one, later, *many, *copied]
     assert len(set(ids)) == 612
     assert rows(db, "SELECT state, count(*) FROM pgjobs.jobs GROUP BY state ORDER BY state") == [

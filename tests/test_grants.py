@@ -141,6 +141,25 @@ def test_enqueuer_cannot_insert_a_job_that_is_not_new(
     db.execute(f"INSERT INTO pgjobs.jobs (name, {columns}")  # the table's owner may
 
 
+def test_enqueuer_cannot_slip_past_the_guard_with_functions_of_its_own(
+    roles: Roles, db: psycopg.Connection[Any]
+) -> None:
+    """A role that may create functions somewhere names one as the guard's, first in its path."""
+    db.execute(f'CREATE SCHEMA own AUTHORIZATION "{roles.enqueuer}"')
+    with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
+        enqueuer.execute(
+            "CREATE FUNCTION own.pg_has_role(name, oid, text) RETURNS boolean "
+            "LANGUAGE sql AS 'SELECT true'"
+        )
+        enqueuer.execute("SET search_path = own, pg_catalog")
+        assert enqueuer.execute("SELECT pg_has_role(current_user, 10, 'MEMBER')").fetchone() == (
+            True,
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may insert only new jobs"):
+            enqueuer.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 0
+
+
 def test_enqueuer_cannot_copy_a_finished_job(roles: Roles, db: psycopg.Connection[Any]) -> None:
     with (
         psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer,

@@ -10,7 +10,9 @@ The owner of the table, and any member of its role, is exempt: it can drop the g
 pgjobs' own tools (``pgjobs bench``) and tests insert finished jobs. One statement-level trigger
 reads the inserted rows once, after the statement, from the transition table the notification
 trigger already keeps: about 0.6 µs per job (1 µs with small arguments) against 3-7 µs for a
-trigger per row, and nothing for the owner's inserts.
+trigger per row, and nothing for the owner's inserts. It runs with ``search_path`` set to
+``pg_catalog`` alone, so that an inserting role's own function named ``pg_has_role`` (say) is not
+called in its place.
 
 Revision ID: 0006
 Revises: 0005
@@ -30,7 +32,9 @@ MAX_ARGUMENTS_BYTES = 1024 * 1024
 def upgrade() -> None:
     s = '"{}"'.format(context.config.attributes["schema"])
     op.execute(f"""
-CREATE FUNCTION {s}.guard_inserted_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION {s}.guard_inserted_jobs() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog  -- the inserting role's own functions must not stand in for these
+AS $$
 DECLARE
     owner_role oid := (SELECT relowner FROM pg_class WHERE oid = TG_RELID);
     job record;

@@ -40,7 +40,8 @@ def grant_statements(schema: str, roles: Mapping[str, Sequence[str]]) -> str:
         )
     quoted_schema = quote_identifier(schema)
     blocks = [
-        f"-- pgjobs schema {quoted_schema}: run after `pgjobs migrate` (after each upgrade too)"
+        f"-- pgjobs schema {quoted_schema}, as a superuser: the migrator's statement before the"
+        " first `pgjobs migrate`, the others after it and after each upgrade"
     ]
     for kind, (template, purpose) in KINDS.items():
         for role in roles.get(kind, ()):

@@ -452,8 +452,8 @@ def bench(
 def grants(obj: dict[str, Any], /, **roles: tuple[str, ...]) -> None:
     """Print the GRANT statements that give each ROLE its kind of access (repeatable options).
 
-    Run them as the schema's owner or a superuser, e.g. through psql, after `pgjobs migrate` and
-    again after each upgrade. docs/roles.md says what each kind may do.
+    Run them as a superuser, e.g. through psql: the migrator's before the first `pgjobs migrate`,
+    the others after it and again after each upgrade. docs/roles.md says what each kind may do.
     """
     schema = load_settings(_given(obj)).schema
     click.echo(grant_statements(schema, roles))

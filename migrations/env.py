@@ -32,7 +32,12 @@ else:
             text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
             {"key": f"pgjobs.migrate:{schema}"},
         )
-        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        # a schema made for a migrator role (CREATE SCHEMA ... AUTHORIZATION) is used as it is:
+        # the role may lack CREATE on the database, which CREATE SCHEMA IF NOT EXISTS checks first
+        if not connection.execute(
+            text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+        ).first():
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
         context.configure(
             connection=connection, version_table_schema=schema, transactional_ddl=True
         )

@@ -394,6 +394,42 @@ SCHEMA_VERSION = """
 SELECT version_num FROM {schema}.alembic_version
 """
 
+GRANT_MIGRATOR = """
+CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role};
+"""
+"""The migrator owns the schema, so ``pgjobs migrate`` creates and upgrades the tables in it and
+owns them. Run before the first migration (a schema that exists already keeps its owner)."""
+
+GRANT_ENQUEUER = """
+GRANT USAGE ON SCHEMA {schema} TO {role};
+GRANT INSERT, SELECT (id) ON {schema}.jobs TO {role};
+GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
+"""
+"""Insert jobs and read back their ids (``RETURNING id``); a COPY of many jobs reserves its ids
+with ``nextval`` on the jobs sequence first. No other column, table or function."""
+
+GRANT_WORKER = """
+GRANT USAGE ON SCHEMA {schema} TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.jobs, {schema}.workers TO {role};
+GRANT SELECT, INSERT, UPDATE ON {schema}.leases TO {role};
+GRANT SELECT ON {schema}.alembic_version TO {role};
+GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
+-- PostgreSQL 17 and later, to let the leader vacuum the jobs table (else autovacuum does):
+-- GRANT MAINTAIN ON {schema}.jobs TO {role};
+"""
+"""Claim jobs and write their outcomes, promote due ones, rescue and prune (UPDATE, DELETE on
+jobs); register, heartbeat and deregister (workers), take the leader lease (leases); check the
+schema's revision at start. INSERT and the sequence: jobs that enqueue jobs. ``cancel_job()``
+and ``pgjobs retry`` need no more than this. VACUUM needs the owner (or, from PostgreSQL 17,
+MAINTAIN)."""
+
+GRANT_INSPECTOR = """
+GRANT USAGE ON SCHEMA {schema} TO {role};
+GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue_counts,
+    {schema}.alembic_version TO {role};
+"""
+"""Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards."""
+
 
 BENCH_DROP_SCHEMA = """
 DROP SCHEMA IF EXISTS {schema} CASCADE

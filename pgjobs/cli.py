@@ -26,6 +26,7 @@ from ._app import App
 from ._connection import one_line
 from ._embedded import embedded_database_url
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
+from ._grants import grant_statements
 from ._migrate import check_schema, head_revision, migrate, migration_sql
 from ._outcome import MAX_DELAY
 from ._settings import load_settings, parse_duration
@@ -541,6 +542,23 @@ def bench(
             for key, value in shown.items()
         ],
     )
+
+
+@cli.command()
+@click.option("--migrator", multiple=True, metavar="ROLE", help="Owns the schema; runs migrate")
+@click.option("--enqueuer", multiple=True, metavar="ROLE", help="Inserts jobs (the web app)")
+@click.option("--worker", multiple=True, metavar="ROLE", help="Runs `pgjobs worker`")
+@click.option("--inspector", multiple=True, metavar="ROLE", help="Reads tables and views")
+@click.pass_obj
+@_handles_errors
+def grants(obj: dict[str, Any], /, **roles: tuple[str, ...]) -> None:
+    """Print the GRANT statements that give each ROLE its kind of access (repeatable options).
+
+    Run them as a superuser, e.g. through psql: the migrator's before the first `pgjobs migrate`,
+    the others after it and again after each upgrade. docs/roles.md says what each kind may do.
+    """
+    schema = load_settings(_given(obj)).schema
+    click.echo(grant_statements(schema, roles))
 
 
 def _print_rows(

@@ -1,0 +1,303 @@
+"""Least privilege: real roles given what ``pgjobs grants`` prints can do their work and no more.
+
+Roles belong to the whole server, so each test makes its own, with random names, and drops them
+after. The tests' database (and its pgjobs tables) is owned by the server's superuser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+import pgjobs
+from pgjobs._errors import ConfigError
+from pgjobs._grants import grant_statements
+from tests import jobs_app
+from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
+
+KINDS = ("enqueuer", "worker", "inspector")
+
+
+@dataclass(frozen=True)
+class Roles:
+    enqueuer: str
+    worker: str
+    inspector: str
+    database_url: str
+
+    def url(self, kind: str) -> str:
+        """The test database's URL, logging in as the role of ``kind`` (trust auth)."""
+        role = getattr(self, kind)
+        parts = urlsplit(self.database_url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
+def apply(db: psycopg.Connection[Any], *args: str) -> str:
+    """Run ``pgjobs grants ARGS`` and execute what it prints, as psql would; return the text."""
+    result = run_cli(None, *args)
+    assert result.returncode == 0, result.stderr
+    db.execute(result.stdout.encode())
+    return result.stdout
+
+
+@pytest.fixture
+def roles(server_url: str, database_url: str, db: psycopg.Connection[Any]) -> Iterator[Roles]:
+    """An enqueuer, a worker and an inspector role, with their grants in this test's database."""
+    suffix = uuid.uuid4().hex[:10]
+    names = {kind: f"pgjobs_{kind}_{suffix}" for kind in KINDS}
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(f'CREATE ROLE "{name}" LOGIN')
+    try:
+        apply(db, "grants", *(f"--{kind}={name}" for kind, name in names.items()))
+        db.execute(f'GRANT INSERT ON ledger TO "{names["worker"]}"')  # the tests' jobs write it
+        yield Roles(**names, database_url=database_url)
+    finally:
+        jobs_app.app.close()
+        jobs_app.close_ledger_connections()
+        quoted = ", ".join(f'"{name}"' for name in names.values())
+        db.execute(f"DROP OWNED BY {quoted}")  # their privileges, in the only database they had
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE {quoted}")
+
+
+def test_statements_quote_role_names_and_follow_the_schema() -> None:
+    text = grant_statements("jobs_here", {"enqueuer": ['web "app"'], "inspector": ["grafana"]})
+    assert 'GRANT INSERT, SELECT (id) ON "jobs_here".jobs TO "web ""app""";' in text
+    assert 'GRANT USAGE ON SEQUENCE "jobs_here".jobs_id_seq TO "web ""app""";' in text
+    assert 'TO "grafana";' in text
+    assert "UPDATE" not in text and "DELETE" not in text
+    with pytest.raises(ConfigError, match="at least one role"):
+        grant_statements("pgjobs", {"worker": []})
+    with pytest.raises(ConfigError, match="not a PostgreSQL name"):
+        grant_statements("pgjobs", {"worker": ["x" * 64]})
+
+
+def test_grants_without_a_role_is_a_usage_error() -> None:
+    result = run_cli(None, "grants")
+    assert result.returncode == 2
+    assert "name at least one role" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_enqueuer_enqueues_one_many_and_by_copy(roles: Roles, db: psycopg.Connection[Any]) -> None:
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    notified: list[str] = []
+    with psycopg.connect(roles.database_url, autocommit=True) as listener:
+        listener.add_notify_handler(lambda notify: notified.append(notify.payload))
+        listener.execute('LISTEN "pgjobs.jobs"')
+        one = jobs_app.noop.enqueue("one")
+        later = jobs_app.noop.enqueue_in(timedelta(hours=1), "later")
+        many = jobs_app.app.enqueue_many([jobs_app.noop.call(f"many {i}") for i in range(10)])
+        copied = jobs_app.app.enqueue_many([jobs_app.noop.call(f"copy {i}") for i in range(600)])
+        # the insert notification still wakes workers: once per enqueue of available jobs
+        eventually(lambda: listener.execute("SELECT 1") and len(notified) == 3)
+    assert notified == ["default"] * 3
+    ids = [one, later, *many, *copied]
+    assert len(set(ids)) == 612
+    assert rows(db, "SELECT state, count(*) FROM pgjobs.jobs GROUP BY state ORDER BY state") == [
+        ("available", 611),
+        ("scheduled", 1),
+    ]
+    assert value(db, "SELECT array_agg(id ORDER BY id) FROM pgjobs.jobs") == sorted(ids)
+
+
+FORGED = {
+    "running": "state, worker_id, attempt) VALUES ('noop', 'running', gen_random_uuid(), 1)",
+    "completed": "state, attempt, finished_at) VALUES ('noop', 'completed', 1, now())",
+    "retryable": "state, attempt, errors) VALUES ('noop', 'retryable', 1, '[{}]')",
+    "attempted": "attempt) VALUES ('noop', 3)",
+    "claimed": "claim_token) VALUES ('noop', gen_random_uuid())",
+    "errors": "errors) VALUES ('noop', '[{\"message\": \"forged\"}]')",
+    "finished": "finished_at) VALUES ('noop', now())",
+}
+
+
+@pytest.mark.parametrize("columns", FORGED.values(), ids=FORGED.keys())
+def test_enqueuer_cannot_insert_a_job_that_is_not_new(
+    roles: Roles, db: psycopg.Connection[Any], columns: str
+) -> None:
+    with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may insert only new jobs"):
+            enqueuer.execute(f"INSERT INTO pgjobs.jobs (name, {columns}")
+        # and not hidden among new jobs in one statement
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may insert only new jobs"):
+            enqueuer.execute(
+                f"WITH fresh AS (INSERT INTO pgjobs.jobs (name) VALUES ('noop')) "
+                f"INSERT INTO pgjobs.jobs (name, {columns}"
+            )
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 0
+    db.execute(f"INSERT INTO pgjobs.jobs (name, {columns}")  # the table's owner may
+
+
+def test_enqueuer_cannot_slip_past_the_guard_with_functions_of_its_own(
+    roles: Roles, db: psycopg.Connection[Any]
+) -> None:
+    """A role that may create functions somewhere names one as the guard's, first in its path."""
+    db.execute(f'CREATE SCHEMA own AUTHORIZATION "{roles.enqueuer}"')
+    with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
+        enqueuer.execute(
+            "CREATE FUNCTION own.pg_has_role(name, oid, text) RETURNS boolean "
+            "LANGUAGE sql AS 'SELECT true'"
+        )
+        enqueuer.execute("SET search_path = own, pg_catalog")
+        assert enqueuer.execute("SELECT pg_has_role(current_user, 10, 'MEMBER')").fetchone() == (
+            True,
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may insert only new jobs"):
+            enqueuer.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 0
+
+
+def test_enqueuer_cannot_copy_a_finished_job(roles: Roles, db: psycopg.Connection[Any]) -> None:
+    with (
+        psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="may insert only new jobs"),
+        enqueuer.cursor().copy("COPY pgjobs.jobs (name, state, attempt) FROM STDIN") as copy,
+    ):
+        for i in range(600):
+            copy.write_row(("noop", "completed" if i == 599 else "available", 1 if i == 599 else 0))
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 0
+
+
+def test_enqueuer_cannot_change_delete_or_read_jobs_nor_read_workers(
+    roles: Roles, db: psycopg.Connection[Any]
+) -> None:
+    job_id = value(db, "INSERT INTO pgjobs.jobs (name) VALUES ('noop') RETURNING id")
+    with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
+        for statement in (
+            "UPDATE pgjobs.jobs SET state = 'completed', finished_at = now()",
+            "DELETE FROM pgjobs.jobs",
+            "SELECT args FROM pgjobs.jobs",
+            "SELECT count(*) FROM pgjobs.workers",
+            f"SELECT pgjobs.cancel_job({job_id})",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                enqueuer.execute(statement)
+    assert rows(db, "SELECT state, finished_at FROM pgjobs.jobs") == [("available", None)]
+
+
+LIMIT = pgjobs.MAX_PAYLOAD_BYTES
+"""``args`` and ``kwargs`` together, as PostgreSQL prints them."""
+
+
+@pytest.mark.parametrize("kind", ["enqueuer", "worker"])
+def test_plain_sql_arguments_over_the_limit_are_refused(
+    roles: Roles, db: psycopg.Connection[Any], kind: str
+) -> None:
+    insert = "INSERT INTO pgjobs.jobs (name, args) VALUES ('noop', %s::jsonb)"
+    fits = json.dumps(["x" * (LIMIT - len('[""]') - len("{}"))])
+    over = json.dumps(["x" * (LIMIT - len('[""]') - len("{}") + 1)])
+    with psycopg.connect(roles.url(kind), autocommit=True) as conn:
+        conn.execute(insert, (fits,))
+        with pytest.raises(psycopg.errors.CheckViolation) as refused:
+            conn.execute(insert, (over,))
+    assert re.fullmatch(
+        rf"job \d+ \(noop\): its arguments are {LIMIT + 1} bytes as text, "
+        rf"over the {LIMIT}-byte limit",
+        str(refused.value.diag.message_primary),
+    )
+    assert refused.value.diag.constraint_name == "jobs_arguments_size_check"
+    assert (
+        refused.value.diag.message_hint
+        == "Store large data in a table of your own and pass its id."
+    )
+    assert value(db, "SELECT octet_length(args::text) + 2 FROM pgjobs.jobs") == LIMIT
+
+
+def test_worker_role_runs_jobs_to_completion(
+    roles: Roles, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    ids = jobs_app.app.enqueue_many([jobs_app.noop.call(f"job {i}") for i in range(20)])
+    retried = jobs_app.always_fails.enqueue()
+    worker = WorkerProcess.start(
+        ["--app", "tests.jobs_app:app", "worker", "--burst"],
+        database_url=roles.url("worker"),
+        log=tmp_path / "worker.log",
+    )
+    try:
+        assert worker.wait(timeout=120) == 0, worker.output()
+    finally:
+        worker.kill()
+    assert count(db, "SELECT count(*) FROM ledger WHERE label LIKE 'job %%'") == 20
+    assert rows(db, "SELECT state, count(*) FROM pgjobs.jobs GROUP BY 1 ORDER BY 1") == [
+        ("completed", len(ids)),
+        ("discarded", 1),
+    ]
+    assert value(db, "SELECT attempt FROM pgjobs.jobs WHERE id = %s", retried) == 3
+    assert "Traceback" not in worker.output() and "permission denied" not in worker.output()
+
+
+def test_inspector_reads_through_the_cli_and_cannot_write(
+    roles: Roles, db: psycopg.Connection[Any]
+) -> None:
+    job_id = value(
+        db, "INSERT INTO pgjobs.jobs (name, queue) VALUES ('noop', 'mailers') RETURNING id"
+    )
+    url = roles.url("inspector")
+    stats = run_cli(url, "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout) == {"mailers": {"available": 1}}
+    listed = run_cli(url, "jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [job_id]
+    workers = run_cli(url, "workers", "--json")
+    assert workers.returncode == 0 and workers.stdout == "", workers.stderr
+    with psycopg.connect(url, autocommit=True) as inspector:
+        for statement in (
+            "INSERT INTO pgjobs.jobs (name) VALUES ('noop')",
+            "UPDATE pgjobs.jobs SET priority = 1",
+            "DELETE FROM pgjobs.workers",
+            f"SELECT pgjobs.cancel_job({job_id})",
+            "INSERT INTO pgjobs.leases (name, worker_id, expires_at) "
+            "VALUES ('leader', gen_random_uuid(), now())",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                inspector.execute(statement)
+    assert rows(db, "SELECT state, priority FROM pgjobs.jobs") == [("available", 0)]
+
+
+def test_migrator_owns_what_it_migrates_and_may_insert_any_job(
+    server_url: str, empty_database_url: str
+) -> None:
+    migrator, enqueuer = (f"pgjobs_{kind}_{uuid.uuid4().hex[:10]}" for kind in KINDS[:2])
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{migrator}" LOGIN; CREATE ROLE "{enqueuer}" LOGIN')
+    roles = Roles(enqueuer, migrator, "", empty_database_url)  # the migrator in the worker's place
+    try:
+        with psycopg.connect(empty_database_url, autocommit=True) as db:
+            apply(db, "grants", "--migrator", migrator)
+            migrated = run_cli(roles.url("worker"), "migrate")
+            assert migrated.returncode == 0, migrated.stderr
+            apply(db, "grants", "--enqueuer", enqueuer)
+            assert (
+                value(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'") == migrator
+            )
+        with psycopg.connect(roles.url("worker"), autocommit=True) as owner:
+            owner.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
+        with (
+            psycopg.connect(roles.url("enqueuer"), autocommit=True) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="Only the owner") as refused,
+        ):
+            conn.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
+        assert refused.value.diag.message_hint == (
+            f"Only the owner of pgjobs.jobs ({migrator}) and its members may insert other jobs."
+        )
+    finally:
+        with psycopg.connect(empty_database_url, autocommit=True) as db:
+            db.execute("DROP SCHEMA IF EXISTS pgjobs CASCADE")
+            db.execute(f'DROP OWNED BY "{migrator}", "{enqueuer}"')
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{migrator}", "{enqueuer}"')

@@ -152,7 +152,7 @@ class Client:
                 f"could not get a database connection within {self.settings.connect_timeout:g} s;"
                 " is the database at PGJOBS_DATABASE_URL up and reachable?"
             ) from exc
-        except psycopg.errors.UndefinedTable as exc:
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
             raise SchemaError(
                 f"pgjobs tables not found in schema {self.settings.schema!r}; "
                 "run `pgjobs migrate` first"

@@ -570,3 +570,13 @@ def test_supervised_workers_get_urls_in_their_environment_not_their_command_line
         supervisor.wait(timeout=60)
         supervisor.kill()
     assert PASSWORD not in supervisor.output()
+
+
+@pytest.mark.parametrize("command", [["cancel", "1"], ["retry", "1"], ["job", "1"], ["stats"]])
+def test_commands_before_migrating_say_to_migrate(
+    empty_database_url: str, command: list[str]
+) -> None:
+    result = run_cli(empty_database_url, *command)
+    assert result.returncode == 2, result.stderr
+    assert "run `pgjobs migrate` first" in result.stderr
+    assert "Traceback" not in result.stderr

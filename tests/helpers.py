@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
 
 import pgjobs
 
@@ -186,3 +187,30 @@ def run_cli(
 def run_burst(app: pgjobs.App) -> None:
     """Run an in-process worker until the queues are empty."""
     asyncio.run(pgjobs.Worker(app, burst=True).run())
+
+
+STOP_TIMEOUT = 3.0
+"""``--shutdown-timeout`` (seconds) of the workers that :func:`stop_and_time` stops."""
+
+STOP_MARGIN = 2.0
+"""Seconds past :data:`STOP_TIMEOUT` that a worker may take to exit: process and log overhead."""
+
+
+def stop_and_time(worker: WorkerProcess, state: str, also: Callable[[], None] | None = None) -> str:
+    """SIGTERM ``worker`` (started with ``--shutdown-timeout`` :data:`STOP_TIMEOUT`), then run
+    ``also()``; assert it exits 0 within the shutdown timeout and :data:`STOP_MARGIN`; return its
+    log. Prints the time taken, labelled ``state``."""
+    began = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    if also is not None:
+        also()
+    try:
+        status = worker.wait(timeout=STOP_TIMEOUT + 30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{state}: still running 30 s past the shutdown timeout:\n{worker.output()}")
+    elapsed = time.monotonic() - began
+    print(f"SIGTERM to exit, {state}: {elapsed:.2f} s (shutdown timeout {STOP_TIMEOUT:g} s)")
+    output = worker.output()
+    assert status == 0, output
+    assert elapsed <= STOP_TIMEOUT + STOP_MARGIN, output
+    return output

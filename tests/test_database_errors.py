@@ -6,7 +6,6 @@ Times from SIGTERM to exit are printed for the release notes (``pytest -s``).
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import threading
 import time
@@ -20,10 +19,17 @@ import pytest
 import pgjobs
 from pgjobs._connection import LOCK_TIMEOUT
 from tests import jobs_app
-from tests.helpers import PGJOBS, ROOT, WorkerProcess, count, environment, eventually
+from tests.helpers import (
+    PGJOBS,
+    ROOT,
+    STOP_TIMEOUT,
+    WorkerProcess,
+    count,
+    environment,
+    eventually,
+    stop_and_time,
+)
 
-SHUTDOWN_TIMEOUT = 3.0
-MARGIN = 2.0
 """Seconds past the shutdown timeout a worker may take to exit (interpreter teardown, a loaded
 machine)."""
 BLOCKER = "pgjobs-test-blocker"
@@ -32,21 +38,6 @@ BLOCKER = "pgjobs-test-blocker"
 def completed(db: psycopg.Connection[Any], job_id: int) -> bool:
     query = "SELECT count(*) FROM pgjobs.jobs WHERE id = %s AND state = 'completed'"
     return count(db, query, job_id) == 1
-
-
-def stop_and_time(worker: WorkerProcess, state: str) -> float:
-    """SIGTERM ``worker``; assert it exits 0 within the shutdown timeout and a margin."""
-    began = time.monotonic()
-    worker.signal(signal.SIGTERM)
-    try:
-        status = worker.wait(timeout=SHUTDOWN_TIMEOUT + 30)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{state}: still running 30 s past the shutdown timeout:\n{worker.output()}")
-    elapsed = time.monotonic() - began
-    print(f"SIGTERM to exit, {state}: {elapsed:.2f} s (shutdown timeout {SHUTDOWN_TIMEOUT:g} s)")
-    assert status == 0, worker.output()
-    assert elapsed <= SHUTDOWN_TIMEOUT + MARGIN, worker.output()
-    return elapsed
 
 
 def test_jobs_complete_and_sigterm_works_under_a_1ms_statement_timeout_on_the_database(
@@ -58,7 +49,7 @@ def test_jobs_complete_and_sigterm_works_under_a_1ms_statement_timeout_on_the_da
     db.execute(f"ALTER DATABASE \"{dbname}\" SET statement_timeout = '1ms'")
     with psycopg.connect(database_url, autocommit=True) as probe:
         assert probe.execute("SHOW statement_timeout").fetchone() == ("1ms",)
-    worker = worker_process("--shutdown-timeout", f"{SHUTDOWN_TIMEOUT:g}s")
+    worker = worker_process("--shutdown-timeout", f"{STOP_TIMEOUT:g}s")
     worker.wait_for_log("listening on")
 
     # on the test's connection, opened before the ALTER: the worker alone meets the 1 ms
@@ -76,7 +67,7 @@ def test_a_stopping_worker_exits_although_a_job_left_a_non_daemon_thread_running
 ) -> None:
     """The interpreter waits for non-daemon threads at exit; a job's leaked one must not keep
     the worker from exiting."""
-    worker = worker_process("--shutdown-timeout", f"{SHUTDOWN_TIMEOUT:g}s")
+    worker = worker_process("--shutdown-timeout", f"{STOP_TIMEOUT:g}s")
     worker.wait_for_log("listening on")
     job_id = jobs_app.leaks_a_thread.enqueue()
     eventually(lambda: completed(db, job_id))

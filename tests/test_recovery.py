@@ -85,7 +85,7 @@ def test_a_stalled_worker_is_rescued_when_its_lease_expires_and_its_late_writes_
         rescuer = worker_process("--concurrency", "5", *timing)
         eventually(lambda: value(db, "SELECT count(*) FROM ledger WHERE attempt = 2") == 5, 15)
         print(f"SIGSTOP -> running again: {time.monotonic() - stopped_at:.1f} s (lease 3 s)")
-        # never before the lease expired: 3 s from its last heartbeat, at most a beat before the stop
+        # never before the lease expired: 3 s from its last beat, at most a beat before the stop
         assert time.monotonic() - stopped_at >= 3.0 - 0.5
     finally:
         zombie.process.send_signal(signal.SIGCONT)

@@ -8,26 +8,20 @@ timeout in every state. Times from SIGTERM to exit are printed for the release n
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests import jobs_app
 from tests.faults.cluster import Cluster
-from tests.helpers import WorkerProcess, eventually
+from tests.helpers import STOP_TIMEOUT, WorkerProcess, eventually, stop_and_time
 
 StartWorker = Callable[..., WorkerProcess]
 
-SHUTDOWN_TIMEOUT = 3.0
-MARGIN = 2.0
 """Seconds past the shutdown timeout a worker may take to exit (interpreter teardown, a loaded
 machine)."""
-FLAGS = ("--shutdown-timeout", f"{SHUTDOWN_TIMEOUT:g}s", "--poll-interval", "0.5")
+FLAGS = ("--shutdown-timeout", f"{STOP_TIMEOUT:g}s", "--poll-interval", "0.5")
 
 
 def claim_refusals(worker: WorkerProcess) -> int:
@@ -66,25 +60,6 @@ def set_read_only(cluster: Cluster, read_only: bool) -> None:
 def completed(url: str, ids: list[int]) -> bool:
     query = "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) AND state = 'completed'"
     return fetch_one(url, query, ids) == (len(ids),)
-
-
-def stop_and_time(worker: WorkerProcess, state: str, also: Callable[[], None] | None = None) -> str:
-    """SIGTERM ``worker`` (then ``also()``); assert it exits 0 within the shutdown timeout and a
-    margin; return its log."""
-    began = time.monotonic()
-    worker.signal(signal.SIGTERM)
-    if also is not None:
-        also()
-    try:
-        status = worker.wait(timeout=SHUTDOWN_TIMEOUT + 30)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{state}: still running 30 s past the shutdown timeout:\n{worker.output()}")
-    elapsed = time.monotonic() - began
-    print(f"SIGTERM to exit, {state}: {elapsed:.2f} s (shutdown timeout {SHUTDOWN_TIMEOUT:g} s)")
-    output = worker.output()
-    assert status == 0, output
-    assert elapsed <= SHUTDOWN_TIMEOUT + MARGIN, output
-    return output
 
 
 def test_worker_started_on_a_read_only_database_stops_on_sigterm_before_registering(

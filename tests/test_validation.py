@@ -120,3 +120,24 @@ def test_registration_refuses_what_the_table_cannot_hold(
     assert db.execute("SELECT name FROM pgjobs.jobs WHERE id = %s", (job_id,)).fetchone() == (
         "n" * 255,
     )
+
+
+def test_the_size_limit_counts_arguments_as_the_database_prints_them(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    # compact JSON under 1 MiB, but over it with the space jsonb prints after each comma: the
+    # database's check (migration 0006) would refuse it, so Python refuses it before any SQL
+    items = pgjobs.MAX_PAYLOAD_BYTES // 5 - 10  # '"ab",' compact, '"ab", ' printed
+    with pytest.raises(pgjobs.ValidationError, match="over the 1048576-byte limit"):
+        jobs_app.anything.enqueue(["ab"] * items)
+    assert db.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (0,)
+    # the largest payload Python accepts is what the database measures, to the byte
+    fitting = (pgjobs.MAX_PAYLOAD_BYTES - len('[[""]]') - len("{}")) // len('"ab", ')
+    job_id = jobs_app.anything.enqueue(["ab"] * fitting)
+    measured = db.execute(
+        "SELECT octet_length(args::text) + octet_length(kwargs::text) FROM pgjobs.jobs"
+        " WHERE id = %s",
+        (job_id,),
+    ).fetchone()
+    assert measured is not None and measured[0] <= pgjobs.MAX_PAYLOAD_BYTES
+    assert measured[0] >= pgjobs.MAX_PAYLOAD_BYTES - len('"ab", ')

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
+from ._admin import STATES
 from ._app import App
 from ._connection import one_line
 from ._embedded import embedded_database_url
@@ -35,8 +36,6 @@ from ._validation import MAX_DEPTH
 from ._worker import EXIT_RETIRED, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-STATES = ("scheduled", "available", "running", "retryable", "completed", "discarded", "cancelled")
 
 JOB_ID = click.IntRange(-(2**63), 2**63 - 1)
 """A job id is a PostgreSQL ``bigint``."""

@@ -61,7 +61,7 @@ def retry(queries: Queries, job_id: int) -> Operation[bool]:
             )
         return True
 
-    return Operation(queries.retry_job, {"id": job_id}, result)
+    return Operation(queries.retry_job, {"id": job_id, "channel": queries.jobs_channel}, result)
 
 
 def retry_all(

@@ -319,10 +319,15 @@ WITH target AS (
         max_attempts = greatest(j.max_attempts, j.attempt + 1)
     FROM target
     WHERE j.id = target.id AND target.state <> 'running'
-    RETURNING j.id
+    RETURNING j.queue
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM retried
 )
-SELECT target.state AS previous_state, (SELECT count(*) FROM retried) AS retried FROM target
+SELECT target.state AS previous_state, (SELECT count(*) FROM retried) AS retried,
+       (SELECT count(*) FROM notified) AS notified
+FROM target
 """
+"""Put one job back to run now (not a running one), and wake the workers of its queue."""
 
 RETRY_JOBS = """
 WITH retried AS (

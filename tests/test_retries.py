@@ -130,3 +130,15 @@ def test_error_record_is_sanitised_and_truncated() -> None:
     message = outcome.error["message"]
     assert "\x00" not in message and "\\x00" in message and "\\ud800" in message
     assert len(message) == 2000
+
+
+def test_a_retried_job_wakes_the_workers_of_its_queue(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.always_fails.enqueue()
+    run_burst(app)
+    assert job_row(db, job_id)["state"] == "discarded"
+    db.execute('LISTEN "pgjobs.jobs"')
+    assert app.retry(job_id)
+    heard = [(n.channel, n.payload) for n in db.notifies(timeout=5, stop_after=1)]
+    assert heard == [("pgjobs.jobs", job_row(db, job_id)["queue"])]

@@ -102,14 +102,9 @@ class Client:
         with self._pool_lock:
             if self._pool is None:
                 _connection.check_connection(self.settings, "pgjobs-client")
-                kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client", limits=True)
+                conninfo, options = self._pool_options()
                 self._pool = psycopg_pool.ConnectionPool(
-                    kwargs.pop("conninfo"),
-                    kwargs={**kwargs, "autocommit": True},
-                    min_size=0,
-                    max_size=4,
-                    check=_check_pooled,
-                    open=True,
+                    conninfo, **options, check=_check_pooled, open=True
                 )
         with (
             self.translated_errors(),
@@ -158,17 +153,19 @@ class Client:
                 "run `pgjobs migrate` first"
             ) from exc
 
+    def _pool_options(self) -> tuple[str, dict[str, Any]]:
+        """The conninfo and options of pgjobs' own pools, sync and async: autocommit
+        connections with pgjobs' own time limits, opened as needed, four at most."""
+        kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client", limits=True)
+        conninfo = kwargs.pop("conninfo")
+        return conninfo, {"kwargs": {**kwargs, "autocommit": True}, "min_size": 0, "max_size": 4}
+
     async def _open_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         if self._async_pool is None:
             await _connection.check_connection_async(self.settings, "pgjobs-client")
-            kwargs = _connection.connect_kwargs(self.settings, "pgjobs-client", limits=True)
+            conninfo, options = self._pool_options()
             pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-                kwargs.pop("conninfo"),
-                kwargs={**kwargs, "autocommit": True},
-                min_size=0,
-                max_size=4,
-                check=_check_pooled_async,
-                open=False,
+                conninfo, **options, check=_check_pooled_async, open=False
             )
             await pool.open()
             self._async_pool = pool

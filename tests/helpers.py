@@ -214,3 +214,13 @@ def stop_and_time(worker: WorkerProcess, state: str, also: Callable[[], None] | 
     assert status == 0, output
     assert elapsed <= STOP_TIMEOUT + STOP_MARGIN, output
     return output
+
+
+def process_state(pid: int) -> str:
+    """The state letter in ``/proc/PID/stat`` (``R``/``S`` alive, ``T`` stopped, ``Z`` a zombie
+    not yet reaped), or ``X`` (dead) once the process is gone, also when it goes mid-read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return "X"
+    return stat.rpartition(")")[2].split()[0]

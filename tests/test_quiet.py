@@ -11,14 +11,13 @@ import os
 import signal
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, eventually, rows, value
+from tests.helpers import WorkerProcess, count, eventually, process_state, rows, value
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -31,11 +30,6 @@ TIMINGS = (
 )
 QUIET_LOGGED = "quiet: no new jobs"
 LOCK_KEY = 91_412
-
-
-def process_state(pid: int) -> str:
-    """The state letter in ``/proc/PID/stat``: ``T`` is stopped, ``S``/``R`` alive and running."""
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
 
 def assert_not_stopped(pids: list[int]) -> None:

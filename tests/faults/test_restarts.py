@@ -24,7 +24,6 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,7 +33,7 @@ import pgjobs
 from pgjobs._supervisor import restart_delay
 from tests import jobs_app
 from tests.faults.ledger import db_now, log_transitions
-from tests.helpers import WorkerProcess, count, eventually, rows
+from tests.helpers import WorkerProcess, count, eventually, process_state, rows
 
 FULL = os.environ.get("PGJOBS_FAULTS") == "full"
 
@@ -78,15 +77,7 @@ def test_restart_delay(
 
 def live_children(supervisor: WorkerProcess) -> list[int]:
     """Pids of the supervisor's children that are alive (not yet reaped zombies excluded)."""
-    alive = []
-    for pid in supervisor.children():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
-            alive.append(pid)
-    return alive
+    return [pid for pid in supervisor.children() if process_state(pid) not in ("Z", "X")]
 
 
 def enqueue_steadily(app: pgjobs.App, stop: threading.Event) -> int:

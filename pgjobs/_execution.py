@@ -61,15 +61,14 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
     except UnknownJobError as exc:
         log.error("job %s: %s; it will be retried in case a newer worker knows it", claimed.id, exc)
         return deploy_skew_outcome(exc, attempt=claimed.attempt, max_attempts=claimed.max_attempts)
-    if claimed.args or claimed.kwargs or not job._takes_no_arguments:
-        try:
-            job._signature.bind(*claimed.args, **claimed.kwargs)
-        except TypeError as exc:
-            mismatch = ArgumentsMismatch(f"the stored arguments do not fit {job.name}: {exc}")
-            outcome = deploy_skew_outcome(
-                mismatch, attempt=claimed.attempt, max_attempts=claimed.max_attempts
-            )
-            return await _failed(job, claimed, mismatch, outcome, context, threads)
+    try:
+        job.check_arguments(claimed.args, claimed.kwargs)
+    except TypeError as exc:
+        mismatch = ArgumentsMismatch(f"the stored arguments do not fit {exc}")
+        outcome = deploy_skew_outcome(
+            mismatch, attempt=claimed.attempt, max_attempts=claimed.max_attempts
+        )
+        return await _failed(job, claimed, mismatch, outcome, context, threads)
     try:
         await _call(
             job.func,

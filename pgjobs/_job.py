@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
@@ -145,12 +145,18 @@ class Job(Generic[P, R]):
         """
         if not args and not kwargs and self._takes_no_arguments:
             return JobCall(self, "[]", "{}", self._options)  # nothing to bind or encode
-        try:
-            self._signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self.name}: {exc}") from None
+        self.check_arguments(args, kwargs)
         args_json, kwargs_json = encode_arguments(args, kwargs)
         return JobCall(self, args_json, kwargs_json, self._options)
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise ``TypeError`` (naming the job) unless the function accepts these arguments: at
+        enqueue, and in the worker for the stored ones, which a later deploy may no longer fit."""
+        if args or kwargs or not self._takes_no_arguments:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self.name}: {exc}") from None
 
     def using(self, conn: Any) -> BoundJob[P, R]:
         """This job bound to the caller's connection: ``job.using(conn).enqueue(...)`` enqueues

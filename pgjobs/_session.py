@@ -179,12 +179,14 @@ class Session:
 
     async def _run(self) -> None:
         backoff = Backoff(*RECONNECT_BACKOFF)
+        logged = None  # the problem last logged, so that one that lasts is logged once
         while True:
             conn = await self._link.connection()
             self._lock_key = None  # a new session holds no lock yet
             try:
                 await within(conn, self._open(conn), BEAT_TIMEOUT)
                 backoff.reset()
+                logged = None
                 while True:
                     sweep_due, vacuum_due = await within(conn, self._beat(conn), BEAT_TIMEOUT)
                     if self._leading:
@@ -192,11 +194,16 @@ class Session:
                         await within(conn, lead, STATEMENT_TIMEOUT)
                     await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
             except Exception as exc:  # never let the heartbeat die: a live worker needs it
-                if isinstance(exc, psycopg.Error | TimeoutError):
-                    problem = str(exc).strip() or "no answer"
-                    log.warning("session connection lost (%s); reconnecting", problem)
+                if isinstance(exc, psycopg.OperationalError | TimeoutError):
+                    problem = f"session connection lost ({str(exc).strip() or 'no answer'})"
+                elif isinstance(exc, psycopg.Error):  # read-only, a lock or statement timeout...
+                    problem = f"session: the database refused ({' '.join(str(exc).split())})"
                 else:
+                    problem = ""
                     log.exception("session failed; reconnecting")
+                if problem and problem != logged:
+                    log.warning("%s; reconnecting", problem)
+                    logged = problem
                 await self._link.close()
                 self._tell(self._events.on_jobs, "")  # the producer polls meanwhile; wake it now
                 await backoff.sleep()

@@ -554,7 +554,18 @@ def test_supervised_workers_get_urls_in_their_environment_not_their_command_line
         log=tmp_path / "supervisor.log",
     )
     try:
-        eventually(lambda: len(supervisor.children()) == 2, timeout=30)
+        # both children started and past exec (between fork and exec a child shows the parent's
+        # own command line)
+        eventually(
+            lambda: (
+                len(supervisor.children()) == 2
+                and all(
+                    b"-m\0pgjobs" in Path(f"/proc/{c}/cmdline").read_bytes()
+                    for c in supervisor.children()
+                )
+            ),
+            timeout=30,
+        )
         assert PASSWORD in Path(f"/proc/{supervisor.process.pid}/cmdline").read_text()
         for child in supervisor.children():
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")

@@ -5,6 +5,7 @@ Define jobs on an :class:`App`, enqueue them inside your own transactions, run t
 """
 
 from ._app import App
+from ._batches import AsyncBatch, Batch
 from ._context import JobContext, current_job
 from ._errors import (
     ArgumentsMismatch,
@@ -28,6 +29,8 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "App",
     "ArgumentsMismatch",
+    "AsyncBatch",
+    "Batch",
     "BoundJob",
     "ConfigError",
     "DatabaseError",

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _admin
+from . import _admin, _batches
+from ._batches import AsyncBatch, Batch
 from ._client import Client
 from ._errors import ConfigError, UnknownJobError
 from ._job import EnqueueOptions, Job, JobCall
@@ -278,6 +279,111 @@ class App:
     async def queue_counts_async(self, *, conn: Any = None) -> dict[str, dict[str, int]]:
         """:meth:`queue_counts` for async code."""
         return await self._client.run_async(_admin.queue_counts(self.queries), conn)
+
+    def batch(
+        self,
+        *,
+        on_success: JobCall | None = None,
+        on_complete: JobCall | None = None,
+        description: str | None = None,
+        conn: Any = None,
+    ) -> Batch:
+        """Create a batch: a group of jobs with callback jobs enqueued once all have ended.
+
+        ``on_complete`` runs once every job of the batch has ended, whatever the outcome;
+        ``on_success`` once every one has completed (if some were discarded or cancelled, it runs
+        when they are retried and complete). Each callback is enqueued exactly once, and finds
+        its batch in ``pgjobs.current_job().batch_id``. Nothing fires before the batch is
+        sealed: at the end of the ``with`` block, or by :meth:`Batch.seal`.
+
+        ``conn`` works as in :meth:`Job.using`: the batch, the jobs added through it and its
+        sealing commit or roll back with the caller's transaction.
+
+        Example::
+
+            with app.batch(on_success=report.call("import"), conn=session) as batch:
+                batch.enqueue_many(import_row.call(row_id) for row_id in row_ids)
+
+        Raises:
+            ValidationError: a callback's job is not registered in this app, or has a start
+                time; nothing was written.
+        """
+        return Batch(
+            self._client,
+            self.queries,
+            self._client.run(self._create(on_success, on_complete, description), conn),
+            conn,
+        )
+
+    async def batch_async(
+        self,
+        *,
+        on_success: JobCall | None = None,
+        on_complete: JobCall | None = None,
+        description: str | None = None,
+        conn: Any = None,
+    ) -> AsyncBatch:
+        """:meth:`batch` for async code: ``async with await app.batch_async(...) as batch:``."""
+        operation = self._create(on_success, on_complete, description)
+        batch_id = await self._client.run_async(operation, conn)
+        return AsyncBatch(self._client, self.queries, batch_id, conn)
+
+    def _create(
+        self, on_success: JobCall | None, on_complete: JobCall | None, description: str | None
+    ) -> _admin.Operation[int]:
+        return _batches.create(
+            self.queries,
+            description,
+            _batches.callback_template(self._jobs, "on_success", on_success),
+            _batches.callback_template(self._jobs, "on_complete", on_complete),
+        )
+
+    def add_to_batch(
+        self, batch_id: int, calls: Iterable[JobCall], *, conn: Any = None
+    ) -> list[int]:
+        """Enqueue jobs in batch ``batch_id``, sealed or not (e.g. from a job of the batch, with
+        ``pgjobs.current_job().batch_id``); returns their ids. Its callbacks wait for them.
+
+        Raises:
+            ValidationError: no such batch, or it has finished (its callbacks were enqueued);
+                nothing was written and the caller's transaction is usable.
+        """
+        return self._client.run(_batches.add(self.queries, batch_id, calls), conn)
+
+    async def add_to_batch_async(
+        self, batch_id: int, calls: Iterable[JobCall], *, conn: Any = None
+    ) -> list[int]:
+        """:meth:`add_to_batch` for async code."""
+        return await self._client.run_async(_batches.add(self.queries, batch_id, calls), conn)
+
+    def seal_batch(self, batch_id: int, *, conn: Any = None) -> None:
+        """Seal batch ``batch_id`` (as :meth:`Batch.seal`): for a batch whose creating code
+        failed before sealing it. The same as ``SELECT pgjobs.seal_batch(id)`` in SQL."""
+        self._client.run(_batches.seal(self.queries, batch_id), conn)
+
+    async def seal_batch_async(self, batch_id: int, *, conn: Any = None) -> None:
+        """:meth:`seal_batch` for async code."""
+        await self._client.run_async(_batches.seal(self.queries, batch_id), conn)
+
+    def batch_status(self, batch_id: int, *, conn: Any = None) -> dict[str, Any] | None:
+        """Batch ``batch_id``: its counters (``total``, ``pending``, ``succeeded``, ``failed``),
+        ``sealed``, its callback jobs' ids once enqueued, ``created_at``, ``sealed_at`` and
+        ``finished_at``; ``None`` if there is no such batch."""
+        return self._client.run(_batches.status(self.queries, batch_id), conn)
+
+    async def batch_status_async(self, batch_id: int, *, conn: Any = None) -> dict[str, Any] | None:
+        """:meth:`batch_status` for async code."""
+        return await self._client.run_async(_batches.status(self.queries, batch_id), conn)
+
+    def list_batches(self, *, limit: int = 50, conn: Any = None) -> list[dict[str, Any]]:
+        """Batches as :meth:`batch_status` gives them, newest first."""
+        return self._client.run(_batches.list_batches(self.queries, limit), conn)
+
+    async def list_batches_async(
+        self, *, limit: int = 50, conn: Any = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`list_batches` for async code."""
+        return await self._client.run_async(_batches.list_batches(self.queries, limit), conn)
 
     def close(self) -> None:
         """Close pgjobs' own connection pool (the async one must be closed with ``aclose``)."""

@@ -32,6 +32,8 @@ class JobContext:
     _cancelled_ids: Set[int] = field(default_factory=frozenset, repr=False, compare=False)
     """The ids of the worker's jobs whose cancellation was requested (shared by all its jobs, so
     that starting a job allocates nothing for a rare event)."""
+    batch_id: int | None = None
+    """The batch the job belongs to (:meth:`App.batch`), ``None`` for a job of no batch."""
 
     @property
     def stopping(self) -> bool:

@@ -48,6 +48,7 @@ class ClaimedJob(NamedTuple):
     attempt: int
     max_attempts: int
     claim_token: uuid.UUID
+    batch_id: int | None
 
 
 async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: Executor) -> Outcome:

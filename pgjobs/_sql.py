@@ -72,7 +72,7 @@ SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), worker_id 
 WHERE j.id = ANY(ARRAY(SELECT id FROM next))  -- an array: always the primary key, never a scan
   AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
 RETURNING j.id, j.queue, j.name, j.args, j.kwargs, j.priority, j.attempt, j.max_attempts,
-          j.claim_token
+          j.claim_token, j.batch_id
 """
 """Claim up to ``limit`` jobs, queue by queue in the given order.
 
@@ -409,9 +409,13 @@ GRANT_ENQUEUER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT INSERT, SELECT (id) ON {schema}.jobs TO {role};
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
+GRANT SELECT, INSERT, UPDATE ON {schema}.batches TO {role};
+GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
 """
 """Insert jobs and read back their ids (``RETURNING id``); a COPY of many jobs reserves its ids
-with ``nextval`` on the jobs sequence first. No other column, table or function."""
+with ``nextval`` on the jobs sequence first. No other column of jobs, nor any
+other table or function. Batches: create, add to and seal them (the triggers on jobs update a
+batch's counters as its jobs are inserted, and sealing may enqueue its callbacks)."""
 
 GRANT_WORKER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
@@ -419,6 +423,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.jobs, {schema}.workers TO {role
 GRANT SELECT, INSERT, UPDATE ON {schema}.leases TO {role};
 GRANT SELECT ON {schema}.alembic_version TO {role};
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
+GRANT SELECT, INSERT, UPDATE ON {schema}.batches TO {role};
+GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
 -- PostgreSQL 17 and later, to let the leader vacuum the jobs table (else autovacuum does):
 -- GRANT MAINTAIN ON {schema}.jobs TO {role};
 """
@@ -426,14 +432,70 @@ GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 jobs); register, heartbeat and deregister (workers), take the leader lease (leases); check the
 schema's revision at start. INSERT and the sequence: jobs that enqueue jobs. ``cancel_job()``
 and ``pgjobs retry`` need no more than this. VACUUM needs the owner (or, from PostgreSQL 17,
-MAINTAIN)."""
+MAINTAIN). Batches: the triggers on jobs count a batch's ended jobs and enqueue its callbacks,
+and jobs may create batches and add to their own."""
 
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue_counts,
-    {schema}.alembic_version TO {role};
+    {schema}.alembic_version, {schema}.batches TO {role};
 """
 """Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards."""
+
+
+INSERT_BATCH = """
+INSERT INTO {schema}.batches (description, on_success, on_complete)
+VALUES (%(description)s, %(on_success)s::jsonb, %(on_complete)s::jsonb)
+RETURNING id
+"""
+"""A new batch, not sealed: its callbacks cannot fire before ``seal_batch``."""
+
+INSERT_BATCH_JOBS = """
+WITH batch AS (
+    SELECT id, finished_at FROM {schema}.batches WHERE id = %(batch_id)s FOR UPDATE
+), inserted AS (
+    INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
+                               state, batch_id)
+    SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
+           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(batch_id)s
+    FROM (
+        SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
+        FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
+                    %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
+                    %(delays)s::float8[]) WITH ORDINALITY
+            AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, position)
+        WHERE EXISTS (SELECT 1 FROM batch WHERE finished_at IS NULL)
+        ORDER BY r.position
+    ) AS rows
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM batch) AS found, (SELECT finished_at FROM batch) AS finished_at,
+       ARRAY(SELECT id FROM inserted ORDER BY id) AS ids
+"""
+"""Add jobs to a batch unless it has finished (its callbacks fired): nothing is inserted then,
+and ``finished_at`` says why. The batch row's lock orders this against the job that would finish
+the batch: either the new jobs count before the batch settles, or they are refused after."""
+
+SEAL_BATCH = """
+SELECT {schema}.seal_batch(%(id)s) AS found
+"""
+
+GET_BATCH = """
+SELECT id, description, total, pending, total - pending - failed AS succeeded, failed,
+       sealed_at IS NOT NULL AS sealed, success_job_id, complete_job_id, created_at, sealed_at,
+       finished_at
+FROM {schema}.batches
+WHERE id = %(id)s
+"""
+
+LIST_BATCHES = """
+SELECT id, description, total, pending, total - pending - failed AS succeeded, failed,
+       sealed_at IS NOT NULL AS sealed, success_job_id, complete_job_id, created_at, sealed_at,
+       finished_at
+FROM {schema}.batches
+ORDER BY id DESC
+LIMIT %(limit)s
+"""
 
 
 BENCH_DROP_SCHEMA = """
@@ -507,6 +569,11 @@ class Queries:
     queue_counts: str
     lock_holders: str
     schema_version: str
+    insert_batch: str
+    insert_batch_jobs: str
+    seal_batch: str
+    get_batch: str
+    list_batches: str
     jobs_channel: str
     """Channel notified with a queue's name when jobs become available in it."""
     scheduled_channel: str

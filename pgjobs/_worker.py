@@ -378,6 +378,7 @@ class Worker:
                 worker_id=self.id,
                 _stopping=self.stopping,
                 _cancelled_ids=self._cancelled_ids,
+                batch_id=job.batch_id,
             )
             task = asyncio.create_task(
                 self._run_job(job, context, claim), name=f"pgjobs-job-{job.id}"

@@ -560,6 +560,48 @@ def grants(obj: dict[str, Any], /, **roles: tuple[str, ...]) -> None:
     click.echo(grant_statements(schema, roles))
 
 
+@cli.command("batch")
+@click.argument("batch_id", type=JOB_ID)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object")
+@click.pass_obj
+@_handles_errors
+def batch_command(obj: dict[str, Any], batch_id: int, as_json: bool) -> None:
+    """Show batch BATCH_ID: its counters, whether it is sealed, and its callback jobs."""
+    row = _load_app(obj).batch_status(batch_id)
+    if row is None:
+        raise click.UsageError(f"no batch {batch_id}")
+    if as_json:
+        click.echo(json.dumps(row, default=str))
+        return
+    for key, value in row.items():
+        click.echo(f"{key + ':':<17} {'' if value is None else value}")
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
+@click.pass_obj
+@_handles_errors
+def batches(obj: dict[str, Any], limit: int, as_json: bool) -> None:
+    """List batches, newest first."""
+    rows = _load_app(obj).list_batches(limit=limit)
+    table = [
+        [
+            str(r["id"]),
+            r["description"] or "",
+            str(r["total"]),
+            str(r["pending"]),
+            str(r["succeeded"]),
+            str(r["failed"]),
+            "yes" if r["sealed"] else "no",
+            "" if r["finished_at"] is None else f"{r['finished_at']:%Y-%m-%d %H:%M:%S%z}",
+        ]
+        for r in rows
+    ]
+    header = ["id", "description", "total", "pending", "succeeded", "failed", "sealed", "finished"]
+    _print_rows(rows, as_json, header, table)
+
+
 def _print_rows(
     rows: list[dict[str, Any]], as_json: bool, header: list[str], table: list[list[str]]
 ) -> None:

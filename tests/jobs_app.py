@@ -312,3 +312,38 @@ def waits_for_lock_elsewhere(key: int, ledger_url: str) -> None:
         ledger.execute(insert, (job.id, job.attempt, os.getpid(), "waits_elsewhere", "start"))
         ledger.execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
         ledger.execute(insert, (job.id, job.attempt, os.getpid(), "waits_elsewhere", "end"))
+
+
+def _batch_of_current_job() -> str:
+    return str(pgjobs.current_job().batch_id)
+
+
+@app.job(name="batch_member")
+def batch_member(seconds: float = 0.0) -> None:
+    """A job of a batch: records its batch id (``event``) at its start, then sleeps."""
+    record("batch_member", _batch_of_current_job())
+    time.sleep(seconds)
+
+
+@app.job(name="batch_member_fails_once", max_attempts=1)
+def batch_member_fails_once() -> None:
+    """Fails its first attempt (and, with one attempt allowed, is discarded); a retry completes."""
+    record("batch_member_fails_once", _batch_of_current_job())
+    if pgjobs.current_job().attempt == 1:
+        raise RuntimeError("first attempt fails")
+
+
+@app.job(name="batch_grows")
+def batch_grows(extra: int, seconds: float) -> None:
+    """Adds ``extra`` sleeping jobs to its own batch, on pgjobs' own connection (committed before
+    this job ends)."""
+    batch_id = pgjobs.current_job().batch_id
+    assert batch_id is not None
+    record("batch_grows", str(batch_id))
+    app.add_to_batch(batch_id, [batch_member.call(seconds) for _ in range(extra)])
+
+
+@app.job(name="batch_callback")
+def batch_callback(kind: str) -> None:
+    """A batch's callback: records ``kind`` (``on_success``/``on_complete``) and its batch."""
+    record(f"batch_callback:{kind}", _batch_of_current_job())

@@ -409,13 +409,14 @@ GRANT_ENQUEUER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT INSERT, SELECT (id) ON {schema}.jobs TO {role};
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
-GRANT SELECT, INSERT, UPDATE ON {schema}.batches TO {role};
+GRANT INSERT, SELECT (id) ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint) TO {role};
 """
 """Insert jobs and read back their ids (``RETURNING id``); a COPY of many jobs reserves its ids
 with ``nextval`` on the jobs sequence first. No other column of jobs, nor any
-other table or function. Batches: create, add to and seal them (the triggers on jobs update a
-batch's counters as its jobs are inserted, and sealing may enqueue its callbacks)."""
+other table or function. Batches: create them, add to them and seal them, through functions that
+run as the table's owner: no UPDATE on batches, and no reading them."""
 
 GRANT_WORKER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
@@ -423,8 +424,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.jobs, {schema}.workers TO {role
 GRANT SELECT, INSERT, UPDATE ON {schema}.leases TO {role};
 GRANT SELECT ON {schema}.alembic_version TO {role};
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
-GRANT SELECT, INSERT, UPDATE ON {schema}.batches TO {role};
+GRANT SELECT, INSERT ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint) TO {role};
 -- PostgreSQL 17 and later, to let the leader vacuum the jobs table (else autovacuum does):
 -- GRANT MAINTAIN ON {schema}.jobs TO {role};
 """
@@ -432,8 +434,8 @@ GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
 jobs); register, heartbeat and deregister (workers), take the leader lease (leases); check the
 schema's revision at start. INSERT and the sequence: jobs that enqueue jobs. ``cancel_job()``
 and ``pgjobs retry`` need no more than this. VACUUM needs the owner (or, from PostgreSQL 17,
-MAINTAIN). Batches: the triggers on jobs count a batch's ended jobs and enqueue its callbacks,
-and jobs may create batches and add to their own."""
+MAINTAIN). Batches: jobs may create batches and add to their own; the triggers on jobs count
+a batch's ended jobs and enqueue its callbacks as the table's owner."""
 
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
@@ -452,7 +454,7 @@ RETURNING id
 
 INSERT_BATCH_JOBS = """
 WITH batch AS (
-    SELECT id, finished_at FROM {schema}.batches WHERE id = %(batch_id)s FOR UPDATE
+    SELECT finished_at FROM {schema}.lock_batch(%(batch_id)s)
 ), inserted AS (
     INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
                                state, batch_id)

@@ -113,7 +113,8 @@ def test_many_batches_on_three_workers_fire_each_callback_exactly_once(
             batch.add(jobs_app.batch_member.call(0.01))
     for batch in batches:
         batch.seal()
-    workers = [worker_process("--concurrency", "16") for _ in range(3)]
+    for _ in range(3):
+        worker_process("--concurrency", "16")
 
     expected = [(kind, str(b.id), 1) for b in batches for kind in ("on_complete", "on_success")]
     eventually(lambda: callbacks(db) == expected, timeout=60)
@@ -151,8 +152,6 @@ def test_many_batches_on_three_workers_fire_each_callback_exactly_once(
         " GROUP BY event HAVING count(DISTINCT pid) > 1) AS b",
     )
     assert spread >= 20  # most batches ended on several workers at once
-    deadlocks = sum(w.output().count("deadlock detected") for w in workers)
-    print(f"deadlocks retried: {deadlocks}")
 
 
 def test_a_sigkilled_worker_mid_batch_still_ends_with_one_callback_each(

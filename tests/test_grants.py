@@ -301,3 +301,52 @@ def test_migrator_owns_what_it_migrates_and_may_insert_any_job(
             db.execute(f'DROP OWNED BY "{migrator}", "{enqueuer}"')
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP ROLE "{migrator}", "{enqueuer}"')
+
+
+def test_batches_work_under_the_enqueuer_worker_and_inspector_grants(
+    roles: Roles, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    with jobs_app.app.batch(
+        on_success=jobs_app.batch_callback.call("on_success"),
+        on_complete=jobs_app.batch_callback.call("on_complete"),
+    ) as batch:
+        batch.enqueue_many([jobs_app.batch_member.call(), jobs_app.batch_grows.call(2, 0.0)])
+    with jobs_app.app.batch(on_complete=jobs_app.batch_callback.call("empty")) as empty:
+        pass  # sealed empty: the enqueuer's seal enqueues the callback
+    worker = WorkerProcess.start(
+        ["--app", "tests.jobs_app:app", "worker", "--burst"],
+        database_url=roles.url("worker"),
+        log=tmp_path / "worker.log",
+    )
+    try:
+        assert worker.wait(timeout=120) == 0, worker.output()
+    finally:
+        worker.kill()
+    assert "permission denied" not in worker.output()
+    assert rows(
+        db, "SELECT label, event FROM ledger WHERE label LIKE 'batch_callback:%%' ORDER BY 2, 1"
+    ) == [
+        ("batch_callback:on_complete", str(batch.id)),
+        ("batch_callback:on_success", str(batch.id)),
+        ("batch_callback:empty", str(empty.id)),
+    ]
+    shown = run_cli(roles.url("inspector"), "batch", str(batch.id), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["succeeded"] == 4
+    with psycopg.connect(roles.url("inspector"), autocommit=True) as inspector:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            inspector.execute(f"SELECT pgjobs.seal_batch({batch.id})")
+    with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
+        for statement in (
+            "UPDATE pgjobs.batches SET pending = 0, failed = 0",
+            "SELECT total FROM pgjobs.batches",
+            f"SELECT pgjobs.settle_batch({batch.id})",
+            f"SELECT pgjobs.count_batch_job({batch.id}, 1, 0, 0, 1)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                enqueuer.execute(statement)
+    assert rows(db, "SELECT total, pending, failed FROM pgjobs.batches ORDER BY id") == [
+        (4, 0, 0),
+        (0, 0, 0),
+    ]

@@ -5,7 +5,9 @@ Row triggers on ``jobs`` keep the counters exact under any number of workers, wh
 ends (an ack, a rescue, a cancel, a retry from the dead set, a delete). Their ``WHEN`` clauses
 make a plain job (``batch_id`` NULL) pay for the test alone, and a batch job pay only when it
 enters or leaves an ended state. ``settle_batch`` enqueues the callbacks under the batch row's
-lock, so each is enqueued exactly once even when the last jobs end at the same moment.
+lock, so each is enqueued exactly once even when the last jobs end at the same moment. The
+functions run as the table's owner (``SECURITY DEFINER``, ``search_path`` pinned), so the roles
+that insert and update jobs need no UPDATE on ``batches`` and cannot forge its counters.
 
 No foreign key from ``jobs.batch_id``: its check is queued for every inserted row, plain ones
 included; the insert trigger refuses an unknown batch instead.
@@ -51,7 +53,8 @@ CREATE TABLE {s}.batches (
     op.execute(f"ALTER TABLE {s}.jobs ADD COLUMN batch_id bigint")
     op.execute(f"CREATE INDEX jobs_batch_idx ON {s}.jobs (batch_id) WHERE batch_id IS NOT NULL")
     op.execute(f"""
-CREATE FUNCTION {s}.settle_batch(settled bigint) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION {s}.settle_batch(settled bigint) RETURNS void LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
     b {s}.batches;
     success_id bigint;
@@ -94,7 +97,7 @@ by the triggers on jobs and by seal_batch(); the batch row lock serialises concu
     op.execute(f"""
 CREATE FUNCTION {s}.count_batch_job(batch bigint, job bigint, total_change integer,
                                     pending_change integer, failed_change integer)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
     left_pending integer;
     sealed timestamptz;
@@ -119,7 +122,8 @@ BEGIN
 END
 $$""")
     op.execute(f"""
-CREATE FUNCTION {s}.count_batch_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION {s}.count_batch_jobs() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM {s}.count_batch_job(NEW.batch_id, NEW.id, 1,
@@ -151,7 +155,8 @@ CREATE TRIGGER jobs_batch_deleted AFTER DELETE ON {s}.jobs
     FOR EACH ROW WHEN (OLD.batch_id IS NOT NULL AND OLD.state NOT IN {ENDED})
     EXECUTE FUNCTION {s}.count_batch_jobs()""")
     op.execute(f"""
-CREATE FUNCTION {s}.seal_batch(sealed bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+CREATE FUNCTION {s}.seal_batch(sealed bigint) RETURNS boolean LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
     UPDATE {s}.batches SET sealed_at = coalesce(sealed_at, now()) WHERE id = sealed;
     IF NOT FOUND THEN
@@ -165,10 +170,31 @@ $$""")
 COMMENT ON FUNCTION {s}.seal_batch(bigint) IS
 'Declare that the code creating the batch has added all its jobs (its jobs may still add more):
 from now on the callbacks fire once none is pending. False if there is no such batch.'""")
+    op.execute(f"""
+CREATE FUNCTION {s}.lock_batch(locked bigint) RETURNS TABLE (finished_at timestamptz)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
+    SELECT b.finished_at FROM {s}.batches AS b WHERE b.id = locked FOR UPDATE
+$$""")
+    op.execute(f"""
+COMMENT ON FUNCTION {s}.lock_batch(bigint) IS
+'Lock a batch''s row until the end of the transaction, before adding jobs to it, and return its
+finished_at (no row: no such batch). A job that would finish the batch waits, or has finished it.'""")
+    # Roles change counters and fire callbacks only through these functions, as the table's
+    # owner: an enqueuer needs no UPDATE on batches. `pgjobs grants` gives EXECUTE on the two
+    # meant to be called.
+    for function in (
+        "settle_batch(bigint)",
+        "count_batch_job(bigint, bigint, integer, integer, integer)",
+        "count_batch_jobs()",
+        "seal_batch(bigint)",
+        "lock_batch(bigint)",
+    ):
+        op.execute(f"REVOKE EXECUTE ON FUNCTION {s}.{function} FROM PUBLIC")
 
 
 def downgrade() -> None:
     s = '"{}"'.format(context.config.attributes["schema"])
+    op.execute(f"DROP FUNCTION {s}.lock_batch(bigint)")
     op.execute(f"DROP FUNCTION {s}.seal_batch(bigint)")
     op.execute(f"DROP TRIGGER jobs_batch_deleted ON {s}.jobs")
     op.execute(f"DROP TRIGGER jobs_batch_ended ON {s}.jobs")

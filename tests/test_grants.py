@@ -334,9 +334,11 @@ def test_batches_work_under_the_enqueuer_worker_and_inspector_grants(
     shown = run_cli(roles.url("inspector"), "batch", str(batch.id), "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["succeeded"] == 4
-    with psycopg.connect(roles.url("inspector"), autocommit=True) as inspector:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
-            inspector.execute(f"SELECT pgjobs.seal_batch({batch.id})")
+    with (
+        psycopg.connect(roles.url("inspector"), autocommit=True) as inspector,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
+    ):
+        inspector.execute(f"SELECT pgjobs.seal_batch({batch.id})")
     with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
         for statement in (
             "UPDATE pgjobs.batches SET pending = 0, failed = 0",

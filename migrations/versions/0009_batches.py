@@ -177,8 +177,9 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
 $$""")
     op.execute(f"""
 COMMENT ON FUNCTION {s}.lock_batch(bigint) IS
-'Lock a batch''s row until the end of the transaction, before adding jobs to it, and return its
-finished_at (no row: no such batch). A job that would finish the batch waits, or has finished it.'""")
+'Lock a batch''s row until the end of the transaction, before adding jobs to it, and return
+its finished_at (no row: no such batch). A job that would finish the batch waits, or has finished
+it.'""")
     # Roles change counters and fire callbacks only through these functions, as the table's
     # owner: an enqueuer needs no UPDATE on batches. `pgjobs grants` gives EXECUTE on the two
     # meant to be called.

@@ -454,12 +454,12 @@ RETURNING id
 
 INSERT_BATCH_JOBS = """
 WITH batch AS (
-    SELECT finished_at FROM {schema}.lock_batch(%(batch_id)s)
+    SELECT finished_at FROM {schema}.lock_batch(%(batch_id)s::bigint)
 ), inserted AS (
     INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
                                state, batch_id)
     SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
-           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(batch_id)s
+           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(batch_id)s::bigint
     FROM (
         SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
         FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
@@ -479,7 +479,7 @@ and ``finished_at`` says why. The batch row's lock orders this against the job t
 the batch: either the new jobs count before the batch settles, or they are refused after."""
 
 SEAL_BATCH = """
-SELECT {schema}.seal_batch(%(id)s) AS found
+SELECT {schema}.seal_batch(%(id)s::bigint) AS found
 """
 
 GET_BATCH = """

@@ -53,8 +53,7 @@ CREATE TABLE {s}.batches (
     op.execute(f"ALTER TABLE {s}.jobs ADD COLUMN batch_id bigint")
     op.execute(f"CREATE INDEX jobs_batch_idx ON {s}.jobs (batch_id) WHERE batch_id IS NOT NULL")
     op.execute(f"""
-CREATE FUNCTION {s}.settle_batch(settled bigint) RETURNS void LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog AS $$
+CREATE FUNCTION {s}.settle_batch(settled bigint) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     b {s}.batches;
     success_id bigint;
@@ -97,7 +96,7 @@ by the triggers on jobs and by seal_batch(); the batch row lock serialises concu
     op.execute(f"""
 CREATE FUNCTION {s}.count_batch_job(batch bigint, job bigint, total_change integer,
                                     pending_change integer, failed_change integer)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     left_pending integer;
     sealed timestamptz;
@@ -180,9 +179,11 @@ COMMENT ON FUNCTION {s}.lock_batch(bigint) IS
 'Lock a batch''s row until the end of the transaction, before adding jobs to it, and return
 its finished_at (no row: no such batch). A job that would finish the batch waits, or has finished
 it.'""")
-    # Roles change counters and fire callbacks only through these functions, as the table's
-    # owner: an enqueuer needs no UPDATE on batches. `pgjobs grants` gives EXECUTE on the two
-    # meant to be called.
+    # Roles change counters and fire callbacks only through the trigger, seal_batch and
+    # lock_batch, which run as the table's owner (with search_path pinned): an enqueuer needs no
+    # UPDATE on batches. settle_batch and count_batch_job are called from those alone, already
+    # as the owner (one search_path switch per row, not two). `pgjobs grants` gives EXECUTE on
+    # the two meant to be called.
     for function in (
         "settle_batch(bigint)",
         "count_batch_job(bigint, bigint, integer, integer, integer)",

@@ -52,6 +52,7 @@ from ._execution import ClaimedJob, execute
 from ._leader import Leader
 from ._link import LAST_TRY, Link
 from ._migrate import check_schema
+from ._scheduler import Scheduler
 from ._session import Session, SessionEvents
 from ._stager import Stager
 from ._vacuum import Vacuum
@@ -151,6 +152,12 @@ class Worker:
                 Vacuum(self.settings, self._queries, self._application_name("vacuum")),
             ),
         )
+        self._scheduler = (
+            Scheduler(self._claim, self._queries, list(app.cron_entries.values()))
+            if app.cron_entries and not burst
+            else None
+        )
+        """Enqueues the app's cron entries; none without entries (and in burst mode)."""
         self.unfinished_threads = False
         """Set when jobs were handed back or overran: their threads may still be running."""
         self.retired = False
@@ -182,6 +189,8 @@ class Worker:
             self._acker.start()
             if not self.burst:
                 self._stager.start()
+            if self._scheduler is not None:
+                self._scheduler.start()
             try:
                 await self._produce()
             except DatabaseError:
@@ -195,6 +204,8 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self._stager.stop()
+            if self._scheduler is not None:
+                await self._scheduler.stop()
             await self._stop_acker()
             await self._session.stop()
             await self._claim.close()

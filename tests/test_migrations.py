@@ -25,6 +25,7 @@ from tests.helpers import LEDGER_DDL, ROOT, WorkerProcess, eventually, run_cli, 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:9/nowhere"
 OWNED = [
     ("alembic_version", "r"),
+    ("cron_entries", "r"),
     ("jobs", "r"),
     ("leases", "r"),
     ("queue_counts", "v"),

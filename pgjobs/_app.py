@@ -150,9 +150,10 @@ class App:
                 on_exhausted=on_exhausted,
                 timeout=seconds,
             )
-            if cron is not None:
-                self.periodic(job, cron=cron, tz=tz)
+            entry = None if cron is None else self._unique(_cron.declare(job, cron=cron, tz=tz))
             self._jobs[job_name] = job
+            if entry is not None:
+                self._cron[entry.name] = entry
             return job
 
         return register(func) if func is not None else register
@@ -190,19 +191,28 @@ class App:
             ConfigError: a malformed expression (naming the field), an unknown zone, a name
                 already used, arguments that do not fit the job or are not JSON.
         """
+        if self._jobs.get(job.name) is not job:
+            raise ConfigError(
+                f"cron entry {name or job.name!r}: {job.name!r} is not a job of this app; "
+                "register it with @app.job first"
+            )
         entry = _cron.declare(
             job,
             name=name,
             cron=cron,
             tz=tz,
             args=args,
-            kwargs=kwargs or {},
+            kwargs=kwargs,
             catch_up=catch_up,
             tick_kwarg=tick_kwarg,
         )
+        self._cron[self._unique(entry).name] = entry
+
+    def _unique(self, entry: CronEntry) -> CronEntry:
+        """``entry``, unless another entry has its name."""
         if entry.name in self._cron:
             raise ConfigError(f"a cron entry named {entry.name!r} is already declared")
-        self._cron[entry.name] = entry
+        return entry
 
     @property
     def cron_entries(self) -> Mapping[str, CronEntry]:

@@ -161,13 +161,13 @@ class Due:
 def declare(
     job: Job[..., Any],
     *,
-    name: str | None,
     cron: str,
     tz: str,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    catch_up: CatchUp,
-    tick_kwarg: str | None,
+    name: str | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    catch_up: CatchUp = "latest",
+    tick_kwarg: str | None = None,
 ) -> CronEntry:
     """Check an entry as declared in code; :class:`ConfigError` naming the entry and what to fix."""
     entry = name if name is not None else job.name
@@ -181,6 +181,7 @@ def declare(
         raise ConfigError(
             f"cron entry {entry!r}: catch_up {catch_up!r} must be 'latest', 'none' or a timedelta"
         )
+    kwargs = kwargs or {}
     if tick_kwarg is not None and tick_kwarg in kwargs:
         raise ConfigError(f"cron entry {entry!r}: tick_kwarg {tick_kwarg!r} is also in kwargs")
     checked = {**kwargs, tick_kwarg: "tick"} if tick_kwarg is not None else dict(kwargs)

@@ -94,6 +94,8 @@ def test_declarations_are_checked_at_import() -> None:
         @app.job(name="nightly", cron="0 24 * * *")
         def nightly() -> None: ...
 
+    with pytest.raises(pgjobs.ConfigError, match="'report' is not a job of this app"):
+        pgjobs.App().periodic(report, cron="@daily", args=("m",))
     assert list(app.cron_entries) == ["report.daily"]
     assert "nightly" not in app.jobs
 

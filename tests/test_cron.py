@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs._cron import MAX_CATCH_UP, CatchUp, due, next_runs, parse
+import pgjobs._sql
+from pgjobs._cron import MAX_CATCH_UP, CatchUp, due, encode_rows, next_runs, parse, tick_text
+from tests import cron_app
 from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -459,3 +462,46 @@ def test_a_malformed_entry_fails_at_start_naming_job_and_field(database_url: str
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "(*/5)" in errors[0]  # the whole message on one line
+
+
+def test_racing_tick_statements_enqueue_each_tick_once(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Eight connections run the tick statement for the same entry at once, each stepping through
+    the same 100 ticks (passing the last four each time, as a late scheduler would): every tick
+    gets exactly one job, whoever enqueued it."""
+    queries = pgjobs._sql.queries_for("pgjobs")
+    entry = cron_app.app.cron_entries["every.second"]
+    db.execute(queries.upsert_cron_entries, encode_rows([entry]))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    db.execute(
+        "UPDATE pgjobs.cron_entries SET last_tick_at = %s WHERE name = 'every.second'",
+        (start - timedelta(seconds=1),),
+    )
+    ticks = [start + timedelta(seconds=s) for s in range(100)]
+
+    def step_through() -> int:
+        enqueued = 0
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for k in range(len(ticks)):
+                window = ticks[max(0, k - 3) : k + 1]
+                row = conn.execute(
+                    queries.enqueue_cron_ticks,
+                    {
+                        "name": entry.name,
+                        "ticks": [tick_text(t) for t in window],
+                        "through": ticks[k],
+                    },
+                ).fetchone()
+                assert row is not None
+                enqueued += row[1]
+        return enqueued
+
+    with ThreadPoolExecutor(8) as pool:
+        enqueued = sum(pool.map(lambda _: step_through(), range(8)))
+    assert enqueued == len(ticks)
+    assert jobs_per_tick(db, "every.second") == dict.fromkeys(ticks, 1)
+    assert (
+        value(db, "SELECT last_tick_at FROM pgjobs.cron_entries WHERE name = 'every.second'")
+        == ticks[-1]
+    )

@@ -616,12 +616,12 @@ def _parse_delay(text: str) -> float:
 @click.pass_context
 @_handles_errors
 def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
-    """Cron entries: job, schedule, paused, last run, next 3 runs (with --app, which the code
-    declares; others are never enqueued). Subcommands pause, resume and run one."""
+    """Cron entries: job, schedule, paused, last run, next 3 runs; entries the app's code no
+    longer declares (never enqueued) are marked. Subcommands pause, resume and run one."""
     ctx.obj = _given(ctx.obj, {"app": app_path})
     if ctx.invoked_subcommand is not None:
         return
-    app = _load_app(ctx.obj)
+    app = _load_app(ctx.obj, require_app=True)
     rows = app.list_cron()
     table = [
         [

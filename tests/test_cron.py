@@ -415,6 +415,8 @@ def test_unknown_entries_are_refused(
         assert result.returncode == 2
         assert "no cron entry named 'nope'" in result.stderr
         assert "Traceback" not in result.stderr
+    listed = run_cli(database_url, "cron")  # listing needs the code, to mark removed entries
+    assert listed.returncode == 2 and "needs --app" in listed.stderr
     assert value(db, "SELECT pgjobs.run_cron('nope')") is None
     assert value(db, "SELECT pgjobs.pause_cron('nope')") is None
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 0

@@ -35,6 +35,9 @@ SLACK = 0.002
 
 
 class Scheduler:
+    """Enqueues the ticks of ``entries`` on ``link`` until stopped. It keeps each entry's last
+    tick as the table last reported it, and only ever asks the table to move it forward."""
+
     def __init__(self, link: Link, queries: Queries, entries: Sequence[CronEntry]) -> None:
         self._link = link
         self._queries = queries

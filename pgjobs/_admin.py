@@ -109,5 +109,39 @@ def queue_counts(queries: Queries) -> Operation[dict[str, dict[str, int]]]:
     return Operation(queries.queue_counts, {}, result)
 
 
+def pause_cron(queries: Queries, name: str) -> Operation[None]:
+    return Operation(queries.pause_cron, {"name": name}, _found_entry(name))
+
+
+def resume_cron(queries: Queries, name: str) -> Operation[None]:
+    return Operation(queries.resume_cron, {"name": name}, _found_entry(name))
+
+
+def run_cron(queries: Queries, name: str) -> Operation[int]:
+    def result(rows: Rows) -> int:
+        job_id: int | None = rows[0]["job_id"]
+        if job_id is None:
+            raise ValidationError("name", f"no cron entry named {name!r} (see `pgjobs cron`)")
+        return job_id
+
+    return Operation(queries.run_cron, {"name": name}, result)
+
+
+def list_cron(
+    queries: Queries, annotate: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Operation[Rows]:
+    """Every row of ``cron_entries``, each passed through ``annotate`` (which adds what the
+    app's code knows: whether it declares the entry, its next runs)."""
+    return Operation(queries.list_cron, {}, lambda rows: [annotate(row) for row in rows])
+
+
+def _found_entry(name: str) -> Callable[[Rows], None]:
+    def result(rows: Rows) -> None:
+        if not rows[0]["found"]:
+            raise ValidationError("name", f"no cron entry named {name!r} (see `pgjobs cron`)")
+
+    return result
+
+
 def _first(rows: Rows) -> dict[str, Any] | None:
     return rows[0] if rows else None

@@ -4,13 +4,14 @@ administer them through its :class:`~pgjobs._client.Client`."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _admin, _batches
+from . import _admin, _batches, _cron
 from ._batches import AsyncBatch, Batch
 from ._client import Client
+from ._cron import CatchUp, CronEntry
 from ._errors import ConfigError, UnknownJobError
 from ._job import EnqueueOptions, Job, JobCall
 from ._outcome import RetryPolicy, sidekiq_backoff
@@ -45,6 +46,7 @@ class App:
         self._flags: dict[str, Any] = {}
         self._settings: Settings | None = None
         self._jobs: dict[str, Job[..., Any]] = {}
+        self._cron: dict[str, CronEntry] = {}
         self._client = Client(lambda: self.settings)
 
     @property
@@ -84,6 +86,8 @@ class App:
         discard_on: tuple[type[BaseException], ...] = (),
         on_exhausted: Callable[[BaseException], object] | None = None,
         timeout: timedelta | float | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
     ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
     def job(
@@ -99,6 +103,8 @@ class App:
         discard_on: tuple[type[BaseException], ...] = (),
         on_exhausted: Callable[[BaseException], object] | None = None,
         timeout: timedelta | float | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
     ) -> Job[P, R] | Callable[[Callable[P, R]], Job[P, R]]:
         """Register a function (``def`` or ``async def``) as a job.
 
@@ -115,6 +121,8 @@ class App:
                 attempt fails at the deadline and the worker retires once its other jobs end (see
                 the guide). Either way the attempt fails with :class:`JobTimeout` and is retried
                 per ``retry``.
+            cron, tz: enqueue the job (without arguments) at each tick of this cron expression in
+                this IANA time zone; the same as :meth:`periodic` with its defaults.
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         if seconds is not None and not seconds > 0:
@@ -143,10 +151,74 @@ class App:
                 on_exhausted=on_exhausted,
                 timeout=seconds,
             )
+            entry = None if cron is None else self._unique(_cron.declare(job, cron=cron, tz=tz))
             self._jobs[job_name] = job
+            if entry is not None:
+                self._cron[entry.name] = entry
             return job
 
         return register(func) if func is not None else register
+
+    def periodic(
+        self,
+        job: Job[..., Any],
+        *,
+        cron: str,
+        tz: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        catch_up: CatchUp = "latest",
+        tick_kwarg: str | None = None,
+    ) -> None:
+        """Enqueue ``job(*args, **kwargs)`` at each tick of ``cron`` in time zone ``tz``.
+
+        Every worker (but a ``--burst`` one) schedules the entries of its code, and each tick is
+        enqueued exactly once however many run: the ``cron_entries`` table keeps one row per
+        entry, and its last tick. Needs ``pip install 'pgjobs[cron]'``.
+
+        Args:
+            cron: five fields (minute hour day month weekday), six with a seconds field first
+                (``*/10 * * * * *``: every 10 s), or ``@hourly``, ``@daily``, ``@weekly``,
+                ``@monthly``, ``@yearly``.
+            tz: an IANA zone (``Europe/Berlin``); ticks follow its daylight saving time.
+            name: the entry's name (unique; defaults to the job's), for ``pgjobs cron``.
+            catch_up: ticks missed while no worker ran: ``"latest"`` enqueues the newest once,
+                ``"none"`` none, a ``timedelta`` every one within it. Ticks at most 60 s late
+                are always enqueued.
+            tick_kwarg: a keyword parameter of the job that receives the tick, as ISO 8601 text.
+
+        Raises:
+            ConfigError: a malformed expression (naming the field), an unknown zone, a name
+                already used, arguments that do not fit the job or are not JSON.
+        """
+        if self._jobs.get(job.name) is not job:
+            raise ConfigError(
+                f"cron entry {name or job.name!r}: {job.name!r} is not a job of this app; "
+                "register it with @app.job first"
+            )
+        entry = _cron.declare(
+            job,
+            name=name,
+            cron=cron,
+            tz=tz,
+            args=args,
+            kwargs=kwargs,
+            catch_up=catch_up,
+            tick_kwarg=tick_kwarg,
+        )
+        self._cron[self._unique(entry).name] = entry
+
+    def _unique(self, entry: CronEntry) -> CronEntry:
+        """``entry``, unless another entry has its name."""
+        if entry.name in self._cron:
+            raise ConfigError(f"a cron entry named {entry.name!r} is already declared")
+        return entry
+
+    @property
+    def cron_entries(self) -> Mapping[str, CronEntry]:
+        """Declared cron entries by name."""
+        return dict(self._cron)
 
     def get(self, name: str) -> Job[..., Any]:
         """The job registered as ``name``; :class:`UnknownJobError` if there is none."""
@@ -384,6 +456,50 @@ class App:
     ) -> list[dict[str, Any]]:
         """:meth:`list_batches` for async code."""
         return await self._client.run_async(_batches.list_batches(self.queries, limit), conn)
+
+    def list_cron(self, *, conn: Any = None) -> list[dict[str, Any]]:
+        """Every row of ``cron_entries`` by name, with ``in_code`` (this app declares it: entries
+        no running code declares are never enqueued) and ``next_runs`` (its next three ticks)."""
+        return self._client.run(_admin.list_cron(self.queries, self._describe_cron), conn)
+
+    async def list_cron_async(self, *, conn: Any = None) -> list[dict[str, Any]]:
+        """:meth:`list_cron` for async code."""
+        operation = _admin.list_cron(self.queries, self._describe_cron)
+        return await self._client.run_async(operation, conn)
+
+    def pause_cron(self, name: str, *, conn: Any = None) -> None:
+        """Stop enqueuing cron entry ``name``: its ticks pass without a job, and resuming does
+        not replay them. The same as ``SELECT pgjobs.pause_cron(name)``.
+
+        Raises:
+            ValidationError: there is no such entry.
+        """
+        self._client.run(_admin.pause_cron(self.queries, name), conn)
+
+    async def pause_cron_async(self, name: str, *, conn: Any = None) -> None:
+        """:meth:`pause_cron` for async code."""
+        await self._client.run_async(_admin.pause_cron(self.queries, name), conn)
+
+    def resume_cron(self, name: str, *, conn: Any = None) -> None:
+        """Enqueue cron entry ``name`` again from its next tick on
+        (``SELECT pgjobs.resume_cron(name)``)."""
+        self._client.run(_admin.resume_cron(self.queries, name), conn)
+
+    async def resume_cron_async(self, name: str, *, conn: Any = None) -> None:
+        """:meth:`resume_cron` for async code."""
+        await self._client.run_async(_admin.resume_cron(self.queries, name), conn)
+
+    def run_cron(self, name: str, *, conn: Any = None) -> int:
+        """Enqueue cron entry ``name``'s job now, paused or not, outside its ticks; returns the
+        job's id (``SELECT pgjobs.run_cron(name)``). A ``tick_kwarg`` gets the current time."""
+        return self._client.run(_admin.run_cron(self.queries, name), conn)
+
+    async def run_cron_async(self, name: str, *, conn: Any = None) -> int:
+        """:meth:`run_cron` for async code."""
+        return await self._client.run_async(_admin.run_cron(self.queries, name), conn)
+
+    def _describe_cron(self, row: dict[str, Any]) -> dict[str, Any]:
+        return _cron.describe(row, row["name"] in self._cron, datetime.now(UTC))
 
     def close(self) -> None:
         """Close pgjobs' own connection pool (the async one must be closed with ``aclose``)."""

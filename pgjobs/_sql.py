@@ -429,18 +429,21 @@ GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint) TO {role};
 -- PostgreSQL 17 and later, to let the leader vacuum the jobs table (else autovacuum does):
 -- GRANT MAINTAIN ON {schema}.jobs TO {role};
+GRANT SELECT, INSERT, UPDATE ON {schema}.cron_entries TO {role};
 """
 """Claim jobs and write their outcomes, promote due ones, rescue and prune (UPDATE, DELETE on
 jobs); register, heartbeat and deregister (workers), take the leader lease (leases); check the
 schema's revision at start. INSERT and the sequence: jobs that enqueue jobs. ``cancel_job()``
 and ``pgjobs retry`` need no more than this. VACUUM needs the owner (or, from PostgreSQL 17,
 MAINTAIN). Batches: jobs may create batches and add to their own; the triggers on jobs count
-a batch's ended jobs and enqueue its callbacks as the table's owner."""
+a batch's ended jobs and enqueue its callbacks as the table's owner. ``cron_entries``: declare
+the app's cron entries and enqueue their ticks; the SQL functions ``pause_cron()``,
+``resume_cron()`` and ``run_cron()`` need no more."""
 
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue_counts,
-    {schema}.alembic_version, {schema}.batches TO {role};
+    {schema}.alembic_version, {schema}.batches, {schema}.cron_entries TO {role};
 """
 """Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards."""
 
@@ -497,6 +500,86 @@ SELECT id, description, total, pending, total - pending - failed AS succeeded, f
 FROM {schema}.batches
 ORDER BY id DESC
 LIMIT %(limit)s
+"""
+
+UPSERT_CRON_ENTRIES = """
+INSERT INTO {schema}.cron_entries AS c
+    (name, job_name, queue, priority, max_attempts, args, kwargs, tick_kwarg, expression,
+     timezone, catch_up, catch_up_window, last_tick_at)
+SELECT e.name, e.job_name, e.queue, e.priority, e.max_attempts, e.args::jsonb, e.kwargs::jsonb,
+       e.tick_kwarg, e.expression, e.timezone, e.catch_up, e.catch_up_window, now()
+FROM unnest(%(name)s::text[], %(job_name)s::text[], %(queue)s::text[], %(priority)s::smallint[],
+            %(max_attempts)s::int[], %(args)s::text[], %(kwargs)s::text[], %(tick_kwarg)s::text[],
+            %(expression)s::text[], %(timezone)s::text[], %(catch_up)s::text[],
+            %(catch_up_window)s::interval[])
+    AS e(name, job_name, queue, priority, max_attempts, args, kwargs, tick_kwarg, expression,
+         timezone, catch_up, catch_up_window)
+ON CONFLICT (name) DO UPDATE
+SET job_name = excluded.job_name, queue = excluded.queue, priority = excluded.priority,
+    max_attempts = excluded.max_attempts, args = excluded.args, kwargs = excluded.kwargs,
+    tick_kwarg = excluded.tick_kwarg, expression = excluded.expression,
+    timezone = excluded.timezone, catch_up = excluded.catch_up,
+    catch_up_window = excluded.catch_up_window, seen_at = now()
+RETURNING c.name, c.last_tick_at
+"""
+"""Declare a worker's cron entries: the definition columns only, never ``paused`` or the last
+tick. A new entry starts with ``last_tick_at = now()``, so no past tick runs on first sight."""
+
+ENQUEUE_CRON_TICKS = """
+WITH entry AS (
+    SELECT * FROM {schema}.cron_entries WHERE name = %(name)s FOR UPDATE
+), due AS (
+    SELECT t.tick
+    FROM entry CROSS JOIN unnest(%(ticks)s::text[]) AS t(tick)
+    WHERE NOT entry.paused
+      AND (entry.last_tick_at IS NULL OR t.tick::timestamptz > entry.last_tick_at)
+), inserted AS (
+    INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts)
+    SELECT e.queue, e.job_name, e.args,
+           CASE WHEN e.tick_kwarg IS NULL THEN e.kwargs
+                ELSE e.kwargs || jsonb_build_object(e.tick_kwarg, due.tick) END,
+           e.priority, e.max_attempts
+    FROM entry AS e CROSS JOIN due
+    ORDER BY due.tick::timestamptz
+    RETURNING id
+), advanced AS (
+    UPDATE {schema}.cron_entries AS c
+    SET last_tick_at = %(through)s,
+        last_job_id = coalesce((SELECT max(id) FROM inserted), c.last_job_id),
+        last_enqueued_at = CASE WHEN EXISTS (SELECT 1 FROM inserted) THEN now()
+                                ELSE c.last_enqueued_at END
+    FROM entry
+    WHERE c.name = entry.name
+      AND (entry.last_tick_at IS NULL OR entry.last_tick_at < %(through)s)
+    RETURNING c.last_tick_at
+)
+SELECT coalesce((SELECT last_tick_at FROM advanced), (SELECT last_tick_at FROM entry)),
+       (SELECT count(*) FROM inserted)
+"""
+"""Enqueue an entry's due ticks and move its ``last_tick_at`` to ``through``, exactly once: the
+row is locked first, so two workers with the same ticks serialise on it, and the second sees the
+first's ``last_tick_at`` and inserts nothing. Only ticks after it are enqueued, and none while
+the entry is paused (its ticks pass: resuming does not replay them). Returns the entry's
+``last_tick_at`` after the statement (another worker's, if it was ahead) and the jobs enqueued."""
+
+LIST_CRON = """
+SELECT name, job_name, queue, priority, max_attempts, args, kwargs, tick_kwarg, expression,
+       timezone, catch_up, catch_up_window, paused, last_tick_at, last_job_id, last_enqueued_at,
+       declared_at, seen_at
+FROM {schema}.cron_entries
+ORDER BY name
+"""
+
+PAUSE_CRON = """
+SELECT {schema}.pause_cron(%(name)s) AS found
+"""
+
+RESUME_CRON = """
+SELECT {schema}.resume_cron(%(name)s) AS found
+"""
+
+RUN_CRON = """
+SELECT {schema}.run_cron(%(name)s) AS job_id
 """
 
 
@@ -585,6 +668,12 @@ class Queries:
     only: workers read the table (anyone who can log in may NOTIFY)."""
     lock_namespace: str
     """Hashed into the first key of the workers' session advisory locks."""
+    upsert_cron_entries: str
+    enqueue_cron_ticks: str
+    list_cron: str
+    pause_cron: str
+    resume_cron: str
+    run_cron: str
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 One process holds three connections: ``session`` (registration, heartbeat, leadership,
 LISTEN/NOTIFY: see :mod:`pgjobs._session`), ``claim`` (claims and promotions of due scheduled
-jobs) and ``ack`` (batched outcome writes). The producer loop claims at most the free slots in one
+jobs, and the ticks of the app's cron entries, if it has any: :mod:`pgjobs._scheduler`) and
+``ack`` (batched outcome writes). The producer loop claims at most the free slots in one
 ``FOR UPDATE SKIP LOCKED`` statement. A claim that filled every free slot may have left jobs
 behind, so the next one follows as slots free; a claim that found fewer jobs emptied the queues,
 and the producer waits for news of more (a notification, a promotion) or the poll interval. A
@@ -52,6 +53,7 @@ from ._execution import ClaimedJob, execute
 from ._leader import Leader
 from ._link import LAST_TRY, Link
 from ._migrate import check_schema
+from ._scheduler import Scheduler
 from ._session import Session, SessionEvents
 from ._stager import Stager
 from ._vacuum import Vacuum
@@ -151,6 +153,12 @@ class Worker:
                 Vacuum(self.settings, self._queries, self._application_name("vacuum")),
             ),
         )
+        self._scheduler = (
+            Scheduler(self._claim, self._queries, list(app.cron_entries.values()))
+            if app.cron_entries and not burst
+            else None
+        )
+        """Enqueues the app's cron entries; none without entries (and in burst mode)."""
         self.unfinished_threads = False
         """Set when jobs were handed back or overran: their threads may still be running."""
         self.retired = False
@@ -182,6 +190,8 @@ class Worker:
             self._acker.start()
             if not self.burst:
                 self._stager.start()
+            if self._scheduler is not None:
+                self._scheduler.start()
             try:
                 await self._produce()
             except DatabaseError:
@@ -195,6 +205,8 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self._stager.stop()
+            if self._scheduler is not None:
+                await self._scheduler.stop()
             await self._stop_acker()
             await self._session.stop()
             await self._claim.close()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 import psycopg
@@ -649,3 +650,72 @@ def _parse_delay(text: str) -> float:
     if not 0 <= seconds <= MAX_DELAY:
         raise ConfigError(f"--in {text!r}: must be from 0 seconds to 100 years")
     return seconds
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
+@_app_option
+@click.pass_context
+@_handles_errors
+def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
+    """Cron entries: job, schedule, paused, last run, next 3 runs; entries the app's code no
+    longer declares (never enqueued) are marked. Subcommands pause, resume and run one."""
+    ctx.obj = _given(ctx.obj, {"app": app_path})
+    if ctx.invoked_subcommand is not None:
+        return
+    app = _load_app(ctx.obj, require_app=True)
+    rows = app.list_cron()
+    table = [
+        [
+            r["name"] if r["in_code"] else f"{r['name']} (not in code)",
+            r["job_name"],
+            r["expression"],
+            r["timezone"],
+            "yes" if r["paused"] else "",
+            _cron_last_run(r),
+            ", ".join(_local_time(t, r["timezone"]) for t in r["next_runs"]),
+        ]
+        for r in rows
+    ]
+    header = ["name", "job", "expression", "tz", "paused", "last run", "next runs"]
+    _print_rows(rows, as_json, header, table)
+
+
+@cron.command("pause")
+@click.argument("name")
+@click.pass_obj
+@_handles_errors
+def cron_pause(obj: dict[str, Any], name: str) -> None:
+    """Stop enqueuing entry NAME; its ticks pass without a job until resumed."""
+    _load_app(obj).pause_cron(name)
+    click.echo(f"cron entry {name!r} paused")
+
+
+@cron.command("resume")
+@click.argument("name")
+@click.pass_obj
+@_handles_errors
+def cron_resume(obj: dict[str, Any], name: str) -> None:
+    """Enqueue entry NAME again from its next tick on."""
+    _load_app(obj).resume_cron(name)
+    click.echo(f"cron entry {name!r} resumed")
+
+
+@cron.command("run")
+@click.argument("name")
+@click.pass_obj
+@_handles_errors
+def cron_run(obj: dict[str, Any], name: str) -> None:
+    """Enqueue entry NAME's job now (not counted as a tick); prints its id."""
+    click.echo(_load_app(obj).run_cron(name))
+
+
+def _cron_last_run(row: dict[str, Any]) -> str:
+    if row["last_enqueued_at"] is None:
+        return "never"
+    return f"{_local_time(row['last_enqueued_at'], row['timezone'])} (job {row['last_job_id']})"
+
+
+def _local_time(moment: datetime, zone: str) -> str:
+    """``moment`` in the entry's zone, to the second."""
+    return moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S%z")

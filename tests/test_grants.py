@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -352,3 +353,36 @@ def test_batches_work_under_the_enqueuer_worker_and_inspector_grants(
         (4, 0, 0),
         (0, 0, 0),
     ]
+
+
+def test_worker_role_schedules_cron_entries_and_the_inspector_lists_them(
+    roles: Roles, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    worker = WorkerProcess.start(
+        ["--app", "tests.cron_app:app", "worker"],
+        database_url=roles.url("worker"),
+        log=tmp_path / "worker.log",
+    )
+    try:
+        eventually(
+            lambda: count(db, "SELECT count(*) FROM ledger WHERE label LIKE 'every.second@%%'") >= 2
+        )
+        with psycopg.connect(roles.url("worker"), autocommit=True) as as_worker:
+            assert as_worker.execute("SELECT pgjobs.pause_cron('every.second')").fetchone() == (
+                True,
+            )
+            assert as_worker.execute("SELECT pgjobs.run_cron('every.second')").fetchone()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.output()
+    finally:
+        worker.kill()
+    assert "permission denied" not in worker.output()
+    listed = run_cli(roles.url("inspector"), "--app", "tests.cron_app:app", "cron", "--json")
+    assert listed.returncode == 0, listed.stderr
+    names = {json.loads(line)["name"] for line in listed.stdout.splitlines()}
+    assert "every.second" in names
+    with (
+        psycopg.connect(roles.url("inspector"), autocommit=True) as inspector,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
+    ):
+        inspector.execute("SELECT pgjobs.run_cron('every.second')")

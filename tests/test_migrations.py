@@ -26,6 +26,7 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:9/nowhere"
 OWNED = [
     ("alembic_version", "r"),
     ("batches", "r"),
+    ("cron_entries", "r"),
     ("jobs", "r"),
     ("leases", "r"),
     ("queue_counts", "v"),

@@ -20,6 +20,7 @@ from ._job import BoundJob, Job, JobCall
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
 from ._settings import Settings, load_settings
+from ._unique import JobId, Unique
 from ._validation import MAX_DEPTH, MAX_PAYLOAD_BYTES
 from ._worker import Worker
 
@@ -34,11 +35,13 @@ __all__ = [
     "Job",
     "JobCall",
     "JobContext",
+    "JobId",
     "JobTimeout",
     "PgjobsError",
     "SchemaError",
     "Settings",
     "Snooze",
+    "Unique",
     "UnknownJobError",
     "ValidationError",
     "Worker",

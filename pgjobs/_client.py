@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import select
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +33,7 @@ from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
 from ._errors import DatabaseError, SchemaError
 from ._settings import Settings
 from ._sql import Queries, queries_for
+from ._unique import JobId, Step, insert_unique, plan_batch, resolve
 
 if TYPE_CHECKING:
     from ._job import JobCall
@@ -60,15 +69,30 @@ class Client:
         cannot keep them (``prepared_statements = false``), else psycopg's choice."""
         return None if self.settings.prepared_statements else False
 
-    def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
-        params = insert_params(calls)
+    def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
+        batch = calls if isinstance(calls, list) else list(calls)
+        if any(call.unique_key is not None for call in batch):
+            with self.connection_for(conn) as driver:
+                if conn is not None:
+                    return _run_unique(driver, self.queries, batch, self.prepare)
+                with driver.transaction():  # its plain and unique jobs commit together
+                    return _run_unique(driver, self.queries, batch, self.prepare)
+        params = insert_params(batch)
         with self.connection_for(conn) as driver:
-            return _run_insert(driver, self.queries, params, self.prepare)
+            return list(map(JobId, _run_insert(driver, self.queries, params, self.prepare)))
 
-    async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
-        params = insert_params(calls)
+    async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
+        batch = calls if isinstance(calls, list) else list(calls)
+        if any(call.unique_key is not None for call in batch):
+            async with self.connection_for_async(conn) as driver:
+                if conn is not None:
+                    return await _run_unique_async(driver, self.queries, batch, self.prepare)
+                async with driver.transaction():
+                    return await _run_unique_async(driver, self.queries, batch, self.prepare)
+        params = insert_params(batch)
         async with self.connection_for_async(conn) as driver:
-            return await _run_insert_async(driver, self.queries, params, self.prepare)
+            ids = await _run_insert_async(driver, self.queries, params, self.prepare)
+            return list(map(JobId, ids))
 
     def run(self, operation: Operation[T], conn: Any = None) -> T:
         """Run an admin operation on ``conn`` (the caller's transaction) or pgjobs' pool."""
@@ -262,3 +286,57 @@ async def _run_insert_async(
             for data in copy_text(ids, now, params):
                 await copy.write(data)
         return list(ids)
+
+
+UniqueSteps = Generator[Step, list[tuple[Any, ...]], dict[int, JobId]]
+
+
+def _run_unique(
+    conn: psycopg.Connection[Any], queries: Queries, calls: Sequence[JobCall], prepare: bool | None
+) -> list[JobId]:
+    """A batch with unique jobs: its plain jobs as usual, its unique ones by their steps."""
+    plan = plan_batch(calls)
+    written: dict[int, JobId] = {}
+    if plan.plain:
+        plain = insert_params([calls[p] for p in plan.plain])
+        ids = _run_insert(conn, queries, plain, prepare)
+        written.update(zip(plan.plain, map(JobId, ids), strict=True))
+    with conn.cursor() as cur:
+        for positions, replace in ((plan.keep, False), (plan.replace, True)):
+            if positions:
+                steps: UniqueSteps = insert_unique(queries, calls, positions, replace)
+                try:
+                    statement, params = next(steps)
+                    while True:
+                        rows = cur.execute(statement, params, prepare=prepare).fetchall()
+                        statement, params = steps.send(rows)
+                except StopIteration as done:
+                    written.update(done.value)
+    return resolve(plan, written, len(calls))
+
+
+async def _run_unique_async(
+    conn: psycopg.AsyncConnection[Any],
+    queries: Queries,
+    calls: Sequence[JobCall],
+    prepare: bool | None,
+) -> list[JobId]:
+    """:func:`_run_unique` for async code."""
+    plan = plan_batch(calls)
+    written: dict[int, JobId] = {}
+    if plan.plain:
+        plain = insert_params([calls[p] for p in plan.plain])
+        ids = await _run_insert_async(conn, queries, plain, prepare)
+        written.update(zip(plan.plain, map(JobId, ids), strict=True))
+    async with conn.cursor() as cur:
+        for positions, replace in ((plan.keep, False), (plan.replace, True)):
+            if positions:
+                steps: UniqueSteps = insert_unique(queries, calls, positions, replace)
+                try:
+                    statement, params = next(steps)
+                    while True:
+                        await cur.execute(statement, params, prepare=prepare)
+                        statement, params = steps.send(await cur.fetchall())
+                except StopIteration as done:
+                    written.update(done.value)
+    return resolve(plan, written, len(calls))

@@ -53,6 +53,81 @@ FROM STDIN
 """Large batches: several times faster than INSERT for thousands of rows. The insert trigger
 notifies for COPY too."""
 
+_UNIQUE_ROWS = """
+SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at,
+       CASE WHEN r.period IS NULL THEN r.key
+            ELSE r.key || ':' || floor(extract(epoch FROM now()) / r.period)::bigint
+       END AS held_key
+FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
+            %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
+            %(delays)s::float8[], %(keys)s::text[], %(states)s::text[], %(periods)s::float8[])
+    WITH ORDINALITY AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, key,
+                         states, period, position)
+"""
+"""The rows of a unique insert: INSERT_JOBS' and each job's key, held with its period's bucket
+(from the database clock) when it has a period."""
+
+_UNIQUE_INSERT = """
+INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
+                                state, unique_key, unique_states)
+SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
+       CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+       held_key, string_to_array(states, ',')
+FROM rows ORDER BY position
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
+"""
+
+INSERT_UNIQUE_JOBS = (
+    "WITH rows AS MATERIALIZED ("
+    + _UNIQUE_ROWS
+    + "), written AS ("
+    + _UNIQUE_INSERT
+    + """DO NOTHING
+    RETURNING j.id, j.unique_key
+)
+SELECT rows.position, rows.held_key, written.id, true AS inserted
+FROM rows LEFT JOIN written ON written.unique_key = rows.held_key
+ORDER BY rows.position
+"""
+)
+"""Unique jobs, one per key, keeping a job that holds the key already: its rows come back with
+a NULL id. ``ON CONFLICT`` waits for an uncommitted holder: if its transaction rolls back, the
+row goes in; if it commits, nothing is written. Plain jobs never run this."""
+
+REPLACE_UNIQUE_JOBS = (
+    "WITH rows AS MATERIALIZED ("
+    + _UNIQUE_ROWS
+    + "), written AS ("
+    + _UNIQUE_INSERT
+    + """DO UPDATE
+    SET args = excluded.args, kwargs = excluded.kwargs, priority = excluded.priority,
+        scheduled_at = excluded.scheduled_at, state = excluded.state
+    WHERE j.state IN ('scheduled', 'available')
+    RETURNING j.id, j.unique_key, j.queue, j.state, j.xmax = 0 AS inserted
+), replaced AS (
+    SELECT pg_notify(CASE WHEN state = 'available' THEN %(jobs_channel)s
+                          ELSE %(scheduled_channel)s END,
+                     CASE WHEN state = 'available' THEN queue ELSE '' END)
+    FROM (SELECT DISTINCT queue, state FROM written WHERE NOT inserted) AS changed
+)
+SELECT rows.position, rows.held_key, written.id, written.inserted
+FROM rows LEFT JOIN written ON written.unique_key = rows.held_key
+CROSS JOIN (SELECT count(*) FROM replaced) AS forced  -- a CTE runs only when it is read
+ORDER BY rows.position
+"""
+)
+"""Unique jobs, one per key, replacing the arguments, priority and run time of a holder that
+has not started (a debounce); a running or retryable holder is kept and its row comes back with
+a NULL id. A replaced job is notified as an inserted one is (the insert trigger sees only
+inserts), so a worker or stager sees its new run time at once."""
+
+FIND_UNIQUE_HOLDERS = """
+SELECT unique_key, id FROM {schema}.jobs
+WHERE unique_key = ANY(%(keys)s::text[]) AND state = ANY(unique_states)
+"""
+"""The jobs holding these keys (with their buckets), on the unique index: run only for the keys
+a unique insert found held."""
+
 CLAIM_JOBS = """
 WITH next AS (
     SELECT picked.id
@@ -407,11 +482,14 @@ owns them. Run before the first migration (a schema that exists already keeps it
 
 GRANT_ENQUEUER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
-GRANT INSERT, SELECT (id) ON {schema}.jobs TO {role};
+GRANT INSERT, SELECT (id, unique_key, state, unique_states) ON {schema}.jobs TO {role};
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 """
 """Insert jobs and read back their ids (``RETURNING id``); a COPY of many jobs reserves its ids
-with ``nextval`` on the jobs sequence first. No other column, table or function."""
+with ``nextval`` on the jobs sequence first. A unique enqueue reads the id of the job holding its
+key (``unique_key``, ``state``, ``unique_states``). No other column, table or function. Unique
+jobs declared with ``replace=True`` also need ``UPDATE (args, kwargs, priority, scheduled_at,
+state)``, not granted here (docs/roles.md)."""
 
 GRANT_WORKER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
@@ -516,6 +594,9 @@ class Queries:
     only: workers read the table (anyone who can log in may NOTIFY)."""
     lock_namespace: str
     """Hashed into the first key of the workers' session advisory locks."""
+    insert_unique_jobs: str
+    replace_unique_jobs: str
+    find_unique_holders: str
 
 
 @dataclass(frozen=True)

@@ -67,59 +67,59 @@ FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s:
 """The rows of a unique insert: INSERT_JOBS' and each job's key, held with its period's bucket
 (from the database clock) when it has a period."""
 
-_UNIQUE_INSERT = """
-INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
-                                state, unique_key, unique_states)
-SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
-       CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-       held_key, string_to_array(states, ',')
-FROM rows ORDER BY position
-ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
-"""
-
 INSERT_UNIQUE_JOBS = (
     "WITH rows AS MATERIALIZED ("
     + _UNIQUE_ROWS
-    + "), written AS ("
-    + _UNIQUE_INSERT
-    + """DO NOTHING
+    + """), written AS (
+    INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
+                                    scheduled_at, state, unique_key, unique_states)
+    SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
+           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+           held_key, string_to_array(states, ',')
+    FROM rows ORDER BY position
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
+    DO NOTHING
     RETURNING j.id, j.unique_key
 )
-SELECT rows.position, rows.held_key, written.id, true AS inserted
+SELECT rows.position, rows.held_key, written.id
 FROM rows LEFT JOIN written ON written.unique_key = rows.held_key
 ORDER BY rows.position
 """
 )
-"""Unique jobs, one per key, keeping a job that holds the key already: its rows come back with
-a NULL id. ``ON CONFLICT`` waits for an uncommitted holder: if its transaction rolls back, the
-row goes in; if it commits, nothing is written. Plain jobs never run this."""
+"""Unique jobs, one per key, where no job holds the key: the rows of held keys come back with a
+NULL id. ``ON CONFLICT`` waits for an uncommitted holder: if its transaction rolls back, the row
+goes in; if it commits, nothing is written. Plain jobs never run this."""
 
-REPLACE_UNIQUE_JOBS = (
-    "WITH rows AS MATERIALIZED ("
-    + _UNIQUE_ROWS
-    + "), written AS ("
-    + _UNIQUE_INSERT
-    + """DO UPDATE
-    SET args = excluded.args, kwargs = excluded.kwargs, priority = excluded.priority,
-        scheduled_at = excluded.scheduled_at, state = excluded.state
-    WHERE j.state IN ('scheduled', 'available')
-    RETURNING j.id, j.unique_key, j.queue, j.state, j.xmax = 0 AS inserted
+REPLACE_UNIQUE_JOBS = """
+WITH rows AS MATERIALIZED (
+    SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
+    FROM unnest(%(held_keys)s::text[], %(args)s::text[], %(kwargs)s::text[],
+                %(priorities)s::int[], %(ats)s::timestamptz[], %(delays)s::float8[])
+        AS r(held_key, args, kwargs, priority, at, delay)
 ), replaced AS (
+    UPDATE {schema}.jobs AS j
+    SET args = rows.args::jsonb, kwargs = rows.kwargs::jsonb, priority = rows.priority,
+        scheduled_at = rows.run_at,
+        state = CASE WHEN rows.run_at > now() THEN 'scheduled' ELSE 'available' END
+    FROM rows
+    WHERE j.unique_key = rows.held_key AND j.state = ANY (j.unique_states)
+      AND j.state IN ('scheduled', 'available')
+    RETURNING j.id, j.unique_key, j.queue, j.state
+), notified AS (
     SELECT pg_notify(CASE WHEN state = 'available' THEN %(jobs_channel)s
                           ELSE %(scheduled_channel)s END,
                      CASE WHEN state = 'available' THEN queue ELSE '' END)
-    FROM (SELECT DISTINCT queue, state FROM written WHERE NOT inserted) AS changed
+    FROM (SELECT DISTINCT queue, state FROM replaced) AS changed
 )
-SELECT rows.position, rows.held_key, written.id, written.inserted
-FROM rows LEFT JOIN written ON written.unique_key = rows.held_key
-CROSS JOIN (SELECT count(*) FROM replaced) AS forced  -- a CTE runs only when it is read
-ORDER BY rows.position
+SELECT unique_key, id FROM replaced
+CROSS JOIN (SELECT count(*) FROM notified) AS forced  -- a CTE runs only when it is read
 """
-)
-"""Unique jobs, one per key, replacing the arguments, priority and run time of a holder that
-has not started (a debounce); a running or retryable holder is kept and its row comes back with
-a NULL id. A replaced job is notified as an inserted one is (the insert trigger sees only
-inserts), so a worker or stager sees its new run time at once."""
+"""Replace the arguments, priority and run time of the jobs holding these keys (with their
+buckets) that have not started: a debounce. Run only for keys INSERT_UNIQUE_JOBS found held; a
+running or retryable holder is left as it is. A replaced job is notified as an inserted one is
+(the insert trigger sees only inserts), so a worker or stager sees its new run time at once.
+An UPDATE rather than ``ON CONFLICT DO UPDATE``, which would need the enqueuer to read the
+arguments of every job (``excluded`` columns are checked for SELECT)."""
 
 FIND_UNIQUE_HOLDERS = """
 SELECT unique_key, id FROM {schema}.jobs
@@ -489,7 +489,7 @@ GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 with ``nextval`` on the jobs sequence first. A unique enqueue reads the id of the job holding its
 key (``unique_key``, ``state``, ``unique_states``). No other column, table or function. Unique
 jobs declared with ``replace=True`` also need ``UPDATE (args, kwargs, priority, scheduled_at,
-state)``, not granted here (docs/roles.md)."""
+state)`` and ``SELECT (queue)``, not granted here (docs/roles.md)."""
 
 GRANT_WORKER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};

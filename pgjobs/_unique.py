@@ -211,34 +211,34 @@ def insert_unique(
 ) -> Generator[Step, list[tuple[Any, ...]], dict[int, JobId]]:
     """Insert the calls at ``positions`` (one per key) and return their ids by position.
 
-    Keys already held are read back by a second statement, only for them. A holder may leave
-    its states between the two (it completes), and then the insert is tried again; an
-    uncommitted holder is waited for by the insert itself (``ON CONFLICT``).
+    Keys already held are, with ``replace``, replaced in their holder if it has not started,
+    then read back by a last statement: each runs only for the keys still unresolved. A holder
+    may leave its states before it is read (it completes), and then the insert is tried again;
+    an uncommitted holder is waited for by the insert itself (``ON CONFLICT``).
     """
-    statement = queries.replace_unique_jobs if replace else queries.insert_unique_jobs
     found: dict[int, JobId] = {}
     pending = list(positions)
     for _ in range(MAX_ROUNDS):
-        rows = yield (
-            statement,
-            {
-                **unique_params([calls[p] for p in pending]),
-                "jobs_channel": queries.jobs_channel,
-                "scheduled_channel": queries.scheduled_channel,
-            },
-        )
+        rows = yield queries.insert_unique_jobs, unique_params([calls[p] for p in pending])
         held: dict[str, int] = {}
-        for ordinal, held_key, written_id, inserted in rows:
+        for ordinal, held_key, written_id in rows:
             position = pending[ordinal - 1]
             if written_id is None:
                 held[held_key] = position
             else:
-                found[position] = job_id(written_id, not inserted)
-        if not held:
-            return found
-        holders = yield queries.find_unique_holders, {"keys": list(held)}
-        for held_key, holder_id in holders:
-            found[held.pop(held_key)] = job_id(holder_id, True)
+                found[position] = job_id(written_id, False)
+        if held and replace:
+            params = {
+                **insert_params([calls[p] for p in held.values()]),
+                "held_keys": list(held),
+                "jobs_channel": queries.jobs_channel,
+                "scheduled_channel": queries.scheduled_channel,
+            }
+            for held_key, holder_id in (yield queries.replace_unique_jobs, params):
+                found[held.pop(held_key)] = job_id(holder_id, True)
+        if held:
+            for held_key, holder_id in (yield queries.find_unique_holders, {"keys": list(held)}):
+                found[held.pop(held_key)] = job_id(holder_id, True)
         if not held:
             return found
         pending = sorted(held.values())

@@ -73,10 +73,7 @@ class Client:
         batch = calls if isinstance(calls, list) else list(calls)
         if any(call.unique_key is not None for call in batch):
             with self.connection_for(conn) as driver:
-                if conn is not None:
-                    return _run_unique(driver, self.queries, batch, self.prepare)
-                with driver.transaction():  # its plain and unique jobs commit together
-                    return _run_unique(driver, self.queries, batch, self.prepare)
+                return _run_unique(driver, self.queries, batch, self.prepare, conn is None)
         params = insert_params(batch)
         with self.connection_for(conn) as driver:
             return list(map(JobId, _run_insert(driver, self.queries, params, self.prepare)))
@@ -85,10 +82,8 @@ class Client:
         batch = calls if isinstance(calls, list) else list(calls)
         if any(call.unique_key is not None for call in batch):
             async with self.connection_for_async(conn) as driver:
-                if conn is not None:
-                    return await _run_unique_async(driver, self.queries, batch, self.prepare)
-                async with driver.transaction():
-                    return await _run_unique_async(driver, self.queries, batch, self.prepare)
+                own = conn is None
+                return await _run_unique_async(driver, self.queries, batch, self.prepare, own)
         params = insert_params(batch)
         async with self.connection_for_async(conn) as driver:
             ids = await _run_insert_async(driver, self.queries, params, self.prepare)
@@ -292,10 +287,20 @@ UniqueSteps = Generator[Step, list[tuple[Any, ...]], dict[int, JobId]]
 
 
 def _run_unique(
-    conn: psycopg.Connection[Any], queries: Queries, calls: Sequence[JobCall], prepare: bool | None
+    conn: psycopg.Connection[Any],
+    queries: Queries,
+    calls: Sequence[JobCall],
+    prepare: bool | None,
+    own: bool,
 ) -> list[JobId]:
-    """A batch with unique jobs: its plain jobs as usual, its unique ones by their steps."""
+    """A batch with unique jobs: its plain jobs as usual, its unique ones by their steps. On
+    pgjobs' own (autocommit) connection, a batch of more than one kind is written in one
+    transaction, so that it commits whole; one kind alone is written by one statement (and a
+    second only if a holder leaves its states while its key is read)."""
     plan = plan_batch(calls)
+    if own and plan.kinds > 1:
+        with conn.transaction():
+            return _run_unique(conn, queries, calls, prepare, own=False)
     written: dict[int, JobId] = {}
     if plan.plain:
         plain = insert_params([calls[p] for p in plan.plain])
@@ -320,9 +325,13 @@ async def _run_unique_async(
     queries: Queries,
     calls: Sequence[JobCall],
     prepare: bool | None,
+    own: bool,
 ) -> list[JobId]:
     """:func:`_run_unique` for async code."""
     plan = plan_batch(calls)
+    if own and plan.kinds > 1:
+        async with conn.transaction():
+            return await _run_unique_async(conn, queries, calls, prepare, own=False)
     written: dict[int, JobId] = {}
     if plan.plain:
         plain = insert_params([calls[p] for p in plan.plain])

@@ -151,6 +151,11 @@ class Plan(NamedTuple):
     replace: list[int]
     stands_for: dict[int, int]
 
+    @property
+    def kinds(self) -> int:
+        """How many of plain, keep and replace the batch has: each is written apart."""
+        return bool(self.plain) + bool(self.keep) + bool(self.replace)
+
 
 def plan_batch(calls: Sequence[JobCall]) -> Plan:
     plain: list[int] = []

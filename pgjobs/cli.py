@@ -495,6 +495,11 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     show_default=True,
     help="scale: completed jobs in the table",
 )
+@click.option(
+    "--unique",
+    is_flag=True,
+    help="enqueue, bulk: also/only jobs with a unique key each; process: plain and unique runs",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -510,6 +515,7 @@ def bench(
     duration: float,
     available: int,
     finished: int,
+    unique: bool,
     as_json: bool,
 ) -> None:
     """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
@@ -533,6 +539,7 @@ def bench(
         duration=duration,
         available=available,
         finished=finished,
+        unique=unique,
     )
     result = _bench.run(mode, settings, options)
     if as_json:

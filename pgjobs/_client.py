@@ -8,6 +8,7 @@ parameters and :mod:`._admin` the admin operations in pure code; :func:`_run_ins
 
 from __future__ import annotations
 
+import contextlib
 import select
 import threading
 from collections.abc import (
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import psycopg_pool
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from . import _connection
@@ -33,7 +35,15 @@ from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
 from ._errors import DatabaseError, SchemaError
 from ._settings import Settings
 from ._sql import Queries, queries_for
-from ._unique import JobId, Step, insert_unique, plan_batch, resolve
+from ._unique import (
+    JobId,
+    Step,
+    insert_unique,
+    plan_batch,
+    resolve,
+    unique_copy_text,
+    unique_params,
+)
 
 if TYPE_CHECKING:
     from ._job import JobCall
@@ -293,10 +303,10 @@ def _run_unique(
     prepare: bool | None,
     own: bool,
 ) -> list[JobId]:
-    """A batch with unique jobs: its plain jobs as usual, its unique ones by their steps. On
-    pgjobs' own (autocommit) connection, a batch of more than one kind is written in one
-    transaction, so that it commits whole; one kind alone is written by one statement (and a
-    second only if a holder leaves its states while its key is read)."""
+    """A batch with unique jobs: its plain jobs as usual, its unique ones by their steps, copied
+    first when there are many. On pgjobs' own (autocommit) connection, a batch of more than one
+    kind is written in one transaction, so that it commits whole; one kind alone is written by
+    one statement (and a second only if a holder leaves its states while its key is read)."""
     plan = plan_batch(calls)
     if own and plan.kinds > 1:
         with conn.transaction():
@@ -308,16 +318,39 @@ def _run_unique(
         written.update(zip(plan.plain, map(JobId, ids), strict=True))
     with conn.cursor() as cur:
         for positions, replace in ((plan.keep, False), (plan.replace, True)):
-            if positions:
+            if not positions:
+                continue
+            if len(positions) < COPY_THRESHOLD:
                 steps: UniqueSteps = insert_unique(queries, calls, positions, replace)
-                try:
-                    statement, params = next(steps)
-                    while True:
-                        rows = cur.execute(statement, params, prepare=prepare).fetchall()
-                        statement, params = steps.send(rows)
-                except StopIteration as done:
-                    written.update(done.value)
+                written.update(_drive(cur, steps, prepare))
+                continue
+            # the copied rows live in a temporary table dropped at commit: one transaction
+            with conn.transaction() if _autocommitting(conn) else contextlib.nullcontext():
+                cur.execute(queries.create_unique_rows)
+                with cur.copy(queries.copy_unique_rows) as copy:
+                    for data in unique_copy_text(unique_params([calls[p] for p in positions])):
+                        copy.write(data)
+                steps = insert_unique(queries, calls, positions, replace, copied=True)
+                written.update(_drive(cur, steps, prepare))
+                cur.execute(queries.drop_unique_rows)
     return resolve(plan, written, len(calls))
+
+
+def _drive(cur: psycopg.Cursor[Any], steps: UniqueSteps, prepare: bool | None) -> dict[int, JobId]:
+    """Run each statement ``steps`` asks for, sending it the rows; return what it returns."""
+    try:
+        statement, params = next(steps)
+        while True:
+            rows = cur.execute(statement, params, prepare=prepare).fetchall()
+            statement, params = steps.send(rows)
+    except StopIteration as done:
+        found: dict[int, JobId] = done.value
+        return found
+
+
+def _autocommitting(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether each statement on ``conn`` commits on its own (no transaction is open)."""
+    return conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
 
 
 async def _run_unique_async(
@@ -339,13 +372,32 @@ async def _run_unique_async(
         written.update(zip(plan.plain, map(JobId, ids), strict=True))
     async with conn.cursor() as cur:
         for positions, replace in ((plan.keep, False), (plan.replace, True)):
-            if positions:
+            if not positions:
+                continue
+            if len(positions) < COPY_THRESHOLD:
                 steps: UniqueSteps = insert_unique(queries, calls, positions, replace)
-                try:
-                    statement, params = next(steps)
-                    while True:
-                        await cur.execute(statement, params, prepare=prepare)
-                        statement, params = steps.send(await cur.fetchall())
-                except StopIteration as done:
-                    written.update(done.value)
+                written.update(await _drive_async(cur, steps, prepare))
+                continue
+            async with conn.transaction() if _autocommitting(conn) else contextlib.nullcontext():
+                await cur.execute(queries.create_unique_rows)
+                async with cur.copy(queries.copy_unique_rows) as copy:
+                    for data in unique_copy_text(unique_params([calls[p] for p in positions])):
+                        await copy.write(data)
+                steps = insert_unique(queries, calls, positions, replace, copied=True)
+                written.update(await _drive_async(cur, steps, prepare))
+                await cur.execute(queries.drop_unique_rows)
     return resolve(plan, written, len(calls))
+
+
+async def _drive_async(
+    cur: psycopg.AsyncCursor[Any], steps: UniqueSteps, prepare: bool | None
+) -> dict[int, JobId]:
+    """:func:`_drive` for async code."""
+    try:
+        statement, params = next(steps)
+        while True:
+            await cur.execute(statement, params, prepare=prepare)
+            statement, params = steps.send(await cur.fetchall())
+    except StopIteration as done:
+        found: dict[int, JobId] = done.value
+        return found

@@ -58,19 +58,12 @@ SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at,
        CASE WHEN r.period IS NULL THEN r.key
             ELSE r.key || ':' || floor(extract(epoch FROM now()) / r.period)::bigint
        END AS held_key
-FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
-            %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
-            %(delays)s::float8[], %(keys)s::text[], %(states)s::text[], %(periods)s::float8[])
-    WITH ORDINALITY AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, key,
-                         states, period, position)
-"""
+FROM """
 """The rows of a unique insert: INSERT_JOBS' and each job's key, held with its period's bucket
-(from the database clock) when it has a period."""
+(from the database clock) when it has a period. From arrays or from the copied rows."""
 
-INSERT_UNIQUE_JOBS = (
-    "WITH rows AS MATERIALIZED ("
-    + _UNIQUE_ROWS
-    + """), written AS (
+_UNIQUE_WRITE = """
+), written AS (
     INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
                                     scheduled_at, state, unique_key, unique_states)
     SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
@@ -81,14 +74,49 @@ INSERT_UNIQUE_JOBS = (
     DO NOTHING
     RETURNING j.id, j.unique_key
 )
-SELECT rows.position, rows.held_key, written.id
+SELECT rows.position, CASE WHEN written.id IS NULL THEN rows.held_key END, written.id
 FROM rows LEFT JOIN written ON written.unique_key = rows.held_key
 ORDER BY rows.position
 """
+
+INSERT_UNIQUE_JOBS = (
+    "WITH rows AS MATERIALIZED ("
+    + _UNIQUE_ROWS
+    + """unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
+            %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
+            %(delays)s::float8[], %(keys)s::text[], %(states)s::text[], %(periods)s::float8[])
+    WITH ORDINALITY AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, key,
+                         states, period, position)"""
+    + _UNIQUE_WRITE
 )
 """Unique jobs, one per key, where no job holds the key: the rows of held keys come back with a
-NULL id. ``ON CONFLICT`` waits for an uncommitted holder: if its transaction rolls back, the row
-goes in; if it commits, nothing is written. Plain jobs never run this."""
+NULL id and their key. ``ON CONFLICT`` waits for an uncommitted holder: if its transaction rolls
+back, the row goes in; if it commits, nothing is written. Plain jobs never run this."""
+
+CREATE_UNIQUE_ROWS = """
+CREATE TEMP TABLE pgjobs_unique_rows (
+    queue text, name text, args text, kwargs text, priority int, max_attempts int,
+    at timestamptz, delay float8, key text, states text, period float8, position bigint
+) ON COMMIT DROP
+"""
+"""For a unique batch of COPY_THRESHOLD jobs or more: its rows are copied here (in the caller's
+transaction), then inserted by INSERT_COPIED_UNIQUE_JOBS. Binding them as arrays cost as much as
+the insert itself. A raw COPY into ``jobs`` would be held by the unique index too, but could
+not skip the held keys."""
+
+COPY_UNIQUE_ROWS = """
+COPY pg_temp.pgjobs_unique_rows FROM STDIN
+"""
+
+INSERT_COPIED_UNIQUE_JOBS = (
+    "WITH rows AS MATERIALIZED (" + _UNIQUE_ROWS + "pg_temp.pgjobs_unique_rows AS r" + _UNIQUE_WRITE
+)
+"""INSERT_UNIQUE_JOBS from the copied rows."""
+
+DROP_UNIQUE_ROWS = """
+DROP TABLE pg_temp.pgjobs_unique_rows
+"""
+"""At once, so that a transaction can copy another batch."""
 
 REPLACE_UNIQUE_JOBS = """
 WITH rows AS MATERIALIZED (
@@ -597,6 +625,10 @@ class Queries:
     insert_unique_jobs: str
     replace_unique_jobs: str
     find_unique_holders: str
+    create_unique_rows: str
+    copy_unique_rows: str
+    insert_copied_unique_jobs: str
+    drop_unique_rows: str
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._admin import STATES
-from ._encoding import insert_params
+from ._encoding import COPY_PIECE, insert_params
 from ._errors import ConfigError, DatabaseError, ValidationError
 
 if TYPE_CHECKING:
@@ -207,12 +207,62 @@ def unique_params(calls: Sequence[JobCall]) -> dict[str, list[Any]]:
     return params
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+"""The characters COPY's text format escapes."""
+
+
+def unique_copy_text(params: Mapping[str, list[Any]]) -> Iterator[bytes]:
+    """The rows of ``params`` (:func:`unique_params`) for COPY_UNIQUE_ROWS, in COPY's text
+    format, :data:`COPY_PIECE` rows at a time; each row's position counts from 1."""
+    lines = []
+    columns = zip(
+        params["queues"],
+        params["names"],
+        params["args"],
+        params["kwargs"],
+        params["priorities"],
+        params["max_attempts"],
+        params["ats"],
+        params["delays"],
+        params["keys"],
+        params["states"],
+        params["periods"],
+        strict=True,
+    )
+    for position, row in enumerate(columns, 1):
+        queue, name, args, kwargs, priority, max_attempts, at, delay, key, states, period = row
+        fields = (
+            queue,
+            name.translate(_COPY_ESCAPES),
+            args.translate(_COPY_ESCAPES),
+            kwargs.translate(_COPY_ESCAPES),
+            str(priority),
+            str(max_attempts),
+            "\\N" if at is None else at.isoformat(),
+            repr(float(delay)),
+            key.translate(_COPY_ESCAPES),
+            states,
+            "\\N" if period is None else repr(float(period)),
+            str(position),
+        )
+        lines.append("\t".join(fields) + "\n")
+        if len(lines) == COPY_PIECE:
+            yield "".join(lines).encode()
+            lines.clear()
+    if lines:
+        yield "".join(lines).encode()
+
+
 Step = tuple[str, Mapping[str, Any]]
 """A statement to run and its parameters; the driver sends back the rows it returned."""
 
 
 def insert_unique(
-    queries: Queries, calls: Sequence[JobCall], positions: Sequence[int], replace: bool
+    queries: Queries,
+    calls: Sequence[JobCall],
+    positions: Sequence[int],
+    replace: bool,
+    copied: bool = False,
 ) -> Generator[Step, list[tuple[Any, ...]], dict[int, JobId]]:
     """Insert the calls at ``positions`` (one per key) and return their ids by position.
 
@@ -220,11 +270,17 @@ def insert_unique(
     then read back by a last statement: each runs only for the keys still unresolved. A holder
     may leave its states before it is read (it completes), and then the insert is tried again;
     an uncommitted holder is waited for by the insert itself (``ON CONFLICT``).
+
+    ``copied``: the driver has copied the calls' rows (:func:`unique_copy_text`) for the first
+    insert.
     """
     found: dict[int, JobId] = {}
     pending = list(positions)
-    for _ in range(MAX_ROUNDS):
-        rows = yield queries.insert_unique_jobs, unique_params([calls[p] for p in pending])
+    for round_ in range(MAX_ROUNDS):
+        if copied and round_ == 0:
+            rows = yield queries.insert_copied_unique_jobs, {}
+        else:
+            rows = yield queries.insert_unique_jobs, unique_params([calls[p] for p in pending])
         held: dict[str, int] = {}
         for ordinal, held_key, written_id in rows:
             position = pending[ordinal - 1]

@@ -314,6 +314,8 @@ def test_enqueuer_enqueues_unique_jobs_and_replaces_only_with_the_documented_gra
     again = jobs_app.unique_noop.enqueue("once")
     many = jobs_app.app.enqueue_many([jobs_app.unique_noop.call("once")] * 600)
     assert again.duplicate and again == first and set(many) == {first}
+    copied = jobs_app.app.enqueue_many([jobs_app.unique_noop.call("once", i) for i in range(600)])
+    assert copied[0] == first and len(set(copied)) == 600
     later = jobs_app.debounced.enqueue_in(timedelta(hours=1), 1, "first")  # an insert
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
         jobs_app.debounced.enqueue(1, "second")  # a replace
@@ -343,4 +345,4 @@ def test_enqueuer_enqueues_unique_jobs_and_replaces_only_with_the_documented_gra
                 " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL"
                 " AND state = ANY (unique_states) DO NOTHING"
             )
-    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 2
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 601

@@ -128,12 +128,15 @@ def test_async_enqueue_reports_duplicates(app: pgjobs.App, db: psycopg.Connectio
             first = await jobs_app.unique_noop.using(conn).enqueue_async("async")
         second = await jobs_app.unique_noop.enqueue_async("async")
         many = await app.enqueue_many_async([jobs_app.unique_noop.call("async")] * 2)
+        copied = [jobs_app.unique_noop.call("async", i) for i in range(600)]  # 0: the same
+        await app.enqueue_many_async(copied)
         await app.aclose()
         return [first, second, *many]
 
     ids = asyncio.run(enqueue_twice())
     assert len(set(ids)) == 1
     assert [job_id.duplicate for job_id in ids] == [False, True, True, True]
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 600
 
 
 def run_threads(count_: int, target: Callable[[int], None]) -> None:
@@ -291,20 +294,27 @@ def test_enqueue_many_resolves_duplicates_in_the_batch_and_against_rows(
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 5
 
 
-def test_a_large_batch_with_unique_and_plain_jobs(
+def test_large_batches_are_copied(
     app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
 ) -> None:
     existing = jobs_app.unique_noop.enqueue("key 7")
-    calls = [jobs_app.unique_noop.call(f"key {i % 300}") for i in range(600)]
-    calls += [jobs_app.noop.call(f"plain {i}") for i in range(600)]  # by COPY
+    calls = [jobs_app.unique_noop.call(f"key {i % 600}") for i in range(1200)]  # by COPY
+    calls += [jobs_app.noop.call(f"plain {i}") for i in range(600)]  # by COPY too
     with psycopg.connect(database_url) as conn:
-        ids = app.enqueue_many(calls, conn=conn)
+        app.enqueue_many(calls, conn=conn)
+        again = app.enqueue_many(calls[:600], conn=conn)  # a second copy in one transaction
+        assert all(i.duplicate for i in again)
         conn.rollback()  # all of them, plain and unique
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 1
     ids = app.enqueue_many(calls)
-    assert sum(not i.duplicate for i in ids) == 299 + 600
-    assert ids[7] == ids[307] == existing
-    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 1 + 299 + 600
+    assert sum(not i.duplicate for i in ids) == 599 + 600
+    assert ids[7] == ids[607] == existing and ids[8] == ids[608] != existing
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 1 + 599 + 600
+    with psycopg.connect(database_url, autocommit=True) as conn:  # each statement commits
+        fresh = app.enqueue_many([jobs_app.unique_noop.call(f"auto {i}") for i in range(500)])
+        held = app.enqueue_many(calls[:600], conn=conn)
+    assert not any(i.duplicate for i in fresh) and all(i.duplicate for i in held)
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 1 + 599 + 600 + 500
     # a raw COPY of a duplicate key is refused by the index too
     key = value(db, "SELECT unique_key FROM pgjobs.jobs WHERE id = %s", existing)
     with (

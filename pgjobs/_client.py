@@ -326,13 +326,15 @@ def _run_unique(
                 continue
             # the copied rows live in a temporary table dropped at commit: one transaction
             with conn.transaction() if _autocommitting(conn) else contextlib.nullcontext():
-                cur.execute(queries.create_unique_rows)
+                cur.execute(queries.create_unique_rows).nextset()  # to the second statement's
+                jit = cur.fetchall()[0][0]
                 with cur.copy(queries.copy_unique_rows) as copy:
                     for data in unique_copy_text(unique_params([calls[p] for p in positions])):
                         copy.write(data)
                 steps = insert_unique(queries, calls, positions, replace, copied=True)
                 written.update(_drive(cur, steps, prepare))
                 cur.execute(queries.drop_unique_rows)
+                cur.execute(queries.restore_jit, {"jit": jit}, prepare=prepare)
     return resolve(plan, written, len(calls))
 
 
@@ -380,12 +382,15 @@ async def _run_unique_async(
                 continue
             async with conn.transaction() if _autocommitting(conn) else contextlib.nullcontext():
                 await cur.execute(queries.create_unique_rows)
+                cur.nextset()
+                jit = (await cur.fetchall())[0][0]
                 async with cur.copy(queries.copy_unique_rows) as copy:
                     for data in unique_copy_text(unique_params([calls[p] for p in positions])):
                         await copy.write(data)
                 steps = insert_unique(queries, calls, positions, replace, copied=True)
                 written.update(await _drive_async(cur, steps, prepare))
                 await cur.execute(queries.drop_unique_rows)
+                await cur.execute(queries.restore_jit, {"jit": jit}, prepare=prepare)
     return resolve(plan, written, len(calls))
 
 

@@ -301,7 +301,9 @@ def test_large_batches_are_copied(
     calls = [jobs_app.unique_noop.call(f"key {i % 600}") for i in range(1200)]  # by COPY
     calls += [jobs_app.noop.call(f"plain {i}") for i in range(600)]  # by COPY too
     with psycopg.connect(database_url) as conn:
+        conn.execute("SET LOCAL jit = on")
         app.enqueue_many(calls, conn=conn)
+        assert value(conn, "SHOW jit") == "on"  # turned off for the insert alone
         again = app.enqueue_many(calls[:600], conn=conn)  # a second copy in one transaction
         assert all(i.duplicate for i in again)
         conn.rollback()  # all of them, plain and unique

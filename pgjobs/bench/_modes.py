@@ -187,12 +187,15 @@ def _process(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             "seconds": round(seconds, 3),
             "jobs_per_second": round(options.jobs / seconds),
         }
-    # alternate which kind goes first, so that drift (the table's growth, a checkpoint) hits both
+    # each run in a fresh schema (the finished jobs of earlier runs slowed later ones), and
+    # alternately first, so that drift on a shared machine hits both kinds alike
     plain: list[float] = []
     unique: list[float] = []
     for run in range(UNIQUE_RUNS):
         for kind in (False, True) if run % 2 == 0 else (True, False):
-            (unique if kind else plain).append(options.jobs / _burn_down(settings, options, kind))
+            with _fresh_schema(settings):
+                rate = options.jobs / _burn_down(settings, options, kind)
+            (unique if kind else plain).append(rate)
     ratios = [u / p for p, u in zip(plain, unique, strict=True)]
     return {
         **figures,

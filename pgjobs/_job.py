@@ -205,7 +205,8 @@ class Job(Generic[P, R]):
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """Enqueue a run of this job on pgjobs' own connection pool, committed at once; returns
-        its id. To enqueue inside your transaction, use :meth:`using`.
+        its id, a :class:`JobId` (for a unique job whose key is held: the holder's id, with
+        ``duplicate`` true). To enqueue inside your transaction, use :meth:`using`.
 
         ``enqueue(..., conn=conn)`` is the older spelling of ``using(conn).enqueue(...)``: it
         still works but does not type-check, and it is why a job function cannot take a

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 DEFAULT_STATES = ("scheduled", "available", "running", "retryable")
 """The states in which a unique job holds its key unless it says otherwise: until it ends."""
 
+MIN_PERIOD = 0.001
+"""Shortest period, in seconds: its number since the epoch must fit a ``bigint``."""
+
 MAX_ROUNDS = 5
 """Insert-then-read rounds for keys whose holder leaves its states between the two statements."""
 
@@ -78,8 +81,11 @@ class Unique:
                         f" ({', '.join(signature.parameters) or 'it has none'})"
                     )
         seconds = self.seconds
-        if seconds is not None and not seconds > 0:
-            raise ConfigError(f"{job_name}: Unique(period=...) must be a positive duration")
+        if seconds is not None and not seconds >= MIN_PERIOD:
+            raise ConfigError(
+                f"{job_name}: Unique(period=...) must be a positive duration of at least"
+                f" {MIN_PERIOD} s"
+            )
         return self
 
 

@@ -74,6 +74,7 @@ def test_a_unique_key_that_is_not_json_is_refused(bad: Any) -> None:
         (pgjobs.Unique(by="x"), r"is a tuple of names"),  # type: ignore[arg-type]
         (pgjobs.Unique(period=0), r"period=...\) must be a positive duration"),
         (pgjobs.Unique(period=timedelta(seconds=-1)), r"must be a positive duration"),
+        (pgjobs.Unique(period=1e-9), r"at least 0.001 s"),
     ],
 )
 def test_bad_declarations_are_refused(unique: pgjobs.Unique, message: str) -> None:

@@ -169,7 +169,7 @@ def _bulk(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     }
 
 
-UNIQUE_RUNS = 3
+UNIQUE_RUNS = 5
 """Runs of each kind, plain and unique, that ``process --unique`` interleaves."""
 
 

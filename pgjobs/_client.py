@@ -9,6 +9,7 @@ parameters and :mod:`._admin` the admin operations in pure code; :func:`_run_ins
 from __future__ import annotations
 
 import contextlib
+import operator
 import select
 import threading
 from collections.abc import (
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_unique_key = operator.attrgetter("unique_key")
+"""A call's unique key (a non-empty text) or ``None``, read for each call of a batch in C."""
+
 
 class Client:
     """Runs pgjobs' statements on its own pools or on a caller's connection.
@@ -81,7 +85,7 @@ class Client:
 
     def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
         batch = calls if isinstance(calls, list) else list(calls)
-        if any(call.unique_key is not None for call in batch):
+        if any(map(_unique_key, batch)):
             with self.connection_for(conn) as driver:
                 return _run_unique(driver, self.queries, batch, self.prepare, conn is None)
         params = insert_params(batch)
@@ -90,7 +94,7 @@ class Client:
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
         batch = calls if isinstance(calls, list) else list(calls)
-        if any(call.unique_key is not None for call in batch):
+        if any(map(_unique_key, batch)):
             async with self.connection_for_async(conn) as driver:
                 own = conn is None
                 return await _run_unique_async(driver, self.queries, batch, self.prepare, own)

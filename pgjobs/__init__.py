@@ -21,6 +21,7 @@ from ._job import BoundJob, Job, JobCall
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
 from ._settings import Settings, load_settings
+from ._unique import JobId, Unique
 from ._validation import MAX_DEPTH, MAX_PAYLOAD_BYTES
 from ._worker import Worker
 
@@ -37,11 +38,13 @@ __all__ = [
     "Job",
     "JobCall",
     "JobContext",
+    "JobId",
     "JobTimeout",
     "PgjobsError",
     "SchemaError",
     "Settings",
     "Snooze",
+    "Unique",
     "UnknownJobError",
     "ValidationError",
     "Worker",

@@ -17,6 +17,7 @@ from ._job import EnqueueOptions, Job, JobCall
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._settings import Settings, load_settings
 from ._sql import Queries, queries_for
+from ._unique import JobId, Unique
 from ._validation import check_job_name
 
 P = ParamSpec("P")
@@ -88,6 +89,7 @@ class App:
         timeout: timedelta | float | None = None,
         cron: str | None = None,
         tz: str = "UTC",
+        unique: Unique | bool = False,
     ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
     def job(
@@ -105,6 +107,7 @@ class App:
         timeout: timedelta | float | None = None,
         cron: str | None = None,
         tz: str = "UTC",
+        unique: Unique | bool = False,
     ) -> Job[P, R] | Callable[[Callable[P, R]], Job[P, R]]:
         """Register a function (``def`` or ``async def``) as a job.
 
@@ -123,6 +126,9 @@ class App:
                 per ``retry``.
             cron, tz: enqueue the job (without arguments) at each tick of this cron expression in
                 this IANA time zone; the same as :meth:`periodic` with its defaults.
+            unique: a :class:`Unique` (``True`` for ``Unique()``): at most one job of this name
+                and key exists while in the given states; a duplicate enqueue returns the
+                existing job's id with ``duplicate=True`` (see the guide).
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         if seconds is not None and not seconds > 0:
@@ -139,6 +145,11 @@ class App:
                 )
             options = EnqueueOptions(queue=queue, priority=priority, max_attempts=max_attempts)
             options.checked()
+            declared = (
+                Unique() if unique is True else unique if isinstance(unique, Unique) else None
+            )
+            if declared is not None:
+                declared.checked(job_name, inspect.signature(f))
             job = Job(
                 self._client,
                 f,
@@ -150,6 +161,7 @@ class App:
                 discard_on=discard_on,
                 on_exhausted=on_exhausted,
                 timeout=seconds,
+                unique=declared,
             )
             entry = None if cron is None else self._unique(_cron.declare(job, cron=cron, tz=tz))
             self._jobs[job_name] = job
@@ -228,14 +240,19 @@ class App:
             known = ", ".join(sorted(self._jobs)) or "none"
             raise UnknownJobError(f"no job named {name!r} is registered (known: {known})") from None
 
-    def enqueue_many(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[int]:
+    def enqueue_many(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[JobId]:
         """Enqueue many jobs in one statement; returns their ids in order.
+
+        A unique job's id says whether it was a ``duplicate``: of a job that held its key, or of
+        an earlier call with the same key in ``calls`` (with ``replace``, of the last one).
 
         ``conn`` works as in :meth:`Job.using`: all of the jobs commit or roll back with it.
         """
         return self._client.enqueue_many(calls, conn)
 
-    async def enqueue_many_async(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[int]:
+    async def enqueue_many_async(
+        self, calls: Iterable[JobCall], *, conn: Any = None
+    ) -> list[JobId]:
         """:meth:`enqueue_many` for async code."""
         return await self._client.enqueue_many_async(calls, conn)
 

@@ -8,14 +8,25 @@ parameters and :mod:`._admin` the admin operations in pure code; :func:`_run_ins
 
 from __future__ import annotations
 
+import contextlib
+import operator
 import select
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import psycopg_pool
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from . import _connection
@@ -25,11 +36,23 @@ from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
 from ._errors import DatabaseError, SchemaError
 from ._settings import Settings
 from ._sql import Queries, queries_for
+from ._unique import (
+    JobId,
+    Step,
+    insert_unique,
+    plan_batch,
+    resolve,
+    unique_copy_text,
+    unique_params,
+)
 
 if TYPE_CHECKING:
     from ._job import JobCall
 
 T = TypeVar("T")
+
+_unique_key = operator.attrgetter("unique_key")
+"""A call's unique key (a non-empty text) or ``None``, read for each call of a batch in C."""
 
 
 class Client:
@@ -60,15 +83,25 @@ class Client:
         cannot keep them (``prepared_statements = false``), else psycopg's choice."""
         return None if self.settings.prepared_statements else False
 
-    def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
-        params = insert_params(calls)
+    def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
+        batch = calls if isinstance(calls, list) else list(calls)
+        if any(map(_unique_key, batch)):
+            with self.connection_for(conn) as driver:
+                return _run_unique(driver, self.queries, batch, self.prepare, conn is None)
+        params = insert_params(batch)
         with self.connection_for(conn) as driver:
-            return _run_insert(driver, self.queries, params, self.prepare)
+            return list(map(JobId, _run_insert(driver, self.queries, params, self.prepare)))
 
-    async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
-        params = insert_params(calls)
+    async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
+        batch = calls if isinstance(calls, list) else list(calls)
+        if any(map(_unique_key, batch)):
+            async with self.connection_for_async(conn) as driver:
+                own = conn is None
+                return await _run_unique_async(driver, self.queries, batch, self.prepare, own)
+        params = insert_params(batch)
         async with self.connection_for_async(conn) as driver:
-            return await _run_insert_async(driver, self.queries, params, self.prepare)
+            ids = await _run_insert_async(driver, self.queries, params, self.prepare)
+            return list(map(JobId, ids))
 
     def run(self, operation: Operation[T], conn: Any = None) -> T:
         """Run an admin operation on ``conn`` (the caller's transaction) or pgjobs' pool."""
@@ -262,3 +295,118 @@ async def _run_insert_async(
             for data in copy_text(ids, now, params):
                 await copy.write(data)
         return list(ids)
+
+
+UniqueSteps = Generator[Step, list[tuple[Any, ...]], dict[int, JobId]]
+
+
+def _run_unique(
+    conn: psycopg.Connection[Any],
+    queries: Queries,
+    calls: Sequence[JobCall],
+    prepare: bool | None,
+    own: bool,
+) -> list[JobId]:
+    """A batch with unique jobs: its plain jobs as usual, its unique ones by their steps, copied
+    first when there are many. On pgjobs' own (autocommit) connection, a batch of more than one
+    kind is written in one transaction, so that it commits whole; one kind alone is written by
+    one statement (and a second only if a holder leaves its states while its key is read)."""
+    plan = plan_batch(calls)
+    if own and plan.kinds > 1:
+        with conn.transaction():
+            return _run_unique(conn, queries, calls, prepare, own=False)
+    written: dict[int, JobId] = {}
+    if plan.plain:
+        plain = insert_params([calls[p] for p in plan.plain])
+        ids = _run_insert(conn, queries, plain, prepare)
+        written.update(zip(plan.plain, map(JobId, ids), strict=True))
+    with conn.cursor() as cur:
+        for positions, replace in ((plan.keep, False), (plan.replace, True)):
+            if not positions:
+                continue
+            if len(positions) < COPY_THRESHOLD:
+                steps: UniqueSteps = insert_unique(queries, calls, positions, replace)
+                written.update(_drive(cur, steps, prepare))
+                continue
+            # the copied rows live in a temporary table dropped at commit: one transaction
+            with conn.transaction() if _autocommitting(conn) else contextlib.nullcontext():
+                cur.execute(queries.create_unique_rows).nextset()  # to the second statement's
+                jit = cur.fetchall()[0][0]
+                with cur.copy(queries.copy_unique_rows) as copy:
+                    for data in unique_copy_text(unique_params([calls[p] for p in positions])):
+                        copy.write(data)
+                steps = insert_unique(queries, calls, positions, replace, copied=True)
+                written.update(_drive(cur, steps, prepare))
+                cur.execute(queries.drop_unique_rows)
+                cur.execute(queries.restore_jit, {"jit": jit}, prepare=prepare)
+    return resolve(plan, written, len(calls))
+
+
+def _drive(cur: psycopg.Cursor[Any], steps: UniqueSteps, prepare: bool | None) -> dict[int, JobId]:
+    """Run each statement ``steps`` asks for, sending it the rows; return what it returns."""
+    try:
+        statement, params = next(steps)
+        while True:
+            rows = cur.execute(statement, params, prepare=prepare).fetchall()
+            statement, params = steps.send(rows)
+    except StopIteration as done:
+        found: dict[int, JobId] = done.value
+        return found
+
+
+def _autocommitting(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether each statement on ``conn`` commits on its own (no transaction is open)."""
+    return conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+
+
+async def _run_unique_async(
+    conn: psycopg.AsyncConnection[Any],
+    queries: Queries,
+    calls: Sequence[JobCall],
+    prepare: bool | None,
+    own: bool,
+) -> list[JobId]:
+    """:func:`_run_unique` for async code."""
+    plan = plan_batch(calls)
+    if own and plan.kinds > 1:
+        async with conn.transaction():
+            return await _run_unique_async(conn, queries, calls, prepare, own=False)
+    written: dict[int, JobId] = {}
+    if plan.plain:
+        plain = insert_params([calls[p] for p in plan.plain])
+        ids = await _run_insert_async(conn, queries, plain, prepare)
+        written.update(zip(plan.plain, map(JobId, ids), strict=True))
+    async with conn.cursor() as cur:
+        for positions, replace in ((plan.keep, False), (plan.replace, True)):
+            if not positions:
+                continue
+            if len(positions) < COPY_THRESHOLD:
+                steps: UniqueSteps = insert_unique(queries, calls, positions, replace)
+                written.update(await _drive_async(cur, steps, prepare))
+                continue
+            async with conn.transaction() if _autocommitting(conn) else contextlib.nullcontext():
+                await cur.execute(queries.create_unique_rows)
+                cur.nextset()
+                jit = (await cur.fetchall())[0][0]
+                async with cur.copy(queries.copy_unique_rows) as copy:
+                    for data in unique_copy_text(unique_params([calls[p] for p in positions])):
+                        await copy.write(data)
+                steps = insert_unique(queries, calls, positions, replace, copied=True)
+                written.update(await _drive_async(cur, steps, prepare))
+                await cur.execute(queries.drop_unique_rows)
+                await cur.execute(queries.restore_jit, {"jit": jit}, prepare=prepare)
+    return resolve(plan, written, len(calls))
+
+
+async def _drive_async(
+    cur: psycopg.AsyncCursor[Any], steps: UniqueSteps, prepare: bool | None
+) -> dict[int, JobId]:
+    """:func:`_drive` for async code."""
+    try:
+        statement, params = next(steps)
+        while True:
+            await cur.execute(statement, params, prepare=prepare)
+            statement, params = steps.send(await cur.fetchall())
+    except StopIteration as done:
+        found: dict[int, JobId] = done.value
+        return found

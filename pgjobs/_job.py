@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 from ._errors import ValidationError
 from ._outcome import MAX_DELAY, RetryPolicy
 from ._settings import QUEUE_NAME
+from ._unique import JobId, Unique, canonical_json, key_value, unique_key
 from ._validation import MAX_ATTEMPTS, encode_arguments
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class EnqueueOptions:
     max_attempts: int | None = None
     at: datetime | None = None
     delay: float | None = None
+    unique_key: str | None = None
+    """The canonical JSON of the unique key value given by the caller."""
 
     def checked(self) -> EnqueueOptions:
         if self.queue is not None and not QUEUE_NAME.fullmatch(self.queue):
@@ -71,6 +74,8 @@ class JobCall(NamedTuple):
     args_json: str
     kwargs_json: str
     options: EnqueueOptions
+    unique_key: str | None = None
+    """``jobs.unique_key`` (before a period's bucket), for a unique job."""
 
 
 class Job(Generic[P, R]):
@@ -90,6 +95,7 @@ class Job(Generic[P, R]):
         on_exhausted: Callable[[BaseException], object] | None,
         timeout: float | None = None,
         options: EnqueueOptions | None = None,
+        unique: Unique | None = None,
     ) -> None:
         self._client = client
         self.func = func
@@ -101,6 +107,7 @@ class Job(Generic[P, R]):
         self.discard_on = discard_on
         self.on_exhausted = on_exhausted
         self.timeout = timeout
+        self.unique = unique
         self.is_async = inspect.iscoroutinefunction(func)
         self._signature = inspect.signature(func)
         self._options = options or EnqueueOptions()
@@ -120,8 +127,16 @@ class Job(Generic[P, R]):
         max_attempts: int | None = None,
         at: datetime | None = None,
         delay: timedelta | float | None = None,
+        unique_key: Any = None,
     ) -> Job[P, R]:
-        """A view of this job whose enqueues use these options instead of the defaults."""
+        """A view of this job whose enqueues use these options instead of the defaults.
+
+        ``unique_key`` is any JSON value to key the job on instead of its arguments; a job not
+        declared unique is then unique with :class:`Unique`'s defaults.
+
+        Raises:
+            ValidationError: an option is out of range, or ``unique_key`` is not JSON.
+        """
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
         changes = {
             "queue": queue,
@@ -129,11 +144,14 @@ class Job(Generic[P, R]):
             "max_attempts": max_attempts,
             "at": at,
             "delay": seconds,
+            "unique_key": None if unique_key is None else canonical_json(unique_key),
         }
         given: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
         merged = dataclasses.replace(self._options, **given).checked()
         view = copy.copy(self)
         view._options = merged
+        if unique_key is not None and view.unique is None:
+            view.unique = Unique()
         return view
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> JobCall:
@@ -144,10 +162,17 @@ class Job(Generic[P, R]):
             ValidationError: an argument cannot be stored as JSON (the message names it).
         """
         if not args and not kwargs and self._takes_no_arguments:
-            return JobCall(self, "[]", "{}", self._options)  # nothing to bind or encode
-        self.check_arguments(args, kwargs)
-        args_json, kwargs_json = encode_arguments(args, kwargs)
-        return JobCall(self, args_json, kwargs_json, self._options)
+            args_json, kwargs_json = "[]", "{}"  # nothing to bind or encode
+        else:
+            self.check_arguments(args, kwargs)
+            args_json, kwargs_json = encode_arguments(args, kwargs)
+        if self.unique is None:
+            return JobCall(self, args_json, kwargs_json, self._options)
+        key_json = self._options.unique_key
+        if key_json is None:
+            key_json = canonical_json(key_value(self._signature, self.unique.by, args, kwargs))
+        key = unique_key(self.name, key_json)
+        return JobCall(self, args_json, kwargs_json, self._options, key)
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` (naming the job) unless the function accepts these arguments: at
@@ -178,9 +203,10 @@ class Job(Generic[P, R]):
         """
         return BoundJob(self, conn)
 
-    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """Enqueue a run of this job on pgjobs' own connection pool, committed at once; returns
-        its id. To enqueue inside your transaction, use :meth:`using`.
+        its id, a :class:`JobId` (for a unique job whose key is held: the holder's id, with
+        ``duplicate`` true). To enqueue inside your transaction, use :meth:`using`.
 
         ``enqueue(..., conn=conn)`` is the older spelling of ``using(conn).enqueue(...)``: it
         still works but does not type-check, and it is why a job function cannot take a
@@ -188,15 +214,15 @@ class Job(Generic[P, R]):
         """
         return self.using(kwargs.pop("conn", None)).enqueue(*args, **kwargs)
 
-    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """:meth:`enqueue` for async code, on pgjobs' own async pool."""
         return await self.using(kwargs.pop("conn", None)).enqueue_async(*args, **kwargs)
 
-    def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> int:
+    def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """Enqueue to run ``delay`` (a timedelta or seconds) from now, by the database clock."""
         return self.options(delay=delay).enqueue(*args, **kwargs)
 
-    def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> int:
+    def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """Enqueue to run at ``at``, an aware datetime (naive ones are refused)."""
         return self.options(at=at).enqueue(*args, **kwargs)
 
@@ -215,21 +241,21 @@ class BoundJob(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<pgjobs.BoundJob {self._job.name!r} using {type(self._conn).__name__}>"
 
-    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """Enqueue a run of the job in the connection's transaction; returns its id."""
         call = self._job.call(*args, **kwargs)
         return self._job._client.enqueue_many([call], self._conn)[0]
 
-    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> int:
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """:meth:`enqueue` on an async connection or session."""
         call = self._job.call(*args, **kwargs)
         return (await self._job._client.enqueue_many_async([call], self._conn))[0]
 
-    def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> int:
+    def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """Enqueue to run ``delay`` (a timedelta or seconds) from now, by the database clock."""
         return self._job.options(delay=delay).using(self._conn).enqueue(*args, **kwargs)
 
-    def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> int:
+    def enqueue_at(self, at: datetime, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """Enqueue to run at ``at``, an aware datetime (naive ones are refused)."""
         return self._job.options(at=at).using(self._conn).enqueue(*args, **kwargs)
 

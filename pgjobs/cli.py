@@ -262,6 +262,7 @@ def migrate_command(obj: dict[str, Any], as_sql: bool, check: bool) -> None:
 @click.option("--max-attempts", type=int, help="Attempts before discard (default: the job's)")
 @click.option("--at", help="Run at this ISO 8601 time with an offset, e.g. 2026-01-01T09:00+00:00")
 @click.option("--in", "delay", help="Run after a delay: seconds, or 30s, 5m, 2h, 1d")
+@click.option("--unique-key", "unique_key", help="JSON value: at most one such job while it waits")
 @_app_option
 @click.pass_obj
 @_handles_errors
@@ -275,9 +276,11 @@ def enqueue(
     max_attempts: int | None,
     at: str | None,
     delay: str | None,
+    unique_key: str | None,
     app_path: str | None,
 ) -> None:
-    """Enqueue a run of job NAME; prints the new job's id."""
+    """Enqueue a run of job NAME; prints the new job's id, or with a unique job that holds the
+    key already, "duplicate of job ID"."""
     args = _parse_json(args_json, "--args", list)
     kwargs = _parse_json(kwargs_json, "--kwargs", dict)
     when = None if at is None else _parse_time(at)
@@ -288,12 +291,14 @@ def enqueue(
         max_attempts=max_attempts,
         at=when,
         delay=None if delay is None else _parse_delay(delay),
+        unique_key=None if unique_key is None else _parse_json(unique_key, "--unique-key", object),
     )
     try:
         call = job.call(*args, **kwargs)
     except TypeError as exc:  # the arguments do not fit the job's function
         raise ConfigError(str(exc)) from None
-    click.echo(app.enqueue_many([call])[0])
+    job_id = app.enqueue_many([call])[0]
+    click.echo(f"duplicate of job {job_id}" if job_id.duplicate else job_id)
 
 
 @cli.command()
@@ -491,6 +496,11 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     show_default=True,
     help="scale: completed jobs in the table",
 )
+@click.option(
+    "--unique",
+    is_flag=True,
+    help="enqueue, bulk: also/only jobs with a unique key each; process: plain and unique runs",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -506,6 +516,7 @@ def bench(
     duration: float,
     available: int,
     finished: int,
+    unique: bool,
     as_json: bool,
 ) -> None:
     """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
@@ -529,6 +540,7 @@ def bench(
         duration=duration,
         available=available,
         finished=finished,
+        unique=unique,
     )
     result = _bench.run(mode, settings, options)
     if as_json:

@@ -347,3 +347,29 @@ def batch_grows(extra: int, seconds: float) -> None:
 def batch_callback(kind: str) -> None:
     """A batch's callback: records ``kind`` (``on_success``/``on_complete``) and its batch."""
     record(f"batch_callback:{kind}", _batch_of_current_job())
+
+
+@app.job(name="unique_noop", unique=True)
+def unique_noop(label: str, extra: int = 0) -> None:
+    """Unique by all its arguments, ``extra``'s default included."""
+    record(label)
+
+
+@app.job(name="unique_kept", unique=pgjobs.Unique(states=(*pgjobs.Unique().states, "completed")))
+def unique_kept(label: str) -> None:
+    """Holds its key after completing too."""
+    record(label)
+
+
+@app.job(name="unique_for", unique=pgjobs.Unique(by=("label",), period=0.5))
+def unique_for(label: str, extra: int = 0) -> None:
+    """Unique by ``label`` within each half second of the database clock."""
+    record(label)
+
+
+@app.job(name="debounced", unique=pgjobs.Unique(by=("key",), replace=True))
+def debounced(key: int, label: str) -> None:
+    """Unique by ``key``; a later enqueue replaces a waiting job's ``label`` and run time."""
+    record(label)
+    if label.startswith("lock "):
+        _ledger().execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))

@@ -28,6 +28,12 @@ ALSO_REPORTED = {
             {"jobs_per_second", "bare_insert_per_second", "ratio_notify_on_to_off"},
         ),
         (["bulk", "--jobs", "600"], {"jobs_per_second"}),
+        (
+            ["enqueue", "--jobs", "40", "--unique"],
+            {"jobs_per_second", "unique_per_second", "ratio_unique_to_plain"},
+        ),
+        (["bulk", "--jobs", "600", "--unique"], {"jobs_per_second"}),
+        (["process", "--jobs", "50", "--processes", "1", "--unique"], {"ratio_unique_to_plain"}),
         (["process", "--jobs", "600", "--processes", "2"], {"jobs_per_second"}),
         (["process", "--jobs", "300", "--processes", "1", "--async-jobs"], {"jobs_per_second"}),
         (["latency", "--samples", "5"], {"p50_ms", "p99_ms"}),

@@ -75,7 +75,10 @@ def roles(server_url: str, database_url: str, db: psycopg.Connection[Any]) -> It
 
 def test_statements_quote_role_names_and_follow_the_schema() -> None:
     text = grant_statements("jobs_here", {"enqueuer": ['web "app"'], "inspector": ["grafana"]})
-    assert 'GRANT INSERT, SELECT (id) ON "jobs_here".jobs TO "web ""app""";' in text
+    assert (
+        'GRANT INSERT, SELECT (id, unique_key, state, unique_states) ON "jobs_here".jobs '
+        'TO "web ""app""";'
+    ) in text
     assert 'GRANT USAGE ON SEQUENCE "jobs_here".jobs_id_seq TO "web ""app""";' in text
     assert 'TO "grafana";' in text
     assert "UPDATE" not in text and "DELETE" not in text
@@ -386,3 +389,45 @@ def test_worker_role_schedules_cron_entries_and_the_inspector_lists_them(
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
     ):
         inspector.execute("SELECT pgjobs.run_cron('every.second')")
+
+
+def test_enqueuer_enqueues_unique_jobs_and_replaces_only_with_the_documented_grant(
+    roles: Roles, db: psycopg.Connection[Any]
+) -> None:
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    first = jobs_app.unique_noop.enqueue("once")
+    again = jobs_app.unique_noop.enqueue("once")
+    many = jobs_app.app.enqueue_many([jobs_app.unique_noop.call("once")] * 600)
+    assert again.duplicate and again == first and set(many) == {first}
+    copied = jobs_app.app.enqueue_many([jobs_app.unique_noop.call("once", i) for i in range(600)])
+    assert copied[0] == first and len(set(copied)) == 600
+    later = jobs_app.debounced.enqueue_in(timedelta(hours=1), 1, "first")  # an insert
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+        jobs_app.debounced.enqueue(1, "second")  # a replace
+    jobs_app.app.close()
+    db.execute(
+        "GRANT UPDATE (args, kwargs, priority, scheduled_at, state), SELECT (queue)"
+        f' ON pgjobs.jobs TO "{roles.enqueuer}"'
+    )  # as docs/roles.md says
+    replaced = jobs_app.debounced.enqueue(1, "second")
+    assert replaced.duplicate and replaced == later
+    assert rows(db, "SELECT args, state FROM pgjobs.jobs WHERE id = %s", later) == [
+        ([1, "second"], "available")
+    ]
+    with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
+        for statement in (
+            "SELECT args FROM pgjobs.jobs",
+            "UPDATE pgjobs.jobs SET state = 'completed', finished_at = now()",
+            "DELETE FROM pgjobs.jobs",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                enqueuer.execute(statement)
+        # nor can a unique insert slip a job that is not new past the guard
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may insert only new jobs"):
+            enqueuer.execute(
+                "INSERT INTO pgjobs.jobs (name, state, attempt, finished_at, unique_key,"
+                " unique_states) VALUES ('noop', 'completed', 1, now(), 'k', '{completed}')"
+                " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL"
+                " AND state = ANY (unique_states) DO NOTHING"
+            )
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 601

@@ -13,13 +13,13 @@ No foreign key from ``jobs.batch_id``: its check is queued for every inserted ro
 included; the insert trigger refuses an unknown batch instead.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0007
 """
 
 from alembic import context, op
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -67,6 +67,8 @@ class BenchOptions:
     duration: float
     available: int
     finished: int
+    unique: bool = False
+    """Every job carries a unique key of its own (enqueue, bulk, process)."""
 
 
 def run(mode: str, settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -101,20 +103,27 @@ def _enqueue(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     ratios, so a slice that met a checkpoint or a slow disk flush cannot tip it."""
     per_slice = min(SLICE, options.jobs)
     turns = max(1, options.jobs // per_slice)
-    times: dict[str, list[float]] = {"pgjobs": [], "bare": [], "silent": []}
+    times: dict[str, list[float]] = {"pgjobs": [], "bare": [], "silent": [], "unique": []}
     with connect(settings, "pgjobs-bench") as conn:
         conn.autocommit = False
 
         def enqueue_one() -> object:
             return app.enqueue_many([noop.call()], conn=conn)
 
+        keys = iter(range(options.jobs * 2))
+
+        def enqueue_unique() -> object:
+            return app.enqueue_many([noop.options(unique_key=next(keys)).call()], conn=conn)
+
         loops: dict[str, Callable[[], object]] = {
             "pgjobs": enqueue_one,
             "bare": lambda: conn.execute(BENCH.bench_bare_insert),
             "silent": enqueue_one,  # with the notification trigger disabled
         }
+        if options.unique:
+            loops["unique"] = enqueue_unique
         for turn in range(turns):
-            names = list(loops)[turn % 3 :] + list(loops)[: turn % 3]
+            names = list(loops)[turn % len(loops) :] + list(loops)[: turn % len(loops)]
             for name in names:
                 conn.execute(
                     BENCH.bench_disable_notify if name == "silent" else BENCH.bench_enable_notify
@@ -133,7 +142,7 @@ def _enqueue(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         pairs = zip(times["pgjobs"], times[baseline], strict=True)
         return round(statistics.median(other / ours for ours, other in pairs), 3)
 
-    return {
+    figures = {
         "jobs": done,
         "seconds": round(sum(times["pgjobs"]), 3),
         "jobs_per_second": round(done / sum(times["pgjobs"])),
@@ -142,21 +151,64 @@ def _enqueue(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         "without_notify_per_second": round(done / sum(times["silent"])),
         "ratio_notify_on_to_off": ratio("silent"),
     }
+    if options.unique:
+        figures["unique_per_second"] = round(done / sum(times["unique"]))
+        figures["ratio_unique_to_plain"] = round(1 / ratio("unique"), 3)
+    return figures
 
 
 def _bulk(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     started = time.perf_counter()
-    _enqueue_noops(options.jobs, options.async_jobs)
+    _enqueue_noops(options.jobs, options.async_jobs, options.unique)
     seconds = time.perf_counter() - started
     return {
         "jobs": options.jobs,
+        "unique": options.unique,
         "seconds": round(seconds, 3),
         "jobs_per_second": round(options.jobs / seconds),
     }
 
 
+UNIQUE_RUNS = 5
+"""Runs of each kind, plain and unique, that ``process --unique`` interleaves."""
+
+
 def _process(settings: Settings, options: BenchOptions) -> dict[str, Any]:
-    _enqueue_noops(options.jobs, options.async_jobs)
+    figures: dict[str, Any] = {
+        "jobs": options.jobs,
+        "processes": options.processes,
+        "concurrency": options.concurrency,
+        "job_kind": "async" if options.async_jobs else "sync",
+    }
+    if not options.unique:
+        seconds = _burn_down(settings, options, unique=False)
+        return {
+            **figures,
+            "seconds": round(seconds, 3),
+            "jobs_per_second": round(options.jobs / seconds),
+        }
+    # each run in a fresh schema (the finished jobs of earlier runs slowed later ones), and
+    # alternately first, so that drift on a shared machine hits both kinds alike
+    plain: list[float] = []
+    unique: list[float] = []
+    for run in range(UNIQUE_RUNS):
+        for kind in (False, True) if run % 2 == 0 else (True, False):
+            with _fresh_schema(settings):
+                rate = options.jobs / _burn_down(settings, options, kind)
+            (unique if kind else plain).append(rate)
+    ratios = [u / p for p, u in zip(plain, unique, strict=True)]
+    return {
+        **figures,
+        "runs": UNIQUE_RUNS,
+        "plain_jobs_per_second": [str(round(rate)) for rate in plain],
+        "unique_jobs_per_second": [str(round(rate)) for rate in unique],
+        "ratio_unique_to_plain": round(statistics.median(ratios), 3),
+    }
+
+
+def _burn_down(settings: Settings, options: BenchOptions, unique: bool) -> float:
+    """Enqueue ``options.jobs`` jobs, then the seconds a burst worker takes to run them all."""
+    _enqueue_noops(options.jobs, options.async_jobs, unique)
     started = time.perf_counter()
     worker = _start_worker(settings, options, "--burst")
     status = worker.wait()
@@ -166,14 +218,7 @@ def _process(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     by_state = app.queue_counts().get("default", {})
     if by_state.keys() != {"completed"}:
         raise RuntimeError(f"not every job completed: {by_state}")
-    return {
-        "jobs": options.jobs,
-        "processes": options.processes,
-        "concurrency": options.concurrency,
-        "job_kind": "async" if options.async_jobs else "sync",
-        "seconds": round(seconds, 3),
-        "jobs_per_second": round(options.jobs / seconds),
-    }
+    return seconds
 
 
 def _latency(settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -432,10 +477,16 @@ MODES: dict[str, Callable[[Settings, BenchOptions], dict[str, Any]]] = {
 }
 
 
-def _enqueue_noops(jobs: int, async_jobs: bool) -> None:
+def _enqueue_noops(jobs: int, async_jobs: bool, unique: bool = False) -> None:
+    """``jobs`` no-op jobs by ``enqueue_many``; with ``unique``, each with a key of its own."""
     job = async_noop if async_jobs else noop
     for start in range(0, jobs, BULK_CHUNK):
-        app.enqueue_many(job.call() for _ in range(min(BULK_CHUNK, jobs - start)))
+        end = min(start + BULK_CHUNK, jobs)
+        if unique:
+            first = uuid.uuid4().hex  # keys never seen before, run after run
+            app.enqueue_many(job.options(unique_key=[first, i]).call() for i in range(start, end))
+        else:
+            app.enqueue_many(job.call() for _ in range(start, end))
 
 
 def _start_worker(settings: Settings, options: BenchOptions, *args: str) -> subprocess.Popen[bytes]:

@@ -1,0 +1,330 @@
+"""Unique jobs in pure code: the :class:`Unique` declaration, the key a call holds, the plan of a
+batch, and the statements a unique enqueue runs, as a generator the client drives sync or async.
+
+The database enforces uniqueness (migration 0007's partial unique index); nothing here looks a
+key up before inserting. A period's bucket is appended to the key in SQL, from the database
+clock, so every enqueuer agrees on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._admin import STATES
+from ._encoding import COPY_PIECE, insert_params, single
+from ._errors import ConfigError, DatabaseError, ValidationError
+
+if TYPE_CHECKING:
+    from ._job import JobCall
+    from ._sql import Queries
+
+DEFAULT_STATES = ("scheduled", "available", "running", "retryable")
+"""The states in which a unique job holds its key unless it says otherwise: until it ends."""
+
+MIN_PERIOD = 0.001
+"""Shortest period, in seconds: its number since the epoch must fit a ``bigint``."""
+
+MAX_ROUNDS = 5
+"""Insert-then-read rounds for keys whose holder leaves its states between the two statements."""
+
+
+@dataclass(frozen=True)
+class Unique:
+    """At most one job of this name and key exists while in ``states``.
+
+    Args:
+        by: parameter names whose values make the key; ``None`` means all the arguments (with
+            defaults applied, so ``f(1)`` and ``f(x=1)`` share a key).
+        states: the states in which a job holds its key. A job that leaves them (say, completes)
+            frees the key for the next enqueue.
+        period: with it, the key holds only within one period (a ``timedelta`` or seconds) of the
+            database clock, counted from the Unix epoch: unique "for" that long.
+        replace: a duplicate enqueue replaces the waiting holder's arguments, priority and run
+            time (a debounce) instead of keeping it; a running or retryable holder is kept.
+    """
+
+    by: tuple[str, ...] | None = None
+    states: tuple[str, ...] = DEFAULT_STATES
+    period: timedelta | float | None = None
+    replace: bool = False
+
+    @property
+    def seconds(self) -> float | None:
+        """The period in seconds, ``None`` without one."""
+        if isinstance(self.period, timedelta):
+            return self.period.total_seconds()
+        return self.period
+
+    def checked(self, job_name: str, signature: inspect.Signature) -> Unique:
+        """Raise :class:`ConfigError` (naming the job and what to fix) unless this fits the job."""
+        if not self.states:
+            raise ConfigError(f"{job_name}: Unique(states=...) needs at least one state")
+        for state in self.states:
+            if state not in STATES:
+                raise ConfigError(
+                    f"{job_name}: Unique(states=...): {state!r} is not a state "
+                    f"({', '.join(STATES)})"
+                )
+        if self.by is not None:
+            if isinstance(self.by, str):
+                raise ConfigError(f"{job_name}: Unique(by=...) is a tuple of names, e.g. ('x',)")
+            for name in self.by:
+                if name not in signature.parameters:
+                    raise ConfigError(
+                        f"{job_name}: Unique(by=...): {name!r} is not a parameter of the function"
+                        f" ({', '.join(signature.parameters) or 'it has none'})"
+                    )
+        seconds = self.seconds
+        if seconds is not None and not seconds >= MIN_PERIOD:
+            raise ConfigError(
+                f"{job_name}: Unique(period=...) must be a positive duration of at least"
+                f" {MIN_PERIOD} s"
+            )
+        return self
+
+
+class JobId(int):
+    """A job's id, as enqueue returns it: an ``int`` that also says whether the enqueue was a
+    ``duplicate`` of a unique job, whose id it then is (nothing new was written)."""
+
+    duplicate: bool = False
+
+    def __repr__(self) -> str:
+        return f"JobId({int(self)}, duplicate={self.duplicate})"
+
+    def __str__(self) -> str:  # int's own, as printed and formatted, not the repr
+        return int.__repr__(self)
+
+
+def job_id(value: int, duplicate: bool) -> JobId:
+    """``value`` as a :class:`JobId`; only a duplicate carries an attribute of its own."""
+    result = JobId(value)
+    if duplicate:
+        result.duplicate = True
+    return result
+
+
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON text (sorted keys, no spaces); :class:`ValidationError` naming
+    ``unique_key`` when it is not JSON."""
+    try:
+        return _canonical(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            "unique_key",
+            f"{value!r} is not JSON ({exc}); pass str, int, float, bool, None, list or dict",
+        ) from None
+
+
+def key_value(
+    signature: inspect.Signature,
+    by: tuple[str, ...] | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The value a call is keyed on: its arguments by parameter name, defaults applied, all of
+    them or those named in ``by``. (The arguments already fit the signature.)"""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    if by is None:
+        return dict(bound.arguments)
+    return {name: bound.arguments[name] for name in by}
+
+
+def unique_key(job_name: str, key_json: str) -> str:
+    """The key stored in ``jobs.unique_key`` (before a period's bucket): the job's name and the
+    SHA-256 of the key value's canonical JSON, so keys have one short size whatever the value."""
+    return f"{job_name}:{hashlib.sha256(key_json.encode()).hexdigest()}"
+
+
+class Plan(NamedTuple):
+    """How a batch of calls is written: positions of plain calls, of unique calls kept on
+    conflict and of unique calls that replace, and for each call sharing its key with another
+    one of the batch, the position of the call that stands for it (keep: the first; replace:
+    the last, as an UPDATE that two rows of a batch match takes either one)."""
+
+    plain: list[int]
+    keep: list[int]
+    replace: list[int]
+    stands_for: dict[int, int]
+
+    @property
+    def kinds(self) -> int:
+        """How many of plain, keep and replace the batch has: each is written apart."""
+        return bool(self.plain) + bool(self.keep) + bool(self.replace)
+
+
+def plan_batch(calls: Sequence[JobCall]) -> Plan:
+    """The :class:`Plan` of ``calls``; nothing is written."""
+    plain: list[int] = []
+    keep: dict[str, int] = {}
+    replace: dict[str, int] = {}
+    stands_for: dict[int, int] = {}
+    for position, call in enumerate(calls):
+        key = call.unique_key
+        if key is None:
+            plain.append(position)
+        elif call.job.unique is not None and call.job.unique.replace:
+            if key in replace:
+                stands_for[replace[key]] = position
+            replace[key] = position
+        elif key in keep:
+            stands_for[position] = keep[key]
+        else:
+            keep[key] = position
+    # a replace chain a -> b -> c resolves to its last call
+    for position, later in list(stands_for.items()):
+        while later in stands_for:
+            later = stands_for[later]
+        stands_for[position] = later
+    return Plan(plain, list(keep.values()), sorted(replace.values()), stands_for)
+
+
+def resolve(plan: Plan, written: Mapping[int, JobId], count: int) -> list[JobId]:
+    """The id for each of ``count`` calls: its own row's, or as a duplicate, its stand-in's."""
+    result = []
+    for position in range(count):
+        stand_in = plan.stands_for.get(position)
+        if stand_in is None:
+            result.append(written[position])
+        else:
+            result.append(job_id(written[stand_in], True))
+    return result
+
+
+def unique_params(calls: Sequence[JobCall]) -> dict[str, list[Any]]:
+    """INSERT_UNIQUE_JOBS' columns: INSERT_JOBS' and each job's key, unique states and period."""
+    params = insert_params(calls)
+    params["keys"] = [call.unique_key for call in calls]
+    params["states"] = []
+    params["periods"] = []
+    for call in calls:
+        unique = call.job.unique or Unique()
+        params["states"].append(",".join(unique.states))
+        params["periods"].append(unique.seconds)
+    return params
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+"""The characters COPY's text format escapes."""
+
+
+def unique_copy_text(params: Mapping[str, list[Any]]) -> Iterator[bytes]:
+    """The rows of ``params`` (:func:`unique_params`) for COPY_UNIQUE_ROWS, in COPY's text
+    format, :data:`COPY_PIECE` rows at a time; each row's position counts from 1."""
+    lines = []
+    columns = zip(
+        params["queues"],
+        params["names"],
+        params["args"],
+        params["kwargs"],
+        params["priorities"],
+        params["max_attempts"],
+        params["ats"],
+        params["delays"],
+        params["keys"],
+        params["states"],
+        params["periods"],
+        strict=True,
+    )
+    for position, row in enumerate(columns, 1):
+        queue, name, args, kwargs, priority, max_attempts, at, delay, key, states, period = row
+        fields = (
+            queue,
+            name.translate(_COPY_ESCAPES),
+            args.translate(_COPY_ESCAPES),
+            kwargs.translate(_COPY_ESCAPES),
+            str(priority),
+            str(max_attempts),
+            "\\N" if at is None else at.isoformat(),
+            repr(float(delay)),
+            key.translate(_COPY_ESCAPES),
+            states,
+            "\\N" if period is None else repr(float(period)),
+            str(position),
+        )
+        lines.append("\t".join(fields) + "\n")
+        if len(lines) == COPY_PIECE:
+            yield "".join(lines).encode()
+            lines.clear()
+    if lines:
+        yield "".join(lines).encode()
+
+
+def single_unique(params: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """INSERT_UNIQUE_JOB's parameters from the one-row columns of :func:`unique_params`."""
+    return {
+        **single(params),
+        "key": params["keys"][0],
+        "states": params["states"][0],
+        "period": params["periods"][0],
+    }
+
+
+Step = tuple[str, Mapping[str, Any]]
+"""A statement to run and its parameters; the driver sends back the rows it returned."""
+
+
+def insert_unique(
+    queries: Queries,
+    calls: Sequence[JobCall],
+    positions: Sequence[int],
+    replace: bool,
+    copied: bool = False,
+) -> Generator[Step, list[tuple[Any, ...]], dict[int, JobId]]:
+    """Insert the calls at ``positions`` (one per key) and return their ids by position.
+
+    Keys already held are, with ``replace``, replaced in their holder if it has not started,
+    then read back by a last statement: each runs only for the keys still unresolved. A holder
+    may leave its states before it is read (it completes), and then the insert is tried again;
+    an uncommitted holder is waited for by the insert itself (``ON CONFLICT``).
+
+    ``copied``: the driver has copied the calls' rows (:func:`unique_copy_text`) for the first
+    insert.
+    """
+    found: dict[int, JobId] = {}
+    pending = list(positions)
+    for round_ in range(MAX_ROUNDS):
+        if copied and round_ == 0:
+            rows = yield queries.insert_copied_unique_jobs, {}
+        elif len(pending) == 1:
+            rows = yield (
+                queries.insert_unique_job,
+                single_unique(unique_params([calls[pending[0]]])),
+            )
+        else:
+            rows = yield queries.insert_unique_jobs, unique_params([calls[p] for p in pending])
+        held: dict[str, int] = {}
+        for ordinal, held_key, written_id in rows:
+            position = pending[ordinal - 1]
+            if written_id is None:
+                held[held_key] = position
+            else:
+                found[position] = job_id(written_id, False)
+        if held and replace:
+            params = {
+                **insert_params([calls[p] for p in held.values()]),
+                "held_keys": list(held),
+                "jobs_channel": queries.jobs_channel,
+                "scheduled_channel": queries.scheduled_channel,
+            }
+            for held_key, holder_id in (yield queries.replace_unique_jobs, params):
+                found[held.pop(held_key)] = job_id(holder_id, True)
+        if held:
+            for held_key, holder_id in (yield queries.find_unique_holders, {"keys": list(held)}):
+                found[held.pop(held_key)] = job_id(holder_id, True)
+        if not held:
+            return found
+        pending = sorted(held.values())
+    raise DatabaseError(
+        f"unique keys kept changing hands during {MAX_ROUNDS} tries to enqueue; try again"
+    )

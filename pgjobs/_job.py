@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from ._errors import ValidationError
 from ._outcome import MAX_DELAY, RetryPolicy
+from ._queues import check_partition_key, partition_key_of
 from ._settings import QUEUE_NAME
 from ._validation import MAX_ATTEMPTS, encode_arguments
 
@@ -39,6 +40,7 @@ class EnqueueOptions:
     max_attempts: int | None = None
     at: datetime | None = None
     delay: float | None = None
+    partition_key: str | None = None
 
     def checked(self) -> EnqueueOptions:
         if self.queue is not None and not QUEUE_NAME.fullmatch(self.queue):
@@ -57,6 +59,8 @@ class EnqueueOptions:
             raise ValidationError("delay", f"must be from 0 to {MAX_DELAY:g} seconds (100 years)")
         if self.at is not None and self.delay is not None:
             raise ValidationError("at", "give either at= or a delay, not both")
+        if self.partition_key is not None:
+            check_partition_key(self.partition_key)
         return self
 
 
@@ -90,6 +94,7 @@ class Job(Generic[P, R]):
         on_exhausted: Callable[[BaseException], object] | None,
         timeout: float | None = None,
         options: EnqueueOptions | None = None,
+        partition_by: str | None = None,
     ) -> None:
         self._client = client
         self.func = func
@@ -105,6 +110,8 @@ class Job(Generic[P, R]):
         self._signature = inspect.signature(func)
         self._options = options or EnqueueOptions()
         self._takes_no_arguments = _accepts_no_arguments(self._signature)
+        self.partition_by = partition_by
+        """The parameter whose argument is each run's partition key (see :meth:`options`)."""
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -120,8 +127,13 @@ class Job(Generic[P, R]):
         max_attempts: int | None = None,
         at: datetime | None = None,
         delay: timedelta | float | None = None,
+        partition_key: str | None = None,
     ) -> Job[P, R]:
-        """A view of this job whose enqueues use these options instead of the defaults."""
+        """A view of this job whose enqueues use these options instead of the defaults.
+
+        ``partition_key`` names the partition (a tenant, an account) that the limits of a queue
+        partitioned by key count this run in; it wins over the job's ``partition_by``.
+        """
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
         changes = {
             "queue": queue,
@@ -129,6 +141,7 @@ class Job(Generic[P, R]):
             "max_attempts": max_attempts,
             "at": at,
             "delay": seconds,
+            "partition_key": partition_key,
         }
         given: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
         merged = dataclasses.replace(self._options, **given).checked()
@@ -147,7 +160,11 @@ class Job(Generic[P, R]):
             return JobCall(self, "[]", "{}", self._options)  # nothing to bind or encode
         self.check_arguments(args, kwargs)
         args_json, kwargs_json = encode_arguments(args, kwargs)
-        return JobCall(self, args_json, kwargs_json, self._options)
+        options = self._options
+        if self.partition_by is not None and options.partition_key is None:
+            key = partition_key_of(self._signature, self.partition_by, args, kwargs)
+            options = dataclasses.replace(options, partition_key=key)
+        return JobCall(self, args_json, kwargs_json, options)
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` (naming the job) unless the function accepts these arguments: at

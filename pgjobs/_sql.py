@@ -545,6 +545,15 @@ SELECT (SELECT count(*) FROM {schema}.jobs WHERE state = 'available'),
 BENCH_EXPLAIN_CLAIM_JOBS = "EXPLAIN (ANALYZE, BUFFERS)" + CLAIM_JOBS
 """The plan of one claim as it ran (``ANALYZE`` claims the jobs for real)."""
 
+BENCH_LIMIT_QUEUE = """
+INSERT INTO {schema}.queues (name, concurrency) VALUES ('default', %(concurrency)s)
+"""
+"""``process --limit``: a concurrency limit on the bench queue, far above what runs."""
+
+BENCH_CLEAR_LIMITS = """
+DELETE FROM {schema}.queues
+"""
+
 
 @dataclass(frozen=True)
 class Queries:
@@ -609,6 +618,8 @@ class BenchQueries:
     bench_disable_notify: str
     bench_count_unfinished: str
     bench_explain_claim_jobs: str
+    bench_limit_queue: str
+    bench_clear_limits: str
 
 
 @functools.cache

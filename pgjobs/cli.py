@@ -491,6 +491,11 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     show_default=True,
     help="scale: completed jobs in the table",
 )
+@click.option(
+    "--limit",
+    is_flag=True,
+    help="process: rounds with a concurrency limit that never binds, beside plain ones",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -506,6 +511,7 @@ def bench(
     duration: float,
     available: int,
     finished: int,
+    limit: bool,
     as_json: bool,
 ) -> None:
     """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
@@ -529,6 +535,7 @@ def bench(
         duration=duration,
         available=available,
         finished=finished,
+        limit=limit,
     )
     result = _bench.run(mode, settings, options)
     if as_json:

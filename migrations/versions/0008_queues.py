@@ -86,7 +86,7 @@ BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     -- one lock per limited queue, in a fixed order, held to the commit: for every worker, the
     -- counts below and the claim are one step
-    PERFORM pg_advisory_xact_lock(hashtext('pgjobs.queues:{schema}'), hashtext(l.name))
+    PERFORM pg_advisory_xact_lock(hashtext('{schema}.queues'), hashtext(l.name))
        FROM (SELECT l.name FROM {s}.queues AS l
               WHERE l.name = ANY(queue_names) AND NOT l.paused
                 AND (l.concurrency IS NOT NULL OR l.rate_limit IS NOT NULL)

@@ -67,6 +67,8 @@ class BenchOptions:
     duration: float
     available: int
     finished: int
+    limit: bool = False
+    """``process``: time rounds with a concurrency limit that never binds beside plain ones."""
 
 
 def run(mode: str, settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -155,7 +157,43 @@ def _bulk(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     }
 
 
+LIMIT_ROUNDS = 3
+"""Rounds of each kind in ``process --limit``, alternating plain and limited."""
+NEVER_BINDING = 1_000_000
+"""The concurrency limit of ``process --limit``: far above what runs."""
+
+
 def _process(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    if options.limit:
+        return _process_limited(settings, options)
+    return _process_once(settings, options)
+
+
+def _process_limited(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    """Plain and limited rounds interleaved, so that drift hits both alike; the median of each.
+    A limited queue is claimed by two statements (CLAIM_JOBS skips it, CLAIM_LIMITED_JOBS takes
+    it under its lock): this is their cost when the limit never binds."""
+    rates: dict[str, list[int]] = {"plain": [], "limited": []}
+    for _ in range(LIMIT_ROUNDS):
+        for kind in rates:
+            with connect(settings, "pgjobs-bench") as conn:
+                conn.execute(BENCH.bench_clear_limits)
+                if kind == "limited":
+                    conn.execute(BENCH.bench_limit_queue, {"concurrency": NEVER_BINDING})
+            rates[kind].append(_process_once(settings, options)["jobs_per_second"])
+    plain, limited = (statistics.median(rates[k]) for k in ("plain", "limited"))
+    return {
+        "jobs": options.jobs,
+        "processes": options.processes,
+        "concurrency": options.concurrency,
+        "rounds": LIMIT_ROUNDS,
+        "plain_jobs_per_second": round(plain),
+        "limited_jobs_per_second": round(limited),
+        "limited_to_plain": round(limited / plain, 3),
+    }
+
+
+def _process_once(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     _enqueue_noops(options.jobs, options.async_jobs)
     started = time.perf_counter()
     worker = _start_worker(settings, options, "--burst")

@@ -19,6 +19,7 @@ from ._errors import (
 from ._job import BoundJob, Job, JobCall
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
+from ._queues import QueueLimits
 from ._settings import Settings, load_settings
 from ._validation import MAX_DEPTH, MAX_PAYLOAD_BYTES
 from ._worker import Worker
@@ -36,6 +37,7 @@ __all__ = [
     "JobContext",
     "JobTimeout",
     "PgjobsError",
+    "QueueLimits",
     "SchemaError",
     "Settings",
     "Snooze",

@@ -408,9 +408,11 @@ class Worker:
         failures = self._claim.failures
         await self._read_view()
         order = self._queue_order()
-        rows = await self._claim.fetch(
-            self._queries.claim_jobs, {"queues": order, "limit": limit, "worker_id": self.id}
-        )
+        rows: list[tuple[Any, ...]] = []
+        if len(self._view.limited) < len(order):  # a plain claim would find nothing otherwise
+            rows = await self._claim.fetch(
+                self._queries.claim_jobs, {"queues": order, "limit": limit, "worker_id": self.id}
+            )
         if self._view.limited and len(rows) < limit:
             rows += await self._claim_limited(order, limit - len(rows))
         claimed = [ClaimedJob._make(row) for row in rows]

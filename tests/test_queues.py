@@ -249,13 +249,20 @@ def test_concurrency_limit_per_key_holds_across_workers(
     tenants = ["acme", "globex", "initech"]
     calls = [limits_app.tenant_call.call(t, 0.15) for _ in range(20) for t in tenants]
     ids = app.enqueue_many(calls)
-    workers = [start_worker("--queues", "tenants", "--concurrency", "50") for _ in range(3)]
+    workers = [
+        start_worker("--queues", "tenants", "--concurrency", "50", "--poll-interval", "5")
+        for _ in range(3)
+    ]
     eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'")
                == len(ids), timeout=30)  # fmt: skip
     for tenant in tenants:
         events = rows(db, "SELECT at, event FROM ledger WHERE label = %s", tenant)
         assert len(events) == 40
         assert max_overlap(events) == 5, tenant
+        # 4 waves of 0.15 s: a wave starts when the last one's jobs end (their workers wake
+        # the others), not at the next poll (5 s), which would stretch this past 5 s
+        span = max(at for at, _ in events) - min(at for at, _ in events)
+        assert span.total_seconds() < 2.5, (tenant, span)
     assert value(db, "SELECT max(attempt) FROM pgjobs.jobs") == 1  # waiting used no attempt
     assert value(db, "SELECT count(DISTINCT worker_id) FROM pgjobs.jobs") is not None
     for worker in workers:
@@ -364,7 +371,8 @@ def test_a_limit_costs_at_most_one_round_trip_per_claim(
     app: pgjobs.App, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A burst worker on a plain and a limited queue: each claim is CLAIM_JOBS, then
-    CLAIM_LIMITED_JOBS only when limited queues exist; the settings are read once per poll."""
+    CLAIM_LIMITED_JOBS; on plain queues alone, CLAIM_JOBS only; on limited ones alone,
+    CLAIM_LIMITED_JOBS only. The settings are read at start and on a change."""
     statements: list[str] = []
     fetch = _link.Link.fetch
 
@@ -391,3 +399,10 @@ def test_a_limit_costs_at_most_one_round_trip_per_claim(
     asyncio.run(pgjobs.Worker(app, burst=True).run())
     assert statements.count(q.claim_jobs) > 0
     assert statements.count(q.claim_limited_jobs) == 0  # a plain queue pays no second claim
+
+    statements.clear()
+    app.enqueue_many([limits_app.tenant_call.call("a", 0.0) for _ in range(3)])
+    app.configure(database_url=app.settings.database_url, queues="tenants", poll_interval=60.0)
+    asyncio.run(pgjobs.Worker(app, burst=True).run())
+    assert statements.count(q.claim_limited_jobs) > 0
+    assert statements.count(q.claim_jobs) == 0  # only limited queues: one statement per claim

@@ -345,8 +345,12 @@ class Worker:
     def _free_slot(self) -> None:
         self._slot_freed.set()
         if self._limited_ended:
-            # a slot under a limit is free: wake the workers of those queues, on every host
-            queues, self._limited_ended = sorted(self._limited_ended), set()
+            # a slot under a limit is free: wake the workers of those queues, on every host.
+            # Outcomes still unwritten may be of those queues: wake them again after each write
+            # until none is left, so no wake-up comes before the slot it announces
+            queues = sorted(self._limited_ended)
+            if not self._acker.backlog:
+                self._limited_ended.clear()
             task = asyncio.ensure_future(self._notify_queues(queues))
             self._notifying.add(task)
             task.add_done_callback(self._notifying.discard)

@@ -8,7 +8,9 @@ over about 3 minutes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -129,8 +131,6 @@ def test_check_limits() -> None:
 
 
 def test_partition_key_of() -> None:
-    import inspect
-
     def f(tenant: Any, n: int = 0, *, region: str = "eu") -> None: ...
 
     sig = inspect.signature(f)
@@ -239,6 +239,24 @@ def test_limits_through_the_cli(app: pgjobs.App, db: psycopg.Connection[Any]) ->
     } | {"updated_at": None}
 
 
+def test_enqueue_stores_the_partition_key(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
+    """Each insert path (one job, a batch, COPY) stores the key; plain jobs store NULL."""
+    one = limits_app.tenant_call.enqueue("acme", 0)
+    explicit = limits_app.tenant_call.options(partition_key="vip").enqueue("acme", 0)
+    batch = app.enqueue_many([limits_app.tenant_call.call("b\tx", 0), limits_app.api_call.call()])
+    copied = app.enqueue_many([limits_app.tenant_call.call("c\\d\te", 0) for _ in range(600)])
+    keys = dict(rows(db, "SELECT id, partition_key FROM pgjobs.jobs"))
+    assert (keys[one], keys[explicit], keys[batch[0]], keys[batch[1]]) == (
+        "acme",
+        "vip",
+        "b\tx",
+        None,
+    )
+    assert {keys[i] for i in copied} == {"c\\d\te"}
+    with pytest.raises(pgjobs.ValidationError, match="partition_key"):
+        limits_app.tenant_call.options(partition_key="")
+
+
 # the limits at work
 
 
@@ -266,7 +284,7 @@ def test_concurrency_limit_per_key_holds_across_workers(
     assert value(db, "SELECT max(attempt) FROM pgjobs.jobs") == 1  # waiting used no attempt
     assert value(db, "SELECT count(DISTINCT worker_id) FROM pgjobs.jobs") is not None
     for worker in workers:
-        worker.signal(__import__("signal").SIGTERM)
+        worker.signal(signal.SIGTERM)
         assert worker.wait() == 0
 
 
@@ -356,7 +374,7 @@ def test_pause_and_resume(
     assert time.monotonic() - resumed < 1.0  # woken by the change, not by a poll
 
     app.pause_queue("pausable")
-    worker.signal(__import__("signal").SIGTERM)
+    worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
     again = limits_app.pausable.enqueue(0.01)
     start_worker("--queues", "pausable").wait_for_log("listening")

@@ -20,6 +20,7 @@ from ._errors import (
 from ._job import BoundJob, Job, JobCall
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
+from ._queues import QueueLimits
 from ._settings import Settings, load_settings
 from ._unique import JobId, Unique
 from ._validation import MAX_DEPTH, MAX_PAYLOAD_BYTES
@@ -41,6 +42,7 @@ __all__ = [
     "JobId",
     "JobTimeout",
     "PgjobsError",
+    "QueueLimits",
     "SchemaError",
     "Settings",
     "Snooze",

@@ -8,13 +8,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _admin, _batches, _cron
+from . import _admin, _batches, _cron, _queues
 from ._batches import AsyncBatch, Batch
 from ._client import Client
 from ._cron import CatchUp, CronEntry
-from ._errors import ConfigError, UnknownJobError
+from ._errors import ConfigError, UnknownJobError, ValidationError
 from ._job import EnqueueOptions, Job, JobCall
 from ._outcome import RetryPolicy, sidekiq_backoff
+from ._queues import QueueLimits, Rate
 from ._settings import Settings, load_settings
 from ._sql import Queries, queries_for
 from ._unique import JobId, Unique
@@ -48,6 +49,7 @@ class App:
         self._settings: Settings | None = None
         self._jobs: dict[str, Job[..., Any]] = {}
         self._cron: dict[str, CronEntry] = {}
+        self._queue_limits: dict[str, QueueLimits] = {}
         self._client = Client(lambda: self.settings)
 
     @property
@@ -90,6 +92,7 @@ class App:
         cron: str | None = None,
         tz: str = "UTC",
         unique: Unique | bool = False,
+        partition_by: str | None = None,
     ) -> Callable[[Callable[P, R]], Job[P, R]]: ...
 
     def job(
@@ -108,6 +111,7 @@ class App:
         cron: str | None = None,
         tz: str = "UTC",
         unique: Unique | bool = False,
+        partition_by: str | None = None,
     ) -> Job[P, R] | Callable[[Callable[P, R]], Job[P, R]]:
         """Register a function (``def`` or ``async def``) as a job.
 
@@ -129,6 +133,9 @@ class App:
             unique: a :class:`Unique` (``True`` for ``Unique()``): at most one job of this name
                 and key exists while in the given states; a duplicate enqueue returns the
                 existing job's id with ``duplicate=True`` (see the guide).
+            partition_by: the name of a parameter whose argument is each run's partition key
+                (a tenant, an account): the unit a queue's limits count in when the queue is
+                partitioned by ``"key"`` (see :meth:`queue`).
         """
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         if seconds is not None and not seconds > 0:
@@ -142,6 +149,10 @@ class App:
             if "conn" in inspect.signature(f).parameters:
                 raise ConfigError(
                     f"{job_name}: 'conn' is reserved for enqueue(conn=...); rename it"
+                )
+            if partition_by is not None and partition_by not in inspect.signature(f).parameters:
+                raise ConfigError(
+                    f"{job_name}: partition_by={partition_by!r} is not one of its parameters"
                 )
             options = EnqueueOptions(queue=queue, priority=priority, max_attempts=max_attempts)
             options.checked()
@@ -162,6 +173,7 @@ class App:
                 on_exhausted=on_exhausted,
                 timeout=seconds,
                 unique=declared,
+                partition_by=partition_by,
             )
             entry = None if cron is None else self._unique(_cron.declare(job, cron=cron, tz=tz))
             self._jobs[job_name] = job
@@ -231,6 +243,101 @@ class App:
     def cron_entries(self) -> Mapping[str, CronEntry]:
         """Declared cron entries by name."""
         return dict(self._cron)
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate: Rate | None = None,
+        partition_by: str | None = None,
+    ) -> None:
+        """Declare limits for queue ``name``; workers that consume it store them at start.
+
+        Args:
+            concurrency: at most this many of its jobs run at once, across every worker and
+                host (per partition, when partitioned).
+            rate: ``(starts, period)``: at most ``starts`` jobs start in any ``period`` (a
+                timedelta or seconds), e.g. ``(100, timedelta(minutes=1))``. Jobs over the limit
+                wait; they do not fail or use an attempt.
+            partition_by: ``None`` (the limits hold for the whole queue), ``"job"`` (per job
+                name), ``"key"`` (per partition key: see ``partition_by`` of :meth:`job` and
+                ``partition_key`` of :meth:`Job.options`) or ``"job,key"``.
+
+        Raises:
+            ConfigError: a limit below 1, a bad period or partition, or a bad queue name.
+        """
+        try:
+            _queues.check_queue_name(name)
+            self._queue_limits[name] = _queues.check_limits(concurrency, rate, partition_by)
+        except ValidationError as exc:
+            raise ConfigError(f"queue {name!r}: {exc}") from None
+
+    @property
+    def queue_limits(self) -> Mapping[str, QueueLimits]:
+        """The limits declared with :meth:`queue`, by queue name."""
+        return dict(self._queue_limits)
+
+    def pause_queue(self, name: str, *, conn: Any = None) -> None:
+        """Pause queue ``name``: from the next claim on, no worker on any host starts its jobs;
+        running ones finish. The state is stored, so it survives restarts. Same as
+        ``SELECT pgjobs.pause_queue('name')``."""
+        self._client.run(_queues.pause(self.queries, name), conn)
+
+    async def pause_queue_async(self, name: str, *, conn: Any = None) -> None:
+        """:meth:`pause_queue` for async code."""
+        await self._client.run_async(_queues.pause(self.queries, name), conn)
+
+    def resume_queue(self, name: str, *, conn: Any = None) -> None:
+        """Resume a paused queue (nothing happens to one that is not paused); its workers are
+        woken at once."""
+        self._client.run(_queues.resume(self.queries, name), conn)
+
+    async def resume_queue_async(self, name: str, *, conn: Any = None) -> None:
+        """:meth:`resume_queue` for async code."""
+        await self._client.run_async(_queues.resume(self.queries, name), conn)
+
+    def set_queue_limits(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate: Rate | str | None = None,
+        partition_by: str | None = None,
+        conn: Any = None,
+    ) -> None:
+        """Set queue ``name``'s limits now, as :meth:`queue` declares them (``None`` clears
+        one; a rate may also be text such as ``"100/1m"``). Workers learn of it at once. A
+        worker that starts later stores its app's declared limits again.
+
+        Raises:
+            ValidationError: a limit below 1, a bad rate or partition; nothing is written.
+        """
+        limits = _queues.check_limits(concurrency, rate, partition_by)
+        self._client.run(_queues.set_limits(self.queries, name, limits), conn)
+
+    async def set_queue_limits_async(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate: Rate | str | None = None,
+        partition_by: str | None = None,
+        conn: Any = None,
+    ) -> None:
+        """:meth:`set_queue_limits` for async code."""
+        limits = _queues.check_limits(concurrency, rate, partition_by)
+        await self._client.run_async(_queues.set_limits(self.queries, name, limits), conn)
+
+    def list_queues(self, *, conn: Any = None) -> list[dict[str, Any]]:
+        """Every configured queue and every queue with waiting or running jobs: ``name``,
+        ``paused``, ``concurrency``, ``rate_limit``, ``rate_period`` (seconds), ``partition``,
+        ``available`` and ``running`` jobs."""
+        return self._client.run(_queues.list_queues(self.queries), conn)
+
+    async def list_queues_async(self, *, conn: Any = None) -> list[dict[str, Any]]:
+        """:meth:`list_queues` for async code."""
+        return await self._client.run_async(_queues.list_queues(self.queries), conn)
 
     def get(self, name: str) -> Job[..., Any]:
         """The job registered as ``name``; :class:`UnknownJobError` if there is none."""

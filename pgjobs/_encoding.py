@@ -31,6 +31,7 @@ def insert_params(calls: Iterable[JobCall]) -> dict[str, list[Any]]:
         "max_attempts": [],
         "ats": [],
         "delays": [],
+        "partition_keys": [],
     }
     for call in calls:
         job, options = call.job, call.options
@@ -42,6 +43,7 @@ def insert_params(calls: Iterable[JobCall]) -> dict[str, list[Any]]:
         columns["max_attempts"].append(options.max_attempts or job.max_attempts)
         columns["ats"].append(options.at)
         columns["delays"].append(options.delay or 0.0)
+        columns["partition_keys"].append(options.partition_key)
     return columns
 
 
@@ -56,11 +58,14 @@ def single(params: Mapping[str, Any]) -> dict[str, Any]:
         "max_attempts": params["max_attempts"][0],
         "at": params["ats"][0],
         "delay": params["delays"][0],
+        "partition_key": params["partition_keys"][0],
     }
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 """The characters COPY's text format escapes, for job names."""
+_NULL = "\\N"
+"""COPY's text for NULL: a job without a partition key."""
 _BACKSLASH, _ESCAPED_BACKSLASH = "\\", "\\\\"
 """JSON text escapes every control character, so only its backslashes need escaping for COPY."""
 
@@ -76,7 +81,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
     start_times: dict[tuple[datetime | None, float], str] = {}  # "scheduled_at\tstate"
     names: dict[str, str] = {}
     lines = []
-    for job_id, queue, name, args, kwargs, priority, max_attempts, at, delay in zip(
+    for job_id, queue, name, args, kwargs, priority, max_attempts, at, delay, key in zip(
         ids,
         params["queues"],
         params["names"],
@@ -86,6 +91,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         params["max_attempts"],
         params["ats"],
         params["delays"],
+        params["partition_keys"],
         strict=True,
     ):
         start = start_times.get((at, delay))
@@ -99,7 +105,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         lines.append(
             f"{job_id}\t{queue}\t{escaped_name}\t{args.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t"
             f"{kwargs.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t{priority}\t{max_attempts}\t"
-            f"{start}\n"
+            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\n"
         )
         if len(lines) == COPY_PIECE:
             yield "".join(lines).encode()

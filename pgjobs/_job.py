@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from ._errors import ValidationError
 from ._outcome import MAX_DELAY, RetryPolicy
+from ._queues import check_partition_key, partition_key_of
 from ._settings import QUEUE_NAME
 from ._unique import JobId, Unique, canonical_json, key_value, unique_key
 from ._validation import MAX_ATTEMPTS, encode_arguments
@@ -42,6 +43,7 @@ class EnqueueOptions:
     delay: float | None = None
     unique_key: str | None = None
     """The canonical JSON of the unique key value given by the caller."""
+    partition_key: str | None = None
 
     def checked(self) -> EnqueueOptions:
         if self.queue is not None and not QUEUE_NAME.fullmatch(self.queue):
@@ -60,6 +62,8 @@ class EnqueueOptions:
             raise ValidationError("delay", f"must be from 0 to {MAX_DELAY:g} seconds (100 years)")
         if self.at is not None and self.delay is not None:
             raise ValidationError("at", "give either at= or a delay, not both")
+        if self.partition_key is not None:
+            check_partition_key(self.partition_key)
         return self
 
 
@@ -96,6 +100,7 @@ class Job(Generic[P, R]):
         timeout: float | None = None,
         options: EnqueueOptions | None = None,
         unique: Unique | None = None,
+        partition_by: str | None = None,
     ) -> None:
         self._client = client
         self.func = func
@@ -112,6 +117,8 @@ class Job(Generic[P, R]):
         self._signature = inspect.signature(func)
         self._options = options or EnqueueOptions()
         self._takes_no_arguments = _accepts_no_arguments(self._signature)
+        self.partition_by = partition_by
+        """The parameter whose argument is each run's partition key (see :meth:`options`)."""
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -128,11 +135,14 @@ class Job(Generic[P, R]):
         at: datetime | None = None,
         delay: timedelta | float | None = None,
         unique_key: Any = None,
+        partition_key: str | None = None,
     ) -> Job[P, R]:
         """A view of this job whose enqueues use these options instead of the defaults.
 
         ``unique_key`` is any JSON value to key the job on instead of its arguments; a job not
-        declared unique is then unique with :class:`Unique`'s defaults.
+        declared unique is then unique with :class:`Unique`'s defaults. ``partition_key`` names
+        the partition (a tenant, an account) that the limits of a queue partitioned by key count
+        this run in; it wins over the job's ``partition_by``.
 
         Raises:
             ValidationError: an option is out of range, or ``unique_key`` is not JSON.
@@ -145,6 +155,7 @@ class Job(Generic[P, R]):
             "at": at,
             "delay": seconds,
             "unique_key": None if unique_key is None else canonical_json(unique_key),
+            "partition_key": partition_key,
         }
         given: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
         merged = dataclasses.replace(self._options, **given).checked()
@@ -166,13 +177,16 @@ class Job(Generic[P, R]):
         else:
             self.check_arguments(args, kwargs)
             args_json, kwargs_json = encode_arguments(args, kwargs)
+        options = self._options
+        if self.partition_by is not None and options.partition_key is None:
+            key = partition_key_of(self._signature, self.partition_by, args, kwargs)
+            options = dataclasses.replace(options, partition_key=key)
         if self.unique is None:
-            return JobCall(self, args_json, kwargs_json, self._options)
-        key_json = self._options.unique_key
+            return JobCall(self, args_json, kwargs_json, options)
+        key_json = options.unique_key
         if key_json is None:
             key_json = canonical_json(key_value(self._signature, self.unique.by, args, kwargs))
-        key = unique_key(self.name, key_json)
-        return JobCall(self, args_json, kwargs_json, self._options, key)
+        return JobCall(self, args_json, kwargs_json, options, unique_key(self.name, key_json))
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` (naming the job) unless the function accepts these arguments: at

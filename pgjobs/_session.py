@@ -85,6 +85,8 @@ class SessionEvents:
     on_cancel: Callable[[int], None]
     """The table says cancellation was requested for this job running on this worker (it may
     have ended since)."""
+    on_queues: Callable[[], None] = lambda: None
+    """A queue's settings changed (a pause, a limit): re-read them."""
 
 
 class Session:
@@ -226,7 +228,12 @@ class Session:
         )
         if self.trusted:
             q = self._queries
-            for channel in (q.jobs_channel, q.scheduled_channel, q.cancel_channel):
+            for channel in (
+                q.jobs_channel,
+                q.scheduled_channel,
+                q.cancel_channel,
+                q.queues_channel,
+            ):
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             log.info(
                 "listening on %s, %s and %s", q.jobs_channel, q.scheduled_channel, q.cancel_channel
@@ -304,6 +311,8 @@ class Session:
                     self._tell(self._events.on_jobs, notify.payload)
                 elif notify.channel == q.scheduled_channel:
                     self._tell(self._events.on_scheduled)
+                elif notify.channel == q.queues_channel:
+                    self._tell(self._events.on_queues)
                 elif notify.channel == q.cancel_channel:
                     cancel_news = True  # the payload is anyone's word: look at the table
             if cancel_news:

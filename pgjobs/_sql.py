@@ -13,24 +13,26 @@ import functools
 from dataclasses import dataclass, fields
 
 INSERT_JOBS = """
-INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state)
+INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
+                        partition_key)
 SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
-       CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END
+       CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, partition_key
 FROM (
     SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
     FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
                 %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
-                %(delays)s::float8[]) WITH ORDINALITY
-        AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, position)
+                %(delays)s::float8[], %(partition_keys)s::text[]) WITH ORDINALITY
+        AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, partition_key, position)
     ORDER BY r.position
 ) AS rows
 RETURNING id
 """
 
 INSERT_JOB = """
-INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state)
+INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
+                        partition_key)
 SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
-       run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END
+       run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(partition_key)s
 FROM (SELECT coalesce(%(at)s::timestamptz, now() + make_interval(secs => %(delay)s)) AS run_at) AS t
 RETURNING id
 """
@@ -47,7 +49,8 @@ looked up once (``MATERIALIZED``): inlined, the look-up ran for every id and cos
 more than the ids themselves."""
 
 COPY_JOBS = """
-COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, scheduled_at, state)
+COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
+                  partition_key)
 FROM STDIN
 """
 """Large batches: several times faster than INSERT for thousands of rows. The insert trigger
@@ -198,6 +201,9 @@ WITH next AS (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS picked
+    WHERE q.name <> ALL(ARRAY(SELECT l.name FROM {schema}.queues AS l  -- paused or limited
+                              WHERE l.paused OR l.concurrency IS NOT NULL
+                                 OR l.rate_limit IS NOT NULL))
     LIMIT %(limit)s
 )
 UPDATE {schema}.jobs AS j
@@ -218,7 +224,10 @@ then ``available`` again with its attempt not counted, and may be claimed again,
 worker with the same attempt number. Each claim draws a new ``claim_token``, and every later write
 is fenced on it, so a run under the undone claim can never write the outcome of the new one. (A
 worker that claims a job it still runs keeps that run, under the new claim.) Outcomes are written
-with the server's own setting."""
+with the server's own setting.
+
+Queues with a row in ``queues`` that is paused or limited are skipped (one scan of that small
+table per claim, computed once): CLAIM_LIMITED_JOBS claims from the limited ones."""
 
 FINISH_JOBS = """
 UPDATE {schema}.jobs AS j
@@ -529,6 +538,62 @@ LIMIT 3
 running DDL statement), longest first: named in the error when pgjobs' bounded lock wait on the
 table runs out."""
 
+CLAIM_LIMITED_JOBS = """
+SELECT * FROM {schema}.claim_limited_jobs(%(queues)s::text[], %(limit)s, %(worker_id)s::uuid)
+"""
+"""Claim up to ``limit`` jobs from those of ``queues`` that are limited and not paused, within
+their concurrency and rate limits (see ``claim_limited_jobs`` in docs/schema.md). Returns the
+columns of CLAIM_JOBS and ``free_in``; one row per queue with a NULL id carries ``free_in``, the
+seconds until its first rate-limited partition may start a job again (NULL if none is held)."""
+
+QUEUE_SETTINGS = """
+SELECT name, paused, concurrency, rate_limit, rate_period, partition
+FROM {schema}.queues WHERE name = ANY(%(queues)s::text[])
+"""
+"""A worker's view of its queues' settings (queues without a row are plain)."""
+
+SET_QUEUE_LIMITS = """
+INSERT INTO {schema}.queues AS l (name, concurrency, rate_limit, rate_period, partition)
+VALUES (%(name)s, %(concurrency)s, %(rate_limit)s, %(rate_period)s, %(partition)s)
+ON CONFLICT (name) DO UPDATE
+SET concurrency = excluded.concurrency, rate_limit = excluded.rate_limit,
+    rate_period = excluded.rate_period, partition = excluded.partition, updated_at = now()
+WHERE (l.concurrency, l.rate_limit, l.rate_period, l.partition)
+      IS DISTINCT FROM (excluded.concurrency, excluded.rate_limit, excluded.rate_period,
+                        excluded.partition)
+RETURNING name
+"""
+"""Set a queue's limits (NULL clears one), never its pause; a row that already says so is left
+alone, so that a worker's start does not wake every other worker."""
+
+PAUSE_QUEUE = """
+SELECT {schema}.pause_queue(%(name)s)
+"""
+
+RESUME_QUEUE = """
+SELECT {schema}.resume_queue(%(name)s)
+"""
+
+LIST_QUEUES = """
+SELECT n.name, coalesce(l.paused, false) AS paused, l.concurrency, l.rate_limit, l.rate_period,
+       l.partition,
+       (SELECT count(*) FROM {schema}.jobs AS j
+         WHERE j.state = 'available' AND j.queue = n.name) AS available,
+       (SELECT count(*) FROM {schema}.jobs AS j
+         WHERE j.state = 'running' AND j.queue = n.name) AS running
+FROM (SELECT l.name FROM {schema}.queues AS l
+      UNION SELECT j.queue FROM {schema}.jobs AS j WHERE j.state IN ('available', 'running')
+     ) AS n
+LEFT JOIN {schema}.queues AS l ON l.name = n.name
+ORDER BY n.name
+"""
+"""Every configured queue and every queue with available or running jobs."""
+
+NOTIFY_QUEUES = """
+SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q
+"""
+"""Wake the workers of limited queues whose jobs ended: a slot under their limit is free."""
+
 SCHEMA_VERSION = """
 SELECT version_num FROM {schema}.alembic_version
 """
@@ -564,6 +629,8 @@ GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 GRANT SELECT, INSERT ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint) TO {role};
+GRANT SELECT, INSERT, UPDATE ON {schema}.queues TO {role};
+GRANT SELECT, INSERT, DELETE ON {schema}.queue_starts TO {role};
 -- PostgreSQL 17 and later, to let the leader vacuum the jobs table (else autovacuum does):
 -- GRANT MAINTAIN ON {schema}.jobs TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.cron_entries TO {role};
@@ -575,12 +642,15 @@ and ``pgjobs retry`` need no more than this. VACUUM needs the owner (or, from Po
 MAINTAIN). Batches: jobs may create batches and add to their own; the triggers on jobs count
 a batch's ended jobs and enqueue its callbacks as the table's owner. ``cron_entries``: declare
 the app's cron entries and enqueue their ticks; the SQL functions ``pause_cron()``,
-``resume_cron()`` and ``run_cron()`` need no more."""
+``resume_cron()`` and ``run_cron()`` need no more. ``queues``: apply the limits the app
+declares and pause or resume queues; ``queue_starts``: the sliding windows of rate-limited
+queues."""
 
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue_counts,
-    {schema}.alembic_version, {schema}.batches, {schema}.cron_entries TO {role};
+    {schema}.alembic_version, {schema}.batches, {schema}.cron_entries, {schema}.queues,
+    {schema}.queue_starts TO {role};
 """
 """Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards."""
 
@@ -760,6 +830,11 @@ SELECT (SELECT count(*) FROM {schema}.jobs WHERE state = 'available'),
 BENCH_EXPLAIN_CLAIM_JOBS = "EXPLAIN (ANALYZE, BUFFERS)" + CLAIM_JOBS
 """The plan of one claim as it ran (``ANALYZE`` claims the jobs for real)."""
 
+BENCH_LIMIT_QUEUE = """
+INSERT INTO {schema}.queues (name, concurrency) VALUES ('default', %(concurrency)s)
+"""
+"""``process --limit``: a concurrency limit on the bench queue, far above what runs."""
+
 
 @dataclass(frozen=True)
 class Queries:
@@ -796,6 +871,13 @@ class Queries:
     seal_batch: str
     get_batch: str
     list_batches: str
+    claim_limited_jobs: str
+    queue_settings: str
+    set_queue_limits: str
+    pause_queue: str
+    resume_queue: str
+    list_queues: str
+    notify_queues: str
     jobs_channel: str
     """Channel notified with a queue's name when jobs become available in it."""
     scheduled_channel: str
@@ -820,6 +902,8 @@ class Queries:
     insert_copied_unique_jobs: str
     drop_unique_rows: str
     restore_jit: str
+    queues_channel: str = ""
+    """Channel notified with a queue's name when its row in ``queues`` changes."""
 
 
 @dataclass(frozen=True)
@@ -835,6 +919,7 @@ class BenchQueries:
     bench_disable_notify: str
     bench_count_unfinished: str
     bench_explain_claim_jobs: str
+    bench_limit_queue: str
 
 
 @functools.cache
@@ -846,6 +931,7 @@ def queries_for(schema: str) -> Queries:
         scheduled_channel=f"{schema}.scheduled",
         cancel_channel=f"{schema}.cancel",
         lock_namespace=f"pgjobs.workers:{schema}",
+        queues_channel=f"{schema}.queues",
     )
 
 

@@ -44,6 +44,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from ._acker import Acker, Claim
 from ._app import App
@@ -53,6 +54,7 @@ from ._execution import ClaimedJob, execute
 from ._leader import Leader
 from ._link import LAST_TRY, Link
 from ._migrate import check_schema
+from ._queues import QueueView, split_limited_claim
 from ._scheduler import Scheduler
 from ._session import Session, SessionEvents
 from ._stager import Stager
@@ -117,6 +119,14 @@ class Worker:
         self._running: dict[int, Running] = {}
         self._cancelled_ids: set[int] = set()
         self._claim_floor = max(1, self.settings.concurrency // 2)
+        self._view = QueueView()
+        """Which of this worker's queues are limited: read at start, on a notification on the
+        queues channel, and at least every poll interval (the claims are authoritative)."""
+        self._view_read_at: float | None = None
+        self._limited_ended: set[str] = set()
+        """Limited queues whose jobs ended here since their workers were last woken."""
+        self._rate_wake: asyncio.TimerHandle | None = None
+        self._notifying: set[asyncio.Future[None]] = set()
         self._queries = app.queries
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgjobs-job"
@@ -145,6 +155,7 @@ class Worker:
                 on_jobs=self._on_notification,
                 on_scheduled=self._stager.wake,
                 on_cancel=self._cancel,
+                on_queues=self._on_queues_changed,
             ),
             Leader(
                 self.settings,
@@ -187,6 +198,7 @@ class Worker:
             self._session.start()
             if not await self._unless_stopped(self._session.registered.wait()):
                 return
+            await self._apply_declared_limits()
             self._acker.start()
             if not self.burst:
                 self._stager.start()
@@ -318,10 +330,51 @@ class Worker:
         if not queue or queue in self.queues.names:
             self._jobs_waiting.set()
 
+    def _on_queues_changed(self) -> None:
+        self._view_read_at = None
+        self._jobs_waiting.set()
+
+    async def _apply_declared_limits(self) -> None:
+        """Store the limits the app declares for this worker's queues (never their pause)."""
+        for name, limits in self.app.queue_limits.items():
+            if name in self.queues.names:
+                await self._claim.fetch(self._queries.set_queue_limits, limits.params(name))
+
+    async def _read_view(self) -> None:
+        """Re-read which queues are limited, at most once per poll interval unless told of a
+        change: a worker whose queues have no settings pays one small query per interval."""
+        now = asyncio.get_running_loop().time()
+        if (
+            self._view_read_at is not None
+            and now - self._view_read_at < self.settings.poll_interval
+        ):
+            return
+        self._view_read_at = now
+        names = list(self.queues.names)
+        rows = await self._claim.fetch(self._queries.queue_settings, {"queues": names})
+        self._view = QueueView.from_rows(names, rows)
+
     def _free_slot(self) -> None:
         self._slot_freed.set()
+        if self._limited_ended:
+            # a slot under a limit is free: wake the workers of those queues, on every host.
+            # Outcomes still unwritten may be of those queues: wake them again after each write
+            # until none is left, so no wake-up comes before the slot it announces
+            queues = sorted(self._limited_ended)
+            if not self._acker.backlog:
+                self._limited_ended.clear()
+            task = asyncio.ensure_future(self._notify_queues(queues))
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
         if self.burst:
             self._jobs_waiting.set()  # a burst worker looks again, to learn when it is done
+
+    async def _notify_queues(self, queues: list[str]) -> None:
+        with contextlib.suppress(DatabaseError):  # a missed wake-up costs a poll interval
+            await self._ack.fetch(
+                self._queries.notify_queues,
+                {"queues": queues, "channel": self._queries.jobs_channel},
+            )
 
     def _retry_scheduled(self, delay: float) -> None:
         if delay < self.settings.poll_interval:
@@ -369,10 +422,15 @@ class Worker:
 
     async def _claim_jobs(self, limit: int) -> list[ClaimedJob]:
         failures = self._claim.failures
-        rows = await self._claim.fetch(
-            self._queries.claim_jobs,
-            {"queues": self._queue_order(), "limit": limit, "worker_id": self.id},
-        )
+        await self._read_view()
+        order = self._queue_order()
+        rows: list[tuple[Any, ...]] = []
+        if len(self._view.limited) < len(order):  # a plain claim would find nothing otherwise
+            rows = await self._claim.fetch(
+                self._queries.claim_jobs, {"queues": order, "limit": limit, "worker_id": self.id}
+            )
+        if self._view.limited and len(rows) < limit:
+            rows += await self._claim_limited(order, limit - len(rows))
         claimed = [ClaimedJob._make(row) for row in rows]
         for job in claimed:
             running = self._running.get(job.id)
@@ -399,6 +457,22 @@ class Worker:
         if self._claim.failures != failures:
             await self._release_strays()
         return claimed
+
+    async def _claim_limited(self, order: list[str], limit: int) -> list[tuple[Any, ...]]:
+        """Claim from the limited queues, within their limits; when a rate holds jobs back,
+        look again as its window frees (within the poll interval anyway)."""
+        limited = [q for q in order if q in self._view.limited]
+        rows = await self._claim.fetch(
+            self._queries.claim_limited_jobs,
+            {"queues": limited, "limit": limit, "worker_id": self.id},
+        )
+        jobs, free_in = split_limited_claim(rows)
+        if free_in is not None and free_in < self.settings.poll_interval:
+            if self._rate_wake is not None:
+                self._rate_wake.cancel()
+            loop = asyncio.get_running_loop()
+            self._rate_wake = loop.call_later(free_in, self._jobs_waiting.set)
+        return [tuple(job) for job in jobs]
 
     def _adopt(self, job: ClaimedJob, claim: Claim, *, still_running: bool) -> None:
         """``job`` was claimed again while this worker still holds it: running, or its outcome
@@ -447,6 +521,8 @@ class Worker:
     async def _run_job(self, job: ClaimedJob, context: JobContext, claim: Claim) -> None:
         try:
             outcome = await execute(self.app, job, context, self._threads)
+            if job.queue in self._view.limited:
+                self._limited_ended.add(job.queue)
             self._acker.add(claim, outcome)
             if outcome.thread_overran:
                 self._retire(job)

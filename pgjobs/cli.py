@@ -31,6 +31,7 @@ from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._grants import grant_statements
 from ._migrate import check_schema, head_revision, migrate, migration_sql
 from ._outcome import MAX_DELAY
+from ._queues import PARTITIONS, check_limits, describe_rate
 from ._settings import load_settings, parse_duration
 from ._supervisor import Supervisor, supervised_worker_id
 from ._validation import MAX_DEPTH
@@ -501,6 +502,11 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     is_flag=True,
     help="enqueue, bulk: also/only jobs with a unique key each; process: plain and unique runs",
 )
+@click.option(
+    "--limit",
+    is_flag=True,
+    help="process: rounds with a concurrency limit that never binds, beside plain ones",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -517,6 +523,7 @@ def bench(
     available: int,
     finished: int,
     unique: bool,
+    limit: bool,
     as_json: bool,
 ) -> None:
     """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
@@ -541,6 +548,7 @@ def bench(
         available=available,
         finished=finished,
         unique=unique,
+        limit=limit,
     )
     result = _bench.run(mode, settings, options)
     if as_json:
@@ -731,3 +739,79 @@ def _cron_last_run(row: dict[str, Any]) -> str:
 def _local_time(moment: datetime, zone: str) -> str:
     """``moment`` in the entry's zone, to the second."""
     return moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S%z")
+
+
+@cli.command("queues")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table")
+@click.pass_obj
+@_handles_errors
+def queues_command(obj: dict[str, Any], as_json: bool) -> None:
+    """Queues: paused or not, limits, available and running jobs."""
+    rows = _load_app(obj).list_queues()
+    table = [
+        [
+            r["name"],
+            "yes" if r["paused"] else "",
+            "-" if r["concurrency"] is None else str(r["concurrency"]),
+            describe_rate(r["rate_limit"], r["rate_period"]),
+            r["partition"] or "-",
+            str(r["available"]),
+            str(r["running"]),
+        ]
+        for r in rows
+    ]
+    header = ["queue", "paused", "concurrency", "rate", "partition", "available", "running"]
+    _print_rows(rows, as_json, header, table)
+
+
+@cli.group("queue")
+def queue_group() -> None:
+    """Pause, resume or limit a queue (stored: it holds for every worker, across restarts)."""
+
+
+@queue_group.command("pause")
+@click.argument("name")
+@click.pass_obj
+@_handles_errors
+def queue_pause(obj: dict[str, Any], name: str) -> None:
+    """No worker starts jobs from queue NAME until it is resumed; running jobs finish."""
+    _load_app(obj).pause_queue(name)
+    click.echo(f"queue {name} paused")
+
+
+@queue_group.command("resume")
+@click.argument("name")
+@click.pass_obj
+@_handles_errors
+def queue_resume(obj: dict[str, Any], name: str) -> None:
+    """Workers start jobs from queue NAME again."""
+    _load_app(obj).resume_queue(name)
+    click.echo(f"queue {name} resumed")
+
+
+@queue_group.command("limit")
+@click.argument("name")
+@click.option("--concurrency", type=int, help="Jobs of the queue (or partition) run at once")
+@click.option("--rate", help="Starts per period, e.g. 100/1m, 10/2s, 5/h")
+@click.option("--partition-by", type=click.Choice(PARTITIONS), help="Limit per job, key or both")
+@click.option("--clear", is_flag=True, help="Remove every limit")
+@click.pass_obj
+@_handles_errors
+def queue_limit(
+    obj: dict[str, Any],
+    name: str,
+    concurrency: int | None,
+    rate: str | None,
+    partition_by: str | None,
+    clear: bool,
+) -> None:
+    """Set queue NAME's limits (the ones not given are cleared), or --clear them all."""
+    if clear and (concurrency is not None or rate is not None or partition_by is not None):
+        raise ConfigError("--clear removes every limit: give it alone")
+    if not clear and concurrency is None and rate is None:
+        raise ConfigError("give --concurrency N and/or --rate N/PERIOD, or --clear")
+    check_limits(concurrency, rate, partition_by)  # before connecting: bad input writes nothing
+    _load_app(obj).set_queue_limits(
+        name, concurrency=concurrency, rate=rate, partition_by=partition_by
+    )
+    click.echo(f"queue {name} limits {'cleared' if clear else 'set'}")

@@ -30,6 +30,8 @@ OWNED = [
     ("jobs", "r"),
     ("leases", "r"),
     ("queue_counts", "v"),
+    ("queue_starts", "r"),
+    ("queues", "r"),
     ("workers", "r"),
 ]
 

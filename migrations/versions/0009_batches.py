@@ -13,13 +13,13 @@ No foreign key from ``jobs.batch_id``: its check is queued for every inserted ro
 included; the insert trigger refuses an unknown batch instead.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 
 from alembic import context, op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

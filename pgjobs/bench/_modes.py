@@ -69,6 +69,8 @@ class BenchOptions:
     finished: int
     unique: bool = False
     """Every job carries a unique key of its own (enqueue, bulk, process)."""
+    limit: bool = False
+    """``process``: time rounds with a concurrency limit that never binds beside plain ones."""
 
 
 def run(mode: str, settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -169,8 +171,10 @@ def _bulk(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     }
 
 
-UNIQUE_RUNS = 5
-"""Runs of each kind, plain and unique, that ``process --unique`` interleaves."""
+COMPARED_RUNS = 5
+"""Runs of each kind that ``process --unique`` / ``--limit`` interleave."""
+NEVER_BINDING = 1_000_000
+"""The concurrency limit of ``process --limit``: far above what runs."""
 
 
 def _process(settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -180,35 +184,38 @@ def _process(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         "concurrency": options.concurrency,
         "job_kind": "async" if options.async_jobs else "sync",
     }
-    if not options.unique:
-        seconds = _burn_down(settings, options, unique=False)
+    kinds = ["plain"] + ["unique"] * options.unique + ["limited"] * options.limit
+    if kinds == ["plain"]:
+        seconds = _burn_down(settings, options, "plain")
         return {
             **figures,
             "seconds": round(seconds, 3),
             "jobs_per_second": round(options.jobs / seconds),
         }
-    # each run in a fresh schema (the finished jobs of earlier runs slowed later ones), and
-    # alternately first, so that drift on a shared machine hits both kinds alike
-    plain: list[float] = []
-    unique: list[float] = []
-    for run in range(UNIQUE_RUNS):
-        for kind in (False, True) if run % 2 == 0 else (True, False):
+    # each run in a fresh schema (the finished jobs of earlier runs slowed later ones), in an
+    # order that turns from run to run, so that drift on a shared machine hits every kind alike
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for run in range(COMPARED_RUNS):
+        for kind in kinds[run % len(kinds) :] + kinds[: run % len(kinds)]:
             with _fresh_schema(settings):
-                rate = options.jobs / _burn_down(settings, options, kind)
-            (unique if kind else plain).append(rate)
-    ratios = [u / p for p, u in zip(plain, unique, strict=True)]
-    return {
-        **figures,
-        "runs": UNIQUE_RUNS,
-        "plain_jobs_per_second": [str(round(rate)) for rate in plain],
-        "unique_jobs_per_second": [str(round(rate)) for rate in unique],
-        "ratio_unique_to_plain": round(statistics.median(ratios), 3),
-    }
+                rates[kind].append(options.jobs / _burn_down(settings, options, kind))
+    result = {**figures, "runs": COMPARED_RUNS}
+    for kind in kinds:
+        result[f"{kind}_jobs_per_second"] = [str(round(rate)) for rate in rates[kind]]
+    for kind in kinds[1:]:
+        ratios = [k / p for p, k in zip(rates["plain"], rates[kind], strict=True)]
+        result[f"ratio_{kind}_to_plain"] = round(statistics.median(ratios), 3)
+    return result
 
 
-def _burn_down(settings: Settings, options: BenchOptions, unique: bool) -> float:
-    """Enqueue ``options.jobs`` jobs, then the seconds a burst worker takes to run them all."""
-    _enqueue_noops(options.jobs, options.async_jobs, unique)
+def _burn_down(settings: Settings, options: BenchOptions, kind: str) -> float:
+    """Enqueue ``options.jobs`` jobs of ``kind`` (plain, unique: a key each, limited: in a queue
+    with a concurrency limit that never binds), then the seconds a burst worker takes to run
+    them all."""
+    if kind == "limited":
+        with connect(settings, "pgjobs-bench") as conn:
+            conn.execute(BENCH.bench_limit_queue, {"concurrency": NEVER_BINDING})
+    _enqueue_noops(options.jobs, options.async_jobs, kind == "unique")
     started = time.perf_counter()
     worker = _start_worker(settings, options, "--burst")
     status = worker.wait()

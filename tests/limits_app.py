@@ -1,0 +1,66 @@
+"""Jobs on limited and pausable queues, for tests/test_queues.py. An app of its own, so that its
+queue declarations and partition keys never reach the workers of other tests. Each job records
+its start and end in the ``ledger`` table through its own autocommit connection."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+import pgjobs
+
+app = pgjobs.App()
+app.queue("tenants", concurrency=5, partition_by="key")
+app.queue("rated", rate=(10, timedelta(seconds=2)))
+app.queue("rated_full", rate=(100, timedelta(minutes=1)))
+
+_local = threading.local()
+_connections: list[psycopg.Connection[Any]] = []
+
+
+def record(label: str, event: str) -> None:
+    url = str(app.settings.database_url)
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed or _local.url != url:
+        conn = _local.conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
+        _local.url = url
+        _connections.append(conn)
+    job = pgjobs.current_job()
+    conn.execute(
+        "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (%s, %s, %s, %s, %s)",
+        (job.id, job.attempt, 0, label, event),
+    )
+
+
+def close_connections() -> None:
+    while _connections:
+        _connections.pop().close()
+
+
+@app.job(name="limits.tenant_call", queue="tenants", partition_by="tenant")
+def tenant_call(tenant: str, seconds: float) -> None:
+    """A call on behalf of ``tenant`` that takes ``seconds``."""
+    record(tenant, "start")
+    time.sleep(seconds)
+    record(tenant, "end")
+
+
+@app.job(name="limits.api_call", queue="rated")
+def api_call(label: str = "") -> None:
+    record(label, "start")
+
+
+@app.job(name="limits.slow_api_call", queue="rated_full")
+def slow_api_call(label: str = "") -> None:
+    record(label, "start")
+
+
+@app.job(name="limits.pausable", queue="pausable")
+def pausable(seconds: float) -> None:
+    record("pausable", "start")
+    time.sleep(seconds)
+    record("pausable", "end")

@@ -1,0 +1,426 @@
+"""Pausing queues, concurrency limits and rate limits, measured from a ledger the jobs write.
+
+Workers are real ``pgjobs worker`` processes of ``tests/limits_app.py``. The rate test checks
+10 starts per 2 s over about 8 s by default; ``PGJOBS_FAULTS=full`` adds 100 starts per minute
+over about 3 minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import pgjobs
+from pgjobs import _link
+from pgjobs._queues import (
+    QueueLimits,
+    QueueView,
+    check_limits,
+    parse_rate,
+    partition_key_of,
+    split_limited_claim,
+)
+from tests import limits_app
+from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
+
+FULL = os.environ.get("PGJOBS_FAULTS") == "full"
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[pgjobs.App]:
+    limits_app.app.configure(database_url=database_url)
+    yield limits_app.app
+    limits_app.app.close()
+    limits_app.close_connections()
+
+
+@pytest.fixture
+def start_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        process = WorkerProcess.start(
+            ["--app", "tests.limits_app:app", "worker", "--poll-interval", "1", *args],
+            database_url=database_url,
+            log=tmp_path / f"worker-{len(started)}.log",
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def max_overlap(events: list[tuple[Any, str]]) -> int:
+    """The most jobs running at once, from ``(at, "start" | "end")`` events (an end first when
+    two share a time)."""
+    running = peak = 0
+    for _, event in sorted(events, key=lambda e: (e[0], e[1] == "start")):
+        running += 1 if event == "start" else -1
+        peak = max(peak, running)
+    return peak
+
+
+def busiest_window(starts: list[float], period: float) -> int:
+    """The most starts in any window of ``period`` seconds that begins at a start."""
+    starts = sorted(starts)
+    return max(sum(1 for t in starts if s <= t < s + period) for s in starts)
+
+
+# pure parts
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("100/1m", (100, 60.0)),
+        ("100/m", (100, 60.0)),
+        ("10/2s", (10, 2.0)),
+        ("10 / 2", (10, 2.0)),
+        ("5/1.5h", (5, 5400.0)),
+        ("1/d", (1, 86400.0)),
+    ],
+)
+def test_parse_rate(text: str, expected: tuple[int, float]) -> None:
+    assert parse_rate(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "10", "10/", "0/1m", "-1/1m", "10/0s", "10/1w", "x/m"])
+def test_parse_rate_refuses(text: str) -> None:
+    with pytest.raises(pgjobs.ValidationError, match="rate"):
+        parse_rate(text)
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "rate", "partition", "field"),
+    [
+        (0, None, None, "concurrency"),
+        (-1, None, None, "concurrency"),
+        (True, None, None, "concurrency"),
+        (2**31, None, None, "concurrency"),
+        (None, (0, 60), None, "rate"),
+        (None, (10, timedelta(0)), None, "rate"),
+        (None, (10, -1.0), None, "rate"),
+        (None, (10,), None, "rate"),
+        (5, None, "tenant", "partition_by"),
+        (5, None, "key,job", "partition_by"),
+    ],
+)
+def test_check_limits_refuses(concurrency: Any, rate: Any, partition: Any, field: str) -> None:
+    with pytest.raises(pgjobs.ValidationError, match=field):
+        check_limits(concurrency, rate, partition)
+
+
+def test_check_limits() -> None:
+    assert check_limits(5, (100, timedelta(minutes=1)), "job,key") == QueueLimits(
+        5, 100, 60.0, "job,key"
+    )
+    assert check_limits(None, "10/2s", None) == QueueLimits(None, 10, 2.0, None)
+    assert not check_limits(None, None, "key").limited
+
+
+def test_partition_key_of() -> None:
+    def f(tenant: Any, n: int = 0, *, region: str = "eu") -> None: ...
+
+    sig = inspect.signature(f)
+    assert partition_key_of(sig, "tenant", ["acme"], {}) == "acme"
+    assert partition_key_of(sig, "tenant", [42], {}) == "42"
+    assert partition_key_of(sig, "tenant", [{"b": 1}], {}) == '{"b":1}'
+    assert partition_key_of(sig, "tenant", [None], {}) is None
+    assert partition_key_of(sig, "region", [1], {}) == "eu"
+    with pytest.raises(pgjobs.ValidationError, match="partition_key"):
+        partition_key_of(sig, "tenant", ["x" * 256], {})
+
+
+def test_queue_view_and_claim_rows() -> None:
+    view = QueueView.from_rows(
+        ["b", "a", "c", "d"],
+        [
+            ("a", False, 5, None),
+            ("b", False, None, 10),
+            ("c", True, 5, None),
+            ("d", False, None, None),
+        ],
+    )
+    assert view.limited == ("b", "a")  # the worker's order; paused and unlimited ones are not
+    job = (1, "a", "n", [], {}, 0, 1, 25, "token")
+    jobs, free_in = split_limited_claim(
+        [(*job, None), (None, "a", *[None] * 7, None), (None, "b", *[None] * 7, 1.5)]
+    )
+    assert jobs == [job] and free_in == 1.5
+    assert split_limited_claim([(None, "a", *[None] * 7, -0.1)]) == ([], 0.0)
+
+
+# declarations and bad input
+
+
+def test_declarations_refuse_bad_limits() -> None:
+    app = pgjobs.App()
+    with pytest.raises(pgjobs.ConfigError, match="concurrency"):
+        app.queue("api", concurrency=0)
+    with pytest.raises(pgjobs.ConfigError, match="rate"):
+        app.queue("api", rate=(100, timedelta(0)))
+    with pytest.raises(pgjobs.ConfigError, match="partition_by"):
+        app.queue("api", concurrency=1, partition_by="tenant")
+    with pytest.raises(pgjobs.ConfigError, match="queue"):
+        app.queue("no spaces", concurrency=1)
+    with pytest.raises(pgjobs.ConfigError, match="partition_by='tenant' is not one of"):
+
+        @app.job(partition_by="tenant")
+        def f(account: str) -> None: ...
+
+    assert app.queue_limits == {}
+
+
+def test_bad_limits_write_nothing(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
+    with psycopg.connect(str(app.settings.database_url)) as conn:
+        for kwargs in ({"concurrency": -1}, {"rate": "10/0s"}, {"partition_by": "tenant"}):
+            with pytest.raises(pgjobs.ValidationError):
+                app.set_queue_limits("api", conn=conn, **kwargs)
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the transaction is still usable
+    for args in (
+        ["--concurrency", "0"],
+        ["--concurrency", "-1"],
+        ["--rate", "abc"],
+        ["--rate", "10/0s"],
+        ["--concurrency", "5", "--partition-by", "tenant"],
+        ["--clear", "--concurrency", "5"],
+        [],
+    ):
+        result = run_cli(str(app.settings.database_url), "queue", "limit", "api", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("Error:"), result.stderr
+    assert run_cli(str(app.settings.database_url), "queue", "pause", "no spaces").returncode == 2
+    assert count(db, "SELECT count(*) FROM pgjobs.queues") == 0
+
+
+def test_limits_through_the_cli(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
+    url = str(app.settings.database_url)
+    result = run_cli(url, "queue", "limit", "api", "--concurrency", "3", "--rate", "100/1m",
+                     "--partition-by", "job,key")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert rows(
+        db, "SELECT concurrency, rate_limit, rate_period, partition FROM pgjobs.queues"
+    ) == [(3, 100, 60.0, "job,key")]
+    assert run_cli(url, "queue", "pause", "api").returncode == 0
+    listed = run_cli(url, "queues")
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines()[1].split() == [
+        "api",
+        "yes",
+        "3",
+        "100/60s",
+        "job,key",
+        "0",
+        "0",
+    ]
+    assert run_cli(url, "queue", "limit", "api", "--clear").returncode == 0
+    assert app.list_queues()[0] | {"updated_at": None} == {
+        "name": "api",
+        "paused": True,  # limits never touch the pause
+        "concurrency": None,
+        "rate_limit": None,
+        "rate_period": None,
+        "partition": None,
+        "available": 0,
+        "running": 0,
+    } | {"updated_at": None}
+
+
+def test_enqueue_stores_the_partition_key(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
+    """Each insert path (one job, a batch, COPY) stores the key; plain jobs store NULL."""
+    one = limits_app.tenant_call.enqueue("acme", 0)
+    explicit = limits_app.tenant_call.options(partition_key="vip").enqueue("acme", 0)
+    batch = app.enqueue_many([limits_app.tenant_call.call("b\tx", 0), limits_app.api_call.call()])
+    copied = app.enqueue_many([limits_app.tenant_call.call("c\\d\te", 0) for _ in range(600)])
+    keys = dict(rows(db, "SELECT id, partition_key FROM pgjobs.jobs"))
+    assert (keys[one], keys[explicit], keys[batch[0]], keys[batch[1]]) == (
+        "acme",
+        "vip",
+        "b\tx",
+        None,
+    )
+    assert {keys[i] for i in copied} == {"c\\d\te"}
+    with pytest.raises(pgjobs.ValidationError, match="partition_key"):
+        limits_app.tenant_call.options(partition_key="")
+
+
+# the limits at work
+
+
+def test_concurrency_limit_per_key_holds_across_workers(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """3 processes x 50 slots, 5 per tenant: each tenant's overlap is exactly 5."""
+    tenants = ["acme", "globex", "initech"]
+    calls = [limits_app.tenant_call.call(t, 0.15) for _ in range(20) for t in tenants]
+    ids = app.enqueue_many(calls)
+    workers = [
+        start_worker("--queues", "tenants", "--concurrency", "50", "--poll-interval", "5")
+        for _ in range(3)
+    ]
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'")
+               == len(ids), timeout=30)  # fmt: skip
+    for tenant in tenants:
+        events = rows(db, "SELECT at, event FROM ledger WHERE label = %s", tenant)
+        assert len(events) == 40
+        assert max_overlap(events) == 5, tenant
+        # 4 waves of 0.15 s: a wave starts when the last one's jobs end (their workers wake
+        # the others), not at the next poll (5 s), which would stretch this past 5 s
+        span = max(at for at, _ in events) - min(at for at, _ in events)
+        assert span.total_seconds() < 2.5, (tenant, span)
+    assert value(db, "SELECT max(attempt) FROM pgjobs.jobs") == 1  # waiting used no attempt
+    assert value(db, "SELECT count(DISTINCT worker_id) FROM pgjobs.jobs") is not None
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0
+
+
+def test_a_saturated_tenant_does_not_hide_another(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """10,000 jobs of one tenant ahead of 10 of another: the other's start at once."""
+    app.enqueue_many([limits_app.tenant_call.call("big", 30) for _ in range(10_000)])
+    start_worker("--queues", "tenants", "--concurrency", "20")
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE label = 'big'") == 5)
+    app.enqueue_many([limits_app.tenant_call.call("small", 0.01) for _ in range(10)])
+    enqueued = time.monotonic()
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE label = 'small' "
+                                 "AND event = 'end'") == 10, timeout=5)  # fmt: skip
+    assert time.monotonic() - enqueued < 2.0
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running' "
+                     "AND partition_key = 'big'") == 5  # fmt: skip
+
+
+def check_rate(
+    app: pgjobs.App,
+    db: psycopg.Connection[Any],
+    start_worker: Callable[..., WorkerProcess],
+    job: pgjobs.Job[..., None],
+    starts: int,
+    period: float,
+    windows: int,
+) -> None:
+    app.enqueue_many([job.call(str(i)) for i in range(starts * windows)])
+    for _ in range(2):
+        start_worker("--queues", job.queue, "--concurrency", "20")
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger") == starts * windows,
+               timeout=period * windows + 10)  # fmt: skip
+    times = [
+        t for (t,) in rows(db, "SELECT extract(epoch FROM at)::float8 FROM ledger ORDER BY at")
+    ]
+    # a job records its start a moment after its claim: windows a hair shorter than the period
+    # absorb that lag, which differs from job to job
+    assert busiest_window(times, period - 0.1) <= starts
+    assert busiest_window(times, period) >= starts  # the limit is reached
+    # N per period: the last batch starts (windows - 1) periods after the first
+    assert period * (windows - 1) - 0.1 <= times[-1] - times[0] <= period * windows
+    assert value(db, "SELECT max(attempt) FROM pgjobs.jobs") == 1
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state <> 'completed'")
+               == 0)  # fmt: skip
+
+
+def test_rate_limit_sliding_window(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """10 starts per 2 s, 40 jobs on 2 workers: no 2 s window holds more than 10 starts."""
+    check_rate(app, db, start_worker, limits_app.api_call, 10, 2.0, 4)
+
+
+@pytest.mark.skipif(not FULL, reason="PGJOBS_FAULTS=full: 100 per minute over 3 minutes")
+def test_rate_limit_per_minute(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    check_rate(app, db, start_worker, limits_app.slow_api_call, 100, 60.0, 3)
+
+
+def test_pause_and_resume(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Paused by SQL while a job runs: it finishes, nothing new starts; the CLI resumes; the
+    pause survives a worker's restart."""
+    url = str(app.settings.database_url)
+    worker = start_worker("--queues", "pausable", "--concurrency", "5", "--shutdown-timeout", "5")
+    first = limits_app.pausable.enqueue(0.5)
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE event = 'start'") == 1)
+    db.execute("SELECT pgjobs.pause_queue('pausable')")
+    paused_at = value(db, "SELECT clock_timestamp()")
+    waiting = app.enqueue_many([limits_app.pausable.call(0.01) for _ in range(5)])
+    eventually(lambda: value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", first)
+               == "completed")  # fmt: skip
+    # the worker was woken by the enqueue and polls every second: give it two polls to misbehave
+    time.sleep(2.0)
+    assert (
+        count(db, "SELECT count(*) FROM ledger WHERE at > %s AND event = 'start'", paused_at) == 0
+    )
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) AND state = 'available'",
+                  waiting) == 5  # fmt: skip
+
+    assert run_cli(url, "queue", "resume", "pausable").returncode == 0
+    resumed = time.monotonic()
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE event = 'end'") == 6, timeout=5)
+    assert time.monotonic() - resumed < 1.0  # woken by the change, not by a poll
+
+    app.pause_queue("pausable")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    again = limits_app.pausable.enqueue(0.01)
+    start_worker("--queues", "pausable").wait_for_log("listening")
+    time.sleep(1.5)  # a poll and more: the restarted worker must still leave the job alone
+    assert value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", again) == "available"
+    app.resume_queue("pausable")
+    eventually(lambda: value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", again)
+               == "completed", timeout=5)  # fmt: skip
+
+
+def test_a_limit_costs_at_most_one_round_trip_per_claim(
+    app: pgjobs.App, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst worker on a plain and a limited queue: each claim is CLAIM_JOBS, then
+    CLAIM_LIMITED_JOBS; on plain queues alone, CLAIM_JOBS only; on limited ones alone,
+    CLAIM_LIMITED_JOBS only. The settings are read at start and on a change."""
+    statements: list[str] = []
+    fetch = _link.Link.fetch
+
+    async def counting(self: _link.Link, statement: str, params: dict[str, Any]) -> Any:
+        statements.append(statement)
+        return await fetch(self, statement, params)
+
+    monkeypatch.setattr(_link.Link, "fetch", counting)
+    q = app.queries
+    app.enqueue_many([limits_app.tenant_call.call(t, 0.0) for t in "abcdefgh" for _ in range(5)])
+    app.configure(database_url=app.settings.database_url, queues="pausable,tenants",
+                  poll_interval=60.0)  # fmt: skip
+    asyncio.run(pgjobs.Worker(app, burst=True).run())
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == 40
+    claims = statements.count(q.claim_jobs)
+    assert claims > 0
+    assert statements.count(q.claim_limited_jobs) == claims
+    assert statements.count(q.queue_settings) <= 2  # at start, and on its own limits' notice
+
+    statements.clear()
+    db.execute("DELETE FROM pgjobs.queues")
+    limits_app.pausable.enqueue(0.0)
+    app.configure(database_url=app.settings.database_url, queues="pausable", poll_interval=60.0)
+    asyncio.run(pgjobs.Worker(app, burst=True).run())
+    assert statements.count(q.claim_jobs) > 0
+    assert statements.count(q.claim_limited_jobs) == 0  # a plain queue pays no second claim
+
+    statements.clear()
+    app.enqueue_many([limits_app.tenant_call.call("a", 0.0) for _ in range(3)])
+    app.configure(database_url=app.settings.database_url, queues="tenants", poll_interval=60.0)
+    asyncio.run(pgjobs.Worker(app, burst=True).run())
+    assert statements.count(q.claim_limited_jobs) > 0
+    assert statements.count(q.claim_jobs) == 0  # only limited queues: one statement per claim

@@ -67,6 +67,15 @@ def create(
 
 
 def add(queries: Queries, batch_id: int, calls: Iterable[JobCall]) -> Operation[list[int]]:
+    """Raises :class:`ValidationError` for a unique job: its key would not be held (a batch's
+    jobs are inserted by INSERT_BATCH_JOBS, without ``ON CONFLICT``)."""
+    calls = list(calls)
+    for call in calls:
+        if call.unique_key is not None:
+            raise ValidationError(
+                "unique_key", f"{call.job.name} is a unique job, which cannot join a batch"
+            )
+
     def result(rows: Rows) -> list[int]:
         return added(batch_id, rows[0])
 

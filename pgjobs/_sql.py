@@ -68,10 +68,10 @@ FROM """
 _UNIQUE_WRITE = """
 ), written AS (
     INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
-                                    scheduled_at, state, unique_key, unique_states)
+                                    scheduled_at, state, unique_key, unique_states, partition_key)
     SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
            CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           held_key, string_to_array(states, ',')
+           held_key, string_to_array(states, ','), partition_key
     FROM rows ORDER BY position
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
     DO NOTHING
@@ -87,9 +87,10 @@ INSERT_UNIQUE_JOBS = (
     + _UNIQUE_ROWS
     + """unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
             %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
-            %(delays)s::float8[], %(keys)s::text[], %(states)s::text[], %(periods)s::float8[])
+            %(delays)s::float8[], %(keys)s::text[], %(states)s::text[], %(periods)s::float8[],
+            %(partition_keys)s::text[])
     WITH ORDINALITY AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, key,
-                         states, period, position)"""
+                         states, period, partition_key, position)"""
     + _UNIQUE_WRITE
 )
 """Unique jobs, one per key, where no job holds the key: the rows of held keys come back with a
@@ -104,10 +105,10 @@ WITH one AS (
            END AS held_key
 ), written AS (
     INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
-                                    scheduled_at, state, unique_key, unique_states)
+                                    scheduled_at, state, unique_key, unique_states, partition_key)
     SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
            %(max_attempts)s, run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           held_key, string_to_array(%(states)s, ',')
+           held_key, string_to_array(%(states)s, ','), %(partition_key)s
     FROM one
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
     DO NOTHING
@@ -121,7 +122,8 @@ FROM one LEFT JOIN written ON true
 CREATE_UNIQUE_ROWS = """
 CREATE TEMP TABLE pgjobs_unique_rows (
     queue text, name text, args text, kwargs text, priority int, max_attempts int,
-    at timestamptz, delay float8, key text, states text, period float8, position bigint
+    at timestamptz, delay float8, key text, states text, period float8, partition_key text,
+    position bigint
 ) ON COMMIT DROP;
 SELECT current_setting('jit'), set_config('jit', 'off', true)
 """
@@ -610,7 +612,8 @@ GRANT INSERT, SELECT (id, unique_key, state, unique_states) ON {schema}.jobs TO 
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 GRANT INSERT, SELECT (id) ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
-GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint) TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint),
+    {schema}.count_added_jobs(bigint, integer) TO {role};
 """
 """Insert jobs and read back their ids (``RETURNING id``); a COPY of many jobs reserves its ids
 with ``nextval`` on the jobs sequence first. A unique enqueue reads the id of the job holding its
@@ -628,7 +631,8 @@ GRANT SELECT ON {schema}.alembic_version TO {role};
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 GRANT SELECT, INSERT ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
-GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint) TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint),
+    {schema}.count_added_jobs(bigint, integer) TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.queues TO {role};
 GRANT SELECT, INSERT, DELETE ON {schema}.queue_starts TO {role};
 -- PostgreSQL 17 and later, to let the leader vacuum the jobs table (else autovacuum does):
@@ -664,29 +668,36 @@ RETURNING id
 
 INSERT_BATCH_JOBS = """
 WITH batch AS (
-    SELECT finished_at FROM {schema}.lock_batch(%(batch_id)s::bigint)
+    SELECT finished_at, set_config('pgjobs.counting_batch', %(batch_id)s::text, true)
+    FROM {schema}.lock_batch(%(batch_id)s::bigint)
 ), inserted AS (
     INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
-                               state, batch_id)
+                               state, batch_id, partition_key)
     SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
-           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(batch_id)s::bigint
+           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(batch_id)s::bigint,
+           partition_key
     FROM (
         SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
         FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
                     %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
-                    %(delays)s::float8[]) WITH ORDINALITY
-            AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, position)
+                    %(delays)s::float8[], %(partition_keys)s::text[]) WITH ORDINALITY
+            AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, partition_key,
+                 position)
         WHERE EXISTS (SELECT 1 FROM batch WHERE finished_at IS NULL)
         ORDER BY r.position
     ) AS rows
     RETURNING id
+), counted AS (
+    SELECT {schema}.count_added_jobs(%(batch_id)s::bigint, count(*)::int) FROM inserted
 )
 SELECT EXISTS (SELECT 1 FROM batch) AS found, (SELECT finished_at FROM batch) AS finished_at,
-       ARRAY(SELECT id FROM inserted ORDER BY id) AS ids
+       ARRAY(SELECT id FROM inserted ORDER BY id) AS ids, (SELECT count(*) FROM counted) AS counted
 """
 """Add jobs to a batch unless it has finished (its callbacks fired): nothing is inserted then,
 and ``finished_at`` says why. The batch row's lock orders this against the job that would finish
-the batch: either the new jobs count before the batch settles, or they are refused after."""
+the batch: either the new jobs count before the batch settles, or they are refused after. The
+jobs are counted once for the statement (``count_added_jobs``), not row by row: the setting
+``pgjobs.counting_batch``, set before the first row is inserted, tells the row trigger so."""
 
 SEAL_BATCH = """
 SELECT {schema}.seal_batch(%(id)s::bigint) AS found
@@ -741,14 +752,21 @@ WITH entry AS (
     WHERE NOT entry.paused
       AND (entry.last_tick_at IS NULL OR t.tick::timestamptz > entry.last_tick_at)
 ), inserted AS (
-    INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts)
+    INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
+                                    unique_key, unique_states)
     SELECT e.queue, e.job_name, e.args,
            CASE WHEN e.tick_kwarg IS NULL THEN e.kwargs
                 ELSE e.kwargs || jsonb_build_object(e.tick_kwarg, due.tick) END,
-           e.priority, e.max_attempts
+           e.priority, e.max_attempts,
+           'cron:' || e.name || ':'
+               || to_char(due.tick::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+           ARRAY['scheduled', 'available', 'running', 'retryable', 'completed', 'discarded',
+                 'cancelled']
     FROM entry AS e CROSS JOIN due
     ORDER BY due.tick::timestamptz
-    RETURNING id
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
+    DO NOTHING
+    RETURNING j.id
 ), advanced AS (
     UPDATE {schema}.cron_entries AS c
     SET last_tick_at = %(through)s,
@@ -765,7 +783,9 @@ SELECT coalesce((SELECT last_tick_at FROM advanced), (SELECT last_tick_at FROM e
 """
 """Enqueue an entry's due ticks and move its ``last_tick_at`` to ``through``, exactly once: the
 row is locked first, so two workers with the same ticks serialise on it, and the second sees the
-first's ``last_tick_at`` and inserts nothing. Only ticks after it are enqueued, and none while
+first's ``last_tick_at`` and inserts nothing. Each tick's job also holds the key ``cron:<entry>:
+<tick>`` in every state (the unique jobs' index): the jobs table itself keeps one job per entry
+and tick, for as long as it keeps the job. Only ticks after it are enqueued, and none while
 the entry is paused (its ticks pass: resuming does not replay them). Returns the entry's
 ``last_tick_at`` after the statement (another worker's, if it was ahead) and the jobs enqueued."""
 

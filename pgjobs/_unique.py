@@ -234,10 +234,13 @@ def unique_copy_text(params: Mapping[str, list[Any]]) -> Iterator[bytes]:
         params["keys"],
         params["states"],
         params["periods"],
+        params["partition_keys"],
         strict=True,
     )
     for position, row in enumerate(columns, 1):
-        queue, name, args, kwargs, priority, max_attempts, at, delay, key, states, period = row
+        queue, name, args, kwargs, priority, max_attempts, at, delay, key, states, period, part = (
+            row
+        )
         fields = (
             queue,
             name.translate(_COPY_ESCAPES),
@@ -250,6 +253,7 @@ def unique_copy_text(params: Mapping[str, list[Any]]) -> Iterator[bytes]:
             key.translate(_COPY_ESCAPES),
             states,
             "\\N" if period is None else repr(float(period)),
+            "\\N" if part is None else part.translate(_COPY_ESCAPES),
             str(position),
         )
         lines.append("\t".join(fields) + "\n")

@@ -516,3 +516,11 @@ def test_racing_tick_statements_enqueue_each_tick_once(
         value(db, "SELECT last_tick_at FROM pgjobs.cron_entries WHERE name = 'every.second'")
         == ticks[-1]
     )
+    # the jobs table holds one job per entry and tick by itself: with the entry's last tick
+    # moved back (as if that guard failed), the same ticks enqueue nothing again
+    assert value(db, "SELECT min(unique_key) FROM pgjobs.jobs") == (
+        "cron:every.second:2026-01-01T00:00:00Z"
+    )
+    db.execute("UPDATE pgjobs.cron_entries SET last_tick_at = %s", (start - timedelta(seconds=1),))
+    assert step_through() == 0
+    assert jobs_per_tick(db, "every.second") == dict.fromkeys(ticks, 1)

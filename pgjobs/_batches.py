@@ -1,6 +1,6 @@
 """Batches: groups of jobs whose callback jobs are enqueued once all of them have ended.
 
-The database does the counting and fires the callbacks (migration 0009: triggers on ``jobs`` and
+The database does the counting and fires the callbacks (migration 0008: triggers on ``jobs`` and
 ``settle_batch()``), so they are exact under any number of workers. This module holds the pure
 part (checking callbacks and building each statement's parameters, as :class:`Operation` values)
 and the :class:`Batch` / :class:`AsyncBatch` handles that run them through the client.
@@ -80,7 +80,13 @@ def add(queries: Queries, batch_id: int, calls: Iterable[JobCall]) -> Operation[
         return added(batch_id, rows[0])
 
     return Operation(
-        queries.insert_batch_jobs, {**insert_params(calls), "batch_id": batch_id}, result
+        queries.insert_batch_jobs,
+        {
+            **insert_params(calls),
+            "batch_id": batch_id,
+            "counting_setting": queries.counting_setting,
+        },
+        result,
     )
 
 

@@ -668,7 +668,7 @@ RETURNING id
 
 INSERT_BATCH_JOBS = """
 WITH batch AS (
-    SELECT finished_at, set_config('pgjobs.counting_batch', %(batch_id)s::text, true)
+    SELECT finished_at, set_config(%(counting_setting)s, %(batch_id)s::text, true)
     FROM {schema}.lock_batch(%(batch_id)s::bigint)
 ), inserted AS (
     INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
@@ -697,7 +697,7 @@ SELECT EXISTS (SELECT 1 FROM batch) AS found, (SELECT finished_at FROM batch) AS
 and ``finished_at`` says why. The batch row's lock orders this against the job that would finish
 the batch: either the new jobs count before the batch settles, or they are refused after. The
 jobs are counted once for the statement (``count_added_jobs``), not row by row: the setting
-``pgjobs.counting_batch``, set before the first row is inserted, tells the row trigger so."""
+``<schema>.counting_batch``, set before the first row is inserted, tells the row trigger so."""
 
 SEAL_BATCH = """
 SELECT {schema}.seal_batch(%(id)s::bigint) AS found
@@ -907,6 +907,9 @@ class Queries:
     only: workers read the table (anyone who can log in may NOTIFY)."""
     lock_namespace: str
     """Hashed into the first key of the workers' session advisory locks."""
+    counting_setting: str
+    """The setting that tells the row trigger on ``jobs`` that INSERT_BATCH_JOBS counts the jobs
+    it adds to a batch."""
     upsert_cron_entries: str
     enqueue_cron_ticks: str
     list_cron: str
@@ -951,6 +954,7 @@ def queries_for(schema: str) -> Queries:
         scheduled_channel=f"{schema}.scheduled",
         cancel_channel=f"{schema}.cancel",
         lock_namespace=f"pgjobs.workers:{schema}",
+        counting_setting=f"{schema}.counting_batch",
         queues_channel=f"{schema}.queues",
     )
 

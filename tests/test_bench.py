@@ -37,8 +37,8 @@ ALSO_REPORTED = {
         (["process", "--jobs", "600", "--processes", "2"], {"jobs_per_second"}),
         (["process", "--jobs", "300", "--processes", "1", "--async-jobs"], {"jobs_per_second"}),
         (
-            ["process", "--jobs", "200", "--processes", "1", "--limit"],
-            {"plain_jobs_per_second", "limited_jobs_per_second", "limited_to_plain"},
+            ["process", "--jobs", "100", "--processes", "1", "--limit", "--unique"],
+            {"ratio_limited_to_plain", "ratio_unique_to_plain"},
         ),
         (["latency", "--samples", "5"], {"p50_ms", "p99_ms"}),
         (

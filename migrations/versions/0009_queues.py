@@ -8,14 +8,14 @@ per queue, so counting what runs and claiming more is one step for all workers o
 A change to ``queues`` notifies the ``<schema>.queues`` channel (workers re-read their settings)
 and the jobs channel with the queue's name (a resumed queue is claimed at once).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 from alembic import context, op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
@@ -77,7 +77,8 @@ $$""")
     op.execute(f"""
 CREATE FUNCTION {s}.claim_limited_jobs(queue_names text[], claim_limit integer, worker uuid)
 RETURNS TABLE (id bigint, queue text, name text, args jsonb, kwargs jsonb, priority smallint,
-               attempt integer, max_attempts integer, claim_token uuid, free_in float8)
+               attempt integer, max_attempts integer, claim_token uuid, batch_id bigint,
+               free_in float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     q record;
@@ -158,16 +159,16 @@ BEGIN
                    worker_id = worker, claim_token = gen_random_uuid()
               FROM locked WHERE j.id = locked.id
             RETURNING j.id, j.queue, j.name, j.args, j.kwargs, j.priority, j.attempt,
-                      j.max_attempts, j.claim_token, locked.part
+                      j.max_attempts, j.claim_token, j.batch_id, locked.part
         ), recorded AS (
             INSERT INTO {s}.queue_starts (queue, partition, started_at)
             SELECT q.name, u.part, now_ FROM updated AS u WHERE q.rate_limit IS NOT NULL
         )
         SELECT u.id, u.queue::text, u.name, u.args, u.kwargs, u.priority, u.attempt,
-               u.max_attempts, u.claim_token, NULL::float8
+               u.max_attempts, u.claim_token, u.batch_id, NULL::float8
           FROM updated AS u
         UNION ALL  -- one summary row per queue: when its first rate-limited partition frees
-        SELECT NULL, q.name, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+        SELECT NULL, q.name, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                (SELECT min(b.free_in) FROM budgets AS b);
         GET DIAGNOSTICS returned = ROW_COUNT;
         taken := taken + returned - 1;

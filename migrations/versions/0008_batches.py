@@ -166,9 +166,9 @@ END
 $$""")
     op.execute(f"""
 COMMENT ON FUNCTION {s}.count_added_jobs(bigint, integer) IS
-'Count jobs just added to a batch by one statement that set <schema>.counting_batch to the batch''s
-id (the row trigger leaves those jobs to this), and clear that setting. Used by the worker''s and App''s own
-statement that adds jobs to a batch; for other inserts the row trigger counts.'""")
+'Count jobs just added to a batch by one statement that set <schema>.counting_batch to the
+batch''s id (the row trigger leaves those jobs to this), and clear that setting. Used by the
+statement that App.batch and App.add_to_batch run; for other inserts the row trigger counts.'""")
     op.execute(f"""
 CREATE TRIGGER jobs_batch_ended AFTER UPDATE OF state ON {s}.jobs
     FOR EACH ROW WHEN (OLD.batch_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state

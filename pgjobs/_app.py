@@ -332,7 +332,8 @@ class App:
     def list_queues(self, *, conn: Any = None) -> list[dict[str, Any]]:
         """Every configured queue and every queue with waiting or running jobs: ``name``,
         ``paused``, ``concurrency``, ``rate_limit``, ``rate_period`` (seconds), ``partition``,
-        ``available`` and ``running`` jobs."""
+        ``held_back`` (the latest claim left jobs waiting for room under the concurrency
+        limit), ``available`` and ``running`` jobs."""
         return self._client.run(_queues.list_queues(self.queries), conn)
 
     async def list_queues_async(self, *, conn: Any = None) -> list[dict[str, Any]]:

@@ -578,7 +578,7 @@ SELECT {schema}.resume_queue(%(name)s)
 
 LIST_QUEUES = """
 SELECT n.name, coalesce(l.paused, false) AS paused, l.concurrency, l.rate_limit, l.rate_period,
-       l.partition,
+       l.partition, coalesce(l.held_back, false) AS held_back,
        (SELECT count(*) FROM {schema}.jobs AS j
          WHERE j.state = 'available' AND j.queue = n.name) AS available,
        (SELECT count(*) FROM {schema}.jobs AS j
@@ -591,10 +591,12 @@ ORDER BY n.name
 """
 """Every configured queue and every queue with available or running jobs."""
 
-NOTIFY_QUEUES = """
-SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q
+WAKE_HELD_QUEUES = """
+SELECT {schema}.wake_held_queues(%(queues)s::text[])
 """
-"""Wake the workers of limited queues whose jobs ended: a slot under their limit is free."""
+"""Jobs of these limited queues ended: a slot under their limit is free. Notify the jobs channel
+for those whose latest claim held jobs back (``queues.held_back``), once the claims under way have
+committed, so a limit that does not bind wakes nobody."""
 
 SCHEMA_VERSION = """
 SELECT version_num FROM {schema}.alembic_version
@@ -897,7 +899,7 @@ class Queries:
     pause_queue: str
     resume_queue: str
     list_queues: str
-    notify_queues: str
+    wake_held_queues: str
     jobs_channel: str
     """Channel notified with a queue's name when jobs become available in it."""
     scheduled_channel: str

@@ -363,18 +363,15 @@ class Worker:
             queues = sorted(self._limited_ended)
             if not self._acker.backlog:
                 self._limited_ended.clear()
-            task = asyncio.ensure_future(self._notify_queues(queues))
+            task = asyncio.ensure_future(self._wake_held_queues(queues))
             self._notifying.add(task)
             task.add_done_callback(self._notifying.discard)
         if self.burst:
             self._jobs_waiting.set()  # a burst worker looks again, to learn when it is done
 
-    async def _notify_queues(self, queues: list[str]) -> None:
+    async def _wake_held_queues(self, queues: list[str]) -> None:
         with contextlib.suppress(DatabaseError):  # a missed wake-up costs a poll interval
-            await self._ack.fetch(
-                self._queries.notify_queues,
-                {"queues": queues, "channel": self._queries.jobs_channel},
-            )
+            await self._ack.fetch(self._queries.wake_held_queues, {"queues": queues})
 
     def _retry_scheduled(self, delay: float) -> None:
         if delay < self.settings.poll_interval:

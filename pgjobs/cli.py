@@ -757,10 +757,13 @@ def queues_command(obj: dict[str, Any], as_json: bool) -> None:
             r["partition"] or "-",
             str(r["available"]),
             str(r["running"]),
+            "yes" if r["held_back"] else "",
         ]
         for r in rows
     ]
-    header = ["queue", "paused", "concurrency", "rate", "partition", "available", "running"]
+    header = [
+        "queue", "paused", "concurrency", "rate", "partition", "available", "running", "held",
+    ]  # fmt: skip
     _print_rows(rows, as_json, header, table)
 
 

@@ -17,6 +17,8 @@ app = pgjobs.App()
 app.queue("tenants", concurrency=5, partition_by="key")
 app.queue("rated", rate=(10, timedelta(seconds=2)))
 app.queue("rated_full", rate=(100, timedelta(minutes=1)))
+app.queue("serial", concurrency=5)
+app.queue("roomy", concurrency=1_000_000)
 
 _local = threading.local()
 _connections: list[psycopg.Connection[Any]] = []
@@ -64,3 +66,15 @@ def pausable(seconds: float) -> None:
     record("pausable", "start")
     time.sleep(seconds)
     record("pausable", "end")
+
+
+@app.job(name="limits.serial_call", queue="serial")
+def serial_call(seconds: float) -> None:
+    record("serial", "start")
+    time.sleep(seconds)
+    record("serial", "end")
+
+
+@app.job(name="limits.roomy_call", queue="roomy")
+def roomy_call() -> None:
+    record("roomy", "start")

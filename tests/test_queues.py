@@ -225,7 +225,7 @@ def test_limits_through_the_cli(app: pgjobs.App, db: psycopg.Connection[Any]) ->
         "job,key",
         "0",
         "0",
-    ]
+    ]  # not held back: nothing waits
     assert run_cli(url, "queue", "limit", "api", "--clear").returncode == 0
     assert app.list_queues()[0] | {"updated_at": None} == {
         "name": "api",
@@ -234,6 +234,7 @@ def test_limits_through_the_cli(app: pgjobs.App, db: psycopg.Connection[Any]) ->
         "rate_limit": None,
         "rate_period": None,
         "partition": None,
+        "held_back": False,
         "available": 0,
         "running": 0,
     } | {"updated_at": None}
@@ -302,6 +303,44 @@ def test_a_saturated_tenant_does_not_hide_another(
     assert time.monotonic() - enqueued < 2.0
     assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running' "
                      "AND partition_key = 'big'") == 5  # fmt: skip
+
+
+def test_a_whole_queue_limit_holds_across_workers(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """3 processes x 50 slots, 5 for the whole queue: the overlap is exactly 5, and each wave
+    starts when the last one ends, because the workers whose jobs ended wake the held ones."""
+    app.set_queue_limits("serial", concurrency=5)  # as the workers will: they change nothing
+    ids = app.enqueue_many([limits_app.serial_call.call(0.15) for _ in range(40)])
+    db.execute('LISTEN "pgjobs.jobs"')
+    for _ in range(3):
+        start_worker("--queues", "serial", "--concurrency", "50", "--poll-interval", "5")
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'")
+               == len(ids), timeout=30)  # fmt: skip
+    events = rows(db, "SELECT at, event FROM ledger WHERE label = 'serial'")
+    assert len(events) == 80
+    assert max_overlap(events) == 5
+    # 8 waves of 0.15 s; waiting for polls (5 s) instead of wake-ups would take far longer
+    span = max(at for at, _ in events) - min(at for at, _ in events)
+    assert span.total_seconds() < 3.0, span
+    assert any(n.payload == "serial" for n in db.notifies(timeout=0.5))
+    assert value(db, "SELECT held_back FROM pgjobs.queues WHERE name = 'serial'") is False
+
+
+def test_a_limit_that_does_not_bind_wakes_nobody(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A limit far above what runs: no claim holds a job back, so no ended job notifies."""
+    app.set_queue_limits("roomy", concurrency=1_000_000)
+    ids = app.enqueue_many([limits_app.roomy_call.call() for _ in range(400)])
+    db.execute('LISTEN "pgjobs.jobs"')
+    for _ in range(2):
+        start_worker("--queues", "roomy", "--concurrency", "20")
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'")
+               == len(ids), timeout=30)  # fmt: skip
+    assert count(db, "SELECT count(*) FROM ledger WHERE label = 'roomy'") == 400
+    assert [n.payload for n in db.notifies(timeout=0.5)] == []
+    assert value(db, "SELECT held_back FROM pgjobs.queues WHERE name = 'roomy'") is False
 
 
 def check_rate(

@@ -74,7 +74,13 @@ CREATE FUNCTION {s}.{verb}_queue(queue text) RETURNS void LANGUAGE sql AS $$
 INSERT INTO {s}.queues (name, paused) VALUES (queue, {paused})
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
 $$""")
-    op.execute(f"""
+    op.execute(claim_function(schema))
+
+
+def claim_function(schema: str) -> str:
+    """``claim_limited_jobs()`` as this revision defines it (0011 replaces it)."""
+    s = f'"{schema}"'
+    return f"""
 CREATE FUNCTION {s}.claim_limited_jobs(queue_names text[], claim_limit integer, worker uuid)
 RETURNS TABLE (id bigint, queue text, name text, args jsonb, kwargs jsonb, priority smallint,
                attempt integer, max_attempts integer, claim_token uuid, batch_id bigint,
@@ -174,7 +180,7 @@ BEGIN
         taken := taken + returned - 1;
     END LOOP;
 END
-$$""")
+$$"""
 
 
 def downgrade() -> None:

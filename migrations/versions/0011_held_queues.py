@@ -214,10 +214,14 @@ BEGIN
             returned := returned - 1;
         END IF;
         taken := taken + returned;
-        -- jobs left behind with room wanted are held back (by the limit, or by a claim of a
-        -- worker that does not know yet that the queue is limited): a slot freed wakes workers
-        held := q.concurrency IS NOT NULL AND returned < wanted AND EXISTS (
-            SELECT 1 FROM {s}.jobs AS j WHERE j.state = 'available' AND j.queue = q.name);
+        -- jobs left behind while slots were wanted are held back: a slot freed wakes workers.
+        -- A queue limited as a whole that had room for every wanted job ran dry instead. The
+        -- look is ordered as the index is, so stale statistics never make it a table scan
+        held := q.concurrency IS NOT NULL AND returned < wanted
+                AND (q.partition IS NOT NULL OR room < wanted)
+                AND EXISTS (SELECT 1 FROM {s}.jobs AS j
+                             WHERE j.state = 'available' AND j.queue = q.name
+                             ORDER BY j.priority, j.scheduled_at, j.id LIMIT 1);
         IF held <> q.held_back THEN
             UPDATE {s}.queues AS l SET held_back = held WHERE l.name = q.name;
         END IF;

@@ -55,9 +55,15 @@ def retry(queries: Queries, job_id: int) -> Operation[bool]:
     def result(rows: Rows) -> bool:
         if not rows:
             return False
-        if not rows[0]["retried"]:
+        row = rows[0]
+        if row["key_held_by"] is not None:
             raise ValueError(
-                f"job {job_id} is {rows[0]['previous_state']}; it can be retried once it ends"
+                f"job {job_id} is unique and job {row['key_held_by']} holds its key now; retry "
+                "it once that job ends, or cancel that job first"
+            )
+        if not row["retried"]:
+            raise ValueError(
+                f"job {job_id} is {row['previous_state']}; it can be retried once it ends"
             )
         return True
 

@@ -405,7 +405,8 @@ class App:
         """Put a finished, discarded or waiting job back to run now; ``False`` if it does not exist.
 
         Raises:
-            ValueError: the job is running; wait for it to finish.
+            ValueError: the job is running (wait for it to finish), or it is unique and another
+                job holds its key now.
         """
         return self._client.run(_admin.retry(self.queries, job_id), conn)
 
@@ -425,7 +426,8 @@ class App:
         queues and job names, back to run now; returns how many.
 
         Running jobs are never touched, nor a job a worker claims while this runs. Each job gets
-        one more attempt if it had used them all, as with :meth:`retry`.
+        one more attempt if it had used them all, as with :meth:`retry`. A unique job whose key
+        another job holds stays as it is; of unique jobs that share a key, one runs again.
 
         Raises:
             ValidationError: no state, an unknown one, or ``running``.

@@ -457,31 +457,48 @@ SELECT (SELECT count(*) FROM promoted) AS promoted,
 
 RETRY_JOB = """
 WITH target AS (
-    SELECT id, state FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
+    SELECT id, state, unique_key FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
+), holder AS (
+    SELECT h.id FROM {schema}.jobs AS h, target
+    WHERE h.unique_key = target.unique_key AND h.state = ANY(h.unique_states) AND h.id <> target.id
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
         max_attempts = greatest(j.max_attempts, j.attempt + 1)
     FROM target
-    WHERE j.id = target.id AND target.state <> 'running'
+    WHERE j.id = target.id AND target.state <> 'running' AND NOT EXISTS (SELECT FROM holder)
     RETURNING j.queue
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM retried
 )
 SELECT target.state AS previous_state, (SELECT count(*) FROM retried) AS retried,
-       (SELECT count(*) FROM notified) AS notified
+       (SELECT min(id) FROM holder) AS key_held_by, (SELECT count(*) FROM notified) AS notified
 FROM target
 """
-"""Put one job back to run now (not a running one), and wake the workers of its queue."""
+"""Put one job back to run now (not a running one, nor a unique job whose key another job holds
+now), and wake the workers of its queue."""
 
 RETRY_JOBS = """
-WITH retried AS (
-    UPDATE {schema}.jobs AS j
-    SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
-        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+WITH chosen AS (
+    SELECT j.id, j.unique_key, j.state = ANY(j.unique_states) AS holds FROM {schema}.jobs AS j
     WHERE j.state = ANY(%(states)s::text[]) AND j.state <> 'running'
       AND (%(queues)s::text[] IS NULL OR j.queue = ANY(%(queues)s::text[]))
       AND (%(names)s::text[] IS NULL OR j.name = ANY(%(names)s::text[]))
+    FOR UPDATE
+), free AS (  -- of unique jobs, one per key (its holder, else the newest), if no other holds it
+    SELECT c.id FROM chosen AS c WHERE c.unique_key IS NULL
+    UNION ALL
+    SELECT k.id FROM (SELECT DISTINCT ON (c.unique_key) c.id, c.unique_key FROM chosen AS c
+                       WHERE c.unique_key IS NOT NULL
+                       ORDER BY c.unique_key, c.holds DESC, c.id DESC) AS k
+    WHERE NOT EXISTS (SELECT FROM {schema}.jobs AS h
+                      WHERE h.unique_key = k.unique_key AND h.state = ANY(h.unique_states)
+                        AND h.id <> k.id)
+), retried AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
+        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+    WHERE j.id = ANY(ARRAY(SELECT free.id FROM free)) AND j.state <> 'running'
     RETURNING j.queue
 ), notified AS (
     SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM retried) AS q
@@ -489,7 +506,9 @@ WITH retried AS (
 SELECT (SELECT count(*) FROM retried) AS retried, (SELECT count(*) FROM notified) AS notified
 """
 """RETRY_JOB for every job in some states (never ``running``: a job claimed while this waits for
-its row lock is re-checked and left to its worker), optionally only of some queues and names."""
+its row lock is re-checked and left to its worker), optionally only of some queues and names.
+Unique jobs whose key another job holds are left as they are; of those sharing a key, one is
+retried."""
 
 GET_JOB = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from ._sql import Queries
 
 DEFAULT_STATES = ("scheduled", "available", "running", "retryable")
-"""The states in which a unique job holds its key unless it says otherwise: until it ends."""
+"""The states in which a unique job holds its key: until it ends, and no state a job moves into
+before its end can meet another holder. Jobs may add finished states, never drop these."""
 
 MIN_PERIOD = 0.001
 """Shortest period, in seconds: its number since the epoch must fit a ``bigint``."""
@@ -41,8 +42,10 @@ class Unique:
     Args:
         by: parameter names whose values make the key; ``None`` means all the arguments (with
             defaults applied, so ``f(1)`` and ``f(x=1)`` share a key).
-        states: the states in which a job holds its key. A job that leaves them (say, completes)
-            frees the key for the next enqueue.
+        states: the states in which a job holds its key: always scheduled, available, running
+            and retryable (the default), so a job holds its key from its enqueue to its end, and
+            optionally also completed, discarded or cancelled, to hold it after its end. A job
+            that leaves them (say, completes) frees the key for the next enqueue.
         period: with it, the key holds only within one period (a ``timedelta`` or seconds) of the
             database clock, counted from the Unix epoch: unique "for" that long.
         replace: a duplicate enqueue replaces the waiting holder's arguments, priority and run
@@ -71,6 +74,13 @@ class Unique:
                     f"{job_name}: Unique(states=...): {state!r} is not a state "
                     f"({', '.join(STATES)})"
                 )
+        missing = [state for state in DEFAULT_STATES if state not in self.states]
+        if missing:
+            raise ConfigError(
+                f"{job_name}: Unique(states=...) must include {', '.join(DEFAULT_STATES)}: a job "
+                f"holds its key until it ends (add completed, discarded or cancelled to hold it "
+                f"longer); {', '.join(missing)} missing"
+            )
         if self.by is not None:
             if isinstance(self.by, str):
                 raise ConfigError(f"{job_name}: Unique(by=...) is a tuple of names, e.g. ('x',)")

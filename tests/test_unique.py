@@ -70,6 +70,11 @@ def test_a_unique_key_that_is_not_json_is_refused(bad: Any) -> None:
     [
         (pgjobs.Unique(states=()), r"needs at least one state"),
         (pgjobs.Unique(states=("waiting",)), r"'waiting' is not a state"),
+        (pgjobs.Unique(states=("available",)), r"scheduled, running, retryable missing"),
+        (
+            pgjobs.Unique(states=("scheduled", "available", "running", "completed")),
+            r"must include scheduled, available, running, retryable: .* retryable missing$",
+        ),
         (pgjobs.Unique(by=("nope",)), r"'nope' is not a parameter of the function \(x, y\)"),
         (pgjobs.Unique(by="x"), r"is a tuple of names"),  # type: ignore[arg-type]
         (pgjobs.Unique(period=0), r"period=...\) must be a positive duration"),
@@ -324,7 +329,7 @@ def test_large_batches_are_copied(
         pytest.raises(psycopg.errors.UniqueViolation, match="jobs_unique_key_idx"),
         db.cursor().copy("COPY pgjobs.jobs (name, unique_key, unique_states) FROM STDIN") as copy,
     ):
-        copy.write_row(("unique_noop", key, ["available"]))
+        copy.write_row(("unique_noop", key, ["scheduled", "available", "running", "retryable"]))
 
 
 def test_a_worker_runs_unique_jobs_and_a_refused_key_leaves_the_transaction_usable(
@@ -356,3 +361,58 @@ def test_cli_enqueue_with_a_unique_key(database_url: str, db: psycopg.Connection
     assert bad.returncode == 2 and "--unique-key: not valid JSON" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 1
+
+
+def test_a_unique_job_holds_its_key_until_it_ends_in_sql_too(db: psycopg.Connection[Any]) -> None:
+    """A row whose key would be held only while available is refused by the table: two copies
+    scheduled for later could otherwise both be promoted, and the promotion of every due job
+    would fail on the index."""
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_unique_states_check"):
+        db.execute(
+            "INSERT INTO pgjobs.jobs (queue, name, unique_key, unique_states)"
+            " VALUES ('default', 'x', 'k', '{available}')"
+        )
+    db.rollback()
+    db.execute(
+        "INSERT INTO pgjobs.jobs (queue, name, unique_key, unique_states)"
+        " VALUES ('default', 'x', 'k', '{scheduled,available,running,retryable,completed}')"
+    )
+
+
+def test_retrying_a_unique_job_whose_key_is_held(
+    app: pgjobs.App, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    """A dead unique job whose key a new copy holds: retry refuses it, naming the holder (exit 2
+    from the CLI, nothing changed), and retry --all leaves it. Once the holder ends too, retry
+    --all brings back one of the two, the newest."""
+
+    def discard(job_id: int) -> None:
+        db.execute(
+            "UPDATE pgjobs.jobs SET state = 'discarded', finished_at = now() WHERE id = %s",
+            (job_id,),
+        )
+
+    def states() -> list[tuple[int, str]]:
+        return rows(db, "SELECT id, state FROM pgjobs.jobs ORDER BY id")
+
+    first = jobs_app.unique_noop.enqueue("dead")
+    discard(first)
+    second = jobs_app.unique_noop.enqueue("dead")
+    assert not second.duplicate
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(ValueError, match=f"job {first} is unique and job {second} holds"):
+            app.retry(first, conn=conn)
+        assert conn.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (2,)  # usable
+    refused = run_cli(database_url, "retry", str(first))
+    assert refused.returncode == 2
+    assert f"job {second} holds its key" in refused.stderr and "Traceback" not in refused.stderr
+    assert app.retry_all() == 0
+    assert states() == [(first, "discarded"), (second, "available")]
+
+    discard(second)
+    assert app.retry_all() == 1
+    assert states() == [(first, "discarded"), (second, "available")]
+    run_burst(app)
+    assert states() == [(first, "discarded"), (second, "completed")]
+    assert app.retry(first)  # the key is free again
+    assert states() == [(first, "available"), (second, "completed")]

@@ -513,7 +513,7 @@ retried."""
 GET_JOB = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
-       cancel_requested_at, errors
+       cancel_requested_at, unique_key, batch_id, partition_key, errors
 FROM {schema}.jobs
 WHERE id = %(id)s
 """

@@ -195,6 +195,7 @@ def test_a_discarded_job_fires_on_complete_and_its_successful_retry_on_success(
         1,
     )
     assert before["description"] == "import" and before["success_job_id"] is None
+    assert (app.get_job(failing) or {})["batch_id"] == batch.id  # as `pgjobs job ID` shows it
 
     assert app.retry(failing)
     assert status(db, batch.id)[:3] == (3, 1, 0)  # back from the dead set: pending again

@@ -254,6 +254,8 @@ def test_enqueue_stores_the_partition_key(app: pgjobs.App, db: psycopg.Connectio
         None,
     )
     assert {keys[i] for i in copied} == {"c\\d\te"}
+    assert app.get_job(explicit) is not None
+    assert app.get_job(explicit)["partition_key"] == "vip"  # as `pgjobs job ID` shows it
     with pytest.raises(pgjobs.ValidationError, match="partition_key"):
         limits_app.tenant_call.options(partition_key="")
 

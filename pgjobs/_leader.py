@@ -52,6 +52,9 @@ class Leader:
         self._worker_id = worker_id
         self._vacuum = vacuum
         self._next_prune = 0.0
+        self._prune_batches = True
+        """False once the role turned out unable to delete batches (granted before they were
+        pruned): warned once, not at every run."""
 
     async def lead(
         self, conn: psycopg.AsyncConnection[Any], sweep_due: bool, vacuum_due: bool
@@ -104,6 +107,24 @@ class Leader:
                 break
         if total:
             log.info("pruned %s finished job(s) past their retention", total)
+        if self._prune_batches:
+            await self._prune_finished_batches(conn)
+
+    async def _prune_finished_batches(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Delete batches whose jobs are all pruned, one statement per prune run."""
+        params = {"retain": self._settings.retain_completed, "limit": PRUNE_BATCH}
+        try:
+            cur = await conn.execute(self._queries.prune_finished_batches, params)
+        except psycopg.errors.InsufficientPrivilege:
+            self._prune_batches = False
+            log.warning(
+                "cannot prune finished batches: this role may not delete from the batches "
+                "table; apply `pgjobs grants --worker ROLE` again (docs/roles.md)"
+            )
+            return
+        row = await cur.fetchone()
+        if row and row[0]:
+            log.info("pruned %s finished batch(es) whose jobs are pruned", row[0])
 
 
 async def rescue(

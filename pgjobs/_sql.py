@@ -427,6 +427,22 @@ WITH doomed AS (
 SELECT count(*) FROM deleted
 """
 
+PRUNE_FINISHED_BATCHES = """
+WITH deleted AS (
+    DELETE FROM {schema}.batches AS b
+    WHERE b.id = ANY(ARRAY(
+        SELECT f.id FROM {schema}.batches AS f
+        WHERE f.finished_at < now() - make_interval(secs => %(retain)s)
+          AND NOT EXISTS (SELECT FROM {schema}.jobs AS j WHERE j.batch_id = f.id)
+        LIMIT %(limit)s))
+    RETURNING 1
+)
+SELECT count(*) FROM deleted
+"""
+"""Delete batches that finished more than ``retain`` seconds ago and have no job left (their
+callbacks included): the prune of their jobs has passed. No row lock first (that would need
+UPDATE on batches): a finished batch's row is locked only by an addition, which it refuses."""
+
 CANCEL_JOB = """
 SELECT {schema}.cancel_job(%(id)s) AS outcome
 """
@@ -650,7 +666,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.jobs, {schema}.workers TO {role
 GRANT SELECT, INSERT, UPDATE ON {schema}.leases TO {role};
 GRANT SELECT ON {schema}.alembic_version TO {role};
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
-GRANT SELECT, INSERT ON {schema}.batches TO {role};
+GRANT SELECT, INSERT, DELETE ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint),
     {schema}.count_added_jobs(bigint, integer) TO {role};
@@ -665,7 +681,8 @@ jobs); register, heartbeat and deregister (workers), take the leader lease (leas
 schema's revision at start. INSERT and the sequence: jobs that enqueue jobs. ``cancel_job()``
 and ``pgjobs retry`` need no more than this. VACUUM needs the owner (or, from PostgreSQL 17,
 MAINTAIN). Batches: jobs may create batches and add to their own; the triggers on jobs count
-a batch's ended jobs and enqueue its callbacks as the table's owner. ``cron_entries``: declare
+a batch's ended jobs and enqueue its callbacks as the table's owner; the leader deletes finished
+batches once their jobs are pruned. ``cron_entries``: declare
 the app's cron entries and enqueue their ticks; the SQL functions ``pause_cron()``,
 ``resume_cron()`` and ``run_cron()`` need no more. ``queues``: apply the limits the app
 declares and pause or resume queues; ``queue_starts``: the sliding windows of rate-limited
@@ -895,6 +912,7 @@ class Queries:
     cancel_requested_jobs: str
     rescue_jobs: str
     prune_jobs: str
+    prune_finished_batches: str
     vacuum_jobs: str
     cancel_job: str
     deregister_worker: str

@@ -388,3 +388,47 @@ def test_a_unique_job_cannot_join_a_batch(app: pgjobs.App, db: psycopg.Connectio
     with app.batch() as batch, pytest.raises(pgjobs.ValidationError, match="unique job"):
         batch.add(jobs_app.unique_noop.call("x"))
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 0
+
+
+def test_the_leader_prunes_finished_batches_once_their_jobs_are_pruned(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
+) -> None:
+    """Only the batch that finished past the retention, and whose jobs (its callback included)
+    the same prune run deleted, goes. One with a dead job (kept 30 days), one finished recently
+    and one whose job still waits stay."""
+    made = []
+    for _ in range(3):
+        with app.batch(on_complete=ON_COMPLETE) as batch:
+            batch.add(jobs_app.batch_member.call())
+        made.append(batch.id)
+    pruned, dead_kept, recent = made
+    run_burst(app)
+    with app.batch(on_complete=ON_COMPLETE) as waiting:
+        waiting.add(jobs_app.batch_member.call())
+    db.execute(
+        "UPDATE pgjobs.batches SET finished_at = now() - interval '2 hours',"
+        " created_at = now() - interval '3 hours' WHERE id = ANY(%s)",
+        ([pruned, dead_kept],),
+    )
+    db.execute(
+        "UPDATE pgjobs.batches SET created_at = now() - interval '3 hours' WHERE id = %s",
+        (waiting.id,),
+    )
+    db.execute(
+        "UPDATE pgjobs.jobs SET finished_at = now() - interval '2 hours' WHERE batch_id = ANY(%s)",
+        ([pruned, dead_kept],),
+    )
+    db.execute(
+        "UPDATE pgjobs.jobs SET state = 'discarded' WHERE id = (SELECT min(id) FROM pgjobs.jobs"
+        " WHERE batch_id = %s)",
+        (dead_kept,),
+    )
+    db.execute("DELETE FROM pgjobs.jobs WHERE batch_id = %s", (recent,))
+    env = {"PGJOBS_RETAIN_COMPLETED": "1h", "PGJOBS_QUEUES": "nothing-here"}
+    worker_process(env=env).wait_for_log("pruned 1 finished batch(es)")
+    assert [r[0] for r in rows(db, "SELECT id FROM pgjobs.batches ORDER BY id")] == [
+        dead_kept,
+        recent,
+        waiting.id,
+    ]
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE batch_id = %s", pruned) == 0

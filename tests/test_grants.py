@@ -426,8 +426,42 @@ def test_enqueuer_enqueues_unique_jobs_and_replaces_only_with_the_documented_gra
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may insert only new jobs"):
             enqueuer.execute(
                 "INSERT INTO pgjobs.jobs (name, state, attempt, finished_at, unique_key,"
-                " unique_states) VALUES ('noop', 'completed', 1, now(), 'k', '{completed}')"
+                " unique_states) VALUES ('noop', 'completed', 1, now(), 'k',"
+                " '{scheduled,available,running,retryable,completed}')"
                 " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL"
                 " AND state = ANY (unique_states) DO NOTHING"
             )
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 601
+
+
+def test_the_worker_role_prunes_finished_batches_and_without_delete_says_so_once(
+    roles: Roles, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    finished = (
+        "INSERT INTO pgjobs.batches (sealed_at, finished_at)"
+        " VALUES (now() - interval '2 days', now() - interval '2 days')"
+    )
+    db.execute(finished)
+    args = ["--app", "tests.jobs_app:app", "worker", "--queues", "nothing-here"]
+    granted = WorkerProcess.start(args, database_url=roles.url("worker"), log=tmp_path / "a.log")
+    try:
+        granted.wait_for_log("pruned 1 finished batch(es)")
+        granted.signal(signal.SIGTERM)
+        assert granted.wait() == 0
+    finally:
+        granted.kill()
+    assert count(db, "SELECT count(*) FROM pgjobs.batches") == 0
+
+    # a role granted before batches were pruned
+    db.execute(f'REVOKE DELETE ON pgjobs.batches FROM "{roles.worker}"')
+    db.execute(finished)
+    refused = WorkerProcess.start(args, database_url=roles.url("worker"), log=tmp_path / "b.log")
+    try:
+        refused.wait_for_log("cannot prune finished batches")
+        refused.signal(signal.SIGTERM)
+        assert refused.wait() == 0  # the leader went on with its duties
+    finally:
+        refused.kill()
+    assert count(db, "SELECT count(*) FROM pgjobs.batches") == 1
+    assert refused.output().count("cannot prune finished batches") == 1
+    assert "Traceback" not in refused.output()

@@ -590,6 +590,9 @@ FROM {schema}.queues WHERE name = ANY(%(queues)s::text[])
 """A worker's view of its queues' settings (queues without a row are plain)."""
 
 SET_QUEUE_LIMITS = """
+WITH cleared AS (  -- without a rate, nothing trims its window any more
+    DELETE FROM {schema}.queue_starts WHERE queue = %(name)s AND %(rate_limit)s::integer IS NULL
+)
 INSERT INTO {schema}.queues AS l (name, concurrency, rate_limit, rate_period, partition)
 VALUES (%(name)s, %(concurrency)s, %(rate_limit)s, %(rate_period)s, %(partition)s)
 ON CONFLICT (name) DO UPDATE
@@ -601,7 +604,8 @@ WHERE (l.concurrency, l.rate_limit, l.rate_period, l.partition)
 RETURNING name
 """
 """Set a queue's limits (NULL clears one), never its pause; a row that already says so is left
-alone, so that a worker's start does not wake every other worker."""
+alone, so that a worker's start does not wake every other worker. Clearing the rate deletes the
+queue's recorded starts."""
 
 PAUSE_QUEUE = """
 SELECT {schema}.pause_queue(%(name)s)

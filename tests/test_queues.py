@@ -226,7 +226,9 @@ def test_limits_through_the_cli(app: pgjobs.App, db: psycopg.Connection[Any]) ->
         "0",
         "0",
     ]  # not held back: nothing waits
+    db.execute("INSERT INTO pgjobs.queue_starts VALUES ('api', '', now()), ('other', '', now())")
     assert run_cli(url, "queue", "limit", "api", "--clear").returncode == 0
+    assert rows(db, "SELECT queue FROM pgjobs.queue_starts") == [("other",)]  # api's window went
     assert app.list_queues()[0] | {"updated_at": None} == {
         "name": "api",
         "paused": True,  # limits never touch the pause

@@ -99,6 +99,7 @@ class Settings:
     retain_discarded: float = 30 * DAY
     vacuum_threshold: int = 10_000
     log_level: str = "INFO"
+    log_format: str = "text"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +117,8 @@ class Settings:
             raise ConfigError("concurrency: must be at least 1")
         if self.processes < 1:
             raise ConfigError("processes: must be at least 1")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: {self.log_format!r} is not text or json")
         if self.vacuum_threshold < 0:
             raise ConfigError("vacuum_threshold: must be 0 (off) or a number of dead rows")
         for name in _DURATIONS:

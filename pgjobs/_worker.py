@@ -40,6 +40,7 @@ import os
 import random
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,7 @@ from ._errors import DatabaseError
 from ._execution import ClaimedJob, execute
 from ._leader import Leader
 from ._link import LAST_TRY, Link
+from ._logs import job_ended, job_started
 from ._migrate import check_schema
 from ._queues import QueueView, split_limited_claim
 from ._scheduler import Scheduler
@@ -517,7 +519,11 @@ class Worker:
 
     async def _run_job(self, job: ClaimedJob, context: JobContext, claim: Claim) -> None:
         try:
+            job_started(job.id, job.name, job.queue, job.attempt)
+            started = time.perf_counter()
             outcome = await execute(self.app, job, context, self._threads)
+            seconds = time.perf_counter() - started
+            job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, seconds)
             if job.queue in self._view.limited:
                 self._limited_ended.add(job.queue)
             self._acker.add(claim, outcome)

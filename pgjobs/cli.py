@@ -29,6 +29,7 @@ from ._connection import one_line
 from ._embedded import embedded_database_url
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._grants import grant_statements
+from ._logs import configure_cli_logging
 from ._migrate import check_schema, head_revision, migrate, migration_sql
 from ._outcome import MAX_DELAY
 from ._queues import PARTITIONS, check_limits, describe_rate
@@ -62,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     "--app", "app_path", metavar="MODULE:ATTR", help="Where the pgjobs.App is [PGJOBS_APP]"
 )
 @click.option("--log-level", help="DEBUG, INFO, WARNING… [PGJOBS_LOG_LEVEL; default INFO]")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="A line of text or a JSON object per record [PGJOBS_LOG_FORMAT; default text]",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -69,6 +75,7 @@ def cli(
     schema: str | None,
     app_path: str | None,
     log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Background jobs on PostgreSQL."""
     ctx.obj = {
@@ -76,6 +83,7 @@ def cli(
         "schema": schema,
         "app": app_path,
         "log_level": log_level,
+        "log_format": log_format,
     }
 
 
@@ -119,10 +127,7 @@ def _load_app(flags: dict[str, Any], *, require_app: bool = False) -> App:
     else:
         app = App()
     app.configure(**flags)
-    logging.basicConfig(
-        level=app.settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_cli_logging(app.settings.log_level, app.settings.log_format)
     if logging.root.level > logging.DEBUG:  # Alembic's line per revision: `migrate` sums them up
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if app.settings.database_url is None:

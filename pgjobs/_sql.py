@@ -555,6 +555,33 @@ LEFT JOIN {schema}.leases AS l ON l.name = 'leader' AND l.worker_id = w.id
 ORDER BY w.started_at, w.id
 """
 
+METRICS = """
+SELECT 'jobs' AS metric, queue::text, 'available' AS state, count(*)::float8 AS value
+FROM {schema}.jobs WHERE state = 'available' GROUP BY queue
+UNION ALL
+SELECT 'latency', queue::text, NULL,
+       greatest(extract(epoch FROM now() - min(scheduled_at)), 0)::float8
+FROM {schema}.jobs WHERE state = 'available' GROUP BY queue
+UNION ALL
+SELECT 'jobs', queue::text, 'running', count(*)::float8
+FROM {schema}.jobs WHERE state = 'running' GROUP BY queue
+UNION ALL
+SELECT 'jobs', queue::text, state, count(*)::float8
+FROM {schema}.jobs WHERE state IN ('scheduled', 'retryable') GROUP BY queue, state
+UNION ALL
+SELECT 'paused', name::text, NULL, paused::int::float8 FROM {schema}.queues
+UNION ALL
+SELECT 'held_back', name::text, NULL, held_back::int::float8 FROM {schema}.queues
+UNION ALL
+SELECT 'workers', NULL, NULL, count(*)::float8 FROM {schema}.workers WHERE expires_at > now()
+UNION ALL
+SELECT 'slots', NULL, NULL, coalesce(sum(concurrency), 0)::float8
+FROM {schema}.workers WHERE expires_at > now()
+"""
+"""What ``pgjobs metrics`` exports, one row per sample: ``(metric, queue, state, value)``. Each
+part reads one partial index's jobs (available, running, scheduled and retryable), never the
+finished history, so a scrape costs the same on a table of 10 million completed jobs."""
+
 QUEUE_COUNTS = """
 SELECT queue, state, jobs FROM {schema}.queue_counts ORDER BY queue, state
 """
@@ -927,6 +954,7 @@ class Queries:
     list_jobs: str
     list_workers: str
     queue_counts: str
+    metrics: str
     lock_holders: str
     schema_version: str
     insert_batch: str

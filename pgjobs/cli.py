@@ -772,6 +772,29 @@ def queues_command(obj: dict[str, Any], as_json: bool) -> None:
     _print_rows(rows, as_json, header, table)
 
 
+@cli.command("metrics")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=9188, show_default=True, help="0: any free"
+)
+@click.pass_obj
+@_handles_errors
+def metrics_command(obj: dict[str, Any], host: str, port: int) -> None:
+    """Serve Prometheus metrics of the jobs on http://HOST:PORT/metrics until stopped."""
+    try:
+        from .metrics import serve
+    except ImportError:
+        raise click.UsageError(
+            "pgjobs metrics needs prometheus-client: pip install 'pgjobs[metrics]'"
+        ) from None
+    app = _load_app(obj)
+    try:
+        serve(app, host, port)
+    except OSError as exc:
+        click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+
+
 @cli.group("queue")
 def queue_group() -> None:
     """Pause, resume or limit a queue (stored: it holds for every worker, across restarts)."""

@@ -1,0 +1,98 @@
+"""Prometheus metrics: ``pgjobs metrics`` serves what the tables say, scraped over HTTP, and a
+database that cannot answer is reported as ``pgjobs_up 0``."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import pgjobs
+from pgjobs.metrics import registry
+from tests import jobs_app
+from tests.helpers import WorkerProcess, run_cli
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``{(name, sorted labels): value}`` of a scrape."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_a_scrape_reports_jobs_latency_queues_and_workers(
+    app: pgjobs.App, db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    waiting = app.enqueue_many([jobs_app.noop.call(str(i)) for i in range(3)])
+    db.execute(
+        "UPDATE pgjobs.jobs SET scheduled_at = now() - interval '90 seconds' WHERE id = %s",
+        (waiting[0],),
+    )
+    jobs_app.noop.options(queue="later").enqueue_in(3600, "later")
+    app.pause_queue("mailers")
+    db.execute(
+        "INSERT INTO pgjobs.workers (id, hostname, pid, queues, concurrency, expires_at) VALUES"
+        " (gen_random_uuid(), 'a', 1, 'default', 20, now() + interval '1 minute'),"
+        " (gen_random_uuid(), 'b', 2, 'default', 50, now() - interval '1 minute')"
+    )
+    server = WorkerProcess.start(
+        ["metrics", "--port", "0"], database_url=database_url, log=tmp_path / "metrics.log"
+    )
+    try:
+        server.wait_for_log("serving metrics on http://127.0.0.1:")
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", server.output())
+        assert match is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{match[1]}/metrics", timeout=10) as got:
+            assert got.status == 200
+            scraped = samples(got.read().decode())
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+    finally:
+        server.kill()
+    assert "Traceback" not in server.output()
+    assert scraped[("pgjobs_up", ())] == 1
+    assert scraped[("pgjobs_jobs", (("queue", "default"), ("state", "available")))] == 3
+    assert scraped[("pgjobs_jobs", (("queue", "default"), ("state", "running")))] == 0
+    assert scraped[("pgjobs_jobs", (("queue", "later"), ("state", "scheduled")))] == 1
+    assert scraped[("pgjobs_jobs", (("queue", "mailers"), ("state", "available")))] == 0
+    assert 90 <= scraped[("pgjobs_queue_latency_seconds", (("queue", "default"),))] < 120
+    assert scraped[("pgjobs_queue_latency_seconds", (("queue", "later"),))] == 0
+    assert scraped[("pgjobs_queue_paused", (("queue", "mailers"),))] == 1
+    assert scraped[("pgjobs_queue_held_back", (("queue", "mailers"),))] == 0
+    assert scraped[("pgjobs_workers", ())] == 1  # the expired one is not alive
+    assert scraped[("pgjobs_worker_slots", ())] == 20
+
+
+def test_a_database_that_cannot_answer_is_pgjobs_up_0(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    app = pgjobs.App(database_url=f"postgresql://postgres:secret@127.0.0.1:{port}/test")
+    try:
+        scraped = samples(generate_latest(registry(app)).decode())
+    finally:
+        app.close()
+    assert scraped == {("pgjobs_up", ()): 0}
+    assert "cannot read the database" in caplog.text and "secret" not in caplog.text
+
+
+def test_an_address_in_use_is_a_clear_error(database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(database_url, "metrics", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert run_cli(database_url, "metrics", "--port", "70000").returncode == 2

@@ -28,6 +28,7 @@ from typing import Any
 from ._link import Link
 from ._outcome import MAX_ERROR_MESSAGE, Outcome, sidekiq_backoff
 from ._sql import Queries
+from ._stats import Tally
 from ._waits import Backoff, wait_for_event
 
 log = logging.getLogger("pgjobs.worker")
@@ -52,6 +53,10 @@ class Claim:
     attempt: int
     max_attempts: int
     token: uuid.UUID
+    queue: str = ""
+    name: str = ""
+    seconds: float = 0.0
+    """How long the run took, once it ended: counted with its outcome."""
 
 
 FinishRow = tuple[int, int, uuid.UUID, Outcome]
@@ -72,6 +77,8 @@ class Acker:
         self._link = link
         self._queries = queries
         self._worker_id = worker_id
+        self.tally: Tally | None = Tally()
+        """The outcomes written and not yet added to ``job_stats``; ``None``: not counted."""
         self._on_retry = on_retry
         self._on_written = on_written
         self._claims: dict[int, Claim] = {}
@@ -218,6 +225,8 @@ class Acker:
         for (claim, outcome), (job_id, attempt, token, _) in zip(batch, rows, strict=True):
             if job_id in written:
                 self._claims.pop(job_id, None)
+                if self.tally is not None:
+                    self.tally.add(claim.queue, claim.name, outcome.state, claim.seconds)
                 if outcome.state in ("retryable", "scheduled"):
                     self._on_retry(outcome.delay)
             elif claim.token != token:

@@ -40,6 +40,9 @@ PRUNE_BATCH = 1000
 
 PRUNE_BATCHES = 10
 
+STATS_KEPT = 2 * 3600.0
+"""Seconds of ``job_stats`` kept minute by minute; older minutes are folded into totals."""
+
 
 class Leader:
     """What the worker ``worker_id`` does while it holds the leader lease."""
@@ -53,6 +56,7 @@ class Leader:
         self._vacuum = vacuum
         self._next_prune = 0.0
         self._prune_batches = True
+        self._fold_stats = True
         """False once the role turned out unable to delete batches (granted before they were
         pruned): warned once, not at every run."""
 
@@ -109,6 +113,19 @@ class Leader:
             log.info("pruned %s finished job(s) past their retention", total)
         if self._prune_batches:
             await self._prune_finished_batches(conn)
+        if self._fold_stats:
+            await self._fold_job_stats(conn)
+
+    async def _fold_job_stats(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Fold ``job_stats`` minutes past :data:`STATS_KEPT` into their totals."""
+        try:
+            await conn.execute(self._queries.fold_job_stats, {"keep": STATS_KEPT})
+        except psycopg.errors.InsufficientPrivilege:
+            self._fold_stats = False
+            log.warning(
+                "cannot fold old minutes of job_stats: this role may not delete from it; apply "
+                "`pgjobs grants --worker ROLE` again (docs/roles.md)"
+            )
 
     async def _prune_finished_batches(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Delete batches whose jobs are all pruned, one statement per prune run."""

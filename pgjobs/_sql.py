@@ -251,6 +251,89 @@ RETURNING j.id
 """
 """Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted."""
 
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+"""Bounds of the run-time buckets of ``job_stats.buckets``, in seconds: the first bucket counts
+runs up to the first bound, bucket ``i`` those above bound ``i - 1`` up to bound ``i``, the last
+one the rest (Prometheus' ``le``)."""
+
+_BUCKETS = range(1, len(DURATION_BUCKETS) + 2)
+_BUCKET_SUMS = ", ".join(f"s.buckets[{i}] + excluded.buckets[{i}]" for i in _BUCKETS)
+_BUCKET_TOTALS = ", ".join(f"sum(s.buckets[{i}])" for i in _BUCKETS)
+
+ADD_JOB_STATS = (
+    """
+INSERT INTO {schema}.job_stats AS s (minute, queue, name, outcome, slot, runs, seconds, buckets)
+SELECT date_trunc('minute', now()), t.queue, t.name, t.outcome, %(slot)s, t.runs, t.seconds,
+       t.buckets::bigint[]
+FROM unnest(%(queues)s::text[], %(names)s::text[], %(outcomes)s::text[], %(runs)s::bigint[],
+            %(seconds)s::float8[], %(buckets)s::text[])
+     AS t(queue, name, outcome, runs, seconds, buckets)
+ON CONFLICT (minute, queue, name, outcome, slot) DO UPDATE
+SET runs = s.runs + excluded.runs, seconds = s.seconds + excluded.seconds,
+    buckets = ARRAY["""
+    + _BUCKET_SUMS
+    + """]
+"""
+)
+"""Add a worker's tally of the outcomes it wrote since the last time to this minute's rows of its
+``slot`` (one row per queue, job name and outcome; ``buckets`` as array literals)."""
+
+CAN_COUNT_JOBS = """
+SELECT has_table_privilege('{schema}.job_stats', 'INSERT')
+   AND has_table_privilege('{schema}.job_stats', 'UPDATE') AS can_count
+"""
+"""Whether this role may add to ``job_stats`` (granted by ``pgjobs grants --worker``)."""
+
+FOLD_JOB_STATS = (
+    """
+WITH folded AS (
+    DELETE FROM {schema}.job_stats
+    WHERE minute > '-infinity' AND minute < now() - make_interval(secs => %(keep)s)
+    RETURNING *
+)
+INSERT INTO {schema}.job_stats AS s (minute, queue, name, outcome, slot, runs, seconds, buckets)
+SELECT '-infinity', f.queue, f.name, f.outcome, 0, sum(f.runs), sum(f.seconds), ARRAY["""
+    + ", ".join(f"sum(f.buckets[{i}])" for i in _BUCKETS)
+    + """]
+FROM folded AS f
+GROUP BY f.queue, f.name, f.outcome
+ON CONFLICT (minute, queue, name, outcome, slot) DO UPDATE
+SET runs = s.runs + excluded.runs, seconds = s.seconds + excluded.seconds,
+    buckets = ARRAY["""
+    + _BUCKET_SUMS
+    + """]
+"""
+)
+"""Fold the minutes of ``job_stats`` older than ``keep`` seconds into the queue's, name's and
+outcome's total row (``minute = '-infinity'``), in one statement: every sum stays the same."""
+
+JOB_TOTALS = (
+    """
+SELECT s.queue, s.name, s.outcome, sum(s.runs)::float8 AS runs,
+       sum(s.seconds)::float8 AS seconds, ARRAY["""
+    + _BUCKET_TOTALS
+    + """]::float8[] AS buckets
+FROM {schema}.job_stats AS s
+GROUP BY s.queue, s.name, s.outcome
+"""
+)
+"""Every run counted since the table was made, per queue, job name and outcome."""
+
 RELEASE_JOBS = """
 WITH released AS (
     UPDATE {schema}.jobs AS j
@@ -706,6 +789,7 @@ GRANT SELECT, INSERT, DELETE ON {schema}.queue_starts TO {role};
 -- PostgreSQL 17 and later, to let the leader vacuum the jobs table (else autovacuum does):
 -- GRANT MAINTAIN ON {schema}.jobs TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.cron_entries TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.job_stats TO {role};
 """
 """Claim jobs and write their outcomes, promote due ones, rescue and prune (UPDATE, DELETE on
 jobs); register, heartbeat and deregister (workers), take the leader lease (leases); check the
@@ -717,13 +801,13 @@ batches once their jobs are pruned. ``cron_entries``: declare
 the app's cron entries and enqueue their ticks; the SQL functions ``pause_cron()``,
 ``resume_cron()`` and ``run_cron()`` need no more. ``queues``: apply the limits the app
 declares and pause or resume queues; ``queue_starts``: the sliding windows of rate-limited
-queues."""
+queues; ``job_stats``: count the outcomes written, and fold old minutes (the leader)."""
 
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue_counts,
     {schema}.alembic_version, {schema}.batches, {schema}.cron_entries, {schema}.queues,
-    {schema}.queue_starts TO {role};
+    {schema}.queue_starts, {schema}.job_stats TO {role};
 """
 """Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards."""
 
@@ -935,6 +1019,10 @@ class Queries:
     copy_jobs: str
     claim_jobs: str
     finish_jobs: str
+    add_job_stats: str
+    can_count_jobs: str
+    fold_job_stats: str
+    job_totals: str
     release_jobs: str
     release_stray_jobs: str
     lock_worker: str

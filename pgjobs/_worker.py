@@ -60,6 +60,7 @@ from ._queues import QueueView, split_limited_claim
 from ._scheduler import Scheduler
 from ._session import Session, SessionEvents
 from ._stager import Stager
+from ._stats import STATS_INTERVAL, STATS_LAST_TRY, STATS_SLOTS
 from ._vacuum import Vacuum
 from ._waits import wait_for_event
 
@@ -142,6 +143,8 @@ class Worker:
             on_retry=self._retry_scheduled,
             on_written=self._free_slot,
         )
+        self._stats_slot = random.randrange(STATS_SLOTS)
+        self._counting: asyncio.Task[None] | None = None
         self._stager = Stager(
             self._claim,
             self._queries,
@@ -201,7 +204,10 @@ class Worker:
             if not await self._unless_stopped(self._session.registered.wait()):
                 return
             await self._apply_declared_limits()
+            await self._check_counting()
             self._acker.start()
+            if self._acker.tally is not None:
+                self._counting = asyncio.create_task(self._count(), name="pgjobs-stats")
             if not self.burst:
                 self._stager.start()
             if self._scheduler is not None:
@@ -222,6 +228,13 @@ class Worker:
             if self._scheduler is not None:
                 await self._scheduler.stop()
             await self._stop_acker()
+            if self._counting is not None:
+                self._counting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._counting
+                with contextlib.suppress(TimeoutError):  # the last outcomes' counts, if it can
+                    async with asyncio.timeout(STATS_LAST_TRY):
+                        await self._add_stats()
             await self._session.stop()
             await self._claim.close()
             await self._ack.close()
@@ -342,6 +355,34 @@ class Worker:
             if name in self.queues.names:
                 await self._claim.fetch(self._queries.set_queue_limits, limits.params(name))
 
+    async def _check_counting(self) -> None:
+        """Count outcomes in ``job_stats`` only if this role may: a role granted before the
+        table existed still writes its outcomes, and says once what it lacks."""
+        rows = await self._claim.fetch(self._queries.can_count_jobs, {})
+        if not (rows and rows[0][0]):
+            self._acker.tally = None
+            log.warning(
+                "this role may not add to the job_stats table: outcomes are written but not "
+                "counted for metrics; apply `pgjobs grants --worker ROLE` again (docs/roles.md)"
+            )
+
+    async def _count(self) -> None:
+        """Add the acker's tally to ``job_stats`` every :data:`STATS_INTERVAL` seconds."""
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            await self._add_stats()
+
+    async def _add_stats(self) -> None:
+        """Add what the acker counted since the last time; kept for the next try if refused."""
+        tally = self._acker.tally
+        if not tally:
+            return
+        taken = tally.take()
+        try:
+            await self._ack.fetch(self._queries.add_job_stats, taken.params(self._stats_slot))
+        except DatabaseError:
+            tally.merge(taken)
+
     async def _read_view(self) -> None:
         """Re-read which queues are limited, at most once per poll interval unless told of a
         change: a worker whose queues have no settings pays one small query per interval."""
@@ -437,7 +478,9 @@ class Worker:
             if held is not None:
                 self._adopt(job, held, still_running=running is not None)
                 continue
-            claim = Claim(job.id, job.attempt, job.max_attempts, job.claim_token)
+            claim = Claim(
+                job.id, job.attempt, job.max_attempts, job.claim_token, job.queue, job.name
+            )
             context = JobContext(
                 id=job.id,
                 name=job.name,
@@ -522,8 +565,8 @@ class Worker:
             job_started(job.id, job.name, job.queue, job.attempt)
             started = time.perf_counter()
             outcome = await execute(self.app, job, context, self._threads)
-            seconds = time.perf_counter() - started
-            job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, seconds)
+            claim.seconds = time.perf_counter() - started
+            job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, claim.seconds)
             if job.queue in self._view.limited:
                 self._limited_ended.add(job.queue)
             self._acker.add(claim, outcome)

@@ -9,8 +9,10 @@ Every figure comes from the tables, so any process exports what all workers on a
 
     app.mount("/metrics", make_asgi_app(registry(jobs_app)))
 
-A scrape is one statement on the app's connection pool (``METRICS`` in ``_sql.py``), which reads
-the unfinished jobs through their partial indexes and never the finished history. If the
+A scrape is two statements on the app's connection pool (``METRICS`` and ``JOB_TOTALS`` in
+``_sql.py``): the unfinished jobs, read through their partial indexes, and the run counts and
+run-time buckets that workers add to ``job_stats`` as they write outcomes. The finished history
+itself is never scanned. If the
 database cannot answer, the scrape still succeeds with ``pgjobs_up 0``.
 """
 
@@ -25,12 +27,18 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
 from prometheus_client import make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ._admin import Operation
 from ._app import App
 from ._errors import DatabaseError
+from ._sql import DURATION_BUCKETS
 
 log = logging.getLogger("pgjobs.metrics")
 
@@ -88,6 +96,32 @@ def families(rows: Iterable[Sequence[Any]]) -> list[Metric]:
     return [up(True), jobs, latency, paused, held_back, workers, slots]
 
 
+def totals(rows: Iterable[Sequence[Any]]) -> list[Metric]:
+    """The counters and run-time histogram for JOB_TOTALS rows ``(queue, name, outcome, runs,
+    seconds, buckets)``: every run counted since ``job_stats`` was made, on every host."""
+    runs = CounterMetricFamily(
+        "pgjobs_job_runs",
+        "Runs of jobs that ended, by queue, job name and outcome (completed, retried, "
+        "discarded, cancelled, snoozed).",
+        labels=["queue", "name", "outcome"],
+    )
+    per_name: dict[str, tuple[list[float], float]] = {}
+    for queue, name, outcome, count, seconds, buckets in rows:
+        runs.add_metric([queue, name, outcome], count)
+        counts, total = per_name.get(name, ([0.0] * len(buckets), 0.0))
+        per_name[name] = ([a + b for a, b in zip(counts, buckets, strict=True)], total + seconds)
+    durations = HistogramMetricFamily(
+        "pgjobs_job_duration_seconds", "How long runs of the job took.", labels=["name"]
+    )
+    for name, (counts, seconds) in sorted(per_name.items()):
+        cumulative, running = [], 0.0
+        for bound, count in zip((*map(str, DURATION_BUCKETS), "+Inf"), counts, strict=True):
+            running += count
+            cumulative.append((bound, running))
+        durations.add_metric([name], cumulative, sum_value=seconds)
+    return [runs, durations]
+
+
 def up(reached: bool) -> GaugeMetricFamily:
     return GaugeMetricFamily(
         "pgjobs_up", "1 if the scrape reached the database, else 0.", value=float(reached)
@@ -102,9 +136,10 @@ class DatabaseCollector(Collector):
         self._failing = False
 
     def collect(self) -> Iterator[Metric]:
-        operation = Operation(self._app.queries.metrics, {}, _rows)
+        queries = self._app.queries
         try:
-            rows = self._app._client.run(operation)
+            rows = self._app._client.run(Operation(queries.metrics, {}, _rows))
+            counted = self._app._client.run(Operation(queries.job_totals, {}, _totals))
         except (DatabaseError, psycopg.Error) as exc:  # reported as pgjobs_up 0
             if not self._failing:
                 log.warning("metrics: cannot read the database: %s", exc)
@@ -113,6 +148,7 @@ class DatabaseCollector(Collector):
             return
         self._failing = False
         yield from families(rows)
+        yield from totals(counted)
 
 
 def registry(app: App) -> CollectorRegistry:
@@ -148,3 +184,9 @@ class _Quiet(WSGIRequestHandler):
 
 def _rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [(r["metric"], r["queue"], r["state"], r["value"]) for r in rows]
+
+
+def _totals(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [
+        (r["queue"], r["name"], r["outcome"], r["runs"], r["seconds"], r["buckets"]) for r in rows
+    ]

@@ -52,6 +52,20 @@ def apply(db: psycopg.Connection[Any], *args: str) -> str:
     return result.stdout
 
 
+def burst_as_worker(roles: Roles, log: Path) -> WorkerProcess:
+    """Run a burst worker as the worker role until the queues are empty; it must exit 0."""
+    worker = WorkerProcess.start(
+        ["--app", "tests.jobs_app:app", "worker", "--burst"],
+        database_url=roles.url("worker"),
+        log=log,
+    )
+    try:
+        assert worker.wait(timeout=120) == 0, worker.output()
+    finally:
+        worker.kill()
+    return worker
+
+
 @pytest.fixture
 def roles(server_url: str, database_url: str, db: psycopg.Connection[Any]) -> Iterator[Roles]:
     """An enqueuer, a worker and an inspector role, with their grants in this test's database."""
@@ -226,15 +240,7 @@ def test_worker_role_runs_jobs_to_completion(
     jobs_app.app.configure(database_url=roles.url("enqueuer"))
     ids = jobs_app.app.enqueue_many([jobs_app.noop.call(f"job {i}") for i in range(20)])
     retried = jobs_app.always_fails.enqueue()
-    worker = WorkerProcess.start(
-        ["--app", "tests.jobs_app:app", "worker", "--burst"],
-        database_url=roles.url("worker"),
-        log=tmp_path / "worker.log",
-    )
-    try:
-        assert worker.wait(timeout=120) == 0, worker.output()
-    finally:
-        worker.kill()
+    worker = burst_as_worker(roles, tmp_path / "worker.log")
     assert count(db, "SELECT count(*) FROM ledger WHERE label LIKE 'job %%'") == 20
     assert rows(db, "SELECT state, count(*) FROM pgjobs.jobs GROUP BY 1 ORDER BY 1") == [
         ("completed", len(ids)),
@@ -318,15 +324,7 @@ def test_batches_work_under_the_enqueuer_worker_and_inspector_grants(
         batch.enqueue_many([jobs_app.batch_member.call(), jobs_app.batch_grows.call(2, 0.0)])
     with jobs_app.app.batch(on_complete=jobs_app.batch_callback.call("empty")) as empty:
         pass  # sealed empty: the enqueuer's seal enqueues the callback
-    worker = WorkerProcess.start(
-        ["--app", "tests.jobs_app:app", "worker", "--burst"],
-        database_url=roles.url("worker"),
-        log=tmp_path / "worker.log",
-    )
-    try:
-        assert worker.wait(timeout=120) == 0, worker.output()
-    finally:
-        worker.kill()
+    worker = burst_as_worker(roles, tmp_path / "worker.log")
     assert "permission denied" not in worker.output()
     assert rows(
         db, "SELECT label, event FROM ledger WHERE label LIKE 'batch_callback:%%' ORDER BY 2, 1"
@@ -465,3 +463,21 @@ def test_the_worker_role_prunes_finished_batches_and_without_delete_says_so_once
     assert count(db, "SELECT count(*) FROM pgjobs.batches") == 1
     assert refused.output().count("cannot prune finished batches") == 1
     assert "Traceback" not in refused.output()
+
+
+def test_a_worker_role_without_job_stats_still_writes_outcomes_and_says_so(
+    roles: Roles, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A role granted before job_stats existed: its outcomes are written, not counted."""
+    db.execute(f'REVOKE INSERT, UPDATE, DELETE ON pgjobs.job_stats FROM "{roles.worker}"')
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    jobs_app.app.enqueue_many([jobs_app.noop.call(f"job {i}") for i in range(5)])
+    worker = burst_as_worker(roles, tmp_path / "worker.log")
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'") == 5
+    assert count(db, "SELECT count(*) FROM pgjobs.job_stats") == 0
+    assert worker.output().count("may not add to the job_stats table") == 1
+    assert "Traceback" not in worker.output()
+    db.execute(f'GRANT INSERT, UPDATE ON pgjobs.job_stats TO "{roles.worker}"')
+    jobs_app.noop.enqueue("counted")
+    burst_as_worker(roles, tmp_path / "again.log")
+    assert value(db, "SELECT sum(runs) FROM pgjobs.job_stats") == 1

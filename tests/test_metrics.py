@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import pgjobs
+from pgjobs._stats import Tally
 from pgjobs.metrics import registry
 from tests import jobs_app
-from tests.helpers import WorkerProcess, run_cli
+from tests.helpers import WorkerProcess, count, eventually, run_burst, run_cli
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -96,3 +98,64 @@ def test_an_address_in_use_is_a_clear_error(database_url: str) -> None:
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert run_cli(database_url, "metrics", "--port", "70000").returncode == 2
+
+
+def test_run_counts_and_durations_survive_restarts_and_the_fold(
+    app: pgjobs.App, db: psycopg.Connection[Any], worker_process: Callable[..., WorkerProcess]
+) -> None:
+    """Counted by the statement that writes each outcome: a fresh worker adds to them, and the
+    leader folding old minutes into totals changes no figure."""
+    app.enqueue_many([jobs_app.noop.call(str(i)) for i in range(5)])
+    jobs_app.always_fails.enqueue()  # retried twice at once, then discarded
+    jobs_app.sleepy.enqueue(0.3)
+    run_burst(app)
+    jobs_app.noop.enqueue("after a restart")
+    run_burst(app)
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return samples(generate_latest(registry(app)).decode())
+
+    def runs(name: str, outcome: str) -> float:
+        key = (("name", name), ("outcome", outcome), ("queue", "default"))
+        return scraped[("pgjobs_job_runs_total", key)]
+
+    scraped = scrape()
+    assert runs("noop", "completed") == 6
+    assert (runs("always_fails", "retried"), runs("always_fails", "discarded")) == (2, 1)
+    assert (
+        scraped[("pgjobs_job_duration_seconds_bucket", (("le", "0.25"), ("name", "sleepy")))] == 0
+    )
+    assert scraped[("pgjobs_job_duration_seconds_bucket", (("le", "0.5"), ("name", "sleepy")))] == 1
+    assert scraped[("pgjobs_job_duration_seconds_bucket", (("le", "+Inf"), ("name", "noop")))] == 6
+    assert 0.3 <= scraped[("pgjobs_job_duration_seconds_sum", (("name", "sleepy"),))] < 0.4
+
+    db.execute("UPDATE pgjobs.job_stats SET minute = minute - interval '3 hours'")
+    before = scraped
+    worker_process(env={"PGJOBS_QUEUES": "nothing-here"})
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.job_stats WHERE minute > '-infinity'")
+               == 0)  # fmt: skip
+    assert count(db, "SELECT count(*) FROM pgjobs.job_stats") == 4  # one per name and outcome
+    scraped = scrape()
+    assert {k: v for k, v in scraped.items() if k[0].startswith("pgjobs_job_")} == {
+        k: v for k, v in before.items() if k[0].startswith("pgjobs_job_")
+    }
+
+
+def test_the_tally_buckets_runs_as_prometheus_le_and_merges_back() -> None:
+    tally = Tally()
+    for seconds in (0.005, 0.0051, 0.3, 1000.0):
+        tally.add("default", "noop", "completed", seconds)
+    tally.add("default", "noop", "retryable", 0.0)
+    taken = tally.take()
+    assert not tally
+    tally.add("default", "noop", "completed", 0.001)
+    tally.merge(taken)  # as after a refused addition
+    params = tally.params(7)
+    rows = sorted(
+        zip(params["outcomes"], params["runs"], params["seconds"], params["buckets"], strict=True)
+    )
+    assert params["slot"] == 7 and params["queues"] == ["default"] * 2
+    assert rows[0][:2] == ("completed", 5) and abs(rows[0][2] - 1000.3111) < 1e-9
+    #                     <=5ms  <=10ms                    <=0.5s                     >300s
+    assert rows[0][3] == "{2,1,0,0,0,0,1,0,0,0,0,0,0,0,1}"
+    assert rows[1] == ("retried", 1, 0.0, "{1,0,0,0,0,0,0,0,0,0,0,0,0,0,0}")

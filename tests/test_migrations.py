@@ -27,6 +27,7 @@ OWNED = [
     ("alembic_version", "r"),
     ("batches", "r"),
     ("cron_entries", "r"),
+    ("job_stats", "r"),
     ("jobs", "r"),
     ("leases", "r"),
     ("queue_counts", "v"),

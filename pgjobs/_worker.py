@@ -145,6 +145,8 @@ class Worker:
         )
         self._stats_slot = random.randrange(STATS_SLOTS)
         self._counting: asyncio.Task[None] | None = None
+        self._counted_all = asyncio.Event()
+        """Set once every outcome is written at the stop: time for the last count."""
         self._stager = Stager(
             self._claim,
             self._queries,
@@ -229,12 +231,10 @@ class Worker:
                 await self._scheduler.stop()
             await self._stop_acker()
             if self._counting is not None:
-                self._counting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._counting
-                with contextlib.suppress(TimeoutError):  # the last outcomes' counts, if it can
+                self._counted_all.set()  # the last outcomes' counts, if the database takes them
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     async with asyncio.timeout(STATS_LAST_TRY):
-                        await self._add_stats()
+                        await self._counting
             await self._session.stop()
             await self._claim.close()
             await self._ack.close()
@@ -367,10 +367,12 @@ class Worker:
             )
 
     async def _count(self) -> None:
-        """Add the acker's tally to ``job_stats`` every :data:`STATS_INTERVAL` seconds."""
-        while True:
-            await asyncio.sleep(STATS_INTERVAL)
+        """Add the acker's tally to ``job_stats`` every :data:`STATS_INTERVAL` seconds, and once
+        more when every outcome is written at the stop. Never cancelled mid-statement: psycopg
+        would wait for the server to confirm the cancel."""
+        while not await wait_for_event(self._counted_all, STATS_INTERVAL):
             await self._add_stats()
+        await self._add_stats()
 
     async def _add_stats(self) -> None:
         """Add what the acker counted since the last time; kept for the next try if refused."""

@@ -1,0 +1,160 @@
+"""The web dashboard (``pip install 'pgjobs[web]'``): an ASGI app to mount in a web application,
+or to serve alone with ``pgjobs web``.
+
+::
+
+    from pgjobs.web import dashboard
+
+    # Starlette or FastAPI
+    app.mount("/jobs", dashboard(jobs_app, auth=lambda request: request.user.is_staff))
+
+It shows the jobs of ``jobs_app``'s database (every worker's, on every host) and, unless
+``read_only``, changes them with the same guarded statements as the CLI. See the guide's
+"Dashboard" section.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .._app import App
+from .._errors import DatabaseError
+from ._actions import Actions
+from ._listing import BadRequest
+from ._security import Auth, BasicAuth, Forbidden, TokenAuth, Unauthenticated, is_loopback
+from ._site import Options, Redact, Site, error_page, secured
+from ._views import Views
+
+__all__ = ["Auth", "BasicAuth", "Redact", "TokenAuth", "dashboard", "serve"]
+
+log = logging.getLogger("pgjobs.web")
+
+
+def dashboard(
+    app: App,
+    *,
+    auth: Auth | None = None,
+    read_only: bool = False,
+    redact: Redact | None = None,
+    metrics: bool = True,
+    title: str = "pgjobs",
+) -> Starlette:
+    """The dashboard of ``app``'s jobs, as an ASGI application.
+
+    Args:
+        app: the App whose database to show; its registered jobs and cron entries are named.
+        auth: called with each request (a Starlette ``Request``), sync or async: a false answer
+            refuses it (401), a string answer is the user's name in the log of actions. ``None``
+            lets everyone in: mount it behind your application's own authentication.
+        read_only: show everything, change nothing (every POST is refused, no button shown).
+        redact: ``(name, args, kwargs) -> (args, kwargs)``: the arguments to show for a job, for
+            secrets in them. With it, the search over arguments is off.
+        metrics: serve Prometheus metrics at ``/metrics`` (needs ``pgjobs[metrics]``), behind
+            the same ``auth``.
+        title: the name at the top of each page.
+    """
+    site = Site(app, Options(auth, read_only, redact, title))
+    views, actions = Views(site), Actions(site)
+    routes = [
+        Route("/", views.overview, name="overview"),
+        Route("/live", views.live, name="live"),
+        Route("/queues", views.queues, name="queues"),
+        Route("/queues/{name}/pause", actions.pause_queue, methods=["POST"], name="pause_queue"),
+        Route("/queues/{name}/resume", actions.resume_queue, methods=["POST"], name="resume_queue"),
+        Route("/jobs", views.jobs, name="jobs"),
+        Route("/jobs/retry", actions.retry_all, methods=["POST"], name="retry_all"),
+        Route("/jobs/{job_id:int}", views.job, name="job"),
+        Route("/jobs/{job_id:int}/retry", actions.retry, methods=["POST"], name="retry"),
+        Route("/jobs/{job_id:int}/cancel", actions.cancel, methods=["POST"], name="cancel"),
+        Route("/jobs/{job_id:int}/delete", actions.delete, methods=["POST"], name="delete"),
+        Route("/jobs/{job_id:int}/run", actions.run_now, methods=["POST"], name="run_now"),
+        Route("/workers", views.workers, name="workers"),
+        Route("/cron", views.cron, name="cron"),
+        Route("/cron/{name}/pause", actions.pause_cron, methods=["POST"], name="pause_cron"),
+        Route("/cron/{name}/resume", actions.resume_cron, methods=["POST"], name="resume_cron"),
+        Route("/cron/{name}/run", actions.run_cron, methods=["POST"], name="run_cron"),
+        Route("/batches", views.batches, name="batches"),
+        Route("/sign-in", views.sign_in, name="sign_in"),
+        Route("/sign-in", actions.sign_in, methods=["POST"]),
+        Mount("/static", StaticFiles(packages=[("pgjobs.web", "static")]), name="static"),
+    ]
+    if metrics:
+        routes.append(Route("/metrics", _metrics(site), name="metrics"))
+    return Starlette(routes=routes, exception_handlers=_handlers(auth))
+
+
+def serve(app: App, host: str, port: int, *, auth: Auth | None = None, **options: Any) -> None:
+    """Serve :func:`dashboard` on ``http://host:port/`` with uvicorn until SIGTERM or SIGINT.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address and no ``auth`` is given.
+    """
+    if auth is None and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve the dashboard on {host} without authentication: give --user "
+            "and PGJOBS_WEB_PASSWORD, or PGJOBS_WEB_TOKEN, or listen on 127.0.0.1"
+        )
+    import uvicorn
+
+    config = uvicorn.Config(
+        dashboard(app, auth=auth, **options),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="off",
+    )
+    uvicorn.Server(config).run()
+
+
+def _metrics(site: Site) -> Callable[[Request], Any]:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.concurrency import run_in_threadpool
+
+    from ..metrics import registry
+
+    collectors = registry(site.app)
+
+    async def metrics(request: Request) -> Response:
+        await site.user(request)
+        body = await run_in_threadpool(generate_latest, collectors)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
+
+
+def _handlers(auth: Auth | None) -> dict[Any, Callable[[Request, Exception], Any]]:
+    def refused(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, Unauthenticated):
+            response = error_page(request, 401, str(exc))
+            if exc.challenge:
+                response.headers["WWW-Authenticate"] = exc.challenge
+            elif isinstance(auth, TokenAuth):
+                sign_in = request.url_for("sign_in").path
+                return secured(RedirectResponse(sign_in, status_code=303), request)
+            return response
+        if isinstance(exc, BadRequest):
+            return error_page(request, 400, str(exc))
+        if isinstance(exc, Forbidden):
+            return error_page(request, 403, str(exc))
+        if isinstance(exc, HTTPException):
+            return error_page(request, exc.status_code, str(exc.detail))
+        if isinstance(exc, DatabaseError | psycopg.Error):
+            log.warning("dashboard: the database cannot answer: %s", exc)
+            return error_page(request, 503, "the database cannot answer now; try again soon")
+        log.error("dashboard: %s failed", request.url.path, exc_info=exc)
+        return error_page(request, 500, "something went wrong; the log says what")
+
+    kinds = (Unauthenticated, BadRequest, Forbidden, HTTPException, DatabaseError, psycopg.Error)
+    return {**dict.fromkeys(kinds, refused), Exception: refused}

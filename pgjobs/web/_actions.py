@@ -1,0 +1,233 @@
+"""The dashboard's state changes: each a POST that passes authentication, the read-only switch
+and the CSRF checks, runs one statement (the same guarded statements as the CLI's), logs who did
+what, and returns to the page it came from with a notice."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from .._admin import Operation, cancel, pause_cron, resume_cron, retry, retry_all, run_cron
+from .._queues import pause, resume
+from .._settings import QUEUE_NAME
+from ._listing import BIGINT, MAX_NAME, BadRequest
+from ._security import TOKEN_COOKIE, Forbidden, check_state_change
+from ._site import NOTICE_COOKIE, Site, root, secured
+
+MAX_FORM = 16 * 1024
+"""Bytes of a form: the dashboard's forms hold a few short fields."""
+
+RETRYABLE_STATES = ("retryable", "discarded", "cancelled", "completed")
+"""What "retry all" may be asked for."""
+
+Change = Callable[[Request, dict[str, str]], Awaitable[tuple[str, object, str]]]
+"""A change: ``(request, form) -> (action, target, notice)``."""
+
+
+class Actions:
+    """The POST endpoints of one :class:`Site`."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    async def _change(self, request: Request, change: Change) -> Response:
+        if self.site.options.read_only:
+            raise Forbidden("this dashboard is read-only")
+        user = await self.site.user(request)
+        form = await _form(request)
+        check_state_change(request, form)
+        action, target, notice = await change(request, form)
+        self.site.logged(request, user, action, target)
+        response = RedirectResponse(_back(request, form), status_code=303)
+        response.set_cookie(
+            NOTICE_COOKIE, notice, max_age=60, httponly=True, samesite="strict", path=root(request)
+        )
+        return secured(response, request)
+
+    async def retry(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            job_id = _job_id(request)
+            if not await self._run(retry(self.site.app.queries, job_id)):
+                raise HTTPException(404, f"there is no job {job_id}")
+            return "retry", f"job {job_id}", f"job {job_id} will run again"
+
+        return await self._change(request, change)
+
+    async def retry_all(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            state = form.get("state", "discarded")
+            if state not in RETRYABLE_STATES:
+                raise BadRequest(f"retry all takes one of {', '.join(RETRYABLE_STATES)}")
+            queue = form.get("queue") or None
+            if queue is not None and not QUEUE_NAME.fullmatch(queue):
+                raise BadRequest(f"{queue!r} is not a queue name")
+            name = form.get("name") or None
+            if name is not None and len(name) > MAX_NAME:
+                raise BadRequest("that is not a job name")
+            operation = retry_all(
+                self.site.app.queries,
+                [state],
+                None if queue is None else [queue],
+                None if name is None else [name],
+            )
+            count = await self._run(operation)
+            target = f"{state} jobs" + (f" of queue {queue}" if queue else "")
+            target += f" named {name}" if name else ""
+            return "retry all", target, f"{count} {target} will run again"
+
+        return await self._change(request, change)
+
+    async def cancel(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            job_id = _job_id(request)
+            outcome = await self._run(cancel(self.site.app.queries, job_id))
+            if outcome is None:
+                raise HTTPException(404, f"there is no job {job_id}")
+            notices = {
+                "cancelled": f"job {job_id} cancelled",
+                "cancelling": f"job {job_id} is running: its worker was told to cancel it",
+            }
+            return "cancel", f"job {job_id}", notices.get(outcome, f"job {job_id}: {outcome}")
+
+        return await self._change(request, change)
+
+    async def delete(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            job_id = _job_id(request)
+            rows = await self._run(
+                Operation(self.site.web.delete_job, {"id": job_id}, lambda rows: rows)
+            )
+            if not rows:
+                raise HTTPException(404, f"there is no job {job_id}")
+            if not rows[0]["deleted"]:
+                raise _Conflict(
+                    f"job {job_id} is {rows[0]['state']}"
+                    + (" in a batch that waits for it" if rows[0]["batch_id"] else "")
+                    + ": cancel it instead"
+                )
+            return "delete", f"job {job_id}", f"job {job_id} deleted"
+
+        return await self._change(request, change)
+
+    async def run_now(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            job_id = _job_id(request)
+            params = {"id": job_id, "channel": self.site.app.queries.jobs_channel}
+            rows = await self._run(Operation(self.site.web.run_job_now, params, lambda r: r))
+            if not rows:
+                raise HTTPException(404, f"there is no job {job_id}")
+            if not rows[0]["moved"]:
+                raise _Conflict(
+                    f"job {job_id} is {rows[0]['state']}: only a scheduled or retryable job can "
+                    "be run now"
+                )
+            return "run now", f"job {job_id}", f"job {job_id} is available now"
+
+        return await self._change(request, change)
+
+    async def pause_queue(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            name = _queue(request)
+            await self._run(pause(self.site.app.queries, name))
+            return "pause", f"queue {name}", f"queue {name} paused: running jobs finish"
+
+        return await self._change(request, change)
+
+    async def resume_queue(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            name = _queue(request)
+            await self._run(resume(self.site.app.queries, name))
+            return "resume", f"queue {name}", f"queue {name} resumed"
+
+        return await self._change(request, change)
+
+    async def pause_cron(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            name = request.path_params["name"]
+            await self._run(pause_cron(self.site.app.queries, name))
+            return "pause", f"cron entry {name}", f"cron entry {name} paused"
+
+        return await self._change(request, change)
+
+    async def resume_cron(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            name = request.path_params["name"]
+            await self._run(resume_cron(self.site.app.queries, name))
+            return "resume", f"cron entry {name}", f"cron entry {name} resumed"
+
+        return await self._change(request, change)
+
+    async def run_cron(self, request: Request) -> Response:
+        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
+            name = request.path_params["name"]
+            job_id = await self._run(run_cron(self.site.app.queries, name))
+            return "run now", f"cron entry {name}", f"cron entry {name} enqueued job {job_id}"
+
+        return await self._change(request, change)
+
+    async def sign_in(self, request: Request) -> Response:
+        """Keep the token the form was given in a cookie, if it is the right one."""
+        form = await _form(request)
+        check_state_change(request, form)
+        response = RedirectResponse(root(request), status_code=303)
+        response.set_cookie(
+            TOKEN_COOKIE,
+            form.get("token", ""),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path=root(request),
+        )
+        return secured(response, request)
+
+    async def _run(self, operation: Operation[Any]) -> Any:
+        try:
+            return await self.site.run(operation)
+        except ValueError as exc:  # the operation's refusal, which says why
+            raise _Conflict(str(exc)) from None
+
+
+class _Conflict(HTTPException):
+    """The job or entry is not in a state the action can change."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(409, message)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise BadRequest("this form is too large")
+    try:
+        return dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=20))
+    except ValueError:
+        raise BadRequest("this form cannot be read: reload the page") from None
+
+
+def _job_id(request: Request) -> int:
+    job_id: int = request.path_params["job_id"]
+    if job_id > BIGINT:
+        raise HTTPException(404, f"there is no job {job_id}")
+    return job_id
+
+
+def _queue(request: Request) -> str:
+    name: str = request.path_params["name"]
+    if not QUEUE_NAME.fullmatch(name):
+        raise BadRequest(f"{name!r} is not a queue name (letters, digits, _.-)")
+    return name
+
+
+def _back(request: Request, form: dict[str, str]) -> str:
+    """Where to go after the change: the form's own page, if it is one of the dashboard's."""
+    target, home = form.get("next", ""), root(request)
+    if target.startswith(home) and not target.startswith("//") and "\\" not in target:
+        return target
+    return home

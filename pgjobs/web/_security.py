@@ -1,0 +1,132 @@
+"""Who may see the dashboard, and which requests may change something.
+
+- **Authentication**: an ``auth`` hook takes the request and answers whether it may go on (a
+  string answer is the user's name, for the log of actions). :class:`BasicAuth` and
+  :class:`TokenAuth` are hooks for the standalone ``pgjobs web``; a host application passes its
+  own.
+- **CSRF**: every form carries the token of a ``SameSite=Strict`` cookie (double submit), and a
+  POST is taken only when its ``Origin`` (or, lacking one, its ``Referer``) names this host.
+- **Headers**: a Content-Security-Policy that allows the dashboard's own script and style and
+  nothing inline, no framing, no sniffing, no caching.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import inspect
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+
+Auth = Callable[[Request], "bool | str | Awaitable[bool | str]"]
+"""An authentication hook: truthy lets the request in; a string is the user's name."""
+
+CSRF_COOKIE = "pgjobs_csrf"
+CSRF_FIELD = "csrf"
+TOKEN_COOKIE = "pgjobs_token"  # noqa: S105 (a cookie name)
+
+HEADERS: Mapping[str, str] = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+"""Sent with every page and fragment."""
+
+
+class Forbidden(Exception):
+    """A state change refused: its message says why."""
+
+
+class Unauthenticated(Exception):
+    """The auth hook said no."""
+
+    def __init__(self, challenge: str | None) -> None:
+        super().__init__("sign in to see the dashboard")
+        self.challenge = challenge
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """An :data:`Auth` hook that takes HTTP basic credentials (compared in constant time); the
+    browser asks for them."""
+
+    user: str
+    password: str = field(repr=False)
+    challenge: ClassVar[str] = 'Basic realm="pgjobs", charset="UTF-8"'
+
+    def __call__(self, request: Request) -> bool | str:
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        expected = f"{self.user}:{self.password}".encode()
+        return self.user if hmac.compare_digest(given, expected) else False
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    """An :data:`Auth` hook that takes ``Authorization: Bearer <token>``, or the cookie that the
+    dashboard's sign-in form sets."""
+
+    token: str = field(repr=False)
+
+    def __call__(self, request: Request) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = request.cookies.get(TOKEN_COOKIE, "")
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+
+async def authenticated(auth: Auth | None, request: Request) -> str | None:
+    """The user's name (``None`` if the hook gives none).
+
+    Raises:
+        Unauthenticated: the hook said no.
+    """
+    if auth is None:
+        return None
+    answer = auth(request)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    if not answer:
+        raise Unauthenticated(getattr(auth, "challenge", None))
+    return answer if isinstance(answer, str) else None
+
+
+def csrf_token(request: Request) -> str:
+    """This browser's CSRF token: its cookie's, or a new one that the response sets."""
+    return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+
+
+def check_state_change(request: Request, form: Mapping[str, str]) -> None:
+    """Refuse a POST that another site could have sent.
+
+    Raises:
+        Forbidden: the form's token is not the cookie's, or the request comes from elsewhere.
+    """
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin is None or urlsplit(origin).netloc != request.headers.get("host"):
+        raise Forbidden("this form was sent from another site (Origin); reload the page")
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    given = form.get(CSRF_FIELD, "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), given.encode()):
+        raise Forbidden("this form's security token is missing or stale; reload the page")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is an address only this machine reaches."""
+    return host in ("localhost", "::1") or host.startswith("127.")

@@ -1,0 +1,197 @@
+"""What every page and action of the dashboard shares: its settings, the database, rendering
+with the security headers, and the log of actions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from psycopg.rows import dict_row
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.templating import Jinja2Templates
+
+from .._admin import Operation
+from .._app import App
+from ._security import CSRF_COOKIE, HEADERS, Auth, authenticated, csrf_token
+from ._sql import WebQueries, web_queries_for
+
+log = logging.getLogger("pgjobs.web")
+
+NOTICE_COOKIE = "pgjobs_notice"
+"""What the last action did, shown once on the page it returns to."""
+
+Redact = Callable[[str, Any, Any], "tuple[Any, Any]"]
+"""A hook ``(job name, args, kwargs) -> (args, kwargs)`` giving the arguments to show."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a dashboard was made (see :func:`pgjobs.web.dashboard`)."""
+
+    auth: Auth | None
+    read_only: bool
+    redact: Redact | None
+    title: str
+
+
+class Site:
+    """One dashboard: the App whose database it shows, its options and its templates."""
+
+    def __init__(self, app: App, options: Options) -> None:
+        self.app = app
+        self.options = options
+        self.web: WebQueries = web_queries_for(app.settings.schema)
+        environment = Environment(
+            loader=PackageLoader("pgjobs.web", "templates"),
+            autoescape=select_autoescape(default=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        environment.filters.update(ago=ago, moment=moment, seconds=seconds, pretty=pretty)
+        environment.filters["brief"] = brief
+        self.templates = Jinja2Templates(env=environment)
+
+    async def rows(self, *statements: tuple[str, Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
+        """The rows of each statement, run one after the other on one connection of pgjobs'
+        pool. Never prepared: a generic plan could not use the partial indexes that each page's
+        state selects."""
+        results = []
+        async with (
+            self.app._client.connection_for_async(None) as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            for statement, params in statements:
+                await cur.execute(statement, params, prepare=False)
+                results.append(await cur.fetchall())
+        return results
+
+    async def tuples(self, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of one statement as tuples (never prepared, as :meth:`rows`)."""
+        async with self.app._client.connection_for_async(None) as conn, conn.cursor() as cur:
+            await cur.execute(statement, params, prepare=False)
+            return await cur.fetchall()
+
+    async def run(self, operation: Operation[Any]) -> Any:
+        return await self.app._client.run_async(operation)
+
+    def shown(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        """``job`` with the arguments the redact hook lets be seen."""
+        if self.options.redact is None:
+            return dict(job)
+        args, kwargs = self.options.redact(job["name"], job["args"], job["kwargs"])
+        return {**job, "args": args, "kwargs": kwargs}
+
+    async def render(
+        self, request: Request, template: str, status: int = 200, **context: Any
+    ) -> Response:
+        """A page, or the part of one that live refresh fetches, with its headers."""
+        token = csrf_token(request)
+        notice = request.cookies.get(NOTICE_COOKIE)
+        response = self.templates.TemplateResponse(
+            request,
+            template,
+            {
+                "options": self.options,
+                "csrf": token,
+                "path": request.url.path,
+                "here": _here(request),
+                "notice": notice,
+                **context,
+            },
+            status_code=status,
+        )
+        if notice is not None:
+            response.delete_cookie(NOTICE_COOKIE, path=root(request))
+        return secured(response, request, token)
+
+    def logged(self, request: Request, user: str | None, action: str, target: object) -> None:
+        client = request.client.host if request.client else "-"
+        log.info(
+            "dashboard: %s %s by %s from %s",
+            action,
+            target,
+            user or "-",
+            client,
+            extra={"action": action, "target": str(target), "user": user, "client": client},
+        )
+
+    async def user(self, request: Request) -> str | None:
+        return await authenticated(self.options.auth, request)
+
+
+def secured(response: Response, request: Request, token: str | None = None) -> Response:
+    """``response`` with the security headers, and the CSRF cookie if the browser has none."""
+    response.headers.update(HEADERS)
+    if token is not None and request.cookies.get(CSRF_COOKIE) != token:
+        response.set_cookie(
+            CSRF_COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path=root(request),
+        )
+    return response
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    """A plain page for a refused request: no template, no traceback, nothing from the app."""
+    home = escape(root(request))
+    body = (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>pgjobs: "
+        f"{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
+        f'<p><a href="{home}">The dashboard</a></p></html>'
+    )
+    return secured(HTMLResponse(body, status_code=status), request)
+
+
+def root(request: Request) -> str:
+    """The path the dashboard is mounted at, ``/`` at the top."""
+    mounted: str = request.scope.get("root_path") or ""
+    return mounted + "/" if not mounted.endswith("/") else mounted
+
+
+def _here(request: Request) -> str:
+    """The page's own path and query, where an action returns to."""
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    """``3 s ago``, ``in 5 min``: a moment relative to now."""
+    if moment is None:
+        return "-"
+    delta = ((now or datetime.now(UTC)) - moment).total_seconds()
+    text = seconds(abs(delta))
+    return f"{text} ago" if delta >= 0 else f"in {text}"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.1f} s"
+
+
+def moment(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def brief(value: Sequence[Any] | Mapping[str, Any] | None, limit: int = 120) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,173 @@
+"""The dashboard's statements: one per page part or action, with the schema filled in by
+:func:`web_queries_for`. Every page reads the unfinished jobs through their partial indexes, the
+finished ones a page at a time through ``jobs_finished_idx`` and ``jobs_discarded_cancelled_idx``,
+and the run counts from ``job_stats``: no statement counts the finished history."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields
+
+ENDED_BADLY = """
+SELECT state, count(*) AS jobs FROM {schema}.jobs WHERE state IN ('discarded', 'cancelled')
+GROUP BY state
+"""
+"""Discarded and cancelled jobs (``jobs_discarded_cancelled_idx``); the unfinished states are
+counted by the metrics' statement, the completed ones not at all (``job_stats`` has their runs)."""
+
+RUNS_PER_MINUTE = """
+SELECT s.minute,
+       coalesce(sum(s.runs) FILTER (WHERE s.outcome = 'completed'), 0)::bigint AS completed,
+       coalesce(sum(s.runs) FILTER (WHERE s.outcome IN ('retried', 'discarded')), 0)::bigint
+           AS failed
+FROM {schema}.job_stats AS s
+WHERE s.minute > date_trunc('minute', now()) - make_interval(mins => %(minutes)s)
+GROUP BY s.minute
+ORDER BY s.minute
+"""
+"""Runs completed and failed per minute over the last ``minutes`` (the current one included)."""
+
+RUN_TOTALS = """
+SELECT s.outcome, sum(s.runs)::bigint AS runs FROM {schema}.job_stats AS s GROUP BY s.outcome
+"""
+"""Runs per outcome since ``job_stats`` was made, on every host."""
+
+QUEUES = """
+SELECT n.name, coalesce(l.paused, false) AS paused, l.concurrency, l.rate_limit, l.rate_period,
+       l.partition, coalesce(l.held_back, false) AS held_back,
+       coalesce(a.jobs, 0) AS available, coalesce(r.jobs, 0) AS running,
+       greatest(extract(epoch FROM now() - a.oldest), 0)::float8 AS latency
+FROM (SELECT l.name FROM {schema}.queues AS l
+      UNION SELECT j.queue FROM {schema}.jobs AS j WHERE j.state IN ('available', 'running')
+     ) AS n
+LEFT JOIN {schema}.queues AS l ON l.name = n.name
+LEFT JOIN (SELECT queue, count(*) AS jobs, min(scheduled_at) AS oldest FROM {schema}.jobs
+           WHERE state = 'available' GROUP BY queue) AS a ON a.queue = n.name
+LEFT JOIN (SELECT queue, count(*) AS jobs FROM {schema}.jobs
+           WHERE state = 'running' GROUP BY queue) AS r ON r.queue = n.name
+ORDER BY n.name
+"""
+"""Every configured queue and every queue with available or running jobs: its settings, depth,
+running jobs and latency (how long its oldest available job has waited)."""
+
+_FILTERS = """(%(queue)s::text IS NULL OR queue = %(queue)s::text)
+       AND (%(name)s::text IS NULL OR name = %(name)s::text)
+       AND (%(search)s::text IS NULL OR strpos(args::text || ' ' || kwargs::text,
+                                               %(search)s::text) > 0)"""
+
+_SCAN = (
+    """
+SELECT {keys}, """
+    + _FILTERS
+    + """ AS hit
+FROM {{schema}}.jobs
+WHERE state = %(state)s{after}
+ORDER BY {order}
+LIMIT %(scan)s
+"""
+)
+"""The next ``scan`` jobs of a state in the order of an index (``keys``, the last of them
+``id``), each with whether it matches the filters: a page reads a bounded stretch of the index
+however rare its matches."""
+
+
+def _scan(keys: str, order: str, beyond: str) -> tuple[str, str]:
+    """The scan from the start of the order, and the one after the keys ``%(after0)s``…"""
+    cursor = ", ".join(f"%(after{i})s" for i in range(len(keys.split(","))))
+    after = f"\n  AND ({keys}) {beyond} ({cursor})"
+    return (
+        _SCAN.format(keys=keys, order=order, after=""),
+        _SCAN.format(keys=keys, order=order, after=after),
+    )
+
+
+SCAN_AVAILABLE, SCAN_AVAILABLE_AFTER = _scan(
+    "queue, priority, scheduled_at, id", "queue, priority, scheduled_at, id", ">"
+)
+"""Available jobs in the order workers claim them (``jobs_available_idx``)."""
+
+SCAN_WAITING, SCAN_WAITING_AFTER = _scan("scheduled_at, id", "scheduled_at, id", ">")
+"""Scheduled or retryable jobs, the next due first (``jobs_scheduled_idx``)."""
+
+SCAN_RUNNING, SCAN_RUNNING_AFTER = _scan("attempted_at, id", "attempted_at, id", ">")
+"""Running jobs, the longest running first."""
+
+SCAN_FINISHED, SCAN_FINISHED_AFTER = _scan("finished_at, id", "finished_at DESC, id DESC", "<")
+"""Completed, discarded or cancelled jobs, the latest ended first (``jobs_finished_idx``,
+``jobs_discarded_cancelled_idx``)."""
+
+JOBS_BY_ID = """
+SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs, scheduled_at,
+       inserted_at, attempted_at, finished_at, worker_id::text AS worker_id, unique_key,
+       batch_id, errors -> -1 ->> 'message' AS last_error
+FROM {schema}.jobs
+WHERE id = ANY(%(ids)s::bigint[])
+"""
+
+RUNNING_JOBS = """
+SELECT id, queue, name, attempt, attempted_at, worker_id::text AS worker_id
+FROM {schema}.jobs
+WHERE state = 'running'
+ORDER BY attempted_at, id
+LIMIT %(limit)s
+"""
+"""The jobs running now, for the workers page."""
+
+DELETE_JOB = """
+WITH target AS (
+    SELECT id, state, batch_id FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
+), deleted AS (
+    DELETE FROM {schema}.jobs AS j USING target AS t
+    WHERE j.id = t.id AND t.state <> 'running'
+      AND (t.batch_id IS NULL OR t.state IN ('completed', 'discarded', 'cancelled'))
+    RETURNING j.id
+)
+SELECT t.state, t.batch_id, (SELECT count(*) FROM deleted) AS deleted FROM target AS t
+"""
+"""Delete a job that is not running, and that has ended if it belongs to a batch (whose counts
+wait for it). No row: there is no such job."""
+
+RUN_JOB_NOW = """
+WITH target AS (
+    SELECT id, state FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
+), moved AS (
+    UPDATE {schema}.jobs AS j SET state = 'available', scheduled_at = now()
+    FROM target AS t
+    WHERE j.id = t.id AND t.state IN ('scheduled', 'retryable')
+    RETURNING j.queue
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM moved
+)
+SELECT t.state, (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM notified)
+FROM target AS t
+"""
+"""Make a scheduled or retryable job available now. No row: there is no such job."""
+
+
+@dataclass(frozen=True)
+class WebQueries:
+    """The statements above with the schema filled in."""
+
+    ended_badly: str
+    runs_per_minute: str
+    run_totals: str
+    queues: str
+    scan_available: str
+    scan_available_after: str
+    scan_waiting: str
+    scan_waiting_after: str
+    scan_running: str
+    scan_running_after: str
+    scan_finished: str
+    scan_finished_after: str
+    jobs_by_id: str
+    running_jobs: str
+    delete_job: str
+    run_job_now: str
+
+
+@functools.cache
+def web_queries_for(schema: str) -> WebQueries:
+    """The dashboard's statements for ``schema`` (already validated)."""
+    texts = {f.name: globals()[f.name.upper()] for f in fields(WebQueries)}
+    return WebQueries(**{name: text.format(schema=f'"{schema}"') for name, text in texts.items()})

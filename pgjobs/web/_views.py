@@ -1,0 +1,135 @@
+"""The dashboard's pages: each reads what it shows in a few statements and renders a template."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .._admin import STATES, get_job
+from .._batches import status as batch_status
+from ._graph import graph
+from ._listing import BIGINT, ORDERS, SCAN, listing, page
+from ._site import Site
+
+UNFINISHED = ("scheduled", "available", "running", "retryable")
+
+
+class Views:
+    """The GET endpoints of one :class:`Site`."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    async def overview(self, request: Request) -> Response:
+        await self.site.user(request)
+        return await self.site.render(request, "overview.html", **await self._overview())
+
+    async def live(self, request: Request) -> Response:
+        """The overview's live part alone, which the page fetches every few seconds."""
+        await self.site.user(request)
+        return await self.site.render(request, "_live.html", **await self._overview())
+
+    async def _overview(self) -> dict[str, Any]:
+        site = self.site
+        metrics, ended, totals, minutes = await site.rows(
+            (site.app.queries.metrics, {}),
+            (site.web.ended_badly, {}),
+            (site.web.run_totals, {}),
+            (site.web.runs_per_minute, {"minutes": 60}),
+        )
+        counts = dict.fromkeys(STATES, 0)
+        queues: dict[str, dict[str, Any]] = {}
+        workers = slots = 0
+        for row in metrics:
+            metric, queue, value = row["metric"], row["queue"], row["value"]
+            if metric == "jobs":
+                counts[row["state"]] += int(value)
+                queues.setdefault(queue, {}).setdefault("counts", {})[row["state"]] = int(value)
+            elif metric == "latency":
+                queues.setdefault(queue, {})["latency"] = value
+            elif metric == "paused":
+                queues.setdefault(queue, {})["paused"] = bool(value)
+            elif metric == "workers":
+                workers = int(value)
+            elif metric == "slots":
+                slots = int(value)
+        for row in ended:
+            counts[row["state"]] = row["jobs"]
+        runs = {row["outcome"]: row["runs"] for row in totals}
+        now = datetime.now(UTC)
+        return {
+            "counts": counts,
+            "runs": runs,
+            "queues": dict(sorted(queues.items())),
+            "workers": workers,
+            "slots": slots,
+            "graph": graph(((r["minute"], r["completed"], r["failed"]) for r in minutes), now),
+            "now": now,
+        }
+
+    async def queues(self, request: Request) -> Response:
+        await self.site.user(request)
+        (rows,) = await self.site.rows((self.site.web.queues, {}))
+        return await self.site.render(request, "queues.html", queues=rows)
+
+    async def jobs(self, request: Request) -> Response:
+        await self.site.user(request)
+        site = self.site
+        asked = listing(request.query_params, searchable=site.options.redact is None)
+        order = ORDERS[asked.state]
+        statement = getattr(site.web, order.scan + ("_after" if asked.after else ""))
+        found = page(await site.tuples(statement, asked.params()), asked)
+        (rows,) = await site.rows((site.web.jobs_by_id, {"ids": found.ids}))
+        by_id = {row["id"]: site.shown(row) for row in rows}
+        jobs = [by_id[i] for i in found.ids if i in by_id]  # a job deleted meanwhile is gone
+        return await site.render(
+            request,
+            "jobs.html",
+            states=STATES,
+            listing=asked,
+            jobs=jobs,
+            next=None if found.next is None else asked.query(found.next),
+            scanned=found.scanned,
+            scan=SCAN,
+        )
+
+    async def job(self, request: Request) -> Response:
+        await self.site.user(request)
+        job_id = request.path_params["job_id"]
+        row = None
+        if job_id <= BIGINT:
+            row = await self.site.run(get_job(self.site.app.queries, job_id))
+        if row is None:
+            raise HTTPException(404, f"there is no job {job_id} (it may have been pruned)")
+        batch = None
+        if row["batch_id"] is not None:
+            batch = await self.site.run(batch_status(self.site.app.queries, row["batch_id"]))
+        return await self.site.render(request, "job.html", job=self.site.shown(row), batch=batch)
+
+    async def workers(self, request: Request) -> Response:
+        await self.site.user(request)
+        site = self.site
+        workers, running = await site.rows(
+            (site.app.queries.list_workers, {}), (site.web.running_jobs, {"limit": 1000})
+        )
+        by_worker: dict[str, list[dict[str, Any]]] = {}
+        for job in running:
+            by_worker.setdefault(job["worker_id"], []).append(job)
+        return await site.render(request, "workers.html", workers=workers, running=by_worker)
+
+    async def cron(self, request: Request) -> Response:
+        await self.site.user(request)
+        entries = await self.site.app.list_cron_async()
+        return await self.site.render(request, "cron.html", entries=entries)
+
+    async def batches(self, request: Request) -> Response:
+        await self.site.user(request)
+        batches = await self.site.app.list_batches_async(limit=100)
+        return await self.site.render(request, "batches.html", batches=batches)
+
+    async def sign_in(self, request: Request) -> Response:
+        return await self.site.render(request, "sign_in.html")

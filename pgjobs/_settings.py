@@ -100,6 +100,9 @@ class Settings:
     vacuum_threshold: int = 10_000
     log_level: str = "INFO"
     log_format: str = "text"
+    web_user: str | None = None
+    web_password: str | None = field(default=None, repr=False)
+    web_token: str | None = field(default=None, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

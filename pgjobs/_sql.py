@@ -977,6 +977,31 @@ INSERT INTO {schema}.jobs (name, state, attempt, attempted_at, finished_at)
 SELECT 'pgjobs.bench.noop', 'completed', 1, now(), now() FROM generate_series(1, %(rows)s::int)
 """
 
+BENCH_FILL_DISCARDED = """
+INSERT INTO {schema}.jobs (name, state, attempt, max_attempts, args, attempted_at, finished_at,
+                        errors)
+SELECT 'pgjobs.bench.noop', 'discarded', 3, 3, jsonb_build_array(i, 'user' || i || '@example.org'),
+       now() - make_interval(secs => i), now() - make_interval(secs => i),
+       jsonb_build_array(jsonb_build_object('attempt', 3, 'class', 'builtins.RuntimeError',
+                                            'message', 'failed', 'traceback', 'Traceback ...'))
+FROM generate_series(1, %(rows)s::int) AS i
+"""
+"""``pages``: the dead set, a job a second back in time."""
+
+BENCH_FILL_SCHEDULED = """
+INSERT INTO {schema}.jobs (name, state, scheduled_at)
+SELECT 'pgjobs.bench.noop', 'scheduled', now() + make_interval(secs => i)
+FROM generate_series(1, %(rows)s::int) AS i
+"""
+
+BENCH_FILL_JOB_STATS = """
+INSERT INTO {schema}.job_stats (minute, queue, name, outcome, slot, runs, seconds, buckets)
+SELECT date_trunc('minute', now()) - make_interval(mins => m), 'default', 'pgjobs.bench.noop',
+       outcome, 0, 1000 + m, m, array_fill(0::bigint, ARRAY[15])
+FROM generate_series(0, 59) AS m, unnest(ARRAY['completed', 'retried']) AS outcome
+"""
+"""``pages``: an hour of run counts for the overview's graph."""
+
 BENCH_VACUUM_ANALYZE = """
 VACUUM ANALYZE {schema}.jobs
 """
@@ -1096,6 +1121,9 @@ class BenchQueries:
     bench_fill_available: str
     bench_fill_finished: str
     bench_vacuum_analyze: str
+    bench_fill_discarded: str
+    bench_fill_scheduled: str
+    bench_fill_job_stats: str
     bench_bare_insert: str
     bench_enable_notify: str
     bench_disable_notify: str

@@ -467,7 +467,8 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
 
 @cli.command()
 @click.argument(
-    "mode", type=click.Choice(["enqueue", "bulk", "process", "latency", "steady", "scale"])
+    "mode",
+    type=click.Choice(["enqueue", "bulk", "process", "latency", "steady", "scale", "pages"]),
 )
 @click.option("--jobs", type=click.IntRange(1), help="Jobs to enqueue or process")
 @click.option("--processes", type=click.IntRange(1), default=2, show_default=True)
@@ -476,7 +477,8 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
 @click.option(
     "--samples",
     type=click.IntRange(1),
-    help="latency: jobs timed [200]; scale: claims of 1 job, and a quarter as many of 100 [2000]",
+    help="latency: jobs timed [200]; scale: claims of 1 job, and a quarter as many of 100 [2000]; "
+    "pages: requests of each dashboard page [20]",
 )
 @click.option(
     "--rate", type=click.IntRange(1), default=5000, show_default=True, help="steady: jobs/s offered"
@@ -493,14 +495,14 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     type=click.IntRange(1),
     default=1_000_000,
     show_default=True,
-    help="scale: available jobs in the table",
+    help="scale, pages: available jobs in the table",
 )
 @click.option(
     "--finished",
     type=click.IntRange(0),
     default=5_000_000,
     show_default=True,
-    help="scale: completed jobs in the table",
+    help="scale, pages: completed jobs in the table",
 )
 @click.option(
     "--unique",
@@ -536,7 +538,8 @@ def bench(
     MODE: enqueue (one job per transaction, beside bare INSERT+COMMIT), bulk (enqueue_many),
     process (a burst worker burns down no-op jobs), latency (commit to job start, idle worker),
     steady (a worker under --rate jobs/s for --duration s: commit to job start, backlog), scale
-    (the claim statement on a table of --available and --finished jobs, and its plan).
+    (the claim statement on a table of --available and --finished jobs, and its plan), pages
+    (the dashboard's server time per page on such a table; needs pgjobs[web]).
     """
     from . import bench as _bench
 
@@ -547,7 +550,7 @@ def bench(
         processes=processes,
         concurrency=concurrency,
         async_jobs=async_jobs,
-        samples=samples or (2000 if mode == "scale" else 200),
+        samples=samples or {"scale": 2000, "pages": 20}.get(mode, 200),
         rate=rate,
         duration=duration,
         available=available,
@@ -790,6 +793,47 @@ def metrics_command(obj: dict[str, Any], host: str, port: int) -> None:
     app = _load_app(obj)
     try:
         serve(app, host, port)
+    except OSError as exc:
+        click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+
+
+@cli.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8188, show_default=True, help="0: any free"
+)
+@click.option(
+    "--user", "web_user", help="HTTP basic user (password in PGJOBS_WEB_PASSWORD) [PGJOBS_WEB_USER]"
+)
+@click.option("--read-only", is_flag=True, help="Show everything, change nothing")
+@_app_option
+@click.pass_obj
+@_handles_errors
+def web_command(
+    obj: dict[str, Any],
+    host: str,
+    port: int,
+    web_user: str | None,
+    read_only: bool,
+    app_path: str | None,
+) -> None:
+    """Serve the web dashboard on http://HOST:PORT/ until stopped.
+
+    Anywhere but loopback it needs authentication: HTTP basic with --user and the password in
+    PGJOBS_WEB_PASSWORD, or a token in PGJOBS_WEB_TOKEN (sent as a bearer token, or typed into
+    the sign-in page).
+    """
+    try:
+        from .web import serve, standalone_auth
+    except ImportError:
+        raise click.UsageError(
+            "pgjobs web needs the dashboard's libraries: pip install 'pgjobs[web]'"
+        ) from None
+    app = _load_app(_given(obj, {"app": app_path, "web_user": web_user}))
+    auth = standalone_auth(app.settings)
+    try:
+        serve(app, host, port, auth=auth, read_only=read_only)
     except OSError as exc:
         click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
         sys.exit(1)

@@ -32,6 +32,7 @@ from .._outcome import COMPLETED
 from .._settings import Settings
 from .._sql import bench_queries_for
 from ._jobs import SCHEMA, app, async_noop, async_report_start, noop, report_start
+from ._pages import pages
 
 BENCH = bench_queries_for(SCHEMA)
 
@@ -481,6 +482,9 @@ MODES: dict[str, Callable[[Settings, BenchOptions], dict[str, Any]]] = {
     "latency": _latency,
     "steady": _steady,
     "scale": _scale,
+    "pages": lambda settings, options: pages(
+        settings, options.available, options.finished, options.samples, _fill
+    ),
 }
 
 

@@ -16,7 +16,8 @@ It shows the jobs of ``jobs_app``'s database (every worker's, on every host) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -28,14 +29,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._app import App
-from .._errors import DatabaseError
+from .._errors import ConfigError, DatabaseError
+from .._settings import Settings
 from ._actions import Actions
 from ._listing import BadRequest
 from ._security import Auth, BasicAuth, Forbidden, TokenAuth, Unauthenticated, is_loopback
 from ._site import Options, Redact, Site, error_page, secured
 from ._views import Views
 
-__all__ = ["Auth", "BasicAuth", "Redact", "TokenAuth", "dashboard", "serve"]
+__all__ = ["Auth", "BasicAuth", "Redact", "TokenAuth", "dashboard", "serve", "standalone_auth"]
 
 log = logging.getLogger("pgjobs.web")
 
@@ -97,25 +99,62 @@ def serve(app: App, host: str, port: int, *, auth: Auth | None = None, **options
     """Serve :func:`dashboard` on ``http://host:port/`` with uvicorn until SIGTERM or SIGINT.
 
     Raises:
-        ValueError: ``host`` is not a loopback address and no ``auth`` is given.
+        ConfigError: ``host`` is not a loopback address and no ``auth`` is given.
     """
     if auth is None and not is_loopback(host):
-        raise ValueError(
+        raise ConfigError(
             f"refusing to serve the dashboard on {host} without authentication: give --user "
-            "and PGJOBS_WEB_PASSWORD, or PGJOBS_WEB_TOKEN, or listen on 127.0.0.1"
+            "and PGJOBS_WEB_PASSWORD, or PGJOBS_WEB_TOKEN, or listen on 127.0.0.1 behind a proxy "
+            "that authenticates"
         )
     import uvicorn
 
     config = uvicorn.Config(
-        dashboard(app, auth=auth, **options),
+        standalone(app, auth=auth, **options),
         host=host,
         port=port,
         log_config=None,
         access_log=False,
         server_header=False,
-        lifespan="off",
     )
     uvicorn.Server(config).run()
+
+
+def standalone(app: App, **options: Any) -> Starlette:
+    """:func:`dashboard` as the whole application of a server: it closes ``app``'s connections
+    when the server stops."""
+
+    @asynccontextmanager
+    async def closing(web: Starlette) -> AsyncIterator[None]:
+        yield
+        await app.aclose()
+
+    web = dashboard(app, **options)
+    web.router.lifespan_context = closing
+    return web
+
+
+def standalone_auth(settings: Settings) -> Auth | None:
+    """The authentication that ``web_user``/``web_password`` or ``web_token`` ask for.
+
+    Raises:
+        ConfigError: only half of the basic credentials, or both kinds, are given.
+    """
+    basic = (settings.web_user, settings.web_password)
+    if (basic[0] is None) != (basic[1] is None):
+        raise ConfigError(
+            "web_user and web_password go together: give --user (PGJOBS_WEB_USER) and "
+            "PGJOBS_WEB_PASSWORD, or neither"
+        )
+    if settings.web_user is not None and settings.web_token is not None:
+        raise ConfigError("give a web user and password, or a web token; not both")
+    if settings.web_user is not None and settings.web_password is not None:
+        return BasicAuth(settings.web_user, settings.web_password)
+    if settings.web_token is not None:
+        if len(settings.web_token) < 16:
+            raise ConfigError("web_token: use at least 16 characters (a random one)")
+        return TokenAuth(settings.web_token)
+    return None
 
 
 def _metrics(site: Site) -> Callable[[Request], Any]:
@@ -129,7 +168,7 @@ def _metrics(site: Site) -> Callable[[Request], Any]:
     async def metrics(request: Request) -> Response:
         await site.user(request)
         body = await run_in_threadpool(generate_latest, collectors)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return secured(Response(body, media_type=CONTENT_TYPE_LATEST), request)
 
     return metrics
 

@@ -1,0 +1,477 @@
+"""The dashboard over real HTTP: every page against a real database, the actions and their
+guards (CSRF, Origin, read-only, authentication), escaping, redaction, bad input, a database
+that cannot answer, and mounting in other applications. The browser tests click through the
+same pages in Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+import pgjobs
+from pgjobs.web import BasicAuth, TokenAuth, dashboard
+from tests import jobs_app
+from tests.helpers import count, run_burst, run_cli, value
+from tests.web_server import serving
+
+PAGES = ("/", "/live", "/queues", "/jobs", "/workers", "/cron", "/batches", "/metrics")
+XSS = ["<script>window.__xss=1</script>", '"><img src=x onerror="window.__xss=2">']
+
+
+class Browser:
+    """An HTTP client that keeps cookies and sends forms as the dashboard's pages do."""
+
+    def __init__(self, base: str, **kwargs: Any) -> None:
+        self.base = base
+        self.client = httpx.Client(base_url=base, follow_redirects=False, **kwargs)
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, **kwargs)
+
+    def token(self) -> str:
+        if "pgjobs_csrf" not in self.client.cookies:
+            self.get("/jobs")
+        return str(self.client.cookies["pgjobs_csrf"])
+
+    def post(
+        self,
+        path: str,
+        data: dict[str, str] | None = None,
+        *,
+        origin: str | None = None,
+        csrf: bool = True,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        form = {"csrf": self.token()} if csrf else {}
+        form.update(data or {})
+        headers = {"origin": self.base if origin is None else origin}
+        return self.client.post(path, data=form, headers=headers, **kwargs)
+
+
+@pytest.fixture
+def web(app: pgjobs.App) -> Iterator[Browser]:
+    with serving(app) as base, Browser(base) as browser:
+        yield browser
+
+
+def discarded(db: psycopg.Connection[Any], job_id: int, message: str = "boom") -> None:
+    trace = f"Traceback (most recent call last):\nRuntimeError: {message}"
+    error = {"attempt": 1, "class": "builtins.RuntimeError", "message": message, "traceback": trace}
+    db.execute(
+        "UPDATE pgjobs.jobs SET state = 'discarded', attempt = 1, finished_at = now(),"
+        " errors = jsonb_build_array(%s::jsonb) WHERE id = %s",
+        (psycopg.types.json.Jsonb(error), job_id),
+    )
+
+
+def state(db: psycopg.Connection[Any], job_id: int) -> str:
+    return str(value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", job_id))
+
+
+def test_every_page_answers_with_the_security_headers(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.noop.enqueue("first")
+    for path in (*PAGES, f"/jobs/{job_id}", *(f"/jobs?state={s}" for s in pgjobs_states())):
+        response = web.get(path)
+        assert response.status_code == 200, path
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+    cookie = httpx.get(f"{web.base}/queues").headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+
+
+def pgjobs_states() -> tuple[str, ...]:
+    return ("scheduled", "available", "running", "retryable", "completed", "discarded", "cancelled")
+
+
+def test_the_overview_counts_states_runs_and_queues(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    jobs_app.noop.enqueue("done")
+    run_burst(app)
+    app.enqueue_many([jobs_app.noop.call(str(i)) for i in range(7)])
+    jobs_app.noop.options(queue="later").enqueue_in(3600, "later")
+    discarded(db, jobs_app.noop.enqueue("dead"))
+    text = web.get("/live").text
+    counts = {label: n for n, label in re.findall(r"<span>([\d,]+)</span>(\w[\w ]*)", text)}
+    assert counts["available"] == "7" and counts["scheduled"] == "1"
+    assert counts["discarded"] == "1" and counts["processed"] == "1"
+    assert "1 completed" in text  # the graph's caption: this minute's run
+    assert re.search(r">default</a></td>\s*<td class=\"num\">7</td>", text)
+
+
+def test_jobs_pages_follow_one_another_without_gaps_or_repeats(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    ids = app.enqueue_many([jobs_app.noop.call(str(i)) for i in range(123)])
+    db.execute(  # ended in one statement: one finished_at for all, the id breaks the tie
+        "UPDATE pgjobs.jobs SET state = 'completed', attempt = 1, finished_at = now()"
+        " WHERE id = ANY(%s)",
+        (ids[:110],),
+    )
+    for state_name, expected in (
+        ("completed", sorted(ids[:110], reverse=True)),
+        ("available", ids[110:]),
+    ):
+        seen: list[int] = []
+        path: str | None = f"/jobs?state={state_name}"
+        while path is not None:
+            page = web.get(path)
+            assert page.status_code == 200
+            seen += [int(i) for i in re.findall(r'/jobs/(\d+)">\1</a>', page.text)]
+            found = re.search(r'rel="next" href="([^"]+)"', page.text)
+            path = None if found is None else found[1].replace("&amp;", "&")
+        assert seen == expected, state_name
+
+
+def test_a_filter_reads_a_bounded_stretch_and_links_on(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    from pgjobs.web._listing import SCAN
+
+    app.enqueue_many([jobs_app.noop.call(str(i)) for i in range(SCAN + 10)])
+    needle = jobs_app.anything.enqueue(needle="the one")
+    first = web.get("/jobs", params={"state": "available", "name": "anything"})
+    assert "No available job matches among the 2,000 read" in first.text
+    assert f"/jobs/{needle}" not in first.text
+    further = re.search(r'href="([^"]+)">look further', first.text)
+    assert further is not None
+    second = web.get(further[1].replace("&amp;", "&"))
+    assert f'/jobs/{needle}">{needle}</a>' in second.text
+    found = web.get("/jobs", params={"state": "available", "search": "the one"})
+    assert f"/jobs/{needle}" not in found.text  # beyond the first 2,000 too
+    queue = web.get("/jobs", params={"state": "available", "queue": "nowhere"})
+    assert "No available job matches" in queue.text
+
+
+def test_job_page_shows_arguments_errors_and_timeline(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.anything.enqueue(1, to="someone@example.org")
+    discarded(db, job_id, "the mail server said no")
+    page = web.get(f"/jobs/{job_id}").text
+    assert "someone@example.org" in page and "the mail server said no" in page
+    assert "Traceback (most recent call last)" in page
+    assert "builtins.RuntimeError" in page
+    for line in ("enqueued", "scheduled for", "started", "ended", "unique key", "batch"):
+        assert f"<dt>{line}</dt>" in page
+
+
+def test_payloads_in_arguments_and_errors_are_shown_as_text(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.anything.enqueue(*XSS, key=XSS[1])
+    discarded(db, job_id, XSS[0] + XSS[1])
+    for path in (f"/jobs/{job_id}", "/jobs?state=discarded"):
+        page = web.get(path).text
+        assert "<script>window" not in page and "<img src=x" not in page
+        assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page
+        assert "&lt;img src=x onerror=" in page
+
+
+def test_retry_cancel_run_now_and_delete_change_one_job_each(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    dead, waiting, later, other = (jobs_app.noop.enqueue(str(i)) for i in range(4))
+    discarded(db, dead)
+    db.execute(
+        "UPDATE pgjobs.jobs SET state = 'scheduled', scheduled_at = now() + interval"
+        " '1 hour' WHERE id = %s",
+        (later,),
+    )
+    caplog.set_level(logging.INFO, logger="pgjobs.web")
+    response = web.post(f"/jobs/{dead}/retry", {"next": "/jobs?state=discarded"})
+    assert response.status_code == 303 and response.headers["location"] == "/jobs?state=discarded"
+    assert state(db, dead) == "available"
+    assert "job 1 will run again" in web.get("/jobs?state=discarded").text.replace(
+        str(dead), "1"
+    )  # the notice, shown once
+    assert "will run again" not in web.get("/jobs?state=discarded").text
+    assert web.post(f"/jobs/{waiting}/cancel").status_code == 303
+    assert state(db, waiting) == "cancelled"
+    assert web.post(f"/jobs/{later}/run").status_code == 303
+    assert state(db, later) == "available"
+    assert value(db, "SELECT scheduled_at <= now() FROM pgjobs.jobs WHERE id = %s", later)
+    assert web.post(f"/jobs/{waiting}/delete").status_code == 303
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = %s", waiting) == 0
+    assert state(db, other) == "available"
+    actions = [(r.action, r.target) for r in caplog.records if hasattr(r, "action")]
+    assert actions == [
+        ("retry", f"job {dead}"),
+        ("cancel", f"job {waiting}"),
+        ("run now", f"job {later}"),
+        ("delete", f"job {waiting}"),
+    ]
+
+
+def test_an_action_the_job_cannot_take_says_why_and_changes_nothing(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    available = jobs_app.noop.enqueue("now")
+    running = jobs_app.noop.enqueue("running")
+    db.execute(
+        "UPDATE pgjobs.jobs SET state = 'running', attempt = 1, attempted_at = now(),"
+        " worker_id = gen_random_uuid() WHERE id = %s",
+        (running,),
+    )
+    refused = web.post(f"/jobs/{available}/run")
+    assert refused.status_code == 409 and "only a scheduled or retryable job" in refused.text
+    refused = web.post(f"/jobs/{running}/retry")
+    assert refused.status_code == 409 and "running" in refused.text
+    refused = web.post(f"/jobs/{running}/delete")
+    assert refused.status_code == 409 and "cancel it instead" in refused.text
+    with app.batch(on_complete=jobs_app.noop.call("done")) as batch:
+        member = batch.add(jobs_app.noop.call("member"))
+    refused = web.post(f"/jobs/{member}/delete")
+    assert refused.status_code == 409 and "batch" in refused.text
+    assert [state(db, j) for j in (available, running, member)] == [
+        "available",
+        "running",
+        "available",
+    ]
+    assert web.post("/jobs/987654321/retry").status_code == 404
+    assert "Traceback" not in refused.text
+
+
+def test_retry_all_takes_the_filters_of_the_page(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    ours = [jobs_app.noop.enqueue(str(i)) for i in range(3)]
+    theirs = jobs_app.noop.options(queue="other").enqueue("x")
+    for job_id in (*ours, theirs):
+        discarded(db, job_id)
+    response = web.post("/jobs/retry", {"state": "discarded", "queue": "default", "name": ""})
+    assert response.status_code == 303
+    assert [state(db, j) for j in ours] == ["available"] * 3
+    assert state(db, theirs) == "discarded"
+    assert web.post("/jobs/retry", {"state": "running"}).status_code == 400
+
+
+def test_queues_pause_and_resume_from_the_page(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    jobs_app.noop.options(queue="mailers").enqueue("x")
+    assert web.post("/queues/mailers/pause").status_code == 303
+    assert value(db, "SELECT paused FROM pgjobs.queues WHERE name = 'mailers'") is True
+    page = web.get("/queues").text
+    assert "paused" in page and "/queues/mailers/resume" in page
+    assert web.post("/queues/mailers/resume").status_code == 303
+    assert value(db, "SELECT paused FROM pgjobs.queues WHERE name = 'mailers'") is False
+    assert web.post("/queues/bad%20name/pause").status_code == 400
+
+
+def test_a_post_without_the_token_or_from_elsewhere_is_refused(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.noop.enqueue("x")
+    discarded(db, job_id)
+    for response in (
+        web.post(f"/jobs/{job_id}/retry", csrf=False),
+        web.post(f"/jobs/{job_id}/retry", {"csrf": "forged"}),
+        web.post(f"/jobs/{job_id}/retry", origin="http://evil.example"),
+        web.client.post(f"/jobs/{job_id}/retry", data={"csrf": web.token()}),  # no Origin
+        httpx.post(
+            f"{web.base}/jobs/{job_id}/retry",
+            data={"csrf": web.token()},
+            headers={"origin": web.base},
+        ),  # the token without its cookie
+    ):
+        assert response.status_code == 403
+        assert "Traceback" not in response.text
+    assert state(db, job_id) == "discarded"
+    referer = web.client.post(
+        f"/jobs/{job_id}/retry", data={"csrf": web.token()}, headers={"referer": f"{web.base}/jobs"}
+    )
+    assert referer.status_code == 303 and state(db, job_id) == "available"
+
+
+def test_bad_input_gets_a_clear_4xx_and_no_traceback(web: Browser, app: pgjobs.App) -> None:
+    jobs_app.noop.enqueue("x")
+    cases = {
+        "/jobs/123456789": (404, "there is no job 123456789"),
+        "/jobs/99999999999999999999999999": (404, "there is no job"),
+        "/jobs/abc": (404, ""),
+        "/jobs?state=everything": (400, "state must be one of"),
+        "/jobs?after=not-json": (400, "the page link is damaged"),
+        "/jobs?after=%5B1e999%5D": (400, "the page link is damaged"),
+        "/jobs?state=available&after=%5B%22default%22%2C0%2C%22yesterday%22%2C1%5D": (400, ""),
+        "/jobs?state=completed&after=%5B%222026-01-01T00:00:00%22%2C1%5D": (400, ""),
+        "/jobs?state=completed&after=%5B%222026-01-01T00:00:00%2B00:00%22%2C" + "9" * 30 + "%5D": (
+            400,
+            "damaged",
+        ),
+        "/jobs?queue=no%20spaces": (400, "is not a queue name"),
+        "/jobs?search=" + "x" * 201: (400, "at most 200 characters"),
+        "/jobs?search=a%00b": (400, "at most 200 characters"),
+        "/nowhere": (404, ""),
+    }
+    for path, (status, message) in cases.items():
+        response = web.get(path)
+        assert response.status_code == status, path
+        assert message in response.text, path
+        assert "Traceback" not in response.text and "File " not in response.text
+    huge = web.post("/jobs/retry", {"state": "discarded", "padding": "x" * 20_000})
+    assert huge.status_code == 400
+    assert web.get("/jobs/1/retry").status_code == 405
+    past_the_end = "%5B%22default%22%2C0%2C%222999-01-01T00:00:00%2B00:00%22%2C1%5D"
+    assert web.get(f"/jobs?state=available&after={past_the_end}").status_code == 200
+
+
+def test_read_only_shows_everything_and_changes_nothing(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.noop.enqueue("x")
+    discarded(db, job_id)
+    with serving(app, read_only=True) as base, Browser(base) as web:
+        page = web.get(f"/jobs/{job_id}").text
+        assert "read-only" in page and '<form method="post"' not in page
+        assert '<form method="post"' not in web.get("/queues").text
+        refused = web.post(f"/jobs/{job_id}/retry")
+        assert refused.status_code == 403 and "read-only" in refused.text
+    assert state(db, job_id) == "discarded"
+
+
+def test_basic_auth_and_a_token_keep_strangers_out(app: pgjobs.App) -> None:
+    with serving(app, auth=BasicAuth("ops", "s3cret-pass")) as base:
+        stranger = httpx.get(f"{base}/queues")
+        assert stranger.status_code == 401
+        assert stranger.headers["www-authenticate"].startswith("Basic")
+        assert httpx.get(f"{base}/metrics").status_code == 401
+        assert httpx.get(f"{base}/queues", auth=("ops", "wrong")).status_code == 401
+        assert httpx.get(f"{base}/queues", auth=("ops", "s3cret-pass")).status_code == 200
+    token = "a-long-random-token-0123456789"
+    with serving(app, auth=TokenAuth(token)) as base, Browser(base) as web:
+        sent = web.get("/queues")
+        assert sent.status_code == 303 and sent.headers["location"].endswith("/sign-in")
+        assert web.get("/queues", headers={"authorization": f"Bearer {token}"}).status_code == 200
+        web.post("/sign-in", {"token": "wrong"})
+        assert web.get("/queues").status_code == 303
+        assert web.post("/sign-in", {"token": token}).status_code == 303
+        assert web.get("/queues").status_code == 200
+
+
+def test_an_auth_hook_names_who_acted_in_the_log(
+    app: pgjobs.App, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def staff_only(request: Any) -> str | bool:
+        return request.headers.get("x-user", "") == "ada" and "ada"
+
+    job_id = jobs_app.noop.enqueue("x")
+    caplog.set_level(logging.INFO, logger="pgjobs.web")
+    with serving(app, auth=staff_only) as base:
+        assert httpx.get(f"{base}/").status_code == 401
+        with Browser(base, headers={"x-user": "ada"}) as web:
+            assert web.post(f"/jobs/{job_id}/cancel").status_code == 303
+    (record,) = [r for r in caplog.records if getattr(r, "action", None) == "cancel"]
+    assert record.user == "ada" and f"job {job_id}" in record.getMessage()
+
+
+def test_redaction_hides_secrets_and_turns_off_the_search(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    def redact(name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
+        return args, {k: "***" if k == "password" else v for k, v in kwargs.items()}
+
+    job_id = jobs_app.anything.enqueue("login", password="hunter2-secret")
+    with serving(app, redact=redact) as base, Browser(base) as web:
+        for path in (f"/jobs/{job_id}", "/jobs?state=available"):
+            page = web.get(path).text
+            assert "hunter2-secret" not in page and "***" in page
+        refused = web.get("/jobs", params={"search": "hunter2"})
+        assert refused.status_code == 400 and "redacted" in refused.text
+
+
+def test_a_database_that_cannot_answer_gets_a_503_without_secrets() -> None:
+    app = pgjobs.App(
+        database_url="postgresql://ops:pa55-word@127.0.0.1:1/nowhere", connect_timeout=1
+    )
+    with serving(app) as base:
+        for path in ("/", "/jobs", "/jobs/1"):
+            response = httpx.get(base + path)
+            assert response.status_code == 503, path
+            assert "pa55-word" not in response.text and "Traceback" not in response.text
+        scrape = httpx.get(f"{base}/metrics")
+        assert scrape.status_code == 200 and "pgjobs_up 0.0" in scrape.text
+
+
+def test_metrics_are_served_beside_the_pages(web: Browser, app: pgjobs.App) -> None:
+    jobs_app.noop.enqueue("x")
+    scrape = web.get("/metrics").text
+    assert "pgjobs_up 1.0" in scrape
+    assert 'pgjobs_jobs{queue="default",state="available"} 1.0' in scrape
+
+
+def test_mounted_under_a_path_in_starlette_links_and_returns_there(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.noop.enqueue("x")
+    discarded(db, job_id)
+
+    @asynccontextmanager
+    async def lifespan(host: Starlette) -> AsyncIterator[None]:
+        yield
+        await app.aclose()  # the host application closes pgjobs' connections
+
+    host = Starlette(routes=[Mount("/admin/jobs", dashboard(app))], lifespan=lifespan)
+    with serving(app, host, lifespan=True) as base, Browser(base) as web:
+        page = web.get("/admin/jobs/jobs?state=discarded").text
+        assert f'{base}/admin/jobs/jobs/{job_id}"' in page
+        assert 'href="http://' in page and "/admin/jobs/static/dashboard.css" in page
+        cookie = web.get("/admin/jobs/queues").headers.get("set-cookie", "")
+        assert "path=/admin/jobs/" in cookie.lower() or "pgjobs_csrf" in web.client.cookies
+        done = web.post(
+            f"/admin/jobs/jobs/{job_id}/retry", {"next": "/admin/jobs/jobs?state=discarded"}
+        )
+        assert done.status_code == 303
+        assert done.headers["location"] == "/admin/jobs/jobs?state=discarded"
+        outside = web.post(f"/admin/jobs/jobs/{job_id}/cancel", {"next": "https://evil.example/"})
+        assert outside.headers["location"] == "/admin/jobs/"
+    assert state(db, job_id) == "cancelled"
+
+
+def test_mounted_in_flask_through_a_wsgi_adapter(app: pgjobs.App) -> None:
+    from a2wsgi import ASGIMiddleware
+    from flask import Flask
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    job_id = jobs_app.noop.enqueue("x")
+    flask_app = Flask(__name__)
+    flask_app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, {"/jobs": ASGIMiddleware(dashboard(app))}
+    )
+    page = flask_app.test_client().get(f"/jobs/jobs/{job_id}")
+    assert page.status_code == 200
+    assert f"Job {job_id}" in page.get_data(as_text=True)
+    adapter = flask_app.wsgi_app.mounts["/jobs"]
+    asyncio.run_coroutine_threadsafe(app.aclose(), adapter.loop).result(10)
+
+
+def test_pgjobs_web_refuses_to_listen_abroad_without_authentication(database_url: str) -> None:
+    abroad = run_cli(database_url, "web", "--host", "0.0.0.0")
+    assert abroad.returncode == 2
+    assert "without authentication" in abroad.stderr and "Traceback" not in abroad.stderr
+    half = run_cli(database_url, "web", "--user", "ops")
+    assert half.returncode == 2 and "go together" in half.stderr
+    short = run_cli(database_url, "web", env={"PGJOBS_WEB_TOKEN": "short"})
+    assert short.returncode == 2 and "at least 16 characters" in short.stderr
+    assert "short" not in short.stderr.replace("at least 16", "")

@@ -639,12 +639,14 @@ ORDER BY w.started_at, w.id
 """
 
 METRICS = """
-SELECT 'jobs' AS metric, queue::text, 'available' AS state, count(*)::float8 AS value
-FROM {schema}.jobs WHERE state = 'available' GROUP BY queue
+WITH available AS MATERIALIZED (
+    SELECT queue, count(*)::float8 AS jobs, min(scheduled_at) AS oldest
+    FROM {schema}.jobs WHERE state = 'available' GROUP BY queue
+)
+SELECT 'jobs' AS metric, queue::text, 'available' AS state, jobs AS value FROM available
 UNION ALL
-SELECT 'latency', queue::text, NULL,
-       greatest(extract(epoch FROM now() - min(scheduled_at)), 0)::float8
-FROM {schema}.jobs WHERE state = 'available' GROUP BY queue
+SELECT 'latency', queue::text, NULL, greatest(extract(epoch FROM now() - oldest), 0)::float8
+FROM available
 UNION ALL
 SELECT 'jobs', queue::text, 'running', count(*)::float8
 FROM {schema}.jobs WHERE state = 'running' GROUP BY queue
@@ -663,7 +665,8 @@ FROM {schema}.workers WHERE expires_at > now()
 """
 """What ``pgjobs metrics`` exports, one row per sample: ``(metric, queue, state, value)``. Each
 part reads one partial index's jobs (available, running, scheduled and retryable), never the
-finished history, so a scrape costs the same on a table of 10 million completed jobs."""
+finished history, so a scrape costs the same on a table of 10 million completed jobs. The
+available jobs are read once for their count and their latency."""
 
 QUEUE_COUNTS = """
 SELECT queue, state, jobs FROM {schema}.queue_counts ORDER BY queue, state

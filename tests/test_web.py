@@ -475,3 +475,21 @@ def test_pgjobs_web_refuses_to_listen_abroad_without_authentication(database_url
     short = run_cli(database_url, "web", env={"PGJOBS_WEB_TOKEN": "short"})
     assert short.returncode == 2 and "at least 16 characters" in short.stderr
     assert "short" not in short.stderr.replace("at least 16", "")
+
+
+def test_counts_past_the_cap_are_estimates_that_say_so(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    from pgjobs.web._counts import CAP
+
+    app.enqueue_many([jobs_app.noop.call() for _ in range(CAP + 500)])
+    jobs_app.noop.options(queue="small").enqueue("x")
+    db.execute("ANALYZE pgjobs.jobs")
+    live = web.get("/live").text
+    counts = {label: n for n, label in re.findall(r"<span>([≈\d,]+)</span>(\w+)", live)}
+    assert counts["available"].startswith("≈")
+    estimate = int(counts["available"].strip("≈").replace(",", ""))
+    assert 0.8 * (CAP + 501) <= estimate <= 1.2 * (CAP + 501)
+    queues = web.get("/queues").text
+    assert re.search(r">default</a></td>\s*<td class=\"num\">≈[\d,]+</td>", queues)
+    assert re.search(r">small</a></td>\s*<td class=\"num\">1</td>", queues)

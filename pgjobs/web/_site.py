@@ -19,8 +19,9 @@ from starlette.templating import Jinja2Templates
 
 from .._admin import Operation
 from .._app import App
+from ._counts import CAP, Count, counted, plan_rows
 from ._security import CSRF_COOKIE, HEADERS, Auth, authenticated, csrf_token
-from ._sql import WebQueries, web_queries_for
+from ._sql import NO_JIT, WebQueries, web_queries_for
 
 log = logging.getLogger("pgjobs.web")
 
@@ -59,24 +60,40 @@ class Site:
         self.templates = Jinja2Templates(env=environment)
 
     async def rows(self, *statements: tuple[str, Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
-        """The rows of each statement, run one after the other on one connection of pgjobs'
-        pool. Never prepared: a generic plan could not use the partial indexes that each page's
-        state selects."""
+        """The rows of each statement, run one after the other in one transaction on pgjobs'
+        pool, never prepared (a generic plan could not use the partial index that each page's
+        state selects) and never compiled by JIT (whose start-up, tens of milliseconds, the
+        planner's guesses about small tables can set off for statements that take one)."""
         results = []
         async with (
             self.app._client.connection_for_async(None) as conn,
+            conn.transaction(),
             conn.cursor(row_factory=dict_row) as cur,
         ):
+            await cur.execute(NO_JIT)
             for statement, params in statements:
                 await cur.execute(statement, params, prepare=False)
                 results.append(await cur.fetchall())
         return results
 
     async def tuples(self, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """The rows of one statement as tuples (never prepared, as :meth:`rows`)."""
-        async with self.app._client.connection_for_async(None) as conn, conn.cursor() as cur:
+        """The rows of one statement as tuples, run as :meth:`rows` runs them."""
+        async with (
+            self.app._client.connection_for_async(None) as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
+            await cur.execute(NO_JIT)
             await cur.execute(statement, params, prepare=False)
             return await cur.fetchall()
+
+    async def count(self, exact: int, state: str, queue: str | None = None) -> Count:
+        """``exact`` jobs of ``state`` (in ``queue``) counted up to the cap, or the planner's
+        estimate if it was reached."""
+        if exact < CAP:
+            return counted(exact)
+        (rows,) = await self.rows((self.web.estimate_jobs, {"state": state, "queue": queue}))
+        return counted(exact, plan_rows(rows[0]["QUERY PLAN"]))
 
     async def run(self, operation: Operation[Any]) -> Any:
         return await self.app._client.run_async(operation)

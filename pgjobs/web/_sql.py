@@ -8,12 +8,42 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, fields
 
-ENDED_BADLY = """
-SELECT state, count(*) AS jobs FROM {schema}.jobs WHERE state IN ('discarded', 'cancelled')
-GROUP BY state
+NO_JIT = "SET LOCAL jit = off"
+"""Before the statements of a page, in their transaction."""
+
+COUNTED = ("scheduled", "available", "running", "retryable", "discarded", "cancelled")
+"""The states whose jobs the overview counts; completed jobs are counted as runs, in
+``job_stats``."""
+
+STATE_COUNTS = """
+SELECT s.state, coalesce(c.jobs, 0) AS jobs
+FROM unnest(ARRAY['scheduled', 'retryable']) AS s(state)
+LEFT JOIN (SELECT state, count(*) AS jobs
+           FROM (SELECT state FROM {schema}.jobs WHERE state IN ('scheduled', 'retryable')
+                 LIMIT %(cap)s) AS w
+           GROUP BY state) AS c ON c.state = s.state
+UNION ALL
+""" + "\nUNION ALL\n".join(
+    f"SELECT '{state}', count(*)\n"
+    f"FROM (SELECT 1 FROM {{schema}}.jobs WHERE state = '{state}' LIMIT %(cap)s) AS c"
+    for state in ("available", "running", "discarded", "cancelled")
+)
+"""The jobs of each state in :data:`COUNTED`, counted on its partial index up to ``cap`` (the
+scheduled and retryable jobs, which share an index, up to ``cap`` together): a state with more
+is estimated (ESTIMATE_JOBS), so the count costs the same at any size."""
+
+ESTIMATE_JOBS = """
+EXPLAIN (FORMAT JSON)
+SELECT 1 FROM {schema}.jobs
+WHERE state = %(state)s AND (%(queue)s::text IS NULL OR queue = %(queue)s)
 """
-"""Discarded and cancelled jobs (``jobs_discarded_cancelled_idx``); the unfinished states are
-counted by the metrics' statement, the completed ones not at all (``job_stats`` has their runs)."""
+"""The planner's estimate of a state's jobs (of one queue, or all): its statistics, which
+ANALYZE keeps (``jobs_state_queue_stats`` relates the two columns)."""
+
+WORKERS_ALIVE = """
+SELECT count(*) AS workers, coalesce(sum(concurrency), 0) AS slots
+FROM {schema}.workers WHERE expires_at > now()
+"""
 
 RUNS_PER_MINUTE = """
 SELECT s.minute,
@@ -33,22 +63,42 @@ SELECT s.outcome, sum(s.runs)::bigint AS runs FROM {schema}.job_stats AS s GROUP
 """Runs per outcome since ``job_stats`` was made, on every host."""
 
 QUEUES = """
+WITH RECURSIVE heads AS (
+    (SELECT queue, priority, scheduled_at FROM {schema}.jobs WHERE state = 'available'
+     ORDER BY queue, priority, scheduled_at, id LIMIT 1)
+    UNION ALL
+    SELECT n.* FROM heads AS h, LATERAL (
+        SELECT j.queue, j.priority, j.scheduled_at FROM {schema}.jobs AS j
+        WHERE j.state = 'available' AND (j.queue, j.priority) > (h.queue, h.priority)
+        ORDER BY j.queue, j.priority, j.scheduled_at, j.id LIMIT 1
+    ) AS n
+), available AS (
+    SELECT queue, min(scheduled_at) AS oldest FROM heads GROUP BY queue
+), running AS MATERIALIZED (
+    SELECT queue, count(*) AS jobs FROM {schema}.jobs WHERE state = 'running' GROUP BY queue
+), names AS (
+    SELECT name FROM {schema}.queues
+    UNION SELECT queue FROM available
+    UNION SELECT queue FROM running
+)
 SELECT n.name, coalesce(l.paused, false) AS paused, l.concurrency, l.rate_limit, l.rate_period,
        l.partition, coalesce(l.held_back, false) AS held_back,
-       coalesce(a.jobs, 0) AS available, coalesce(r.jobs, 0) AS running,
+       (SELECT count(*) FROM (SELECT 1 FROM {schema}.jobs AS j
+                              WHERE j.state = 'available' AND j.queue = n.name
+                              LIMIT %(cap)s) AS c) AS available,
+       coalesce(r.jobs, 0) AS running,
        greatest(extract(epoch FROM now() - a.oldest), 0)::float8 AS latency
-FROM (SELECT l.name FROM {schema}.queues AS l
-      UNION SELECT j.queue FROM {schema}.jobs AS j WHERE j.state IN ('available', 'running')
-     ) AS n
+FROM names AS n
 LEFT JOIN {schema}.queues AS l ON l.name = n.name
-LEFT JOIN (SELECT queue, count(*) AS jobs, min(scheduled_at) AS oldest FROM {schema}.jobs
-           WHERE state = 'available' GROUP BY queue) AS a ON a.queue = n.name
-LEFT JOIN (SELECT queue, count(*) AS jobs FROM {schema}.jobs
-           WHERE state = 'running' GROUP BY queue) AS r ON r.queue = n.name
+LEFT JOIN available AS a ON a.queue = n.name
+LEFT JOIN running AS r ON r.queue = n.name
 ORDER BY n.name
 """
-"""Every configured queue and every queue with available or running jobs: its settings, depth,
-running jobs and latency (how long its oldest available job has waited)."""
+"""Every configured queue and every queue with available or running jobs: its settings, its
+available jobs counted up to ``cap``, its running jobs and its latency (how long its oldest
+available job has waited). The oldest is found by skipping through ``jobs_available_idx`` from
+one (queue, priority) to the next, the first job of each being its oldest: a few index probes
+however many jobs wait."""
 
 _FILTERS = """(%(queue)s::text IS NULL OR queue = %(queue)s::text)
        AND (%(name)s::text IS NULL OR name = %(name)s::text)
@@ -148,7 +198,9 @@ FROM target AS t
 class WebQueries:
     """The statements above with the schema filled in."""
 
-    ended_badly: str
+    state_counts: str
+    estimate_jobs: str
+    workers_alive: str
     runs_per_minute: str
     run_totals: str
     queues: str

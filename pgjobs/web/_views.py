@@ -11,9 +11,11 @@ from starlette.responses import Response
 
 from .._admin import STATES, get_job
 from .._batches import status as batch_status
+from ._counts import CAP
 from ._graph import graph
 from ._listing import BIGINT, ORDERS, SCAN, listing, page
 from ._site import Site
+from ._sql import COUNTED
 
 UNFINISHED = ("scheduled", "available", "running", "retryable")
 
@@ -35,46 +37,44 @@ class Views:
 
     async def _overview(self) -> dict[str, Any]:
         site = self.site
-        metrics, ended, totals, minutes = await site.rows(
-            (site.app.queries.metrics, {}),
-            (site.web.ended_badly, {}),
+        states, queues, alive, totals, minutes = await site.rows(
+            (site.web.state_counts, {"cap": CAP}),
+            (site.web.queues, {"cap": CAP}),
+            (site.web.workers_alive, {}),
             (site.web.run_totals, {}),
             (site.web.runs_per_minute, {"minutes": 60}),
         )
-        counts = dict.fromkeys(STATES, 0)
-        queues: dict[str, dict[str, Any]] = {}
-        workers = slots = 0
-        for row in metrics:
-            metric, queue, value = row["metric"], row["queue"], row["value"]
-            if metric == "jobs":
-                counts[row["state"]] += int(value)
-                queues.setdefault(queue, {}).setdefault("counts", {})[row["state"]] = int(value)
-            elif metric == "latency":
-                queues.setdefault(queue, {})["latency"] = value
-            elif metric == "paused":
-                queues.setdefault(queue, {})["paused"] = bool(value)
-            elif metric == "workers":
-                workers = int(value)
-            elif metric == "slots":
-                slots = int(value)
-        for row in ended:
-            counts[row["state"]] = row["jobs"]
-        runs = {row["outcome"]: row["runs"] for row in totals}
+        found = {row["state"]: row["jobs"] for row in states}
+        waiting = found["scheduled"] + found["retryable"]  # counted together, up to the cap
+        counts = {
+            state: await site.count(
+                CAP if state in ("scheduled", "retryable") and waiting >= CAP else found[state],
+                state,
+            )
+            for state in COUNTED
+        }
         now = datetime.now(UTC)
         return {
             "counts": counts,
-            "runs": runs,
-            "queues": dict(sorted(queues.items())),
-            "workers": workers,
-            "slots": slots,
+            "runs": {row["outcome"]: row["runs"] for row in totals},
+            "queues": await self._counted(queues),
+            "workers": alive[0]["workers"],
+            "slots": alive[0]["slots"],
             "graph": graph(((r["minute"], r["completed"], r["failed"]) for r in minutes), now),
             "now": now,
         }
 
     async def queues(self, request: Request) -> Response:
         await self.site.user(request)
-        (rows,) = await self.site.rows((self.site.web.queues, {}))
-        return await self.site.render(request, "queues.html", queues=rows)
+        (rows,) = await self.site.rows((self.site.web.queues, {"cap": CAP}))
+        return await self.site.render(request, "queues.html", queues=await self._counted(rows))
+
+    async def _counted(self, queues: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The queues' rows with their available jobs as a :class:`Count`."""
+        return [
+            {**q, "available": await self.site.count(q["available"], "available", q["name"])}
+            for q in queues
+        ]
 
     async def jobs(self, request: Request) -> Response:
         await self.site.user(request)

@@ -1,0 +1,106 @@
+"""The dashboard's pure decisions: which scanned jobs make a page and where the next one starts,
+what a cursor may hold, and how the runs-per-minute graph is drawn."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pgjobs.web._graph import HEIGHT, MINUTES, graph
+from pgjobs.web._listing import (
+    PAGE,
+    SCAN,
+    BadRequest,
+    Listing,
+    decode_cursor,
+    encode_cursor,
+    listing,
+    page,
+)
+
+T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+def scanned(ids: range, hits: set[int] | None = None) -> list[tuple[object, ...]]:
+    """Scan rows of the running order: ``(attempted_at, id, hit)``."""
+    return [(T0 + timedelta(seconds=i), i, hits is None or i in hits) for i in ids]
+
+
+def test_an_unfiltered_page_shows_its_jobs_and_starts_the_next_after_the_last() -> None:
+    running = Listing("running")
+    full = page(scanned(range(PAGE + 1)), running)
+    assert full.ids == list(range(PAGE)) and full.next == (
+        T0 + timedelta(seconds=PAGE - 1),
+        PAGE - 1,
+    )
+    last = page(scanned(range(7)), running)
+    assert last.ids == list(range(7)) and last.next is None
+
+
+def test_a_filtered_page_links_on_from_where_its_scan_stopped() -> None:
+    filtered = Listing("running", name="send")
+    sparse = page(scanned(range(SCAN), hits={5, 1500}), filtered)
+    assert sparse.ids == [5, 1500]
+    assert sparse.next == (T0 + timedelta(seconds=SCAN - 1), SCAN - 1)  # look further
+    dense = page(scanned(range(SCAN), hits=set(range(0, SCAN, 2))), filtered)
+    assert dense.ids == list(range(0, 2 * PAGE, 2))
+    assert dense.next == (T0 + timedelta(seconds=2 * PAGE - 2), 2 * PAGE - 2)
+    end = page(scanned(range(30), hits={3}), filtered)
+    assert end.ids == [3] and end.next is None
+
+
+def test_a_cursor_round_trips_and_nothing_else_is_taken() -> None:
+    keys = ("mailers", -5, T0, 2**63 - 1)
+    types = (str, int, datetime, int)
+    assert decode_cursor(encode_cursor(keys), types) == keys
+    for bad in ("", "[", "{}", "[1,2,3]", '["a b",0,"2026-12-04T12:00:00+00:00",1]',
+                '["q",true,"2026-12-04T12:00:00+00:00",1]', '["q",0,"2026-12-04T12:00:00",1]',
+                '["q",0,"noon",1]', f'["q",0,"2026-12-04T12:00:00+00:00",{2**63}]',
+                '["q",1.5,"2026-12-04T12:00:00+00:00",1]'):  # fmt: skip
+        with pytest.raises(BadRequest, match="damaged"):
+            decode_cursor(bad, types)
+
+
+def test_a_listing_checks_every_field_of_the_query() -> None:
+    assert listing({}) == Listing("available")
+    asked = listing({"state": "discarded", "queue": "mail.x-1", "name": "a.b", "search": "7"})
+    assert asked.filtered and asked.query(None) == {
+        "state": "discarded", "queue": "mail.x-1", "name": "a.b", "search": "7",
+    }  # fmt: skip
+    assert listing({"state": "completed", "queue": "", "name": "", "search": ""}).filtered is False
+    for query, message in (
+        ({"state": "dead"}, "state must be one of"),
+        ({"queue": "a/b"}, "not a queue name"),
+        ({"name": "x" * 256}, "at most 255"),
+        ({"search": "x" * 201}, "at most 200"),
+        ({"search": "\x00"}, "at most 200"),
+    ):
+        with pytest.raises(BadRequest, match=message):
+            listing(query)
+    with pytest.raises(BadRequest, match="redacted"):
+        listing({"search": "token"}, searchable=False)
+
+
+def test_the_graph_draws_the_last_hour_and_drops_older_minutes() -> None:
+    now = T0 + timedelta(minutes=30, seconds=20)
+    rows = [(T0 + timedelta(minutes=30), 10, 2), (T0 + timedelta(minutes=29), 4, 0),
+            (T0 - timedelta(hours=2), 999, 999)]  # fmt: skip
+    drawn = graph(rows, now)
+    assert drawn.peak == 10 and drawn.completed_total == 14 and drawn.failed_total == 2
+    completed = [tuple(map(float, p.split(","))) for p in drawn.completed.split()]
+    assert len(completed) == MINUTES
+    assert completed[-1][1] == 0.0 and completed[-2][1] == HEIGHT - 4 * HEIGHT / 10
+    assert all(y == HEIGHT for _, y in completed[:-2])
+    empty = graph([], now)
+    assert empty.peak == 1 and set(empty.failed.split()) != set()
+
+
+def test_a_count_at_the_cap_becomes_the_planners_estimate() -> None:
+    from pgjobs.web._counts import CAP, counted, plan_rows
+
+    assert str(counted(CAP - 1)) == f"{CAP - 1:,}" and not counted(CAP - 1).estimated
+    assert str(counted(CAP, 123_456.7)) == "≈123,457"
+    assert counted(CAP, 17.0).jobs == CAP  # stale statistics: at least what was counted
+    assert plan_rows([{"Plan": {"Plan Rows": 42.0}}]) == 42.0
+    assert not counted(0)

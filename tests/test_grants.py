@@ -481,3 +481,21 @@ def test_a_worker_role_without_job_stats_still_writes_outcomes_and_says_so(
     jobs_app.noop.enqueue("counted")
     burst_as_worker(roles, tmp_path / "again.log")
     assert value(db, "SELECT sum(runs) FROM pgjobs.job_stats") == 1
+
+
+def test_the_inspector_serves_a_read_only_dashboard(
+    roles: Roles, db: psycopg.Connection[Any]
+) -> None:
+    import httpx
+
+    from tests.web_server import serving
+
+    with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
+        job_id = enqueuer.execute(
+            "INSERT INTO pgjobs.jobs (name, args) VALUES ('noop', '[\"x\"]') RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+    app = pgjobs.App(database_url=roles.url("inspector"))
+    with serving(app, read_only=True) as base:
+        for path in ("/", "/live", "/queues", "/jobs", f"/jobs/{job_id}", "/workers", "/cron",
+                     "/batches", "/metrics", "/jobs?state=completed&search=x"):  # fmt: skip
+            assert httpx.get(base + path).status_code == 200, path

@@ -364,7 +364,9 @@ def test_basic_auth_and_a_token_keep_strangers_out(app: pgjobs.App) -> None:
         sent = web.get("/queues")
         assert sent.status_code == 303 and sent.headers["location"].endswith("/sign-in")
         assert web.get("/queues", headers={"authorization": f"Bearer {token}"}).status_code == 200
-        web.post("/sign-in", {"token": "wrong"})
+        wrong = web.post("/sign-in", {"token": "wrong"})
+        assert wrong.status_code == 401 and "not this dashboard" in wrong.text
+        assert "pgjobs_token" not in web.client.cookies
         assert web.get("/queues").status_code == 303
         assert web.post("/sign-in", {"token": token}).status_code == 303
         assert web.get("/queues").status_code == 200

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,7 +16,7 @@ from .._admin import Operation, cancel, pause_cron, resume_cron, retry, retry_al
 from .._queues import pause, resume
 from .._settings import QUEUE_NAME
 from ._listing import BIGINT, MAX_NAME, BadRequest
-from ._security import TOKEN_COOKIE, Forbidden, check_state_change
+from ._security import TOKEN_COOKIE, Forbidden, TokenAuth, check_state_change
 from ._site import NOTICE_COOKIE, Site, root, secured
 
 MAX_FORM = 16 * 1024
@@ -44,8 +44,13 @@ class Actions:
         action, target, notice = await change(request, form)
         self.site.logged(request, user, action, target)
         response = RedirectResponse(_back(request, form), status_code=303)
-        response.set_cookie(
-            NOTICE_COOKIE, notice, max_age=60, httponly=True, samesite="strict", path=root(request)
+        response.set_cookie(  # quoted: a header is Latin-1, a job's name may not be
+            NOTICE_COOKIE,
+            quote(notice),
+            max_age=60,
+            httponly=True,
+            samesite="strict",
+            path=root(request),
         )
         return secured(response, request)
 
@@ -174,6 +179,11 @@ class Actions:
         """Keep the token the form was given in a cookie, if it is the right one."""
         form = await _form(request)
         check_state_change(request, form)
+        auth = self.site.options.auth
+        if not isinstance(auth, TokenAuth) or not auth.accepts(form.get("token", "")):
+            return await self.site.render(
+                request, "sign_in.html", 401, refused="that is not this dashboard's token"
+            )
         response = RedirectResponse(root(request), status_code=303)
         response.set_cookie(
             TOKEN_COOKIE,

@@ -88,6 +88,10 @@ class TokenAuth:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             given = request.cookies.get(TOKEN_COOKIE, "")
+        return self.accepts(given)
+
+    def accepts(self, given: str) -> bool:
+        """Whether ``given`` is the token (compared in constant time)."""
         return hmac.compare_digest(given.encode(), self.token.encode())
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
+from urllib.parse import unquote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from psycopg.rows import dict_row
@@ -106,20 +107,26 @@ class Site:
         return {**job, "args": args, "kwargs": kwargs}
 
     async def render(
-        self, request: Request, template: str, status: int = 200, **context: Any
+        self,
+        request: Request,
+        template: str,
+        status: int = 200,
+        *,
+        fragment: bool = False,
+        **context: Any,
     ) -> Response:
-        """A page, or the part of one that live refresh fetches, with its headers."""
+        """A page with its headers; a ``fragment`` (the part that live refresh fetches) leaves
+        the notice of the last action to the next whole page."""
         token = csrf_token(request)
-        notice = request.cookies.get(NOTICE_COOKIE)
+        notice = None if fragment else request.cookies.get(NOTICE_COOKIE)
         response = self.templates.TemplateResponse(
             request,
             template,
             {
                 "options": self.options,
                 "csrf": token,
-                "path": request.url.path,
                 "here": _here(request),
-                "notice": notice,
+                "notice": None if notice is None else unquote(notice),
                 **context,
             },
             status_code=status,
@@ -201,8 +208,15 @@ def seconds(value: float | None) -> str:
     return f"{value:.1f} s"
 
 
-def moment(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def moment(value: datetime | str | None) -> str:
+    """A moment in UTC to the second; ``value`` may be ISO 8601 text (an error's ``at``)."""
+    if value is None:
+        return "-"
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    except ValueError:
+        return str(value)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def pretty(value: Any) -> str:

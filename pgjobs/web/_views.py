@@ -33,7 +33,8 @@ class Views:
     async def live(self, request: Request) -> Response:
         """The overview's live part alone, which the page fetches every few seconds."""
         await self.site.user(request)
-        return await self.site.render(request, "_live.html", **await self._overview())
+        overview = await self._overview()
+        return await self.site.render(request, "_live.html", fragment=True, **overview)
 
     async def _overview(self) -> dict[str, Any]:
         site = self.site

@@ -14,6 +14,10 @@ if (live) {
     if (document.hidden) return;
     try {
       const response = await fetch(live.dataset.live, { credentials: "same-origin" });
+      if (response.redirected) {
+        window.location.assign(response.url); // signed out: the whole page goes to sign in
+        return;
+      }
       if (response.ok) {
         live.innerHTML = await response.text(); // the server's own escaped HTML
         live.classList.remove("stale");

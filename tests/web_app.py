@@ -1,0 +1,96 @@
+"""Jobs, a queue with limits and a cron entry for tests/test_web_browser.py, in an app of its own
+so that its queue declarations and cron entry never reach the workers of other tests. Each job
+records its runs in the ``ledger`` table through its own autocommit connection.
+
+``fragile`` fails until the test writes a ``fixed:KEY`` row into the ledger (see :func:`fix`),
+and ``held`` runs until the test lets go of an advisory lock: the test decides how jobs end.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+import pgjobs
+
+app = pgjobs.App()
+app.queue("mail", concurrency=2, rate=(30, timedelta(minutes=1)))
+
+NIGHTLY = "web.nightly"
+"""The cron entry: 03:00 UTC every day, a time no test waits for."""
+
+_local = threading.local()
+_connections: list[psycopg.Connection[Any]] = []
+
+
+def _ledger() -> psycopg.Connection[Any]:
+    url = str(app.settings.database_url)
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed or _local.url != url:
+        conn = _local.conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
+        _local.url = url
+        _connections.append(conn)
+    return conn
+
+
+def close_connections() -> None:
+    while _connections:
+        _connections.pop().close()
+
+
+def record(label: str, event: str = "start") -> None:
+    job = pgjobs.current_job()
+    _ledger().execute(
+        "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (%s, %s, %s, %s, %s)",
+        (job.id, job.attempt, 0, label, event),
+    )
+
+
+def fix(conn: psycopg.Connection[Any], key: str) -> None:
+    """Let the ``fragile`` jobs of ``key`` complete from their next attempt on."""
+    conn.execute(
+        "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (0, 0, 0, %s, 'fix')",
+        (f"fixed:{key}",),
+    )
+
+
+@app.job(name="web.report")
+def report(label: str = "") -> None:
+    record(label)
+
+
+@app.job(name="web.send_mail", queue="mail")
+def send_mail(to: str) -> None:
+    record(to)
+
+
+@app.job(name="web.fragile", max_attempts=1)
+def fragile(key: str, message: str = "the mail server refused the connection") -> None:
+    """Raises ``RuntimeError(message)`` (one attempt: the job is discarded) until ``key`` is
+    fixed."""
+    (fixed,) = _ledger().execute(
+        "SELECT count(*) FROM ledger WHERE label = %s", (f"fixed:{key}",)
+    ).fetchone() or (0,)
+    if not fixed:
+        raise RuntimeError(message)
+    record(key)
+
+
+@app.job(name="web.日報", max_attempts=1)
+def daily_report() -> None:
+    """A job whose name is not ASCII (a name may be any text), which always fails."""
+    raise RuntimeError("the report's source is gone")
+
+
+@app.job(name="web.held")
+def held(key: int) -> None:
+    """Runs until the test that holds advisory lock ``key`` lets it go."""
+    record("held")
+    _ledger().execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
+    record("held", "end")
+
+
+app.periodic(report, cron="0 3 * * *", name=NIGHTLY, kwargs={"label": "nightly"}, catch_up="none")

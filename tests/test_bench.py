@@ -56,6 +56,18 @@ ALSO_REPORTED = {
                 ),
             },
         ),
+        (
+            ["pages", "--available", "300", "--finished", "1000", "--samples", "2"],
+            {
+                "fill_seconds",
+                "slowest_page_max_ms",
+                *(
+                    f"{page} {figure}"
+                    for page in ("/", "/queues", "/jobs?state=available (page 2)", "/jobs/<id>")
+                    for figure in ("p50_ms", "max_ms")
+                ),
+            },
+        ),
     ],
 )
 def test_bench_modes_report_their_figures_and_drop_their_schema(

@@ -76,7 +76,7 @@ def pages(
         ordered = sorted(times)
         figures[f"{page} p50_ms"] = round(ordered[len(ordered) // 2], 1)
         figures[f"{page} max_ms"] = round(ordered[-1], 1)
-    figures["slowest_page_max_ms"] = max(max(times) for times in timings.values())
+    figures["slowest_page_max_ms"] = round(max(max(times) for times in timings.values()), 1)
     return figures
 
 

@@ -24,7 +24,7 @@ from pgjobs._encoding import COPY_THRESHOLD
 from tests import tracing_app
 from tests.helpers import rows, run_cli, run_program, value
 
-WORKER = ["--app", "tests.tracing_app:app", "worker", "--burst"]
+WORKER = ["--app", "tests.tracing_app:app", "worker", "--burst", "--queues", "default,limited"]
 
 
 class Traced:
@@ -187,15 +187,29 @@ def test_a_worker_runs_each_job_in_a_span_whose_parent_is_its_enqueue(
         async_id = tracing_app.async_job.enqueue("async")
         failing = tracing_app.fails.enqueue()
         snoozing = tracing_app.snoozes.enqueue(str(tmp_path / "snoozed"))
+        limited = tracing_app.sync_job.options(queue="limited").enqueue("limited")
     request = traced.span("request")
     spans = run_worker(database_url, tmp_path / "spans.jsonl")
     by_name: dict[str, list[dict[str, Any]]] = {}
     for span in spans:
         by_name.setdefault(span["name"], []).append(span)
 
-    for job_id, name, label in ((sync_id, "sync_job", "sync"), (async_id, "async_job", "async")):
-        [process] = by_name[f"process tracing.{name}"]
-        enqueue = traced.span(f"enqueue tracing.{name}")
+    runs = (
+        (sync_id, "sync_job", "sync", "default"),
+        (async_id, "async_job", "async", "default"),
+        (limited, "sync_job", "limited", "limited"),
+    )
+    for job_id, name, label, queue in runs:
+        [process] = [
+            span
+            for span in by_name[f"process tracing.{name}"]
+            if span["attributes"]["messaging.message.id"] == str(job_id)
+        ]
+        [enqueue] = [
+            span
+            for span in traced.spans(f"enqueue tracing.{name}")
+            if (span.attributes or {})["messaging.message.id"] == str(job_id)
+        ]
         assert process["trace_id"] == trace_id(request)
         assert process["parent_span_id"] == span_id(enqueue)
         assert process["kind"] == "CONSUMER" and process["status"] == "UNSET"
@@ -203,7 +217,7 @@ def test_a_worker_runs_each_job_in_a_span_whose_parent_is_its_enqueue(
             "messaging.system": "pgjobs",
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
-            "messaging.destination.name": "default",
+            "messaging.destination.name": queue,
             "messaging.message.id": str(job_id),
             "pgjobs.job.name": f"tracing.{name}",
             "pgjobs.job.attempt": 1,
@@ -242,6 +256,7 @@ def test_a_worker_runs_each_job_in_a_span_whose_parent_is_its_enqueue(
         async_id: "completed",
         failing: "discarded",
         snoozing: "completed",
+        limited: "completed",
     }
 
 

@@ -19,6 +19,7 @@ import pgjobs
 import pgjobs.tracing
 
 app = pgjobs.App()
+app.queue("limited", concurrency=5)  # claimed by claim_limited_jobs()
 
 PROVIDER = TracerProvider()
 """The provider this module's spans go to (the worker's own, once instrumented)."""

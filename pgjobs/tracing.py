@@ -85,10 +85,13 @@ class Tracing:
         self._tracer = tracer
 
     @contextmanager
-    def sending(self, calls: Sequence[JobCall], batch_id: int | None = None) -> Iterator[str]:
+    def sending(
+        self, calls: Sequence[JobCall], batch_id: int | None = None
+    ) -> Iterator[str | None]:
         """A ``PRODUCER`` span, current while ``calls`` (at least one) are enqueued; yields its
-        context as JSON text for every job to carry. An exception that leaves the block marks the
-        span failed."""
+        context as JSON text for every job to carry (``None`` if the propagator injects nothing,
+        as with the API's no-op tracer). An exception that leaves the block marks the span
+        failed."""
         first = calls[0]
         queue = first.options.queue or first.job.queue
         attributes: dict[str, Any] = {
@@ -109,9 +112,7 @@ class Tracing:
         with self._tracer.start_as_current_span(
             name, kind=SpanKind.PRODUCER, attributes=attributes
         ):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            yield json.dumps(carrier, separators=(",", ":"))
+            yield self.current()
 
     def sent(self, ids: IdList) -> IdList:
         """Record the id of the one job just enqueued (or, of a unique job's duplicate, the
@@ -124,7 +125,8 @@ class Tracing:
         return ids
 
     def current(self) -> str | None:
-        """The current trace context as JSON text; ``None`` when no span is current."""
+        """The current context as the propagator's carrier, in JSON text; ``None`` when it
+        injects nothing (no span is current)."""
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return json.dumps(carrier, separators=(",", ":")) if carrier else None

@@ -317,3 +317,20 @@ def test_importing_pgjobs_does_not_import_opentelemetry(database_url: str) -> No
     result = run_program(database_url, [sys.executable, "-c", probe])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_with_no_sdk_the_api_traces_nothing_and_stores_nothing(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Instrumented with the global provider while no SDK is installed as it: the API's no-op
+    spans have no context to store."""
+    tracing_app.app.configure(database_url=database_url)
+    pgjobs.tracing.instrument(tracing_app.app)
+    try:
+        one = tracing_app.sync_job.enqueue("a")
+        many = tracing_app.app.enqueue_many([tracing_app.sync_job.call("b")] * 2)
+    finally:
+        pgjobs.tracing.uninstrument(tracing_app.app)
+        tracing_app.app.close()
+    nulls = "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) AND trace_context IS NULL"
+    assert value(db, nulls, [one, *many]) == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pgjobs
 import pgjobs.tracing
 from pgjobs._encoding import COPY_THRESHOLD
 from tests import tracing_app
-from tests.helpers import rows, run_cli, run_program, value
+from tests.helpers import WorkerProcess, eventually, rows, run_cli, run_program, value
 
 WORKER = ["--app", "tests.tracing_app:app", "worker", "--burst", "--queues", "default,limited"]
 
@@ -258,6 +259,34 @@ def test_a_worker_runs_each_job_in_a_span_whose_parent_is_its_enqueue(
         snoozing: "completed",
         limited: "completed",
     }
+
+
+def test_a_cancelled_run_says_so_on_its_span(
+    traced: Traced, db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    job_id = tracing_app.async_until_cancelled.enqueue()
+    spans = tmp_path / "spans.jsonl"
+    worker = WorkerProcess.start(
+        WORKER[:-3],  # not --burst: it runs until stopped
+        database_url=database_url,
+        log=tmp_path / "worker.log",
+        env={"PGJOBS_TEST_SPANS": str(spans)},
+    )
+    try:
+        state = "SELECT state FROM pgjobs.jobs WHERE id = %s"
+        eventually(lambda: value(db, state, job_id) == "running")
+        assert tracing_app.app.cancel(job_id) == "cancelling"
+        eventually(lambda: value(db, state, job_id) == "cancelled")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.output()
+    finally:
+        worker.kill()
+    [process] = [json.loads(line) for line in spans.read_text().splitlines()]
+    assert process["name"] == "process tracing.async_until_cancelled"
+    assert process["attributes"]["pgjobs.job.outcome"] == "cancelled"
+    assert process["status"] == "UNSET" and process["events"] == []
+    enqueue = traced.span("enqueue tracing.async_until_cancelled")
+    assert process["parent_span_id"] == span_id(enqueue)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ process with an in-memory exporter instead."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -59,6 +60,12 @@ def snoozes(marker: str) -> None:
     if not os.path.exists(marker):
         open(marker, "w").close()
         raise pgjobs.Snooze(0)
+
+
+@app.job(name="tracing.async_until_cancelled")
+async def async_until_cancelled() -> None:
+    """Runs until cancelled (its task is cancelled then)."""
+    await asyncio.Event().wait()
 
 
 def span_record(span: ReadableSpan) -> dict[str, Any]:

@@ -530,11 +530,12 @@ class App:
     def _create(
         self, on_success: JobCall | None, on_complete: JobCall | None, description: str | None
     ) -> _admin.Operation[int]:
+        trace_context = self._client.trace_context()
         return _batches.create(
             self.queries,
             description,
-            _batches.callback_template(self._jobs, "on_success", on_success),
-            _batches.callback_template(self._jobs, "on_complete", on_complete),
+            _batches.callback_template(self._jobs, "on_success", on_success, trace_context),
+            _batches.callback_template(self._jobs, "on_complete", on_complete, trace_context),
         )
 
     def add_to_batch(
@@ -547,13 +548,13 @@ class App:
             ValidationError: no such batch, or it has finished (its callbacks were enqueued);
                 nothing was written and the caller's transaction is usable.
         """
-        return self._client.run(_batches.add(self.queries, batch_id, calls), conn)
+        return self._client.add_to_batch(batch_id, calls, conn)
 
     async def add_to_batch_async(
         self, batch_id: int, calls: Iterable[JobCall], *, conn: Any = None
     ) -> list[int]:
         """:meth:`add_to_batch` for async code."""
-        return await self._client.run_async(_batches.add(self.queries, batch_id, calls), conn)
+        return await self._client.add_to_batch_async(batch_id, calls, conn)
 
     def seal_batch(self, batch_id: int, *, conn: Any = None) -> None:
         """Seal batch ``batch_id`` (as :meth:`Batch.seal`): for a batch whose creating code

@@ -24,10 +24,13 @@ if TYPE_CHECKING:
 
 
 def callback_template(
-    jobs: Mapping[str, Job[..., Any]], field: str, call: JobCall | None
+    jobs: Mapping[str, Job[..., Any]],
+    field: str,
+    call: JobCall | None,
+    trace_context: str | None = None,
 ) -> str | None:
     """The ``on_success`` / ``on_complete`` column for ``call``: the job to insert, as JSON text
-    (``None`` for no callback).
+    (``None`` for no callback), with the ``trace_context`` the callback job will carry.
 
     The callback runs with the arguments of ``call`` (already checked by ``Job.call``), and
     ``current_job().batch_id`` is its batch.
@@ -47,16 +50,17 @@ def callback_template(
     if call.options.at is not None or call.options.delay is not None:
         raise ValidationError(field, "a callback runs when its batch ends; drop at= / delay=")
     params = insert_params([call])
-    return json.dumps(
-        {
-            "name": job.name,
-            "queue": params["queues"][0],
-            "priority": params["priorities"][0],
-            "max_attempts": params["max_attempts"][0],
-            "args": json.loads(call.args_json),
-            "kwargs": json.loads(call.kwargs_json),
-        }
-    )
+    template = {
+        "name": job.name,
+        "queue": params["queues"][0],
+        "priority": params["priorities"][0],
+        "max_attempts": params["max_attempts"][0],
+        "args": json.loads(call.args_json),
+        "kwargs": json.loads(call.kwargs_json),
+    }
+    if trace_context is not None:
+        template["trace_context"] = json.loads(trace_context)
+    return json.dumps(template)
 
 
 def create(
@@ -66,9 +70,12 @@ def create(
     return Operation(queries.insert_batch, params, lambda rows: int(rows[0]["id"]))
 
 
-def add(queries: Queries, batch_id: int, calls: Iterable[JobCall]) -> Operation[list[int]]:
+def add(
+    queries: Queries, batch_id: int, calls: Iterable[JobCall], trace_context: str | None = None
+) -> Operation[list[int]]:
     """Raises :class:`ValidationError` for a unique job: its key would not be held (a batch's
-    jobs are inserted by INSERT_BATCH_JOBS, without ``ON CONFLICT``)."""
+    jobs are inserted by INSERT_BATCH_JOBS, without ``ON CONFLICT``). Every job carries
+    ``trace_context``."""
     calls = list(calls)
     for call in calls:
         if call.unique_key is not None:
@@ -82,7 +89,7 @@ def add(queries: Queries, batch_id: int, calls: Iterable[JobCall]) -> Operation[
     return Operation(
         queries.insert_batch_jobs,
         {
-            **insert_params(calls),
+            **insert_params(calls, trace_context),
             "batch_id": batch_id,
             "counting_setting": queries.counting_setting,
         },
@@ -146,7 +153,7 @@ class Batch:
 
     def enqueue_many(self, calls: Iterable[JobCall]) -> list[int]:
         """Enqueue jobs in this batch in one statement; returns their ids in order."""
-        return self._client.run(add(self._queries, self.id, calls), self._conn)
+        return self._client.add_to_batch(self.id, calls, self._conn)
 
     def seal(self) -> None:
         """No more jobs from the creating code: the callbacks fire once none is pending (at once
@@ -184,7 +191,7 @@ class AsyncBatch:
 
     async def enqueue_many(self, calls: Iterable[JobCall]) -> list[int]:
         """:meth:`Batch.enqueue_many` for async code."""
-        return await self._client.run_async(add(self._queries, self.id, calls), self._conn)
+        return await self._client.add_to_batch_async(self.id, calls, self._conn)
 
     async def seal(self) -> None:
         """:meth:`Batch.seal` for async code."""

@@ -29,7 +29,7 @@ import psycopg_pool
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from . import _connection
+from . import _batches, _connection
 from ._admin import Operation
 from ._blockers import lock_wait_error
 from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
@@ -48,6 +48,7 @@ from ._unique import (
 
 if TYPE_CHECKING:
     from ._job import JobCall
+    from .tracing import Tracing
 
 T = TypeVar("T")
 
@@ -68,6 +69,8 @@ class Client:
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
+        self.tracing: Tracing | None = None
+        """Set by :func:`pgjobs.tracing.instrument`: enqueues and runs then make spans."""
 
     @property
     def settings(self) -> Settings:
@@ -85,23 +88,71 @@ class Client:
 
     def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
         batch = calls if isinstance(calls, list) else list(calls)
+        tracing = self.tracing
+        if tracing is None or not batch:
+            return self._enqueue_many(batch, conn, None)
+        with tracing.sending(batch) as trace_context:
+            return tracing.sent(self._enqueue_many(batch, conn, trace_context))
+
+    def _enqueue_many(
+        self, batch: list[JobCall], conn: Any, trace_context: str | None
+    ) -> list[JobId]:
         if any(map(_unique_key, batch)):
             with self.connection_for(conn) as driver:
-                return _run_unique(driver, self.queries, batch, self.prepare, conn is None)
-        params = insert_params(batch)
+                own = conn is None
+                return _run_unique(driver, self.queries, batch, self.prepare, own, trace_context)
+        params = insert_params(batch, trace_context)
         with self.connection_for(conn) as driver:
             return list(map(JobId, _run_insert(driver, self.queries, params, self.prepare)))
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
         batch = calls if isinstance(calls, list) else list(calls)
+        tracing = self.tracing
+        if tracing is None or not batch:
+            return await self._enqueue_many_async(batch, conn, None)
+        with tracing.sending(batch) as trace_context:
+            return tracing.sent(await self._enqueue_many_async(batch, conn, trace_context))
+
+    async def _enqueue_many_async(
+        self, batch: list[JobCall], conn: Any, trace_context: str | None
+    ) -> list[JobId]:
         if any(map(_unique_key, batch)):
             async with self.connection_for_async(conn) as driver:
                 own = conn is None
-                return await _run_unique_async(driver, self.queries, batch, self.prepare, own)
-        params = insert_params(batch)
+                return await _run_unique_async(
+                    driver, self.queries, batch, self.prepare, own, trace_context
+                )
+        params = insert_params(batch, trace_context)
         async with self.connection_for_async(conn) as driver:
             ids = await _run_insert_async(driver, self.queries, params, self.prepare)
             return list(map(JobId, ids))
+
+    def add_to_batch(self, batch_id: int, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
+        """Enqueue ``calls`` in batch ``batch_id`` (see :func:`._batches.add`)."""
+        batch = list(calls)
+        tracing = self.tracing
+        if tracing is None or not batch:
+            return self.run(_batches.add(self.queries, batch_id, batch), conn)
+        with tracing.sending(batch, batch_id) as trace_context:
+            operation = _batches.add(self.queries, batch_id, batch, trace_context)
+            return tracing.sent(self.run(operation, conn))
+
+    async def add_to_batch_async(
+        self, batch_id: int, calls: Iterable[JobCall], conn: Any = None
+    ) -> list[int]:
+        """:meth:`add_to_batch` for async code."""
+        batch = list(calls)
+        tracing = self.tracing
+        if tracing is None or not batch:
+            return await self.run_async(_batches.add(self.queries, batch_id, batch), conn)
+        with tracing.sending(batch, batch_id) as trace_context:
+            operation = _batches.add(self.queries, batch_id, batch, trace_context)
+            return tracing.sent(await self.run_async(operation, conn))
+
+    def trace_context(self) -> str | None:
+        """The caller's current trace context as JSON text, for jobs inserted later on its
+        behalf (a batch's callbacks); ``None`` when not traced."""
+        return None if self.tracing is None else self.tracing.current()
 
     def run(self, operation: Operation[T], conn: Any = None) -> T:
         """Run an admin operation on ``conn`` (the caller's transaction) or pgjobs' pool."""
@@ -306,6 +357,7 @@ def _run_unique(
     calls: Sequence[JobCall],
     prepare: bool | None,
     own: bool,
+    trace_context: str | None = None,
 ) -> list[JobId]:
     """A batch with unique jobs: its plain jobs as usual, its unique ones by their steps, copied
     first when there are many. On pgjobs' own (autocommit) connection, a batch of more than one
@@ -314,10 +366,10 @@ def _run_unique(
     plan = plan_batch(calls)
     if own and plan.kinds > 1:
         with conn.transaction():
-            return _run_unique(conn, queries, calls, prepare, own=False)
+            return _run_unique(conn, queries, calls, prepare, False, trace_context)
     written: dict[int, JobId] = {}
     if plan.plain:
-        plain = insert_params([calls[p] for p in plan.plain])
+        plain = insert_params([calls[p] for p in plan.plain], trace_context)
         ids = _run_insert(conn, queries, plain, prepare)
         written.update(zip(plan.plain, map(JobId, ids), strict=True))
     with conn.cursor() as cur:
@@ -325,7 +377,9 @@ def _run_unique(
             if not positions:
                 continue
             if len(positions) < COPY_THRESHOLD:
-                steps: UniqueSteps = insert_unique(queries, calls, positions, replace)
+                steps: UniqueSteps = insert_unique(
+                    queries, calls, positions, replace, trace_context=trace_context
+                )
                 written.update(_drive(cur, steps, prepare))
                 continue
             # the copied rows live in a temporary table dropped at commit: one transaction
@@ -335,7 +389,7 @@ def _run_unique(
                 with cur.copy(queries.copy_unique_rows) as copy:
                     for data in unique_copy_text(unique_params([calls[p] for p in positions])):
                         copy.write(data)
-                steps = insert_unique(queries, calls, positions, replace, copied=True)
+                steps = insert_unique(queries, calls, positions, replace, True, trace_context)
                 written.update(_drive(cur, steps, prepare))
                 cur.execute(queries.drop_unique_rows)
                 cur.execute(queries.restore_jit, {"jit": jit}, prepare=prepare)
@@ -365,15 +419,16 @@ async def _run_unique_async(
     calls: Sequence[JobCall],
     prepare: bool | None,
     own: bool,
+    trace_context: str | None = None,
 ) -> list[JobId]:
     """:func:`_run_unique` for async code."""
     plan = plan_batch(calls)
     if own and plan.kinds > 1:
         async with conn.transaction():
-            return await _run_unique_async(conn, queries, calls, prepare, own=False)
+            return await _run_unique_async(conn, queries, calls, prepare, False, trace_context)
     written: dict[int, JobId] = {}
     if plan.plain:
-        plain = insert_params([calls[p] for p in plan.plain])
+        plain = insert_params([calls[p] for p in plan.plain], trace_context)
         ids = await _run_insert_async(conn, queries, plain, prepare)
         written.update(zip(plan.plain, map(JobId, ids), strict=True))
     async with conn.cursor() as cur:
@@ -381,7 +436,9 @@ async def _run_unique_async(
             if not positions:
                 continue
             if len(positions) < COPY_THRESHOLD:
-                steps: UniqueSteps = insert_unique(queries, calls, positions, replace)
+                steps: UniqueSteps = insert_unique(
+                    queries, calls, positions, replace, trace_context=trace_context
+                )
                 written.update(await _drive_async(cur, steps, prepare))
                 continue
             async with conn.transaction() if _autocommitting(conn) else contextlib.nullcontext():
@@ -391,7 +448,7 @@ async def _run_unique_async(
                 async with cur.copy(queries.copy_unique_rows) as copy:
                     for data in unique_copy_text(unique_params([calls[p] for p in positions])):
                         await copy.write(data)
-                steps = insert_unique(queries, calls, positions, replace, copied=True)
+                steps = insert_unique(queries, calls, positions, replace, True, trace_context)
                 written.update(await _drive_async(cur, steps, prepare))
                 await cur.execute(queries.drop_unique_rows)
                 await cur.execute(queries.restore_jit, {"jit": jit}, prepare=prepare)

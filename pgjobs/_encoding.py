@@ -21,8 +21,10 @@ COPY_PIECE = 1000
 """Rows per piece of COPY data."""
 
 
-def insert_params(calls: Iterable[JobCall]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {
+def insert_params(calls: Iterable[JobCall], trace_context: str | None = None) -> dict[str, Any]:
+    """The columns of ``calls``, and the ``trace_context`` (JSON text) every one of them carries:
+    their enqueue's, or ``None`` when it is not traced."""
+    columns: dict[str, Any] = {
         "queues": [],
         "names": [],
         "args": [],
@@ -44,6 +46,7 @@ def insert_params(calls: Iterable[JobCall]) -> dict[str, list[Any]]:
         columns["ats"].append(options.at)
         columns["delays"].append(options.delay or 0.0)
         columns["partition_keys"].append(options.partition_key)
+    columns["trace_context"] = trace_context
     return columns
 
 
@@ -59,6 +62,7 @@ def single(params: Mapping[str, Any]) -> dict[str, Any]:
         "at": params["ats"][0],
         "delay": params["delays"][0],
         "partition_key": params["partition_keys"][0],
+        "trace_context": params["trace_context"],
     }
 
 
@@ -79,6 +83,8 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
     rest of an enqueue: most jobs in a batch share their name, queue and start time, so those are
     escaped and formatted once."""
     start_times: dict[tuple[datetime | None, float], str] = {}  # "scheduled_at\tstate"
+    trace = params["trace_context"]
+    trace_text = _NULL if trace is None else trace.replace(_BACKSLASH, _ESCAPED_BACKSLASH)
     names: dict[str, str] = {}
     lines = []
     for job_id, queue, name, args, kwargs, priority, max_attempts, at, delay, key in zip(
@@ -105,7 +111,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         lines.append(
             f"{job_id}\t{queue}\t{escaped_name}\t{args.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t"
             f"{kwargs.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t{priority}\t{max_attempts}\t"
-            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\n"
+            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\t{trace_text}\n"
         )
         if len(lines) == COPY_PIECE:
             yield "".join(lines).encode()

@@ -49,6 +49,8 @@ class ClaimedJob(NamedTuple):
     max_attempts: int
     claim_token: uuid.UUID
     batch_id: int | None
+    trace_context: Any
+    """The carrier its enqueue stored (``jobs.trace_context``): any JSON, or ``None``."""
 
 
 async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: Executor) -> Outcome:

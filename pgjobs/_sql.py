@@ -14,9 +14,10 @@ from dataclasses import dataclass, fields
 
 INSERT_JOBS = """
 INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
-                        partition_key)
+                        partition_key, trace_context)
 SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
-       CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, partition_key
+       CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, partition_key,
+       %(trace_context)s::jsonb
 FROM (
     SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
     FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
@@ -27,12 +28,14 @@ FROM (
 ) AS rows
 RETURNING id
 """
+"""Every job of the batch carries the same ``trace_context``: its enqueue's (``NULL`` untraced)."""
 
 INSERT_JOB = """
 INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
-                        partition_key)
+                        partition_key, trace_context)
 SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
-       run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(partition_key)s
+       run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(partition_key)s,
+       %(trace_context)s::jsonb
 FROM (SELECT coalesce(%(at)s::timestamptz, now() + make_interval(secs => %(delay)s)) AS run_at) AS t
 RETURNING id
 """
@@ -50,7 +53,7 @@ more than the ids themselves."""
 
 COPY_JOBS = """
 COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
-                  partition_key)
+                  partition_key, trace_context)
 FROM STDIN
 """
 """Large batches: several times faster than INSERT for thousands of rows. The insert trigger
@@ -68,10 +71,11 @@ FROM """
 _UNIQUE_WRITE = """
 ), written AS (
     INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
-                                    scheduled_at, state, unique_key, unique_states, partition_key)
+                                    scheduled_at, state, unique_key, unique_states, partition_key,
+                                    trace_context)
     SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
            CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           held_key, string_to_array(states, ','), partition_key
+           held_key, string_to_array(states, ','), partition_key, %(trace_context)s::jsonb
     FROM rows ORDER BY position
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
     DO NOTHING
@@ -105,10 +109,11 @@ WITH one AS (
            END AS held_key
 ), written AS (
     INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
-                                    scheduled_at, state, unique_key, unique_states, partition_key)
+                                    scheduled_at, state, unique_key, unique_states, partition_key,
+                                    trace_context)
     SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
            %(max_attempts)s, run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           held_key, string_to_array(%(states)s, ','), %(partition_key)s
+           held_key, string_to_array(%(states)s, ','), %(partition_key)s, %(trace_context)s::jsonb
     FROM one
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
     DO NOTHING
@@ -214,7 +219,7 @@ SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), worker_id 
 WHERE j.id = ANY(ARRAY(SELECT id FROM next))  -- an array: always the primary key, never a scan
   AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
 RETURNING j.id, j.queue, j.name, j.args, j.kwargs, j.priority, j.attempt, j.max_attempts,
-          j.claim_token, j.batch_id
+          j.claim_token, j.batch_id, j.trace_context
 """
 """Claim up to ``limit`` jobs, queue by queue in the given order.
 
@@ -828,10 +833,10 @@ WITH batch AS (
     FROM {schema}.lock_batch(%(batch_id)s::bigint)
 ), inserted AS (
     INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
-                               state, batch_id, partition_key)
+                               state, batch_id, partition_key, trace_context)
     SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
            CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(batch_id)s::bigint,
-           partition_key
+           partition_key, %(trace_context)s::jsonb
     FROM (
         SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
         FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],

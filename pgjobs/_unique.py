@@ -211,9 +211,9 @@ def resolve(plan: Plan, written: Mapping[int, JobId], count: int) -> list[JobId]
     return result
 
 
-def unique_params(calls: Sequence[JobCall]) -> dict[str, list[Any]]:
+def unique_params(calls: Sequence[JobCall], trace_context: str | None = None) -> dict[str, Any]:
     """INSERT_UNIQUE_JOBS' columns: INSERT_JOBS' and each job's key, unique states and period."""
-    params = insert_params(calls)
+    params = insert_params(calls, trace_context)
     params["keys"] = [call.unique_key for call in calls]
     params["states"] = []
     params["periods"] = []
@@ -228,7 +228,7 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 """The characters COPY's text format escapes."""
 
 
-def unique_copy_text(params: Mapping[str, list[Any]]) -> Iterator[bytes]:
+def unique_copy_text(params: Mapping[str, Any]) -> Iterator[bytes]:
     """The rows of ``params`` (:func:`unique_params`) for COPY_UNIQUE_ROWS, in COPY's text
     format, :data:`COPY_PIECE` rows at a time; each row's position counts from 1."""
     lines = []
@@ -274,7 +274,7 @@ def unique_copy_text(params: Mapping[str, list[Any]]) -> Iterator[bytes]:
         yield "".join(lines).encode()
 
 
-def single_unique(params: Mapping[str, list[Any]]) -> dict[str, Any]:
+def single_unique(params: Mapping[str, Any]) -> dict[str, Any]:
     """INSERT_UNIQUE_JOB's parameters from the one-row columns of :func:`unique_params`."""
     return {
         **single(params),
@@ -294,6 +294,7 @@ def insert_unique(
     positions: Sequence[int],
     replace: bool,
     copied: bool = False,
+    trace_context: str | None = None,
 ) -> Generator[Step, list[tuple[Any, ...]], dict[int, JobId]]:
     """Insert the calls at ``positions`` (one per key) and return their ids by position.
 
@@ -303,20 +304,24 @@ def insert_unique(
     an uncommitted holder is waited for by the insert itself (``ON CONFLICT``).
 
     ``copied``: the driver has copied the calls' rows (:func:`unique_copy_text`) for the first
-    insert.
+    insert. ``trace_context``: the enqueue's, for every job written (a replaced holder keeps its
+    own).
     """
     found: dict[int, JobId] = {}
     pending = list(positions)
     for round_ in range(MAX_ROUNDS):
         if copied and round_ == 0:
-            rows = yield queries.insert_copied_unique_jobs, {}
+            rows = yield queries.insert_copied_unique_jobs, {"trace_context": trace_context}
         elif len(pending) == 1:
             rows = yield (
                 queries.insert_unique_job,
-                single_unique(unique_params([calls[pending[0]]])),
+                single_unique(unique_params([calls[pending[0]]], trace_context)),
             )
         else:
-            rows = yield queries.insert_unique_jobs, unique_params([calls[p] for p in pending])
+            rows = yield (
+                queries.insert_unique_jobs,
+                unique_params([calls[p] for p in pending], trace_context),
+            )
         held: dict[str, int] = {}
         for ordinal, held_key, written_id in rows:
             position = pending[ordinal - 1]

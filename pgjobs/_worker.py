@@ -566,7 +566,11 @@ class Worker:
         try:
             job_started(job.id, job.name, job.queue, job.attempt)
             started = time.perf_counter()
-            outcome = await execute(self.app, job, context, self._threads)
+            tracing = self.app._client.tracing
+            if tracing is None:
+                outcome = await execute(self.app, job, context, self._threads)
+            else:
+                outcome = await tracing.process(self.app, job, context, self._threads)
             claim.seconds = time.perf_counter() - started
             job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, claim.seconds)
             if job.queue in self._view.limited:

@@ -1,0 +1,212 @@
+"""OpenTelemetry traces of enqueues and runs (``pip install 'pgjobs[otel]'``).
+
+:func:`instrument` turns tracing on for one :class:`~pgjobs.App`. Each enqueue then makes a
+``PRODUCER`` span, ``enqueue <job name>`` (``enqueue_many`` for several jobs at once), and
+stores its W3C trace context with the job (``jobs.trace_context``), injected by the global
+propagator. The worker runs each attempt inside a ``CONSUMER`` span, ``process <job name>``,
+whose parent is that context: the trace of a web request goes on into the worker, and the
+spans that the job's own code makes (in ``async def`` jobs and in the threads of ``def`` jobs)
+are children of the run's::
+
+    import pgjobs.tracing
+
+    pgjobs.tracing.instrument(app)  # the global tracer provider, or tracer_provider=...
+
+Until then nothing of OpenTelemetry is imported, and an enqueue or a run pays one ``None``
+check. Instrument the app in the web process and in the worker (the module that
+``pgjobs worker --app`` imports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+
+from ._app import App
+from ._execution import ClaimedJob, execute
+from ._outcome import Outcome
+
+if TYPE_CHECKING:
+    from ._context import JobContext
+    from ._job import JobCall
+
+P = ParamSpec("P")
+T = TypeVar("T")
+IdList = TypeVar("IdList", bound=Sequence[int])
+
+SYSTEM = "pgjobs"
+"""``messaging.system`` of every span."""
+
+OUTCOMES = {
+    "completed": "completed",
+    "retryable": "retried",
+    "discarded": "discarded",
+    "cancelled": "cancelled",
+    "scheduled": "snoozed",
+}
+"""``pgjobs.job.outcome`` of a run for each state its attempt ends in (as in ``job_stats``)."""
+
+
+def instrument(app: App, tracer_provider: TracerProvider | None = None) -> None:
+    """Trace ``app``'s enqueues and the runs of its jobs from now on.
+
+    Args:
+        app: the app whose enqueues (on any connection, sync or async, batches included) and
+            whose runs in a worker are traced.
+        tracer_provider: where the spans go; the global tracer provider by default.
+
+    Example::
+
+        pgjobs.tracing.instrument(app, tracer_provider=provider)
+    """
+    tracer = trace.get_tracer("pgjobs", tracer_provider=tracer_provider)
+    app._client.tracing = Tracing(tracer)
+
+
+def uninstrument(app: App) -> None:
+    """Stop tracing ``app``: its enqueues store no context and its runs make no spans."""
+    app._client.tracing = None
+
+
+class Tracing:
+    """The spans of one app: made by the client around each enqueue, and by the worker around
+    each run. Holds nothing but its tracer; the context travels in the jobs table."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+
+    @contextmanager
+    def sending(
+        self, calls: Sequence[JobCall], batch_id: int | None = None
+    ) -> Iterator[str | None]:
+        """A ``PRODUCER`` span, current while ``calls`` (at least one) are enqueued; yields its
+        context as JSON text for every job to carry (``None`` if the propagator injects nothing,
+        as with the API's no-op tracer). An exception that leaves the block marks the span
+        failed."""
+        first = calls[0]
+        queue = first.options.queue or first.job.queue
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "enqueue",
+        }
+        if all((c.options.queue or c.job.queue) == queue for c in calls):
+            attributes["messaging.destination.name"] = queue
+        if len(calls) == 1:
+            name = f"enqueue {first.job.name}"
+            attributes["pgjobs.job.name"] = first.job.name
+        else:
+            name = "enqueue_many"
+            attributes["messaging.batch.message_count"] = len(calls)
+        if batch_id is not None:
+            attributes["pgjobs.batch.id"] = batch_id
+        with self._tracer.start_as_current_span(
+            name, kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            yield self.current()
+
+    def sent(self, ids: IdList) -> IdList:
+        """Record the id of the one job just enqueued (or, of a unique job's duplicate, the
+        holder's) on the current ``PRODUCER`` span; returns ``ids``."""
+        if len(ids) == 1:
+            span = trace.get_current_span()
+            span.set_attribute("messaging.message.id", str(ids[0]))
+            if getattr(ids[0], "duplicate", False):
+                span.set_attribute("pgjobs.job.duplicate", True)
+        return ids
+
+    def current(self) -> str | None:
+        """The current context as the propagator's carrier, in JSON text; ``None`` when it
+        injects nothing (no span is current)."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return json.dumps(carrier, separators=(",", ":")) if carrier else None
+
+    async def process(
+        self, app: App, claimed: ClaimedJob, context: JobContext, threads: Executor
+    ) -> Outcome:
+        """Run ``claimed`` (as :func:`~pgjobs._execution.execute` does) inside a ``CONSUMER``
+        span whose parent is the context its enqueue stored; a context that cannot be read
+        (not a carrier, or garbage in it) makes the run a new trace."""
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": claimed.queue,
+            "messaging.message.id": str(claimed.id),
+            "pgjobs.job.name": claimed.name,
+            "pgjobs.job.attempt": claimed.attempt,
+            "pgjobs.job.max_attempts": claimed.max_attempts,
+        }
+        if claimed.batch_id is not None:
+            attributes["pgjobs.batch.id"] = claimed.batch_id
+        with self._tracer.start_as_current_span(
+            f"process {claimed.name}",
+            context=parent_context(claimed.trace_context),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,  # a job's exceptions end in its outcome, recorded below
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                outcome = await execute(app, claimed, context, InContext(threads))
+            except asyncio.CancelledError:  # the worker stops: the job is handed back
+                span.set_attribute("pgjobs.job.outcome", "handed_back")
+                raise
+            record_outcome(span, outcome)
+            return outcome
+
+
+def parent_context(carrier: Any) -> Context:
+    """The context extracted from a stored carrier, into an empty context (a carrier without
+    a valid ``traceparent`` gives a root); never raises, whatever the row holds."""
+    if not isinstance(carrier, dict):
+        return Context()
+    fields = {k: v for k, v in carrier.items() if isinstance(k, str) and isinstance(v, str)}
+    try:
+        return propagate.extract(fields, context=Context())
+    except Exception:  # a propagator that chokes on a hostile value: a new trace
+        return Context()
+
+
+def record_outcome(span: Span, outcome: Outcome) -> None:
+    """Set the run's outcome on its span: a failed attempt (retried or discarded) as the
+    exception it stored and status ``ERROR``, a snooze or a retry with its delay."""
+    span.set_attribute("pgjobs.job.outcome", OUTCOMES[outcome.state])
+    if outcome.state in ("retryable", "scheduled"):
+        span.set_attribute("pgjobs.job.delay_seconds", outcome.delay)
+    if outcome.state not in ("retryable", "discarded"):
+        return
+    error = outcome.error or {}
+    kind, message = str(error.get("class", "")), str(error.get("message", ""))
+    # the record OpenTelemetry's record_exception() writes, from what the job stores
+    span.add_event(
+        "exception",
+        {
+            "exception.type": kind,
+            "exception.message": message,
+            "exception.stacktrace": str(error.get("traceback", "")),
+        },
+    )
+    span.set_status(Status(StatusCode.ERROR, f"{kind}: {message}"))
+
+
+class InContext(Executor):
+    """The worker's thread pool, with each call run in a copy of the submitting task's context:
+    the run's span is current in a ``def`` job's thread."""
+
+    def __init__(self, threads: Executor) -> None:
+        self._threads = threads
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        run: Callable[..., T] = contextvars.copy_context().run
+        return self._threads.submit(run, fn, *args, **kwargs)

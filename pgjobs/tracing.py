@@ -34,6 +34,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, Trac
 from ._app import App
 from ._execution import ClaimedJob, execute
 from ._outcome import Outcome
+from ._stats import OUTCOMES
 
 if TYPE_CHECKING:
     from ._context import JobContext
@@ -45,15 +46,6 @@ IdList = TypeVar("IdList", bound=Sequence[int])
 
 SYSTEM = "pgjobs"
 """``messaging.system`` of every span."""
-
-OUTCOMES = {
-    "completed": "completed",
-    "retryable": "retried",
-    "discarded": "discarded",
-    "cancelled": "cancelled",
-    "scheduled": "snoozed",
-}
-"""``pgjobs.job.outcome`` of a run for each state its attempt ends in (as in ``job_stats``)."""
 
 
 def instrument(app: App, tracer_provider: TracerProvider | None = None) -> None:
@@ -181,7 +173,7 @@ def parent_context(carrier: Any) -> Context:
 def record_outcome(span: Span, outcome: Outcome) -> None:
     """Set the run's outcome on its span: a failed attempt (retried or discarded) as the
     exception it stored and status ``ERROR``, a snooze or a retry with its delay."""
-    span.set_attribute("pgjobs.job.outcome", OUTCOMES[outcome.state])
+    span.set_attribute("pgjobs.job.outcome", OUTCOMES[outcome.state])  # as in job_stats
     if outcome.state in ("retryable", "scheduled"):
         span.set_attribute("pgjobs.job.delay_seconds", outcome.delay)
     if outcome.state not in ("retryable", "discarded"):

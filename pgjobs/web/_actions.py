@@ -15,7 +15,8 @@ from starlette.responses import RedirectResponse, Response
 from .._admin import Operation, cancel, pause_cron, resume_cron, retry, retry_all, run_cron
 from .._queues import pause, resume
 from .._settings import QUEUE_NAME
-from ._listing import BIGINT, MAX_NAME, BadRequest
+from .._sql import Queries
+from ._listing import BIGINT, BadRequest, filters
 from ._security import TOKEN_COOKIE, Forbidden, TokenAuth, check_state_change
 from ._site import NOTICE_COOKIE, Site, root, secured
 
@@ -68,12 +69,7 @@ class Actions:
             state = form.get("state", "discarded")
             if state not in RETRYABLE_STATES:
                 raise BadRequest(f"retry all takes one of {', '.join(RETRYABLE_STATES)}")
-            queue = form.get("queue") or None
-            if queue is not None and not QUEUE_NAME.fullmatch(queue):
-                raise BadRequest(f"{queue!r} is not a queue name")
-            name = form.get("name") or None
-            if name is not None and len(name) > MAX_NAME:
-                raise BadRequest("that is not a job name")
+            queue, name = filters(form)
             operation = retry_all(
                 self.site.app.queries,
                 [state],
@@ -136,40 +132,40 @@ class Actions:
         return await self._change(request, change)
 
     async def pause_queue(self, request: Request) -> Response:
-        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            name = _queue(request)
-            await self._run(pause(self.site.app.queries, name))
-            return "pause", f"queue {name}", f"queue {name} paused: running jobs finish"
-
-        return await self._change(request, change)
+        return await self._switch(
+            request, pause, _queue, "pause", "queue", "paused: running jobs finish"
+        )
 
     async def resume_queue(self, request: Request) -> Response:
-        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            name = _queue(request)
-            await self._run(resume(self.site.app.queries, name))
-            return "resume", f"queue {name}", f"queue {name} resumed"
-
-        return await self._change(request, change)
+        return await self._switch(request, resume, _queue, "resume", "queue", "resumed")
 
     async def pause_cron(self, request: Request) -> Response:
-        async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            name = request.path_params["name"]
-            await self._run(pause_cron(self.site.app.queries, name))
-            return "pause", f"cron entry {name}", f"cron entry {name} paused"
-
-        return await self._change(request, change)
+        return await self._switch(request, pause_cron, _entry, "pause", "cron entry", "paused")
 
     async def resume_cron(self, request: Request) -> Response:
+        return await self._switch(request, resume_cron, _entry, "resume", "cron entry", "resumed")
+
+    async def _switch(
+        self,
+        request: Request,
+        operation: Callable[[Queries, str], Operation[None]],
+        named: Callable[[Request], str],
+        action: str,
+        kind: str,
+        done: str,
+    ) -> Response:
+        """Pause or resume the queue or cron entry the path names."""
+
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            name = request.path_params["name"]
-            await self._run(resume_cron(self.site.app.queries, name))
-            return "resume", f"cron entry {name}", f"cron entry {name} resumed"
+            name = named(request)
+            await self._run(operation(self.site.app.queries, name))
+            return action, f"{kind} {name}", f"{kind} {name} {done}"
 
         return await self._change(request, change)
 
     async def run_cron(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            name = request.path_params["name"]
+            name = _entry(request)
             job_id = await self._run(run_cron(self.site.app.queries, name))
             return "run now", f"cron entry {name}", f"cron entry {name} enqueued job {job_id}"
 
@@ -226,6 +222,11 @@ def _job_id(request: Request) -> int:
     if job_id > BIGINT:
         raise HTTPException(404, f"there is no job {job_id}")
     return job_id
+
+
+def _entry(request: Request) -> str:
+    name: str = request.path_params["name"]
+    return name
 
 
 def _queue(request: Request) -> str:

@@ -107,12 +107,7 @@ def listing(query: Mapping[str, str], *, searchable: bool = True) -> Listing:
     state = query.get("state") or "available"
     if state not in ORDERS:
         raise BadRequest(f"state must be one of {', '.join(STATES)}; not {state!r}")
-    queue = query.get("queue") or None
-    if queue is not None and not QUEUE_NAME.fullmatch(queue):
-        raise BadRequest(f"{queue!r} is not a queue name (letters, digits, _.-)")
-    name = query.get("name") or None
-    if name is not None and (len(name) > MAX_NAME or "\x00" in name):
-        raise BadRequest(f"a job name is at most {MAX_NAME} characters of text")
+    queue, name = filters(query)
     search = query.get("search") or None
     if search is not None:
         if not searchable:
@@ -122,6 +117,21 @@ def listing(query: Mapping[str, str], *, searchable: bool = True) -> Listing:
     after = query.get("after")
     cursor = None if not after else decode_cursor(after, ORDERS[state].keys)
     return Listing(state, queue, name, search, cursor)
+
+
+def filters(given: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The queue and job name that a query string or form filters by (empty: none).
+
+    Raises:
+        BadRequest: a queue or job name that cannot be one.
+    """
+    queue = given.get("queue") or None
+    if queue is not None and not QUEUE_NAME.fullmatch(queue):
+        raise BadRequest(f"{queue!r} is not a queue name (letters, digits, _.-)")
+    name = given.get("name") or None
+    if name is not None and (len(name) > MAX_NAME or "\x00" in name):
+        raise BadRequest(f"a job name is at most {MAX_NAME} characters of text")
+    return queue, name
 
 
 def encode_cursor(keys: Sequence[Any]) -> str:

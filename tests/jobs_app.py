@@ -15,35 +15,18 @@ from typing import Any
 import psycopg
 
 import pgjobs
+from tests.ledger import Ledger
 
 app = pgjobs.App()
 
-_local = threading.local()
-_ledger_connections: list[psycopg.Connection[Any]] = []
-
-
-def _ledger() -> psycopg.Connection[Any]:
-    """This thread's connection to the ledger, in the database the app is configured for."""
-    url = str(app.settings.database_url)
-    conn = getattr(_local, "conn", None)
-    if conn is None or conn.closed or _local.url != url:
-        conn = _local.conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
-        _local.url = url
-        _ledger_connections.append(conn)
-    return conn
-
-
-def close_ledger_connections() -> None:
-    while _ledger_connections:
-        _ledger_connections.pop().close()
+ledger = Ledger(app)
+_ledger = ledger.connection
+"""This thread's connection to the ledger, in the database the app is configured for."""
+close_ledger_connections = ledger.close
 
 
 def record(label: str, event: str = "start") -> None:
-    job = pgjobs.current_job()
-    _ledger().execute(
-        "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (%s, %s, %s, %s, %s)",
-        (job.id, job.attempt, os.getpid(), label, event),
-    )
+    ledger.record(label, event, os.getpid())
 
 
 def retry_now(attempt: int, exc: BaseException) -> float:

@@ -4,14 +4,11 @@ its start and end in the ``ledger`` table through its own autocommit connection.
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
-from typing import Any
-
-import psycopg
 
 import pgjobs
+from tests.ledger import Ledger
 
 app = pgjobs.App()
 app.queue("tenants", concurrency=5, partition_by="key")
@@ -20,27 +17,9 @@ app.queue("rated_full", rate=(100, timedelta(minutes=1)))
 app.queue("serial", concurrency=5)
 app.queue("roomy", concurrency=1_000_000)
 
-_local = threading.local()
-_connections: list[psycopg.Connection[Any]] = []
-
-
-def record(label: str, event: str) -> None:
-    url = str(app.settings.database_url)
-    conn = getattr(_local, "conn", None)
-    if conn is None or conn.closed or _local.url != url:
-        conn = _local.conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
-        _local.url = url
-        _connections.append(conn)
-    job = pgjobs.current_job()
-    conn.execute(
-        "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (%s, %s, %s, %s, %s)",
-        (job.id, job.attempt, 0, label, event),
-    )
-
-
-def close_connections() -> None:
-    while _connections:
-        _connections.pop().close()
+ledger = Ledger(app)
+record = ledger.record
+close_connections = ledger.close
 
 
 @app.job(name="limits.tenant_call", queue="tenants", partition_by="tenant")

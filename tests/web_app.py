@@ -8,13 +8,13 @@ and ``held`` runs until the test lets go of an advisory lock: the test decides h
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 
 import pgjobs
+from tests.ledger import Ledger
 
 app = pgjobs.App()
 app.queue("mail", concurrency=2, rate=(30, timedelta(minutes=1)))
@@ -22,31 +22,10 @@ app.queue("mail", concurrency=2, rate=(30, timedelta(minutes=1)))
 NIGHTLY = "web.nightly"
 """The cron entry: 03:00 UTC every day, a time no test waits for."""
 
-_local = threading.local()
-_connections: list[psycopg.Connection[Any]] = []
-
-
-def _ledger() -> psycopg.Connection[Any]:
-    url = str(app.settings.database_url)
-    conn = getattr(_local, "conn", None)
-    if conn is None or conn.closed or _local.url != url:
-        conn = _local.conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
-        _local.url = url
-        _connections.append(conn)
-    return conn
-
-
-def close_connections() -> None:
-    while _connections:
-        _connections.pop().close()
-
-
-def record(label: str, event: str = "start") -> None:
-    job = pgjobs.current_job()
-    _ledger().execute(
-        "INSERT INTO ledger (job_id, attempt, pid, label, event) VALUES (%s, %s, %s, %s, %s)",
-        (job.id, job.attempt, 0, label, event),
-    )
+ledger = Ledger(app)
+_ledger = ledger.connection
+record = ledger.record
+close_connections = ledger.close
 
 
 def fix(conn: psycopg.Connection[Any], key: str) -> None:

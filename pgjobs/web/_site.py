@@ -56,8 +56,9 @@ class Site:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        environment.filters.update(ago=ago, moment=moment, seconds=seconds, pretty=pretty)
-        environment.filters["brief"] = brief
+        environment.filters.update(
+            ago=ago, moment=moment, seconds=seconds, pretty=pretty, brief=brief
+        )
         self.templates = Jinja2Templates(env=environment)
 
     async def rows(self, *statements: tuple[str, Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -76,17 +77,6 @@ class Site:
                 await cur.execute(statement, params, prepare=False)
                 results.append(await cur.fetchall())
         return results
-
-    async def tuples(self, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """The rows of one statement as tuples, run as :meth:`rows` runs them."""
-        async with (
-            self.app._client.connection_for_async(None) as conn,
-            conn.transaction(),
-            conn.cursor() as cur,
-        ):
-            await cur.execute(NO_JIT)
-            await cur.execute(statement, params, prepare=False)
-            return await cur.fetchall()
 
     async def count(self, exact: int, state: str, queue: str | None = None) -> Count:
         """``exact`` jobs of ``state`` (in ``queue``) counted up to the cap, or the planner's

@@ -83,7 +83,8 @@ class Views:
         asked = listing(request.query_params, searchable=site.options.redact is None)
         order = ORDERS[asked.state]
         statement = getattr(site.web, order.scan + ("_after" if asked.after else ""))
-        found = page(await site.tuples(statement, asked.params()), asked)
+        (scanned,) = await site.rows((statement, asked.params()))
+        found = page([tuple(row.values()) for row in scanned], asked)
         (rows,) = await site.rows((site.web.jobs_by_id, {"ids": found.ids}))
         by_id = {row["id"]: site.shown(row) for row in rows}
         jobs = [by_id[i] for i in found.ids if i in by_id]  # a job deleted meanwhile is gone

@@ -55,17 +55,17 @@ class Dashboard:
 def start_dashboard(
     database_url: str, log: Path, *flags: str, env: dict[str, str] | None = None
 ) -> Dashboard:
-    """``pgjobs web --port 0 --app tests.web_app:app FLAGS``, once uvicorn says where it
+    """``pgjobs web --port 0 --app tests.web_app:app FLAGS``, once it says where it
     listens."""
     process = WorkerProcess.start(
         ["web", "--port", "0", "--app", APP, *flags], database_url=database_url, log=log, env=env
     )
     try:
-        process.wait_for_log("Uvicorn running on http://127.0.0.1:")
+        process.wait_for_log("serving the dashboard on http://127.0.0.1:")
     except BaseException:
         process.kill()
         raise
-    match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", process.output())
+    match = re.search(r"serving the dashboard on (http://127\.0\.0\.1:\d+)", process.output())
     assert match is not None, process.output()
     return Dashboard(match[1], process)
 

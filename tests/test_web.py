@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -495,3 +496,56 @@ def test_counts_past_the_cap_are_estimates_that_say_so(
     queues = web.get("/queues").text
     assert re.search(r">default</a></td>\s*<td class=\"num\">≈[\d,]+</td>", queues)
     assert re.search(r">small</a></td>\s*<td class=\"num\">1</td>", queues)
+
+
+def test_without_authentication_it_answers_only_to_loopback_names(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.noop.enqueue("x")
+    discarded(db, job_id)
+    with serving(app) as base:
+        port = base.rsplit(":", 1)[1]
+        rebound = {"host": f"attacker.example:{port}", "origin": f"http://attacker.example:{port}"}
+        assert httpx.get(f"{base}/jobs", headers=rebound).status_code == 403
+        with Browser(base) as web:
+            token = web.token()
+            refused = web.client.post(f"/jobs/{job_id}/retry", data={"csrf": token},
+                                      headers=rebound)  # fmt: skip
+            assert refused.status_code == 403
+            assert state(db, job_id) == "discarded"
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+                assert httpx.get(f"{base}/queues", headers={"host": host}).status_code == 200
+    with serving(app, auth=BasicAuth("ops", "s3cret-pass")) as base:
+        named = httpx.get(f"{base}/queues", auth=("ops", "s3cret-pass"),
+                          headers={"host": "jobs.example.org"})  # fmt: skip
+        assert named.status_code == 200  # behind authentication, any name the proxy gives
+
+
+def test_a_read_only_database_refuses_an_action_with_its_reason(
+    app: pgjobs.App, db: psycopg.Connection[Any], database_url: str
+) -> None:
+    job_id = jobs_app.noop.enqueue("x")
+    discarded(db, job_id)
+    name = database_url.rsplit("/", 1)[1]
+    db.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    app.close()  # connections made from now on are read-only
+    with serving(app) as base, Browser(base) as web:
+        assert web.get(f"/jobs/{job_id}").status_code == 200
+        refused = web.post(f"/jobs/{job_id}/retry")
+        assert refused.status_code == 503
+        assert "read-only transaction" in refused.text and "nothing was changed" in refused.text
+        assert "Traceback" not in refused.text
+    assert state(db, job_id) == "discarded"
+
+
+def test_pgjobs_web_says_when_it_cannot_listen(database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli(database_url, "web", "--port", str(port))
+    assert busy.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr and "Traceback" not in busy.stderr
+    env = {"PGJOBS_WEB_TOKEN": "a-long-random-token-0123456789"}
+    nowhere = run_cli(database_url, "web", "--host", "no-such-host.invalid", env=env)
+    assert nowhere.returncode == 1 and "cannot listen on no-such-host.invalid" in nowhere.stderr

@@ -16,6 +16,7 @@ It shows the jobs of ``jobs_app``'s database (every worker's, on every host) and
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,7 +34,15 @@ from .._errors import ConfigError, DatabaseError
 from .._settings import Settings
 from ._actions import Actions
 from ._listing import BadRequest
-from ._security import Auth, BasicAuth, Forbidden, TokenAuth, Unauthenticated, is_loopback
+from ._security import (
+    Auth,
+    BasicAuth,
+    Forbidden,
+    LoopbackHosts,
+    TokenAuth,
+    Unauthenticated,
+    is_loopback,
+)
 from ._site import Options, Redact, Site, error_page, secured
 from ._views import Views
 
@@ -100,6 +109,7 @@ def serve(app: App, host: str, port: int, *, auth: Auth | None = None, **options
 
     Raises:
         ConfigError: ``host`` is not a loopback address and no ``auth`` is given.
+        OSError: the address cannot be listened on (in use, not this host's, no such name).
     """
     if auth is None and not is_loopback(host):
         raise ConfigError(
@@ -109,28 +119,34 @@ def serve(app: App, host: str, port: int, *, auth: Auth | None = None, **options
         )
     import uvicorn
 
-    config = uvicorn.Config(
-        standalone(app, auth=auth, **options),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-    )
-    uvicorn.Server(config).run()
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.create_server((host, port), family=family) as listening:
+        config = uvicorn.Config(
+            standalone(app, auth=auth, **options),
+            host=host,
+            port=listening.getsockname()[1],
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+        shown = f"[{host}]" if ":" in host else host
+        log.info("serving the dashboard on http://%s:%s/", shown, config.port)
+        uvicorn.Server(config).run(sockets=[listening])
 
 
-def standalone(app: App, **options: Any) -> Starlette:
+def standalone(app: App, *, auth: Auth | None = None, **options: Any) -> Starlette:
     """:func:`dashboard` as the whole application of a server: it closes ``app``'s connections
-    when the server stops."""
+    when the server stops, and without ``auth`` it answers only to loopback host names."""
 
     @asynccontextmanager
     async def closing(web: Starlette) -> AsyncIterator[None]:
         yield
         await app.aclose()
 
-    web = dashboard(app, **options)
+    web = dashboard(app, auth=auth, **options)
     web.router.lifespan_context = closing
+    if auth is None:
+        web.add_middleware(LoopbackHosts)
     return web
 
 
@@ -173,6 +189,17 @@ def _metrics(site: Site) -> Callable[[Request], Any]:
     return metrics
 
 
+def _database_trouble(exc: DatabaseError | psycopg.Error) -> str:
+    """What to tell of a database error: pgjobs' own message, or the server's reason for a
+    refusal (a read-only database, a lock wait that ran out); never a connection string."""
+    if isinstance(exc, DatabaseError):
+        return str(exc)
+    reason = exc.diag.message_primary
+    if reason:
+        return f"the database refused: {reason}; nothing was changed"
+    return "the database cannot answer now; try again soon"
+
+
 def _handlers(auth: Auth | None) -> dict[Any, Callable[[Request, Exception], Any]]:
     def refused(request: Request, exc: Exception) -> Response:
         if isinstance(exc, Unauthenticated):
@@ -191,7 +218,7 @@ def _handlers(auth: Auth | None) -> dict[Any, Callable[[Request, Exception], Any
             return error_page(request, exc.status_code, str(exc.detail))
         if isinstance(exc, DatabaseError | psycopg.Error):
             log.warning("dashboard: the database cannot answer: %s", exc)
-            return error_page(request, 503, "the database cannot answer now; try again soon")
+            return error_page(request, 503, _database_trouble(exc))
         log.error("dashboard: %s failed", request.url.path, exc_info=exc)
         return error_page(request, 500, "something went wrong; the log says what")
 

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Auth = Callable[[Request], "bool | str | Awaitable[bool | str]"]
 """An authentication hook: truthy lets the request in; a string is the user's name."""
@@ -134,3 +137,29 @@ def check_state_change(request: Request, form: Mapping[str, str]) -> None:
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is an address only this machine reaches."""
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class LoopbackHosts:
+    """ASGI middleware that answers only requests addressed to a loopback name.
+
+    A dashboard without authentication listens on loopback only, but a page of another site
+    can reach it there through a name of its own that resolves to 127.0.0.1 (DNS rebinding):
+    the browser then sends that name as ``Host``, and this middleware refuses it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "")
+            if not is_loopback(urlsplit(f"//{host}").hostname or ""):
+                response = PlainTextResponse(
+                    "this dashboard has no authentication, so it answers only to 127.0.0.1 "
+                    "and localhost",
+                    status_code=403,
+                    headers=HEADERS,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

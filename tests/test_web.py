@@ -522,12 +522,13 @@ def test_without_authentication_it_answers_only_to_loopback_names(
 
 
 def test_a_read_only_database_refuses_an_action_with_its_reason(
-    app: pgjobs.App, db: psycopg.Connection[Any], database_url: str
+    app: pgjobs.App, db: psycopg.Connection[Any]
 ) -> None:
     job_id = jobs_app.noop.enqueue("x")
     discarded(db, job_id)
-    name = database_url.rsplit("/", 1)[1]
-    db.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    name = value(db, "SELECT current_database()")
+    alter = "ALTER DATABASE {} SET default_transaction_read_only = on"
+    db.execute(psycopg.sql.SQL(alter).format(psycopg.sql.Identifier(name)))
     app.close()  # connections made from now on are read-only
     with serving(app) as base, Browser(base) as web:
         assert web.get(f"/jobs/{job_id}").status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from ._sql import queries_for
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+log = logging.getLogger("pgjobs")
 
 
 def migrations_directory() -> Path:
@@ -122,22 +125,52 @@ def _refused(schema: str, action: str, error: psycopg.Error) -> DatabaseError:
 
 
 def check_schema(settings: Settings) -> None:
-    """Raise :class:`SchemaError`, naming ``pgjobs migrate``, unless the schema is current."""
+    """Raise :class:`SchemaError` unless this pgjobs can work on the schema.
+
+    The schema may be at this pgjobs' newest revision, or at a newer one that still serves it:
+    migrations add and never change in place, and a revision that drops what older releases need
+    records the oldest revision it still serves in ``schema_compatibility``. So during a rolling
+    upgrade the previous release's workers go on (and start again) on the migrated schema.
+    """
     current = schema_revision(settings)
     if current is None:
         raise SchemaError(
             f"pgjobs tables not found in schema {settings.schema!r}; run `pgjobs migrate` first"
         )
-    if current not in _known_revisions():
+    if current in _known_revisions():
+        if current != head_revision():
+            raise SchemaError(
+                f"pgjobs schema {settings.schema!r} is at revision {current}, this pgjobs needs "
+                f"{head_revision()}; run `pgjobs migrate`"
+            )
+        return
+    oldest = _oldest_served(settings)
+    if oldest is None or oldest > head_revision():
         raise SchemaError(
-            f"pgjobs schema {settings.schema!r} is at revision {current}, unknown to this "
-            "pgjobs; it was migrated by a newer pgjobs: upgrade pgjobs"
+            f"pgjobs schema {settings.schema!r} is at revision {current}, which no longer serves "
+            f"this pgjobs (revision {head_revision()}"
+            + ("" if oldest is None else f"; it serves {oldest} and later")
+            + "): upgrade pgjobs"
         )
-    if current != head_revision():
-        raise SchemaError(
-            f"pgjobs schema {settings.schema!r} is at revision {current}, this pgjobs needs "
-            f"{head_revision()}; run `pgjobs migrate`"
-        )
+    log.info(
+        "pgjobs schema %r is at revision %s, newer than this pgjobs (%s) and serving it",
+        settings.schema,
+        current,
+        head_revision(),
+    )
+
+
+def _oldest_served(settings: Settings) -> str | None:
+    """The oldest revision whose code a newer schema still serves (``schema_compatibility``,
+    from revision 0016 on), or ``None`` when the schema does not say."""
+    with connect(settings, "pgjobs-check", limits=True) as conn:
+        try:
+            row = conn.execute(queries_for(settings.schema).oldest_served_revision).fetchone()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+            return None
+        except psycopg.Error as exc:
+            raise _refused(settings.schema, "read", exc) from None
+    return None if row is None else str(row[0])
 
 
 def _config(schema: str, output: io.StringIO | None = None) -> Config:

@@ -759,6 +759,12 @@ SCHEMA_VERSION = """
 SELECT version_num FROM {schema}.alembic_version
 """
 
+OLDEST_SERVED_REVISION = """
+SELECT oldest_revision FROM {schema}.schema_compatibility
+"""
+"""Read only when the schema is newer than this pgjobs: the oldest revision whose code that
+schema still serves (the table comes with revision 0016)."""
+
 GRANT_MIGRATOR = """
 CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role};
 """
@@ -1078,6 +1084,7 @@ class Queries:
     metrics: str
     lock_holders: str
     schema_version: str
+    oldest_served_revision: str
     insert_batch: str
     insert_batch_jobs: str
     seal_batch: str

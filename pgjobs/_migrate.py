@@ -124,8 +124,8 @@ def _refused(schema: str, action: str, error: psycopg.Error) -> DatabaseError:
     return DatabaseError(f"cannot {action} schema {schema!r}: {reason}")
 
 
-def check_schema(settings: Settings) -> None:
-    """Raise :class:`SchemaError` unless this pgjobs can work on the schema.
+def check_schema(settings: Settings) -> str:
+    """The schema's revision; raise :class:`SchemaError` unless this pgjobs can work on it.
 
     The schema may be at this pgjobs' newest revision, or at a newer one that still serves it:
     migrations add and never change in place, and a revision that drops what older releases need
@@ -143,7 +143,7 @@ def check_schema(settings: Settings) -> None:
                 f"pgjobs schema {settings.schema!r} is at revision {current}, this pgjobs needs "
                 f"{head_revision()}; run `pgjobs migrate`"
             )
-        return
+        return current
     oldest = _oldest_served(settings)
     if oldest is None or oldest > head_revision():
         raise SchemaError(
@@ -158,11 +158,12 @@ def check_schema(settings: Settings) -> None:
         current,
         head_revision(),
     )
+    return current
 
 
 def _oldest_served(settings: Settings) -> str | None:
-    """The oldest revision whose code a newer schema still serves (``schema_compatibility``,
-    from revision 0016 on), or ``None`` when the schema does not say."""
+    """The oldest revision whose code a newer schema still serves (``schema_compatibility``),
+    or ``None`` when the schema does not say."""
     with connect(settings, "pgjobs-check", limits=True) as conn:
         try:
             row = conn.execute(queries_for(settings.schema).oldest_served_revision).fetchone()

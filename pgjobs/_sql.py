@@ -763,7 +763,7 @@ OLDEST_SERVED_REVISION = """
 SELECT oldest_revision FROM {schema}.schema_compatibility
 """
 """Read only when the schema is newer than this pgjobs: the oldest revision whose code that
-schema still serves (the table comes with revision 0016)."""
+schema still serves."""
 
 GRANT_MIGRATOR = """
 CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role};
@@ -792,7 +792,7 @@ GRANT_WORKER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.jobs, {schema}.workers TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.leases TO {role};
-GRANT SELECT ON {schema}.alembic_version TO {role};
+GRANT SELECT ON {schema}.alembic_version, {schema}.schema_compatibility TO {role};
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 GRANT SELECT, INSERT, DELETE ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
@@ -820,7 +820,8 @@ queues; ``job_stats``: count the outcomes written, and fold old minutes (the lea
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue_counts,
-    {schema}.alembic_version, {schema}.batches, {schema}.cron_entries, {schema}.queues,
+    {schema}.alembic_version, {schema}.schema_compatibility, {schema}.batches,
+    {schema}.cron_entries, {schema}.queues,
     {schema}.queue_starts, {schema}.job_stats TO {role};
 """
 """Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards."""

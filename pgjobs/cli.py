@@ -249,11 +249,17 @@ def migrate_command(obj: dict[str, Any], as_sql: bool, check: bool) -> None:
     app = _load_app(obj)
     if check:
         try:
-            check_schema(app.settings)
+            revision = check_schema(app.settings)
         except SchemaError as exc:
             click.echo(str(exc), err=True)
             sys.exit(1)
-        click.echo(f"schema {app.settings.schema!r} is up to date ({head_revision()})")
+        if revision == head_revision():
+            click.echo(f"schema {app.settings.schema!r} is up to date ({revision})")
+        else:
+            click.echo(
+                f"schema {app.settings.schema!r} is at {revision}, newer than this pgjobs "
+                f"({head_revision()}), and serves it"
+            )
         return
     before = migrate(app.settings)
     click.echo(f"schema {app.settings.schema!r}: {before or 'empty'} -> {head_revision()}")

@@ -33,6 +33,7 @@ OWNED = [
     ("queue_counts", "v"),
     ("queue_starts", "r"),
     ("queues", "r"),
+    ("schema_compatibility", "r"),
     ("workers", "r"),
 ]
 
@@ -322,6 +323,8 @@ def test_database_from_a_newer_pgjobs_is_refused_cleanly(
 ) -> None:
     assert run_cli(empty_database_url, "migrate").returncode == 0
     empty_db.execute("UPDATE pgjobs.alembic_version SET version_num = '9999'")
+    # a newer schema that dropped what this release needs says so
+    empty_db.execute("UPDATE pgjobs.schema_compatibility SET oldest_revision = '9998'")
     before = catalog(empty_db, "pgjobs")
 
     result = run_cli(empty_database_url, "migrate")
@@ -336,8 +339,26 @@ def test_database_from_a_newer_pgjobs_is_refused_cleanly(
         refused = run_cli(empty_database_url, *args)
         assert refused.returncode != 0, args
         assert "9999" in refused.stderr and "upgrade pgjobs" in refused.stderr, refused.stderr
+        assert "9998 and later" in refused.stderr, refused.stderr
         assert_clean_failure(refused)
     assert catalog(empty_db, "pgjobs") == before
+
+
+def test_newer_schema_that_still_serves_this_release_is_used(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """A schema migrated by a newer release that still serves this one (as every release's
+    schema serves the previous release): workers start and work, ``migrate --check`` says so."""
+    db.execute("UPDATE pgjobs.alembic_version SET version_num = '9999'")
+    db.execute("INSERT INTO pgjobs.jobs (queue, name) VALUES ('default', 'noop')")
+
+    check = run_cli(database_url, "migrate", "--check")
+    assert check.returncode == 0, check.stderr
+    assert "at 9999, newer than this pgjobs" in check.stdout
+    burst = run_cli(database_url, "--app", "tests.jobs_app:app", "worker", "--burst")
+    assert burst.returncode == 0, burst.stderr
+    assert "newer than this pgjobs" in burst.stderr
+    assert db.execute("SELECT state FROM pgjobs.jobs").fetchall() == [("completed",)]
 
 
 @pytest.mark.slow

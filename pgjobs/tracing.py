@@ -47,21 +47,29 @@ IdList = TypeVar("IdList", bound=Sequence[int])
 SYSTEM = "pgjobs"
 """``messaging.system`` of every span."""
 
+BAGGAGE = "baggage"
+"""The W3C baggage header's key in a propagator's carrier."""
 
-def instrument(app: App, tracer_provider: TracerProvider | None = None) -> None:
+
+def instrument(
+    app: App, tracer_provider: TracerProvider | None = None, *, baggage: bool = False
+) -> None:
     """Trace ``app``'s enqueues and the runs of its jobs from now on.
 
     Args:
         app: the app whose enqueues (on any connection, sync or async, batches included) and
             whose runs in a worker are traced.
         tracer_provider: where the spans go; the global tracer provider by default.
+        baggage: store the enqueue's OpenTelemetry baggage with each job too, so that the run
+            sees it. Off by default: baggage may carry a user's data (an address, a tenant),
+            which would then sit in every job row; the trace context alone is stored.
 
     Example::
 
         pgjobs.tracing.instrument(app, tracer_provider=provider)
     """
     tracer = trace.get_tracer("pgjobs", tracer_provider=tracer_provider)
-    app._client.tracing = Tracing(tracer)
+    app._client.tracing = Tracing(tracer, baggage=baggage)
 
 
 def uninstrument(app: App) -> None:
@@ -73,8 +81,9 @@ class Tracing:
     """The spans of one app: made by the client around each enqueue, and by the worker around
     each run. Holds nothing but its tracer; the context travels in the jobs table."""
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, *, baggage: bool = False) -> None:
         self._tracer = tracer
+        self._baggage = baggage
 
     @contextmanager
     def sending(
@@ -117,10 +126,12 @@ class Tracing:
         return ids
 
     def current(self) -> str | None:
-        """The current context as the propagator's carrier, in JSON text; ``None`` when it
-        injects nothing (no span is current)."""
+        """The current context as the propagator's carrier, in JSON text, without the
+        baggage unless asked; ``None`` when it injects nothing (no span is current)."""
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
+        if not self._baggage:
+            carrier.pop(BAGGAGE, None)
         return json.dumps(carrier, separators=(",", ":")) if carrier else None
 
     async def process(

@@ -14,7 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry.context import attach, detach
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -112,6 +113,29 @@ def test_an_enqueue_in_a_span_stores_its_context_with_the_job(
     assert stored_parents(db, [job_id]) == {(trace_id(enqueue), span_id(enqueue))}
     other = traced.span("enqueue tracing.async_job")
     assert stored_parents(db, [in_transaction]) == {(trace_id(enqueue), span_id(other))}
+
+
+def test_baggage_is_stored_only_when_asked(traced: Traced, db: psycopg.Connection[Any]) -> None:
+    """Baggage may carry a user's data (an e-mail address, a tenant's name): by default a job
+    stores the trace context alone; ``instrument(app, baggage=True)`` stores the baggage too."""
+
+    def enqueue_with_baggage() -> int:
+        token = attach(baggage.set_baggage("user.email", "someone@example.com"))
+        try:
+            with traced.tracer.start_as_current_span("request"):
+                return tracing_app.sync_job.enqueue("a")
+        finally:
+            detach(token)
+
+    plain = enqueue_with_baggage()
+    stored = value(db, "SELECT trace_context FROM pgjobs.jobs WHERE id = %s", plain)
+    assert set(stored) == {"traceparent"}
+
+    pgjobs.tracing.instrument(tracing_app.app, tracer_provider=traced.provider, baggage=True)
+    with_baggage = enqueue_with_baggage()
+    stored = value(db, "SELECT trace_context FROM pgjobs.jobs WHERE id = %s", with_baggage)
+    assert set(stored) == {"traceparent", "baggage"}
+    assert "someone%40example.com" in stored["baggage"]
 
 
 def test_async_enqueues_store_their_context(traced: Traced, db: psycopg.Connection[Any]) -> None:

@@ -31,6 +31,7 @@ from ._outcome import (
     error_record,
     failure_outcome,
     snooze_outcome,
+    whole_traceback,
 )
 
 log = logging.getLogger("pgjobs.worker")
@@ -124,6 +125,8 @@ async def _failed(
 ) -> Outcome:
     """Log a failed attempt, and run the job's ``on_exhausted`` hook if it is discarded."""
     error = outcome.error or {}
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("job %s: the whole traceback:\n%s", claimed.id, whole_traceback(exc))
     log.warning(
         "job %s %s attempt %s failed: %s: %s (%s)",
         claimed.id,

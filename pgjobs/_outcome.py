@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import math
 import random
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 RetryPolicy = Callable[[int, BaseException], "float | timedelta | None"]
@@ -26,6 +29,17 @@ MAX_ERROR_MESSAGE = 2_000
 
 MAX_ERROR_TRACEBACK = 16_000
 """Characters of a traceback kept per failed attempt (the end, where the error is)."""
+
+RUNNER_DIRECTORIES = tuple(
+    f"{directory}/"
+    for directory in (
+        Path(__file__).parent,
+        Path(asyncio.__file__).parent,
+        Path(concurrent.futures.__file__).parent.parent,
+    )
+)
+"""Where the frames that call a job live (pgjobs, asyncio, the thread pool): a stored traceback
+starts after the leading ones."""
 
 
 def sidekiq_backoff(attempt: int, exception: BaseException) -> float:
@@ -163,13 +177,31 @@ def error_record(exception: BaseException, attempt: int) -> dict[str, Any]:
     that fails to format) is replaced by a note saying so.
     """
     kind = type(exception)
-    trace = _formed(lambda: "".join(traceback.format_exception(exception)), "traceback", kind)
+    trace = _formed(lambda: "".join(_from_the_job(exception).format()), "traceback", kind)
     return {
         "attempt": attempt,
         "class": _formed(lambda: f"{kind.__module__}.{kind.__qualname__}", "class name", kind),
         "message": _message(exception)[:MAX_ERROR_MESSAGE],
         "traceback": trace[-MAX_ERROR_TRACEBACK:],
     }
+
+
+def whole_traceback(exception: BaseException) -> str:
+    """The traceback with every frame, pgjobs' own included, for debug logs; never raises."""
+    return _formed(lambda: "".join(traceback.format_exception(exception)), "traceback", Exception)
+
+
+def _from_the_job(exception: BaseException) -> traceback.TracebackException:
+    """``exception``'s traceback without the leading frames of the code that called the job
+    (kept whole when every frame is such: the error came before the job's code ran)."""
+    formed = traceback.TracebackException.from_exception(exception)
+    frames = list(formed.stack)
+    first = next(
+        (i for i, frame in enumerate(frames) if not frame.filename.startswith(RUNNER_DIRECTORIES)),
+        0,
+    )
+    formed.stack = traceback.StackSummary.from_list(frames[first:])
+    return formed
 
 
 def _message(exception: BaseException) -> str:

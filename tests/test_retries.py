@@ -34,6 +34,40 @@ def test_fails_twice_then_succeeds(app: pgjobs.App, db: psycopg.Connection[Any])
     assert [r[0] for r in runs] == [1, 2, 3]
 
 
+def frames(trace: str) -> list[str]:
+    """The files of a formatted traceback's frames, in order."""
+    return [line.split('"')[1] for line in trace.splitlines() if line.startswith('  File "')]
+
+
+@pytest.mark.parametrize("job", [jobs_app.always_fails, jobs_app.async_raises_timeout_error])
+def test_a_stored_traceback_starts_at_the_jobs_own_frame(
+    job: pgjobs.Job[[], None], app: pgjobs.App, db: psycopg.Connection[Any], caplog: Any
+) -> None:
+    """The worker's frames that call the job (pgjobs' own, asyncio's, the thread pool's) are left
+    out of the stored traceback; the debug log has the whole of it."""
+    job_id = job.enqueue()
+    with caplog.at_level("DEBUG", logger="pgjobs.worker"):
+        run_burst(app)
+    trace = job_row(db, job_id)["errors"][0]["traceback"]
+    assert trace.startswith("Traceback (most recent call last):\n"), trace
+    files = frames(trace)
+    assert files and files[0].endswith("tests/jobs_app.py"), trace
+    assert not any("/pgjobs/" in f or "/asyncio/" in f or "/concurrent/" in f for f in files)
+    whole = [r.getMessage() for r in caplog.records if "whole traceback" in r.getMessage()]
+    assert whole and "pgjobs/_execution.py" in whole[0]
+
+
+def test_a_traceback_of_pgjobs_frames_alone_is_kept_whole() -> None:
+    """An error raised before the job's code ran keeps the frames it has."""
+    from pgjobs._outcome import error_record
+
+    try:
+        pgjobs.App().get("no.such.job")
+    except Exception as exc:
+        record = error_record(exc, 1)
+    assert "pgjobs/_app.py" in record["traceback"]
+
+
 def test_exhausted_job_is_discarded_then_retried_from_the_cli(
     app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
 ) -> None:

@@ -279,38 +279,44 @@ def test_inspector_reads_through_the_cli_and_cannot_write(
     assert rows(db, "SELECT state, priority FROM pgjobs.jobs") == [("available", 0)]
 
 
-def test_migrator_owns_what_it_migrates_and_may_insert_any_job(
-    server_url: str, empty_database_url: str
-) -> None:
+@pytest.fixture
+def owned(server_url: str, empty_database_url: str) -> Iterator[Roles]:
+    """A schema migrated by a migrator role that owns it (not a superuser), and an enqueuer: the
+    migrator stands in the worker's place, as in a single-role setup."""
     migrator, enqueuer = (f"pgjobs_{kind}_{uuid.uuid4().hex[:10]}" for kind in KINDS[:2])
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE ROLE "{migrator}" LOGIN; CREATE ROLE "{enqueuer}" LOGIN')
-    roles = Roles(enqueuer, migrator, "", empty_database_url)  # the migrator in the worker's place
+    roles = Roles(enqueuer, migrator, "", empty_database_url)
     try:
         with psycopg.connect(empty_database_url, autocommit=True) as db:
             apply(db, "grants", "--migrator", migrator)
             migrated = run_cli(roles.url("worker"), "migrate")
             assert migrated.returncode == 0, migrated.stderr
             apply(db, "grants", "--enqueuer", enqueuer)
-            assert (
-                value(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'") == migrator
-            )
-        with psycopg.connect(roles.url("worker"), autocommit=True) as owner:
-            owner.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
-        with (
-            psycopg.connect(roles.url("enqueuer"), autocommit=True) as conn,
-            pytest.raises(psycopg.errors.InsufficientPrivilege, match="Only the owner") as refused,
-        ):
-            conn.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
-        assert refused.value.diag.message_hint == (
-            f"Only the owner of pgjobs.jobs ({migrator}) and its members may insert other jobs."
-        )
+        yield roles
     finally:
+        jobs_app.app.close()
         with psycopg.connect(empty_database_url, autocommit=True) as db:
             db.execute("DROP SCHEMA IF EXISTS pgjobs CASCADE")
             db.execute(f'DROP OWNED BY "{migrator}", "{enqueuer}"')
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP ROLE "{migrator}", "{enqueuer}"')
+
+
+def test_migrator_owns_what_it_migrates_and_may_insert_any_job(owned: Roles) -> None:
+    migrator = owned.worker
+    with psycopg.connect(owned.database_url, autocommit=True) as db:
+        assert value(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'") == migrator
+    with psycopg.connect(owned.url("worker"), autocommit=True) as owner:
+        owner.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
+    with (
+        psycopg.connect(owned.url("enqueuer"), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="Only the owner") as refused,
+    ):
+        conn.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
+    assert refused.value.diag.message_hint == (
+        f"Only the owner of pgjobs.jobs ({migrator}) and its members may insert other jobs."
+    )
 
 
 def test_batches_work_under_the_enqueuer_worker_and_inspector_grants(

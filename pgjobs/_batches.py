@@ -74,7 +74,7 @@ def add(
     queries: Queries, batch_id: int, calls: Iterable[JobCall], trace_context: str | None = None
 ) -> Operation[list[int]]:
     """Raises :class:`ValidationError` for a unique job: its key would not be held (a batch's
-    jobs are inserted by INSERT_BATCH_JOBS, without ``ON CONFLICT``). Every job carries
+    jobs are inserted by ADD_BATCH_JOBS, without ``ON CONFLICT``). Every job carries
     ``trace_context``."""
     calls = list(calls)
     for call in calls:
@@ -87,18 +87,14 @@ def add(
         return added(batch_id, rows[0])
 
     return Operation(
-        queries.insert_batch_jobs,
-        {
-            **insert_params(calls, trace_context),
-            "batch_id": batch_id,
-            "counting_setting": queries.counting_setting,
-        },
+        queries.add_batch_jobs,
+        {**insert_params(calls, trace_context), "batch_id": batch_id},
         result,
     )
 
 
 def added(batch_id: int, row: Mapping[str, Any]) -> list[int]:
-    """The ids INSERT_BATCH_JOBS inserted, or the reason it inserted none."""
+    """The ids ADD_BATCH_JOBS inserted, or the reason it inserted none."""
     if not row["found"]:
         raise ValidationError("batch_id", f"there is no batch {batch_id}")
     if row["finished_at"] is not None:

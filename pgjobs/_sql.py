@@ -777,8 +777,9 @@ GRANT INSERT, SELECT (id, unique_key, state, unique_states) ON {schema}.jobs TO 
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 GRANT INSERT, SELECT (id) ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
-GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint),
-    {schema}.count_added_jobs(bigint, integer) TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.add_batch_jobs(bigint, text[], text[], text[], text[],
+    integer[], integer[], timestamptz[], float8[], text[], jsonb), {schema}.seal_batch(bigint),
+    {schema}.lock_batch(bigint), {schema}.count_added_jobs(bigint, integer) TO {role};
 """
 """Insert jobs and read back their ids (``RETURNING id``); a COPY of many jobs reserves its ids
 with ``nextval`` on the jobs sequence first. A unique enqueue reads the id of the job holding its
@@ -786,7 +787,8 @@ key (``unique_key``, ``state``, ``unique_states``). No other column of jobs, nor
 or function. Unique jobs declared with ``replace=True`` also need ``UPDATE (args, kwargs,
 priority, scheduled_at, state)`` and ``SELECT (queue)``, not granted here (docs/roles.md).
 Batches: create them, add to them and seal them, through functions that run as the table's
-owner: no UPDATE on batches, and no reading them."""
+owner: no UPDATE on batches, and no reading them. ``lock_batch`` and ``count_added_jobs``: the
+previous release's statement adding to a batch, during a rolling upgrade."""
 
 GRANT_WORKER = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
@@ -796,8 +798,9 @@ GRANT SELECT ON {schema}.alembic_version, {schema}.schema_compatibility TO {role
 GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 GRANT SELECT, INSERT, DELETE ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
-GRANT EXECUTE ON FUNCTION {schema}.lock_batch(bigint), {schema}.seal_batch(bigint),
-    {schema}.count_added_jobs(bigint, integer) TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.add_batch_jobs(bigint, text[], text[], text[], text[],
+    integer[], integer[], timestamptz[], float8[], text[], jsonb), {schema}.seal_batch(bigint),
+    {schema}.lock_batch(bigint), {schema}.count_added_jobs(bigint, integer) TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.queues TO {role};
 GRANT SELECT, INSERT, DELETE ON {schema}.queue_starts TO {role};
 -- PostgreSQL 17 and later, to let the leader vacuum the jobs table (else autovacuum does):
@@ -834,38 +837,18 @@ RETURNING id
 """
 """A new batch, not sealed: its callbacks cannot fire before ``seal_batch``."""
 
-INSERT_BATCH_JOBS = """
-WITH batch AS (
-    SELECT finished_at, set_config(%(counting_setting)s, %(batch_id)s::text, true)
-    FROM {schema}.lock_batch(%(batch_id)s::bigint)
-), inserted AS (
-    INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
-                               state, batch_id, partition_key, trace_context)
-    SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
-           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(batch_id)s::bigint,
-           partition_key, %(trace_context)s::jsonb
-    FROM (
-        SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
-        FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
-                    %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
-                    %(delays)s::float8[], %(partition_keys)s::text[]) WITH ORDINALITY
-            AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, partition_key,
-                 position)
-        WHERE EXISTS (SELECT 1 FROM batch WHERE finished_at IS NULL)
-        ORDER BY r.position
-    ) AS rows
-    RETURNING id
-), counted AS (
-    SELECT {schema}.count_added_jobs(%(batch_id)s::bigint, count(*)::int) FROM inserted
-)
-SELECT EXISTS (SELECT 1 FROM batch) AS found, (SELECT finished_at FROM batch) AS finished_at,
-       ARRAY(SELECT id FROM inserted ORDER BY id) AS ids, (SELECT count(*) FROM counted) AS counted
+ADD_BATCH_JOBS = """
+SELECT batch_found AS found, batch_finished_at AS finished_at, job_ids AS ids
+FROM {schema}.add_batch_jobs(
+    %(batch_id)s::bigint, %(queues)s::text[], %(names)s::text[], %(args)s::text[],
+    %(kwargs)s::text[], %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
+    %(delays)s::float8[], %(partition_keys)s::text[], %(trace_context)s::jsonb)
 """
 """Add jobs to a batch unless it has finished (its callbacks fired): nothing is inserted then,
-and ``finished_at`` says why. The batch row's lock orders this against the job that would finish
-the batch: either the new jobs count before the batch settles, or they are refused after. The
-jobs are counted once for the statement (``count_added_jobs``), not row by row: the setting
-``<schema>.counting_batch``, set before the first row is inserted, tells the row trigger so."""
+and ``finished_at`` says why. The function locks the batch row, which orders this against the
+job that would finish the batch: either the new jobs count before the batch settles, or they are
+refused after. It counts the jobs once for the statement, not row by row, as the tables' owner:
+no caller can skip the count of a job or add to it."""
 
 SEAL_BATCH = """
 SELECT {schema}.seal_batch(%(id)s::bigint) AS found
@@ -1087,7 +1070,7 @@ class Queries:
     schema_version: str
     oldest_served_revision: str
     insert_batch: str
-    insert_batch_jobs: str
+    add_batch_jobs: str
     seal_batch: str
     get_batch: str
     list_batches: str
@@ -1107,9 +1090,6 @@ class Queries:
     only: workers read the table (anyone who can log in may NOTIFY)."""
     lock_namespace: str
     """Hashed into the first key of the workers' session advisory locks."""
-    counting_setting: str
-    """The setting that tells the row trigger on ``jobs`` that INSERT_BATCH_JOBS counts the jobs
-    it adds to a batch."""
     upsert_cron_entries: str
     enqueue_cron_ticks: str
     list_cron: str
@@ -1157,7 +1137,6 @@ def queries_for(schema: str) -> Queries:
         scheduled_channel=f"{schema}.scheduled",
         cancel_channel=f"{schema}.cancel",
         lock_namespace=f"pgjobs.workers:{schema}",
-        counting_setting=f"{schema}.counting_batch",
         queues_channel=f"{schema}.queues",
     )
 

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 import pgjobs
+from pgjobs._encoding import insert_params
 from pgjobs._errors import ConfigError
 from pgjobs._grants import grant_statements
 from tests import jobs_app
@@ -279,38 +280,44 @@ def test_inspector_reads_through_the_cli_and_cannot_write(
     assert rows(db, "SELECT state, priority FROM pgjobs.jobs") == [("available", 0)]
 
 
-def test_migrator_owns_what_it_migrates_and_may_insert_any_job(
-    server_url: str, empty_database_url: str
-) -> None:
+@pytest.fixture
+def owned(server_url: str, empty_database_url: str) -> Iterator[Roles]:
+    """A schema migrated by a migrator role that owns it (not a superuser), and an enqueuer: the
+    migrator stands in the worker's place, as in a single-role setup."""
     migrator, enqueuer = (f"pgjobs_{kind}_{uuid.uuid4().hex[:10]}" for kind in KINDS[:2])
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE ROLE "{migrator}" LOGIN; CREATE ROLE "{enqueuer}" LOGIN')
-    roles = Roles(enqueuer, migrator, "", empty_database_url)  # the migrator in the worker's place
+    roles = Roles(enqueuer, migrator, "", empty_database_url)
     try:
         with psycopg.connect(empty_database_url, autocommit=True) as db:
             apply(db, "grants", "--migrator", migrator)
             migrated = run_cli(roles.url("worker"), "migrate")
             assert migrated.returncode == 0, migrated.stderr
             apply(db, "grants", "--enqueuer", enqueuer)
-            assert (
-                value(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'") == migrator
-            )
-        with psycopg.connect(roles.url("worker"), autocommit=True) as owner:
-            owner.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
-        with (
-            psycopg.connect(roles.url("enqueuer"), autocommit=True) as conn,
-            pytest.raises(psycopg.errors.InsufficientPrivilege, match="Only the owner") as refused,
-        ):
-            conn.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
-        assert refused.value.diag.message_hint == (
-            f"Only the owner of pgjobs.jobs ({migrator}) and its members may insert other jobs."
-        )
+        yield roles
     finally:
+        jobs_app.app.close()
         with psycopg.connect(empty_database_url, autocommit=True) as db:
             db.execute("DROP SCHEMA IF EXISTS pgjobs CASCADE")
             db.execute(f'DROP OWNED BY "{migrator}", "{enqueuer}"')
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f'DROP ROLE "{migrator}", "{enqueuer}"')
+
+
+def test_migrator_owns_what_it_migrates_and_may_insert_any_job(owned: Roles) -> None:
+    migrator = owned.worker
+    with psycopg.connect(owned.database_url, autocommit=True) as db:
+        assert value(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'") == migrator
+    with psycopg.connect(owned.url("worker"), autocommit=True) as owner:
+        owner.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
+    with (
+        psycopg.connect(owned.url("enqueuer"), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="Only the owner") as refused,
+    ):
+        conn.execute(f"INSERT INTO pgjobs.jobs (name, {FORGED['completed']}")
+    assert refused.value.diag.message_hint == (
+        f"Only the owner of pgjobs.jobs ({migrator}) and its members may insert other jobs."
+    )
 
 
 def test_batches_work_under_the_enqueuer_worker_and_inspector_grants(
@@ -354,6 +361,205 @@ def test_batches_work_under_the_enqueuer_worker_and_inspector_grants(
         (4, 0, 0),
         (0, 0, 0),
     ]
+
+
+def batch_counters(db: psycopg.Connection[Any], batch_id: int) -> tuple[Any, ...]:
+    """``(total, pending, failed)`` of a batch, read as the tables' owner."""
+    found = rows(db, "SELECT total, pending, failed FROM pgjobs.batches WHERE id = %s", batch_id)
+    return found[0]
+
+
+def fired_callbacks(db: psycopg.Connection[Any]) -> list[tuple[str, str, int]]:
+    """``(label, batch id, runs)`` of every callback job that ran."""
+    return rows(
+        db,
+        "SELECT label, event, count(*)::int FROM ledger WHERE label LIKE 'batch_callback:%%'"
+        " GROUP BY label, event ORDER BY event, label",
+    )
+
+
+def victim_batch(size: int) -> int:
+    """A sealed batch of ``size`` jobs with both callbacks, made by the enqueuer's app."""
+    with jobs_app.app.batch(
+        on_success=jobs_app.batch_callback.call("on_success"),
+        on_complete=jobs_app.batch_callback.call("on_complete"),
+    ) as batch:
+        batch.enqueue_many([jobs_app.batch_member.call() for _ in range(size)])
+    return batch.id
+
+
+FORGE_COUNTING = (
+    "SELECT set_config('pgjobs.counting_batch', %(batch)s, false),"
+    " set_config('pgjobs.adding_batch', %(batch)s, false)"
+)
+"""Name a batch in the settings that tell the row trigger that a statement counts its own jobs
+(the previous release's, and this one's): any role may set any setting."""
+
+FORGED_COUNTS = {
+    "count_added_jobs": ("SELECT pgjobs.count_added_jobs(%(id)s, 1000000)", 0),
+    "insert": ("INSERT INTO pgjobs.jobs (name, batch_id) VALUES ('batch_member', %(id)s)", 1),
+}
+"""What a role does with the settings forged, and how many jobs that adds to the batch."""
+
+
+@pytest.mark.parametrize("forgery", FORGED_COUNTS, ids=FORGED_COUNTS.keys())
+@pytest.mark.parametrize("kind", ["enqueuer", "worker"])
+def test_a_forged_counting_setting_does_not_change_another_batchs_counters(
+    roles: Roles, db: psycopg.Connection[Any], tmp_path: Path, kind: str, forgery: str
+) -> None:
+    """With the settings naming someone else's batch, neither count_added_jobs() nor a plain
+    insert into that batch escapes the count: the batch's callbacks fire once, after its last
+    job, and no acknowledgement breaks the counters' check."""
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    victim = victim_batch(2)
+    statement, added = FORGED_COUNTS[forgery]
+    with psycopg.connect(roles.url(kind), autocommit=True) as forger:
+        forger.execute(FORGE_COUNTING, {"batch": str(victim)})
+        forger.execute(statement, {"id": victim})
+    total = 2 + added
+    assert batch_counters(db, victim) == (total, total, 0)
+    worker = burst_as_worker(roles, tmp_path / "worker.log")
+    assert "batches_counters_check" not in worker.output()
+    assert fired_callbacks(db) == [
+        ("batch_callback:on_complete", str(victim), 1),
+        ("batch_callback:on_success", str(victim), 1),
+    ]
+    assert batch_counters(db, victim) == (total, 0, 0)
+    assert count(db, "SELECT count(*) FROM ledger WHERE label = 'batch_member'") == total
+    members_finished, callbacks_started = rows(
+        db,
+        "SELECT (SELECT max(finished_at) FROM pgjobs.jobs WHERE name = 'batch_member'),"
+        " (SELECT min(attempted_at) FROM pgjobs.jobs WHERE name = 'batch_callback')",
+    )[0]
+    assert members_finished <= callbacks_started
+
+
+PREVIOUS_INSERT_BATCH_JOBS = """
+WITH batch AS (
+    SELECT finished_at, set_config(%(counting_setting)s, %(batch_id)s::text, true)
+    FROM "pgjobs".lock_batch(%(batch_id)s::bigint)
+), inserted AS (
+    INSERT INTO "pgjobs".jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at,
+                               state, batch_id, partition_key, trace_context)
+    SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
+           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(batch_id)s::bigint,
+           partition_key, %(trace_context)s::jsonb
+    FROM (
+        SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
+        FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
+                    %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
+                    %(delays)s::float8[], %(partition_keys)s::text[]) WITH ORDINALITY
+            AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, partition_key,
+                 position)
+        WHERE EXISTS (SELECT 1 FROM batch WHERE finished_at IS NULL)
+        ORDER BY r.position
+    ) AS rows
+    RETURNING id
+), counted AS (
+    SELECT "pgjobs".count_added_jobs(%(batch_id)s::bigint, count(*)::int) FROM inserted
+)
+SELECT EXISTS (SELECT 1 FROM batch) AS found, (SELECT finished_at FROM batch) AS finished_at,
+       ARRAY(SELECT id FROM inserted ORDER BY id) AS ids, (SELECT count(*) FROM counted) AS counted
+"""
+"""How the previous release (schema revision 0016) adds jobs to a batch, in schema ``pgjobs``:
+it names the batch in the setting ``pgjobs.counting_batch`` and counts the jobs it inserted with
+``count_added_jobs()``. It runs on the new schema while a rolling upgrade is under way."""
+
+
+def previous_release_adds(conn: psycopg.Connection[Any], batch_id: int, size: int) -> list[int]:
+    """Add ``size`` jobs to a batch by the previous release's statement; their ids."""
+    calls = [jobs_app.batch_member.call() for _ in range(size)]
+    params = {
+        **insert_params(calls),
+        "batch_id": batch_id,
+        "counting_setting": "pgjobs.counting_batch",
+    }
+    found = conn.execute(PREVIOUS_INSERT_BATCH_JOBS, params).fetchone()
+    assert found is not None and found[0] and found[1] is None
+    return list(found[2])
+
+
+@pytest.mark.parametrize("kind", ["enqueuer", "worker", "owner"])
+def test_the_previous_releases_additions_to_a_batch_still_count_exactly(
+    roles: Roles, db: psycopg.Connection[Any], tmp_path: Path, kind: str
+) -> None:
+    """Whatever role runs the previous release's statement (the owner in a single-role setup),
+    its jobs count once each, as does an insert of the caller's own into the batch after it in
+    the same transaction, and the callbacks fire once after the last of them."""
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    batch = jobs_app.app.batch(
+        on_success=jobs_app.batch_callback.call("on_success"),
+        on_complete=jobs_app.batch_callback.call("on_complete"),
+    )
+    with psycopg.connect(roles.database_url if kind == "owner" else roles.url(kind)) as conn:
+        ids = previous_release_adds(conn, batch.id, 40)
+        conn.execute(
+            "INSERT INTO pgjobs.jobs (name, batch_id) VALUES ('batch_member', %s)", (batch.id,)
+        )
+        conn.commit()
+    assert len(set(ids)) == 40
+    assert batch_counters(db, batch.id) == (41, 41, 0)
+    batch.seal()
+    worker = burst_as_worker(roles, tmp_path / "worker.log")
+    assert "batches_counters_check" not in worker.output()
+    assert fired_callbacks(db) == [
+        ("batch_callback:on_complete", str(batch.id), 1),
+        ("batch_callback:on_success", str(batch.id), 1),
+    ]
+    assert batch_counters(db, batch.id) == (41, 0, 0)
+
+
+def test_a_single_role_setup_counts_each_job_of_both_releases_once(owned: Roles) -> None:
+    """When the application runs as the tables' owner, the skip of the row trigger is open to it
+    (it may update batches), yet the previous release's statement, which sets the old setting,
+    is still counted row by row, the new one once for all its jobs, and a plain insert, even
+    under the old setting, counts; the enqueuer's forged new setting does not skip its insert."""
+    jobs_app.app.configure(database_url=owned.url("worker"))
+    batch = jobs_app.app.batch()
+    batch.enqueue_many([jobs_app.batch_member.call() for _ in range(30)])
+    with psycopg.connect(owned.url("worker")) as conn:
+        previous_release_adds(conn, batch.id, 20)
+        conn.execute("SELECT set_config('pgjobs.counting_batch', %s, true)", (str(batch.id),))
+        conn.execute(
+            "INSERT INTO pgjobs.jobs (name, batch_id) VALUES ('batch_member', %s)", (batch.id,)
+        )
+        conn.execute("SELECT pgjobs.count_added_jobs(%s, 1000)", (batch.id,))
+        conn.commit()
+    with psycopg.connect(owned.url("enqueuer"), autocommit=True) as enqueuer:
+        enqueuer.execute(FORGE_COUNTING, {"batch": str(batch.id)})
+        enqueuer.execute(
+            "INSERT INTO pgjobs.jobs (name, batch_id) VALUES ('batch_member', %s)", (batch.id,)
+        )
+    with psycopg.connect(owned.database_url, autocommit=True) as db:
+        assert batch_counters(db, batch.id) == (52, 52, 0)
+        assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE batch_id = %s", batch.id) == 52
+
+
+def test_an_addition_to_a_batch_holds_arguments_to_the_limit(
+    roles: Roles, db: psycopg.Connection[Any]
+) -> None:
+    """add_batch_jobs() inserts as the tables' owner, whom the insert guard lets by: it checks the
+    arguments' size itself, as the guard does for the enqueuer's own inserts."""
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    batch = jobs_app.app.batch()
+    over = json.dumps(["x" * (LIMIT - len('[""]') - len("{}") + 1)])
+    with (
+        psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer,
+        pytest.raises(psycopg.errors.CheckViolation) as refused,
+    ):
+        enqueuer.execute(
+            "SELECT * FROM pgjobs.add_batch_jobs(%s, '{default}', '{batch_member}', %s::text[],"
+            " '{\"{}\"}', '{0}', '{1}', '{NULL}', '{0}', '{NULL}', NULL)",
+            (batch.id, [over]),
+        )
+    assert re.fullmatch(
+        rf"job \d+ \(batch_member\): its arguments are {LIMIT + 1} bytes as text, "
+        rf"over the {LIMIT}-byte limit",
+        str(refused.value.diag.message_primary),
+    )
+    assert refused.value.diag.constraint_name == "jobs_arguments_size_check"
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 0
+    assert batch_counters(db, batch.id) == (0, 0, 0)
 
 
 def test_worker_role_schedules_cron_entries_and_the_inspector_lists_them(

@@ -470,9 +470,10 @@ def test_mounted_in_flask_through_a_wsgi_adapter(app: pgjobs.App) -> None:
 
 
 def test_pgjobs_web_refuses_to_listen_abroad_without_authentication(database_url: str) -> None:
-    abroad = run_cli(database_url, "web", "--host", "0.0.0.0")
-    assert abroad.returncode == 2
-    assert "without authentication" in abroad.stderr and "Traceback" not in abroad.stderr
+    for host in ("0.0.0.0", "127.0.0.1.invalid", "localhost.invalid"):
+        abroad = run_cli(database_url, "web", "--host", host)
+        assert abroad.returncode == 2, host
+        assert "without authentication" in abroad.stderr and "Traceback" not in abroad.stderr
     half = run_cli(database_url, "web", "--user", "ops")
     assert half.returncode == 2 and "go together" in half.stderr
     short = run_cli(database_url, "web", env={"PGJOBS_WEB_TOKEN": "short"})
@@ -519,6 +520,32 @@ def test_without_authentication_it_answers_only_to_loopback_names(
         named = httpx.get(f"{base}/queues", auth=("ops", "s3cret-pass"),
                           headers={"host": "jobs.example.org"})  # fmt: skip
         assert named.status_code == 200  # behind authentication, any name the proxy gives
+
+
+def test_a_name_that_merely_starts_like_loopback_is_refused(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """``127.0.0.1.nip.io`` resolves to 127.0.0.1 for anyone: a page of another site that reads
+    the dashboard through it could take its CSRF token and cancel a job."""
+    job_id = jobs_app.noop.enqueue("x")
+    with serving(app) as base:
+        port = base.rsplit(":", 1)[1]
+        for name in ("127.0.0.1.nip.io", "127.attacker.example", "localhost.evil.example",
+                     "localhost.", "127.1", "2130706433", "[::ffff:127.0.0.1]"):  # fmt: skip
+            host = f"{name}:{port}"
+            page = httpx.get(f"{base}/jobs", headers={"host": host})
+            assert page.status_code == 403, name
+            assert "pgjobs_csrf" not in page.cookies and "csrf" not in page.text, name
+            cancel = httpx.post(  # as the page of that name would, with the token read
+                f"{base}/jobs/{job_id}/cancel",
+                data={"csrf": "known"},
+                headers={"host": host, "origin": f"http://{host}", "cookie": "pgjobs_csrf=known"},
+            )
+            assert cancel.status_code == 403, name
+        for host in ("", "user@127.0.0.1", f"ops@localhost:{port}"):
+            assert httpx.get(f"{base}/jobs", headers={"host": host}).status_code == 403, host
+        assert httpx.get(f"{base}/jobs", headers={"host": f"[::1]:{port}"}).status_code == 200
+    assert state(db, job_id) == "available"
 
 
 def test_a_read_only_database_refuses_an_action_with_its_reason(

@@ -1,5 +1,6 @@
 """The dashboard's pure decisions: which scanned jobs make a page and where the next one starts,
-what a cursor may hold, and how the runs-per-minute graph is drawn."""
+what a cursor may hold, how the runs-per-minute graph is drawn, and which host names and
+listening addresses are loopback."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pgjobs.web._listing import (
     listing,
     page,
 )
+from pgjobs.web._security import is_loopback_address, is_loopback_host
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -104,3 +106,34 @@ def test_a_count_at_the_cap_becomes_the_planners_estimate() -> None:
     assert counted(CAP, 17.0).jobs == CAP  # stale statistics: at least what was counted
     assert plan_rows([{"Plan": {"Plan Rows": 42.0}}]) == 42.0
     assert not counted(0)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "127.0.0.1:8188", "127.255.0.9:1", "localhost", "localhost:8188",
+                  "[::1]", "[::1]:8188", "[0:0:0:0:0:0:0:1]:80")  # fmt: skip
+"""Host headers of requests sent to loopback by an address or by ``localhost``."""
+
+FOREIGN_HOSTS = (
+    "127.0.0.1.nip.io", "127.0.0.1.nip.io:8188", "127.attacker.example", "127.attacker.example:80",
+    "localhost.evil.example", "localhost.", "localhost.:8188", "127.0.0.1.", "0x7f.1", "2130706433",
+    "127.1", "127.000.0.1", "[::ffff:127.0.0.1]", "[::1%lo]", "::1", "", ":8188", "user@127.0.0.1",
+    "user:pw@localhost:8188", "127.0.0.1:", "127.0.0.1:80:80", "127.0.0.1:8o", "localhost:123456",
+    "[::1]x", "[::1", "LOCALHOST.evil", "10.0.0.1", "0.0.0.0", "[::]", "127.0.0.1 ", " localhost",
+    "127.0.0.1/x", "jobs.example.org",
+)  # fmt: skip
+"""Host headers that a name of another site's (DNS rebinding) or a malformed header may bring."""
+
+
+def test_only_loopback_addresses_and_localhost_are_loopback_host_names() -> None:
+    for host in LOOPBACK_HOSTS:
+        assert is_loopback_host(host), host
+    for host in FOREIGN_HOSTS:
+        assert not is_loopback_host(host), host
+
+
+def test_a_listening_address_is_loopback_only_as_an_address_of_127_8_or_1_or_localhost() -> None:
+    for address in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert is_loopback_address(address), address
+    for address in ("0.0.0.0", "::", "", "127.1", "127.0.0.1.nip.io", "localhost.", "10.1.2.3",
+                    "127.attacker.example", "::ffff:127.0.0.1", "::1%lo",
+                    "127.0.0.1:80"):  # fmt: skip
+        assert not is_loopback_address(address), address

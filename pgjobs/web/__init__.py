@@ -41,7 +41,7 @@ from ._security import (
     LoopbackHosts,
     TokenAuth,
     Unauthenticated,
-    is_loopback,
+    is_loopback_address,
 )
 from ._site import Options, Redact, Site, error_page, secured
 from ._views import Views
@@ -111,7 +111,7 @@ def serve(app: App, host: str, port: int, *, auth: Auth | None = None, **options
         ConfigError: ``host`` is not a loopback address and no ``auth`` is given.
         OSError: the address cannot be listened on (in use, not this host's, no such name).
     """
-    if auth is None and not is_loopback(host):
+    if auth is None and not is_loopback_address(host):
         raise ConfigError(
             f"refusing to serve the dashboard on {host} without authentication: give --user "
             "and PGJOBS_WEB_PASSWORD, or PGJOBS_WEB_TOKEN, or listen on 127.0.0.1 behind a proxy "

@@ -16,6 +16,8 @@ import base64
 import binascii
 import hmac
 import inspect
+import ipaddress
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -134,9 +136,40 @@ def check_state_change(request: Request, form: Mapping[str, str]) -> None:
         raise Forbidden("this form's security token is missing or stale; reload the page")
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is an address only this machine reaches."""
-    return host in ("localhost", "::1") or host.startswith("127.")
+def is_loopback_address(address: str) -> bool:
+    """Whether ``address`` (a listening address, without a port) is one only this machine
+    reaches: an IPv4 address of 127.0.0.0/8 written as four decimal numbers, ``::1`` (bare or in
+    brackets), or ``localhost``. A name that merely starts like one (``127.0.0.1.nip.io``) is
+    another machine's as far as anyone knows."""
+    if address == "localhost":
+        return True
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        return ip == _IPV6_LOOPBACK and ip.scope_id is None
+    return ip in _IPV4_LOOPBACK
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine by a loopback address or ``localhost``, with
+    or without a port: ``127.0.0.1:8188``, ``[::1]``, ``localhost``. Anything else (a name of a
+    site's own that resolves to 127.0.0.1, ``127.1``, a trailing dot, user information, an empty
+    header) is not."""
+    found = _HOST.fullmatch(host)
+    if found is None:
+        return False
+    return is_loopback_address(found["name"])
+
+
+_HOST = re.compile(r"(?P<name>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::[0-9]{1,5})?")
+"""A ``Host`` header: a name or bracketed IPv6 address, then perhaps a port."""
+
+_IPV4_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+_IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
 
 
 class LoopbackHosts:
@@ -151,15 +184,13 @@ class LoopbackHosts:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            host = Headers(scope=scope).get("host", "")
-            if not is_loopback(urlsplit(f"//{host}").hostname or ""):
-                response = PlainTextResponse(
-                    "this dashboard has no authentication, so it answers only to 127.0.0.1 "
-                    "and localhost",
-                    status_code=403,
-                    headers=HEADERS,
-                )
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http" and not is_loopback_host(Headers(scope=scope).get("host", "")):
+            response = PlainTextResponse(
+                "without authentication this server answers only to a loopback address "
+                "(127.0.0.1, [::1]) or localhost",
+                status_code=403,
+                headers=HEADERS,
+            )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)

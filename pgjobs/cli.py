@@ -17,7 +17,7 @@ import types
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
@@ -837,12 +837,27 @@ def web_command(
             "pgjobs web needs the dashboard's libraries: pip install 'pgjobs[web]'"
         ) from None
     app = _load_app(_given(obj, {"app": app_path, "web_user": web_user}))
-    auth = standalone_auth(app.settings)
     try:
-        serve(app, host, port, auth=auth, read_only=read_only)
+        serve(app, host, port, auth=_standalone_auth(standalone_auth, app), read_only=read_only)
     except OSError as exc:
         click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
         sys.exit(1)
+    except ConfigError as exc:  # no authentication abroad
+        _refuse(exc)
+
+
+def _standalone_auth(standalone_auth: Callable[[Any], Any], app: App) -> Any:
+    """The authentication that ``pgjobs web`` or ``pgjobs metrics`` is given, or exit 2 with one
+    line naming the setting to fix."""
+    try:
+        return standalone_auth(app.settings)
+    except ConfigError as exc:
+        _refuse(exc)
+
+
+def _refuse(exc: ConfigError) -> NoReturn:
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(2)
 
 
 @cli.group("queue")

@@ -478,7 +478,20 @@ def test_pgjobs_web_refuses_to_listen_abroad_without_authentication(database_url
     assert half.returncode == 2 and "go together" in half.stderr
     short = run_cli(database_url, "web", env={"PGJOBS_WEB_TOKEN": "short"})
     assert short.returncode == 2 and "at least 16 characters" in short.stderr
-    assert "short" not in short.stderr.replace("at least 16", "")
+    assert "short" not in short.stderr.replace("shorter than 16", "")
+
+
+def test_pgjobs_web_refuses_a_blank_or_repetitive_token_in_one_line(database_url: str) -> None:
+    for token in (" " * 16, "a" * 40, " " + "a-long-random-token-0123456789"):
+        weak = run_cli(database_url, "web", "--host", "127.0.0.1.invalid",
+                       env={"PGJOBS_WEB_TOKEN": token})  # fmt: skip
+        assert weak.returncode == 2, repr(token)
+        assert weak.stderr.startswith("Error: PGJOBS_WEB_TOKEN") and weak.stderr.count("\n") == 1
+        assert "secrets.token_urlsafe(32)" in weak.stderr
+        assert not token.strip() or token.strip() not in weak.stderr
+    password = run_cli(database_url, "web", "--user", "ops", env={"PGJOBS_WEB_PASSWORD": "    "})
+    assert password.returncode == 2 and "PGJOBS_WEB_PASSWORD" in password.stderr
+    assert password.stderr.count("\n") == 1
 
 
 def test_counts_past_the_cap_are_estimates_that_say_so(

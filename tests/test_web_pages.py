@@ -1,13 +1,16 @@
 """The dashboard's pure decisions: which scanned jobs make a page and where the next one starts,
-what a cursor may hold, how the runs-per-minute graph is drawn, and which host names and
-listening addresses are loopback."""
+what a cursor may hold, how the runs-per-minute graph is drawn, which host names and listening
+addresses are loopback, and which tokens and passwords are too weak to take."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pgjobs import ConfigError
+from pgjobs.web import BasicAuth, TokenAuth
 from pgjobs.web._graph import HEIGHT, MINUTES, graph
 from pgjobs.web._listing import (
     PAGE,
@@ -137,3 +140,37 @@ def test_a_listening_address_is_loopback_only_as_an_address_of_127_8_or_1_or_loc
                     "127.attacker.example", "::ffff:127.0.0.1", "::1%lo",
                     "127.0.0.1:80"):  # fmt: skip
         assert not is_loopback_address(address), address
+
+
+def test_a_weak_token_or_password_is_refused_with_what_to_use_and_never_shown() -> None:
+    for token, problem in (
+        (" " * 16, "space"),
+        ("\t" * 40, "space"),
+        ("x" * 64, "fewer than 5 different"),
+        ("abcdabcdabcdabcdabcd", "fewer than 5 different"),
+        (" " + secrets.token_urlsafe(32), "space"),
+        (secrets.token_urlsafe(32) + "\n", "space"),
+        ("0123456789abcde", "shorter than 16"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            TokenAuth(token)
+        message = str(refused.value)
+        assert "PGJOBS_WEB_TOKEN" in message and problem in message, repr(token)
+        assert "secrets.token_urlsafe(32)" in message
+        assert not token.strip() or token.strip() not in message
+        assert "\n" not in message
+    for password, problem in (
+        ("", "shorter than 8"),
+        (" " * 12, "space"),
+        ("aaaabbbbaaaabbbb", "fewer than 5 different"),
+        ("s3cret-pass ", "space"),
+        ("Pa55wd!", "shorter than 8"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            BasicAuth("ops", password)
+        message = str(refused.value)
+        assert "PGJOBS_WEB_PASSWORD" in message and problem in message, repr(password)
+        assert not password.strip() or password.strip() not in message
+    for token in ("a-long-random-token-0123456789", secrets.token_urlsafe(32), "0123456789abcdef"):
+        assert TokenAuth(token).accepts(token)
+    assert BasicAuth("ops", "s3cret-pass").user == "ops"

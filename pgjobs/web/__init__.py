@@ -154,7 +154,8 @@ def standalone_auth(settings: Settings) -> Auth | None:
     """The authentication that ``web_user``/``web_password`` or ``web_token`` ask for.
 
     Raises:
-        ConfigError: only half of the basic credentials, or both kinds, are given.
+        ConfigError: only half of the basic credentials, or both kinds, are given; the password
+            or token is too weak (see :class:`BasicAuth` and :class:`TokenAuth`).
     """
     basic = (settings.web_user, settings.web_password)
     if (basic[0] is None) != (basic[1] is None):
@@ -167,8 +168,6 @@ def standalone_auth(settings: Settings) -> Auth | None:
     if settings.web_user is not None and settings.web_password is not None:
         return BasicAuth(settings.web_user, settings.web_password)
     if settings.web_token is not None:
-        if len(settings.web_token) < 16:
-            raise ConfigError("web_token: use at least 16 characters (a random one)")
         return TokenAuth(settings.web_token)
     return None
 

@@ -29,6 +29,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._errors import ConfigError
+
 Auth = Callable[[Request], "bool | str | Awaitable[bool | str]"]
 """An authentication hook: truthy lets the request in; a string is the user's name."""
 
@@ -61,14 +63,57 @@ class Unauthenticated(Exception):
         self.challenge = challenge
 
 
+MIN_TOKEN = 16
+"""Characters of a token, at least."""
+
+MIN_PASSWORD = 8
+"""Characters of a basic-auth password, at least."""
+
+MIN_DIFFERENT = 5
+"""Different characters in a token or password, at least."""
+
+GOOD_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'  # noqa: S105 (advice)
+"""How to make a good token or password."""
+
+
+def weakness(secret: str, minimum: int) -> str | None:
+    """Why ``secret`` is too weak to guard the dashboard (``None``: it is not): shorter than
+    ``minimum`` characters, fewer than :data:`MIN_DIFFERENT` different ones, or white space at
+    either end (which a copy and paste adds or drops unseen). The answer never quotes it."""
+    if secret != secret.strip():
+        return "it begins or ends with a space or another blank"
+    if len(secret) < minimum:
+        return f"it is shorter than {minimum} characters"
+    if len(set(secret)) < MIN_DIFFERENT:
+        return f"it has fewer than {MIN_DIFFERENT} different characters"
+    return None
+
+
+def _refuse_weak(secret: str, minimum: int, setting: str) -> None:
+    problem = weakness(secret, minimum)
+    if problem is not None:
+        raise ConfigError(
+            f"{setting} is too weak: {problem}; use at least {minimum} characters, random ones, "
+            f"e.g. from {GOOD_SECRET}"
+        )
+
+
 @dataclass(frozen=True)
 class BasicAuth:
     """An :data:`Auth` hook that takes HTTP basic credentials (compared in constant time); the
-    browser asks for them."""
+    browser asks for them.
+
+    Raises:
+        ConfigError: the password is shorter than :data:`MIN_PASSWORD` characters, has fewer
+            than :data:`MIN_DIFFERENT` different ones, or begins or ends with white space.
+    """
 
     user: str
     password: str = field(repr=False)
     challenge: ClassVar[str] = 'Basic realm="pgjobs", charset="UTF-8"'
+
+    def __post_init__(self) -> None:
+        _refuse_weak(self.password, MIN_PASSWORD, "the web password (PGJOBS_WEB_PASSWORD)")
 
     def __call__(self, request: Request) -> bool | str:
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
@@ -85,9 +130,17 @@ class BasicAuth:
 @dataclass(frozen=True)
 class TokenAuth:
     """An :data:`Auth` hook that takes ``Authorization: Bearer <token>``, or the cookie that the
-    dashboard's sign-in form sets."""
+    dashboard's sign-in form sets.
+
+    Raises:
+        ConfigError: the token is shorter than :data:`MIN_TOKEN` characters, has fewer than
+            :data:`MIN_DIFFERENT` different ones, or begins or ends with white space.
+    """
 
     token: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _refuse_weak(self.token, MIN_TOKEN, "PGJOBS_WEB_TOKEN (the web token)")
 
     def __call__(self, request: Request) -> bool:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")

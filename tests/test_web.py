@@ -373,6 +373,64 @@ def test_basic_auth_and_a_token_keep_strangers_out(app: pgjobs.App) -> None:
         assert web.get("/queues").status_code == 200
 
 
+def elsewhere() -> httpx.Client:
+    """A client from another loopback address than the tests' own (127.0.0.1)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "pgjobs.web" and hasattr(r, "refused")]
+
+
+def test_failed_basic_sign_ins_make_their_client_wait_and_are_logged(
+    app: pgjobs.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgjobs.web")
+    password = "s3cret-pass"
+    with serving(app, auth=BasicAuth("ops", password)) as base:
+        assert httpx.get(f"{base}/queues").status_code == 401  # no credentials: not a failure
+        for guess in range(5):
+            wrong = httpx.get(f"{base}/queues", auth=("ops", f"guess-{guess}"))
+            assert wrong.status_code == 401
+        assert httpx.get(f"{base}/metrics", auth=("root", "guess-5")).status_code == 429
+        waits = httpx.get(f"{base}/queues", auth=("ops", password))  # not even checked
+        assert waits.status_code == 429 and "Traceback" not in waits.text
+        assert 1 <= int(waits.headers["retry-after"]) <= 30 and "try again in" in waits.text
+        with elsewhere() as other:
+            assert other.get(f"{base}/queues", auth=("ops", password)).status_code == 200
+    logged = refusals(caplog)
+    assert [r.refused for r in logged] == ["wrong"] * 5 + ["waiting"] * 2
+    assert {(r.client, r.user) for r in logged} == {("127.0.0.1", "ops"), ("127.0.0.1", "root")}
+    assert all(r.levelno == logging.WARNING for r in logged)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "guess-" not in text and password not in text and "127.0.0.1" in text
+
+
+def test_failed_token_sign_ins_make_their_client_wait_and_are_logged(
+    app: pgjobs.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgjobs.web")
+    token = "a-long-random-token-0123456789"
+    with serving(app, auth=TokenAuth(token)) as base, Browser(base) as web:
+        assert web.get("/sign-in").status_code == 200
+        for guess in range(3):
+            bearer = {"authorization": f"Bearer wrong-token-{guess}"}
+            assert httpx.get(f"{base}/queues", headers=bearer).status_code == 303
+        assert web.post("/sign-in", {"token": "wrong-token-3"}).status_code == 401
+        stale = httpx.get(f"{base}/queues", headers={"cookie": "pgjobs_token=wrong-token-4"})
+        assert stale.status_code == 303 and 'pgjobs_token=""' in stale.headers["set-cookie"]
+        waits = web.post("/sign-in", {"token": token})
+        assert waits.status_code == 429 and "pgjobs_token" not in web.client.cookies
+        bearer = {"authorization": f"Bearer {token}"}
+        assert httpx.get(f"{base}/queues", headers=bearer).status_code == 429
+        with elsewhere() as other:
+            assert other.get(f"{base}/queues", headers=bearer).status_code == 200
+    logged = refusals(caplog)
+    assert [r.refused for r in logged] == ["wrong"] * 5 + ["waiting"] * 2
+    assert all(r.client == "127.0.0.1" and r.user is None for r in logged)
+    assert "wrong-token" not in "\n".join(r.getMessage() for r in caplog.records)
+
+
 def test_an_auth_hook_names_who_acted_in_the_log(
     app: pgjobs.App, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:

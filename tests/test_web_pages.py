@@ -1,6 +1,7 @@
 """The dashboard's pure decisions: which scanned jobs make a page and where the next one starts,
 what a cursor may hold, how the runs-per-minute graph is drawn, which host names and listening
-addresses are loopback, and which tokens and passwords are too weak to take."""
+addresses are loopback, which tokens and passwords are too weak to take, and how long a client
+that failed to sign in waits."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pgjobs.web._listing import (
     page,
 )
 from pgjobs.web._security import is_loopback_address, is_loopback_host
+from pgjobs.web._throttle import ALLOWED, FIRST_WAIT, FORGET_AFTER, LONGEST_WAIT, SignInThrottle
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -174,3 +176,47 @@ def test_a_weak_token_or_password_is_refused_with_what_to_use_and_never_shown() 
     for token in ("a-long-random-token-0123456789", secrets.token_urlsafe(32), "0123456789abcdef"):
         assert TokenAuth(token).accepts(token)
     assert BasicAuth("ops", "s3cret-pass").user == "ops"
+
+
+class Clock:
+    """A monotonic clock that a test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failed_sign_ins_make_their_client_wait_longer_each_time() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(clock=clock)
+    for n in range(1, ALLOWED):
+        assert throttle.failed("10.0.0.1") == n and throttle.wait("10.0.0.1") == 0
+    throttle.failed("10.0.0.1")
+    assert throttle.wait("10.0.0.1") == FIRST_WAIT
+    assert throttle.wait("10.0.0.2") == 0  # another client is not slowed
+    clock.now += FIRST_WAIT - 1
+    assert throttle.wait("10.0.0.1") == 1
+    waits = []
+    for _ in range(8):
+        clock.now += throttle.wait("10.0.0.1")
+        throttle.failed("10.0.0.1")
+        waits.append(throttle.wait("10.0.0.1"))
+    assert waits == [60, 120, 240, 480, LONGEST_WAIT, LONGEST_WAIT, LONGEST_WAIT, LONGEST_WAIT]
+    throttle.succeeded("10.0.0.1")
+    assert throttle.wait("10.0.0.1") == 0 and throttle.failed("10.0.0.1") == 1
+
+
+def test_failures_are_forgotten_an_hour_on_and_few_clients_are_remembered() -> None:
+    clock = Clock()
+    throttle = SignInThrottle(clock=clock, clients=100)
+    for _ in range(ALLOWED):
+        throttle.failed("10.0.0.1")
+    clock.now += FORGET_AFTER
+    assert throttle.wait("10.0.0.1") == 0 and throttle.failed("10.0.0.1") == 1
+    for i in range(1000):
+        throttle.failed(f"10.1.{i // 256}.{i % 256}")
+    assert len(throttle) == 100
+    assert throttle.failed("10.1.3.231") == 2  # the latest are kept, the oldest forgotten
+    assert throttle.failed("10.1.0.0") == 1

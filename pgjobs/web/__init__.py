@@ -35,15 +35,17 @@ from .._settings import Settings
 from ._actions import Actions
 from ._listing import BadRequest
 from ._security import (
+    TOKEN_COOKIE,
     Auth,
     BasicAuth,
     Forbidden,
     LoopbackHosts,
     TokenAuth,
+    TooManySignIns,
     Unauthenticated,
     is_loopback_address,
 )
-from ._site import Options, Redact, Site, error_page, secured
+from ._site import Options, Redact, Site, error_page, root, secured
 from ._views import Views
 
 __all__ = ["Auth", "BasicAuth", "Redact", "TokenAuth", "dashboard", "serve", "standalone_auth"]
@@ -207,7 +209,14 @@ def _handlers(auth: Auth | None) -> dict[Any, Callable[[Request, Exception], Any
                 response.headers["WWW-Authenticate"] = exc.challenge
             elif isinstance(auth, TokenAuth):
                 sign_in = request.url_for("sign_in").path
-                return secured(RedirectResponse(sign_in, status_code=303), request)
+                response = RedirectResponse(sign_in, status_code=303)
+                if TOKEN_COOKIE in request.cookies:  # a stale token: sent again, it fails again
+                    response.delete_cookie(TOKEN_COOKIE, path=root(request))
+                return secured(response, request)
+            return response
+        if isinstance(exc, TooManySignIns):
+            response = error_page(request, 429, str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
             return response
         if isinstance(exc, BadRequest):
             return error_page(request, 400, str(exc))
@@ -221,5 +230,13 @@ def _handlers(auth: Auth | None) -> dict[Any, Callable[[Request, Exception], Any
         log.error("dashboard: %s failed", request.url.path, exc_info=exc)
         return error_page(request, 500, "something went wrong; the log says what")
 
-    kinds = (Unauthenticated, BadRequest, Forbidden, HTTPException, DatabaseError, psycopg.Error)
+    kinds = (
+        Unauthenticated,
+        TooManySignIns,
+        BadRequest,
+        Forbidden,
+        HTTPException,
+        DatabaseError,
+        psycopg.Error,
+    )
     return {**dict.fromkeys(kinds, refused), Exception: refused}

@@ -176,7 +176,7 @@ class Actions:
         form = await _form(request)
         check_state_change(request, form)
         auth = self.site.options.auth
-        if not isinstance(auth, TokenAuth) or not auth.accepts(form.get("token", "")):
+        if not isinstance(auth, TokenAuth) or not auth.signs_in(request, form.get("token", "")):
             return await self.site.render(
                 request, "sign_in.html", 401, refused="that is not this dashboard's token"
             )

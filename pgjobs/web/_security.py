@@ -17,6 +17,8 @@ import binascii
 import hmac
 import inspect
 import ipaddress
+import logging
+import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +32,9 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._errors import ConfigError
+from ._throttle import SignInThrottle
+
+log = logging.getLogger("pgjobs.web")
 
 Auth = Callable[[Request], "bool | str | Awaitable[bool | str]"]
 """An authentication hook: truthy lets the request in; a string is the user's name."""
@@ -61,6 +66,56 @@ class Unauthenticated(Exception):
     def __init__(self, challenge: str | None) -> None:
         super().__init__("sign in to see the dashboard")
         self.challenge = challenge
+
+
+class TooManySignIns(Exception):
+    """The client failed to sign in too often: its credentials are not checked for a while."""
+
+    def __init__(self, wait: float) -> None:
+        self.retry_after = max(math.ceil(wait), 1)
+        super().__init__(
+            f"too many failed sign-ins from your address: try again in {self.retry_after} s"
+        )
+
+
+def client_address(request: Request) -> str:
+    """The address the request came from (as the server tells it), ``-`` if none."""
+    return request.client.host if request.client else "-"
+
+
+def _checked(throttle: SignInThrottle, client: str, user: str | None, right: bool) -> bool:
+    """Whether a sign-in is let in: ``right``, and not from a client that must wait.
+
+    Raises:
+        TooManySignIns: the client failed too often lately; ``right`` was not looked at.
+    """
+    wait = throttle.wait(client)
+    if wait > 0:
+        log.warning(
+            "sign-in refused unchecked: %s from %s failed too often; next try in %.0f s",
+            _shown(user),
+            client,
+            wait,
+            extra={"refused": "waiting", "client": client, "user": user},
+        )
+        raise TooManySignIns(wait)
+    if right:
+        throttle.succeeded(client)
+        return True
+    failures = throttle.failed(client)
+    log.warning(
+        "sign-in refused: wrong credentials for %s from %s (%d in a row)",
+        _shown(user),
+        client,
+        failures,
+        extra={"refused": "wrong", "client": client, "user": user},
+    )
+    return False
+
+
+def _shown(user: str | None) -> str:
+    """A user name given by anyone, for the log: quoted, so that it cannot forge a line."""
+    return "-" if user is None else repr(user)
 
 
 MIN_TOKEN = 16
@@ -110,21 +165,30 @@ class BasicAuth:
 
     user: str
     password: str = field(repr=False)
+    throttle: SignInThrottle = field(default_factory=SignInThrottle, repr=False, compare=False)
+    """Who failed to sign in lately, and how long each must wait."""
     challenge: ClassVar[str] = 'Basic realm="pgjobs", charset="UTF-8"'
 
     def __post_init__(self) -> None:
         _refuse_weak(self.password, MIN_PASSWORD, "the web password (PGJOBS_WEB_PASSWORD)")
 
     def __call__(self, request: Request) -> bool | str:
+        """The user's name if the request carries the right credentials.
+
+        Raises:
+            TooManySignIns: its client failed too often lately (see :class:`SignInThrottle`).
+        """
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return False  # none given: the browser asks for them
         try:
             given = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            return False
+            given = b""
         expected = f"{self.user}:{self.password}".encode()
-        return self.user if hmac.compare_digest(given, expected) else False
+        right = hmac.compare_digest(given, expected)
+        user = given.partition(b":")[0].decode(errors="replace") if given else None
+        return self.user if _checked(self.throttle, client_address(request), user, right) else False
 
 
 @dataclass(frozen=True)
@@ -138,15 +202,33 @@ class TokenAuth:
     """
 
     token: str = field(repr=False)
+    throttle: SignInThrottle = field(default_factory=SignInThrottle, repr=False, compare=False)
+    """Who failed to sign in lately, and how long each must wait."""
 
     def __post_init__(self) -> None:
         _refuse_weak(self.token, MIN_TOKEN, "PGJOBS_WEB_TOKEN (the web token)")
 
     def __call__(self, request: Request) -> bool:
+        """Whether the request carries the token.
+
+        Raises:
+            TooManySignIns: its client failed too often lately (see :class:`SignInThrottle`).
+        """
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             given = request.cookies.get(TOKEN_COOKIE, "")
-        return self.accepts(given)
+        return self.signs_in(request, given)
+
+    def signs_in(self, request: Request, given: str) -> bool:
+        """Whether ``given``, sent by ``request``'s client, is the token; nothing given is no
+        failed sign-in.
+
+        Raises:
+            TooManySignIns: the client failed too often lately; ``given`` was not looked at.
+        """
+        if not given:
+            return False
+        return _checked(self.throttle, client_address(request), None, self.accepts(given))
 
     def accepts(self, given: str) -> bool:
         """Whether ``given`` is the token (compared in constant time)."""

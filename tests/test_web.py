@@ -6,12 +6,14 @@ same pages in Chromium."""
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -336,6 +338,94 @@ def test_bad_input_gets_a_clear_4xx_and_no_traceback(web: Browser, app: pgjobs.A
     assert web.get("/jobs/1/retry").status_code == 405
     past_the_end = "%5B%22default%22%2C0%2C%222999-01-01T00:00:00%2B00:00%22%2C1%5D"
     assert web.get(f"/jobs?state=available&after={past_the_end}").status_code == 200
+
+
+def test_malformed_parameters_on_every_route_get_a_4xx_and_no_traceback(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.noop.enqueue("x")
+    deep = "[" * 5000 + "]" * 5000
+    cases = {
+        "/jobs?after=" + deep: (400, "the page link is damaged"),
+        "/jobs?state=completed&after=" + deep: (400, "the page link is damaged"),
+        '/jobs?after=["' + "q" * 5000 + '",0,"2026-01-01T00:00:00+00:00",1]': (400, "damaged"),
+        "/jobs?after=%ff%fe": (400, "damaged"),
+        "/jobs?after=%00": (400, "damaged"),
+        "/jobs?state=%00": (400, "state must be one of"),
+        "/jobs?name=%ff%00": (400, "a job name is at most"),
+        "/jobs?search=%ff%00": (400, "at most 200 characters"),
+        "/jobs/" + "9" * 5000: (404, "there is no job"),
+    }
+    for path in (*PAGES, f"/jobs/{job_id}"):  # a query the page does not read is no trouble
+        cases[path + "?state=%ff&after=%00&x=" + "9" * 5000] = (
+            400 if path == "/jobs" else 200,
+            "",
+        )
+    for path, (status, message) in cases.items():
+        response = httpx.get(web.base + path)
+        assert response.status_code == status, path[:80]
+        assert message in response.text, path[:80]
+        assert "Traceback" not in response.text and "File " not in response.text
+    for path, status in (
+        ("/cron/a%00b/pause", 400),
+        ("/cron/a%00b/run", 400),
+        ("/cron/%ff%fe/resume", 409),
+        ("/cron/nothing-here/run", 409),
+        ("/queues/a%00b/pause", 400),
+        (f"/jobs/{'9' * 5000}/retry", 404),
+    ):
+        response = web.post(path)
+        assert response.status_code == status, path[:80]
+        assert "Traceback" not in response.text
+        assert "the database cannot answer" not in response.text
+    token = web.token()
+    for body, status in (
+        (f"csrf={token}&state=discarded&next=/%00%0d%0ax".encode(), 303),
+        (f"csrf={token}&state=discarded&next=/%ff%fe".encode(), 303),
+        (f"csrf={token}&state=%00".encode(), 400),
+        (f"csrf={token}&state=discarded&queue=%00".encode(), 400),
+        (f"csrf={token}&state=discarded&name=%ff%00".encode(), 400),
+        (f"csrf={token}&state=discarded&name={'9' * 5000}".encode(), 400),
+        (f"csrf={token}&state=discarded&x=".encode() + b"\xff\xfe", 400),
+    ):
+        response = web.client.post(
+            "/jobs/retry",
+            content=body,
+            headers={"origin": web.base, "content-type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == status, body[:80]
+        assert "\x00" not in response.headers.get("location", "")
+        assert "Traceback" not in response.text
+    assert state(db, job_id) == "available"
+
+
+def test_cron_entries_of_any_name_are_shown_and_actionable(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """Names that pgjobs of today refuses to declare, but that a table may hold."""
+    names = ("reports/daily", "a%b?c#d e&f", "日報/x/pause", "/")
+    for name in names:
+        db.execute(
+            "INSERT INTO pgjobs.cron_entries (name, job_name, queue, priority, max_attempts,"
+            " expression, timezone, catch_up) VALUES (%s, 'noop', 'default', 0, 1, '0 3 * * *',"
+            " 'UTC', 'none')",
+            (name,),
+        )
+    page = web.get("/cron")
+    assert page.status_code == 200
+    paused = "SELECT paused FROM pgjobs.cron_entries WHERE name = %s"
+    for name in names:
+        assert f"<td>{html.escape(name)}</td>" in page.text
+        path = f"/cron/{quote(name, safe='')}"
+        assert f'action="{web.base}{path}/pause"' in page.text
+        assert f'action="{web.base}{path}/run"' in page.text
+        assert web.post(f"{path}/pause").status_code == 303 and value(db, paused, name)
+        assert f'action="{web.base}{path}/resume"' in web.get("/cron").text
+        assert web.post(f"{path}/resume").status_code == 303 and not value(db, paused, name)
+        ran = web.post(f"{path}/run")
+        assert ran.status_code == 303
+        assert value(db, "SELECT last_job_id IS NOT NULL FROM pgjobs.cron_entries WHERE name = %s",
+                     name)  # fmt: skip
 
 
 def test_read_only_shows_everything_and_changes_nothing(

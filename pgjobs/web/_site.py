@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from psycopg.rows import dict_row
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
@@ -21,6 +22,7 @@ from starlette.templating import Jinja2Templates
 from .._admin import Operation
 from .._app import App
 from ._counts import CAP, Count, counted, plan_rows
+from ._listing import job_id
 from ._security import CSRF_COOKIE, HEADERS, Auth, authenticated, csrf_token
 from ._sql import NO_JIT, WebQueries, web_queries_for
 
@@ -57,7 +59,7 @@ class Site:
             lstrip_blocks=True,
         )
         environment.filters.update(
-            ago=ago, moment=moment, seconds=seconds, pretty=pretty, brief=brief
+            ago=ago, moment=moment, seconds=seconds, pretty=pretty, brief=brief, segment=segment
         )
         self.templates = Jinja2Templates(env=environment)
 
@@ -166,6 +168,20 @@ def error_page(request: Request, status: int, message: str) -> Response:
     return secured(HTMLResponse(body, status_code=status), request)
 
 
+def path_job_id(request: Request) -> int:
+    """The job id the path names.
+
+    Raises:
+        HTTPException: 404, it names none (not a number, or beyond a ``bigint``).
+    """
+    text: str = request.path_params["job_id"]
+    found = job_id(text)
+    if found is None:
+        shown = text if len(text) <= 30 else text[:29] + "…"
+        raise HTTPException(404, f"there is no job {shown}")
+    return found
+
+
 def root(request: Request) -> str:
     """The path the dashboard is mounted at, ``/`` at the top."""
     mounted: str = request.scope.get("root_path") or ""
@@ -207,6 +223,12 @@ def moment(value: datetime | str | None) -> str:
     except ValueError:
         return str(value)
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def segment(value: str) -> str:
+    """``value`` as one segment of a path (for a ``path`` parameter): every ``/``, ``%``, ``?``,
+    ``#``, space or other character that is not plain ASCII percent-encoded."""
+    return quote(value, safe="")
 
 
 def pretty(value: Any) -> str:

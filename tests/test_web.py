@@ -552,6 +552,43 @@ def test_redaction_hides_secrets_and_turns_off_the_search(
         assert refused.status_code == 400 and "redacted" in refused.text
 
 
+def test_a_secret_hidden_from_the_arguments_is_hidden_from_the_errors_too(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    def redact(name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
+        return args, {k: "***" if k == "password" else v for k, v in kwargs.items()}
+
+    secret = "hunter2-secret"
+    job_id = jobs_app.anything.enqueue("login", password=secret, user="ada")
+    discarded(db, job_id, f"login refused for ada with password {secret!r}")
+    with serving(app, redact=redact) as base, Browser(base) as web:
+        for path in (f"/jobs/{job_id}", "/jobs?state=discarded"):
+            page = web.get(path).text
+            assert secret not in page, path
+            assert "login refused for ada with password" in page, path
+        assert "RuntimeError: login refused" in web.get(f"/jobs/{job_id}").text  # the traceback
+
+
+def test_a_redact_error_hook_sees_every_error_text_shown(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def redact_error(name: str, text: str) -> str:
+        seen.append((name, text))
+        return text.replace("sk-live-0123456789", "sk-live-…")
+
+    job_id = jobs_app.anything.enqueue("charge")
+    discarded(db, job_id, "the card API refused key sk-live-0123456789")
+    with serving(app, redact_error=redact_error) as base, Browser(base) as web:
+        for path in (f"/jobs/{job_id}", "/jobs?state=discarded"):
+            page = web.get(path).text
+            assert "sk-live-0123456789" not in page and "sk-live-…" in page, path
+        assert web.get("/jobs", params={"search": "charge"}).status_code == 200  # arguments shown
+    assert {name for name, _ in seen} == {"anything"}
+    assert any(text.startswith("Traceback") for _, text in seen)
+
+
 def test_a_database_that_cannot_answer_gets_a_503_without_secrets() -> None:
     app = pgjobs.App(
         database_url="postgresql://ops:pa55-word@127.0.0.1:1/nowhere", connect_timeout=1

@@ -1,12 +1,13 @@
 """The dashboard's pure decisions: which scanned jobs make a page and where the next one starts,
 what a cursor may hold, how the runs-per-minute graph is drawn, which host names and listening
-addresses are loopback, which tokens and passwords are too weak to take, and how long a client
-that failed to sign in waits."""
+addresses are loopback, which tokens and passwords are too weak to take, how long a client
+that failed to sign in waits, and what redaction leaves of a job's errors."""
 
 from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from pgjobs.web._listing import (
     listing,
     page,
 )
+from pgjobs.web._redaction import MASK, hidden, redacted
 from pgjobs.web._security import is_loopback_address, is_loopback_host
 from pgjobs.web._throttle import ALLOWED, FIRST_WAIT, FORGET_AFTER, LONGEST_WAIT, SignInThrottle
 
@@ -220,3 +222,37 @@ def test_failures_are_forgotten_an_hour_on_and_few_clients_are_remembered() -> N
     assert len(throttle) == 100
     assert throttle.failed("10.1.3.231") == 2  # the latest are kept, the oldest forgotten
     assert throttle.failed("10.1.0.0") == 1
+
+
+def test_values_hidden_from_the_arguments_are_blanked_out_of_the_jobs_texts() -> None:
+    def redact(name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
+        return ["***"] * len(args), {**kwargs, "card": {"number": "****", "pin": 0}}
+
+    job = {
+        "name": "charge",
+        "args": ["tok-4242-secret", 4111111111111111, "ada"],
+        "kwargs": {"card": {"number": "5555-4444", "pin": 123}, "amount": 1234, "note": "ada"},
+        "errors": [
+            {"attempt": 1, "class": "builtins.ValueError", "at": "2026-12-04T12:00:00+00:00",
+             "message": "card 5555-4444 (4111111111111111) refused for tok-4242-secret",
+             "traceback": "Traceback ...\nValueError: tok-4242-secret, pin 123, 1234 EUR"},
+        ],
+        "unique_key": '["tok-4242-secret"]',
+        "partition_key": None,
+    }  # fmt: skip
+    assert hidden((job["args"], job["kwargs"]), redact("charge", job["args"], job["kwargs"])) == [
+        "4111111111111111",
+        "tok-4242-secret",
+        "5555-4444",
+    ]  # fmt: skip  (the pin is too short to blank; "ada" and the amount are still shown)
+    shown = redacted(job, redact, None)
+    (error,) = shown["errors"]
+    assert error["message"] == f"card {MASK} ({MASK}) refused for {MASK}"
+    assert error["traceback"].endswith(f"ValueError: {MASK}, pin 123, 1234 EUR")
+    assert error["at"] == job["errors"][0]["at"] and shown["unique_key"] == f'["{MASK}"]'
+    assert shown["args"] == ["***"] * 3 and job["args"][0] == "tok-4242-secret"  # not changed
+    plain = redacted(job, None, lambda name, text: f"{name}: {len(text)} characters")
+    message = job["errors"][0]["message"]
+    assert plain["errors"][0]["message"] == f"charge: {len(message)} characters"
+    assert plain["args"] == job["args"] and plain["unique_key"] == job["unique_key"]
+    assert redacted({"name": "x", "args": [], "kwargs": {}, "errors": None}, redact, None)

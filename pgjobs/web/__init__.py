@@ -34,6 +34,7 @@ from .._errors import ConfigError, DatabaseError
 from .._settings import Settings
 from ._actions import Actions
 from ._listing import BadRequest
+from ._redaction import Redact, RedactError
 from ._security import (
     TOKEN_COOKIE,
     Auth,
@@ -45,10 +46,19 @@ from ._security import (
     Unauthenticated,
     is_loopback_address,
 )
-from ._site import Options, Redact, Site, error_page, root, secured
+from ._site import Options, Site, error_page, root, secured
 from ._views import Views
 
-__all__ = ["Auth", "BasicAuth", "Redact", "TokenAuth", "dashboard", "serve", "standalone_auth"]
+__all__ = [
+    "Auth",
+    "BasicAuth",
+    "Redact",
+    "RedactError",
+    "TokenAuth",
+    "dashboard",
+    "serve",
+    "standalone_auth",
+]
 
 log = logging.getLogger("pgjobs.web")
 
@@ -61,6 +71,7 @@ def dashboard(
     redact: Redact | None = None,
     metrics: bool = True,
     title: str = "pgjobs",
+    redact_error: RedactError | None = None,
 ) -> Starlette:
     """The dashboard of ``app``'s jobs, as an ASGI application.
 
@@ -71,12 +82,17 @@ def dashboard(
             lets everyone in: mount it behind your application's own authentication.
         read_only: show everything, change nothing (every POST is refused, no button shown).
         redact: ``(name, args, kwargs) -> (args, kwargs)``: the arguments to show for a job, for
-            secrets in them. With it, the search over arguments is off.
+            secrets in them. Every string or number (4 characters or more) it hides is blanked
+            out of the job's error messages, tracebacks, unique key and partition too. With it,
+            the search over arguments is off.
         metrics: serve Prometheus metrics at ``/metrics`` (needs ``pgjobs[metrics]``), behind
             the same ``auth``.
         title: the name at the top of each page.
+        redact_error: ``(name, text) -> text``: what to show of each error message and
+            traceback of a job (after ``redact``'s values are blanked out), for secrets that
+            are not among its arguments.
     """
-    site = Site(app, Options(auth, read_only, redact, title))
+    site = Site(app, Options(auth, read_only, redact, title, redact_error))
     views, actions = Views(site), Actions(site)
     routes = [
         Route("/", views.overview, name="overview"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -23,6 +23,7 @@ from .._admin import Operation
 from .._app import App
 from ._counts import CAP, Count, counted, plan_rows
 from ._listing import job_id
+from ._redaction import Redact, RedactError, redacted
 from ._security import CSRF_COOKIE, HEADERS, Auth, authenticated, csrf_token
 from ._sql import NO_JIT, WebQueries, web_queries_for
 
@@ -30,9 +31,6 @@ log = logging.getLogger("pgjobs.web")
 
 NOTICE_COOKIE = "pgjobs_notice"
 """What the last action did, shown once on the page it returns to."""
-
-Redact = Callable[[str, Any, Any], "tuple[Any, Any]"]
-"""A hook ``(job name, args, kwargs) -> (args, kwargs)`` giving the arguments to show."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,7 @@ class Options:
     read_only: bool
     redact: Redact | None
     title: str
+    redact_error: RedactError | None = None
 
 
 class Site:
@@ -92,11 +91,9 @@ class Site:
         return await self.app._client.run_async(operation)
 
     def shown(self, job: Mapping[str, Any]) -> dict[str, Any]:
-        """``job`` with the arguments the redact hook lets be seen."""
-        if self.options.redact is None:
-            return dict(job)
-        args, kwargs = self.options.redact(job["name"], job["args"], job["kwargs"])
-        return {**job, "args": args, "kwargs": kwargs}
+        """``job`` as the redact hooks let it be seen: its arguments, and its errors and other
+        texts without the values hidden from its arguments."""
+        return redacted(job, self.options.redact, self.options.redact_error)
 
     async def render(
         self,

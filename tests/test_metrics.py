@@ -15,12 +15,13 @@ import psycopg
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 import pgjobs
 from pgjobs._stats import Tally
 from pgjobs.metrics import registry
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, eventually, run_burst, run_cli
+from tests.helpers import WorkerProcess, count, eventually, run_burst, run_cli, value
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -159,3 +160,96 @@ def test_the_tally_buckets_runs_as_prometheus_le_and_merges_back() -> None:
     #                     <=5ms  <=10ms                    <=0.5s                     >300s
     assert rows[0][3] == "{2,1,0,0,0,0,1,0,0,0,0,0,0,0,1}"
     assert rows[1] == ("retried", 1, 0.0, "{1,0,0,0,0,0,0,0,0,0,0,0,0,0,0}")
+
+
+def test_label_values_are_capped_and_the_rest_summed_so_that_totals_add_up(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """Thousands of job names and hundreds of queues: each family names the busiest 100 and sums
+    the others into one series labelled ``(other)``."""
+    names, queues = 3000, 250
+    db.execute(
+        "INSERT INTO pgjobs.job_stats (minute, queue, name, outcome, slot, runs, seconds, buckets)"
+        " SELECT '-infinity', 'q' || (i %% %(queues)s), 'job.' || i, o, 0, i + 1, i * 0.25,"
+        "        ARRAY[i + 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]"
+        " FROM generate_series(0, %(names)s - 1) AS i, unnest(ARRAY['completed', 'retried']) AS o",
+        {"names": names, "queues": queues},
+    )
+    app.enqueue_many(
+        [jobs_app.noop.options(queue=f"q{i}").call() for i in range(queues) for _ in range(i % 3)]
+    )
+    body = generate_latest(registry(app))
+    scraped = samples(body.decode())
+    assert len(body) < 400_000, len(body)
+    from pgjobs.metrics import LABEL_VALUES, OTHER
+
+    def values(family: str, label: str) -> set[str]:
+        return {dict(k[1])[label] for k in scraped if k[0].startswith(family)}
+
+    for family, label in (("pgjobs_jobs", "queue"), ("pgjobs_queue_latency_seconds", "queue"),
+                          ("pgjobs_job_runs_total", "name"), ("pgjobs_job_runs_total", "queue"),
+                          ("pgjobs_job_duration_seconds", "name")):  # fmt: skip
+        assert len(values(family, label)) == LABEL_VALUES + 1 and OTHER in values(family, label)
+
+    def total(family: str) -> float:
+        return sum(v for k, v in scraped.items() if k[0] == family)
+
+    assert total("pgjobs_job_runs_total") == value(db, "SELECT sum(runs) FROM pgjobs.job_stats")
+    assert total("pgjobs_job_duration_seconds_count") == value(
+        db, "SELECT sum(runs) FROM pgjobs.job_stats"
+    )
+    assert total("pgjobs_job_duration_seconds_sum") == value(
+        db, "SELECT sum(seconds) FROM pgjobs.job_stats"
+    )
+    assert total("pgjobs_jobs") == count(db, "SELECT count(*) FROM pgjobs.jobs")
+    busiest = (
+        ("name", f"job.{names - 1}"),
+        ("outcome", "completed"),
+        ("queue", f"q{(names - 1) % queues}"),
+    )
+    assert scraped[("pgjobs_job_runs_total", busiest)] == names
+    assert "job.0" not in values("pgjobs_job_runs_total", "name")
+
+
+def test_queues_and_names_past_the_cap_are_one_series_of_their_sums_and_maxima() -> None:
+    from pgjobs.metrics import OTHER, families, totals
+
+    rows = [("jobs", "big", "available", 9.0), ("latency", "big", None, 1.0),
+            ("jobs", "mid", "running", 5.0), ("paused", "mid", None, 0.0),
+            ("jobs", "a", "available", 1.0), ("latency", "a", None, 30.0),
+            ("paused", "a", None, 1.0), ("held_back", "a", None, 0.0),
+            ("jobs", "b", "scheduled", 2.0), ("latency", "b", None, 7.0),
+            ("paused", "idle", None, 0.0), ("workers", None, None, 1.0)]  # fmt: skip
+    scraped = samples(generate_latest(Families(families(rows, limit=2))).decode())
+    assert scraped[("pgjobs_jobs", (("queue", "big"), ("state", "available")))] == 9
+    assert scraped[("pgjobs_jobs", (("queue", OTHER), ("state", "available")))] == 1
+    assert scraped[("pgjobs_jobs", (("queue", OTHER), ("state", "scheduled")))] == 2
+    assert scraped[("pgjobs_queue_latency_seconds", (("queue", OTHER),))] == 30
+    assert scraped[("pgjobs_queue_paused", (("queue", OTHER),))] == 1
+    assert scraped[("pgjobs_queue_paused", (("queue", "mid"),))] == 0
+    assert {dict(k[1]).get("queue") for k in scraped} == {"big", "mid", OTHER, None}
+    fast, slow = [1.0] + [0.0] * 14, [0.0] * 14 + [1.0]  # a run under 5 ms, one over 300 s
+    both = [1.0] + [0.0] * 13 + [1.0]
+    runs = [("default", "often", "completed", 10.0, 1.0, [10 * n for n in fast]),
+            ("default", "seldom", "completed", 1.0, 2.0, slow),
+            ("other", "rare", "discarded", 2.0, 4.0, both)]  # fmt: skip
+    counted, durations = totals(runs, limit=1)
+    assert {tuple(s.labels.values()): s.value for s in counted.samples} == {
+        ("default", "often", "completed"): 10, ("default", OTHER, "completed"): 1,
+        (OTHER, OTHER, "discarded"): 2,
+    }  # fmt: skip
+    sums = {s.labels["name"]: s.value for s in durations.samples if s.name.endswith("_sum")}
+    assert sums == {"often": 1.0, OTHER: 6.0}
+    other = {s.labels["le"]: s.value for s in durations.samples
+             if s.name.endswith("_bucket") and s.labels["name"] == OTHER}  # fmt: skip
+    assert (other["0.005"], other["300.0"], other["+Inf"]) == (1, 1, 3)
+
+
+class Families(Collector):
+    """A collector of fixed families, to expose them as a scrape would."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families

@@ -1,7 +1,8 @@
 """Prometheus metrics read from the database at each scrape (``pip install 'pgjobs[metrics]'``).
 
 Every figure comes from the tables, so any process exports what all workers on all hosts see:
-``pgjobs metrics --port 9188`` serves them, and :func:`registry` gives a
+``pgjobs metrics --port 9188`` serves them (with ``pgjobs[web]`` for its server and its
+authentication, see :func:`pgjobs.web.serve_metrics`), and :func:`registry` gives a
 ``prometheus_client`` registry to mount in an application of your own::
 
     from prometheus_client import make_asgi_app
@@ -19,14 +20,10 @@ database cannot answer, the scrape still succeeds with ``pgjobs_up 0``.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
-from prometheus_client import make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -195,30 +192,6 @@ def registry(app: App) -> CollectorRegistry:
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(DatabaseCollector(app))
     return collectors
-
-
-def serve(app: App, host: str, port: int) -> None:
-    """Serve ``app``'s metrics on ``http://host:port/metrics`` until SIGTERM or SIGINT.
-
-    Raises:
-        OSError: the address cannot be listened on (in use, not this host's).
-    """
-    with make_server(host, port, make_wsgi_app(registry(app)), handler_class=_Quiet) as server:
-
-        def stop(signum: int, frame: object) -> None:
-            threading.Thread(target=server.shutdown).start()  # not from serve_forever's thread
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        log.info("serving metrics on http://%s:%s/metrics", host, server.server_port)
-        server.serve_forever()
-
-
-class _Quiet(WSGIRequestHandler):
-    """No line per scrape on stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def _rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

@@ -1,5 +1,6 @@
-"""Prometheus metrics: ``pgjobs metrics`` serves what the tables say, scraped over HTTP, and a
-database that cannot answer is reported as ``pgjobs_up 0``."""
+"""Prometheus metrics: ``pgjobs metrics`` serves what the tables say, scraped over HTTP, behind
+the dashboard's authentication and loopback rule; a database that cannot answer is reported as
+``pgjobs_up 0``; each family names at most the busiest queues and job names."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from prometheus_client import generate_latest
@@ -52,12 +54,16 @@ def test_a_scrape_reports_jobs_latency_queues_and_workers(
         ["metrics", "--port", "0"], database_url=database_url, log=tmp_path / "metrics.log"
     )
     try:
-        server.wait_for_log("serving metrics on http://127.0.0.1:")
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", server.output())
-        assert match is not None
-        with urllib.request.urlopen(f"http://127.0.0.1:{match[1]}/metrics", timeout=10) as got:
+        url = serving_at(server)
+        with urllib.request.urlopen(url, timeout=10) as got:
             assert got.status == 200
             scraped = samples(got.read().decode())
+        port = url.split(":")[2].split("/")[0]
+        for host in ("127.0.0.1.nip.io", "127.attacker.example", "localhost.", "user@127.0.0.1"):
+            rebound = httpx.get(url, headers={"host": f"{host}:{port}"})
+            assert rebound.status_code == 403 and "pgjobs_up" not in rebound.text, host
+        assert httpx.get(url, headers={"host": f"localhost:{port}"}).status_code == 200
+        assert httpx.get(url.replace("/metrics", "/")).status_code == 404
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
     finally:
@@ -74,6 +80,77 @@ def test_a_scrape_reports_jobs_latency_queues_and_workers(
     assert scraped[("pgjobs_queue_held_back", (("queue", "mailers"),))] == 0
     assert scraped[("pgjobs_workers", ())] == 1  # the expired one is not alive
     assert scraped[("pgjobs_worker_slots", ())] == 20
+
+
+def serving_at(server: WorkerProcess) -> str:
+    """The URL of the metrics that a ``pgjobs metrics`` subprocess serves, once it says so."""
+    server.wait_for_log("serving metrics on http://127.0.0.1:")
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", server.output())
+    assert match is not None
+    return match[0]
+
+
+def test_pgjobs_metrics_refuses_to_listen_abroad_without_authentication(database_url: str) -> None:
+    for args, env, message in (
+        (["--host", "127.0.0.1.invalid"], {}, "without authentication"),
+        (["--host", "0.0.0.0"], {}, "without authentication"),
+        (["--user", "prom"], {}, "go together"),
+        ([], {"PGJOBS_WEB_TOKEN": " " * 20}, "PGJOBS_WEB_TOKEN"),
+        (["--user", "prom"], {"PGJOBS_WEB_PASSWORD": "aaaaaaaaaa"}, "PGJOBS_WEB_PASSWORD"),
+    ):
+        refused = run_cli(database_url, "metrics", "--port", "0", *args, env=env)
+        assert refused.returncode == 2, args
+        assert message in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.startswith("Error: ")
+
+
+def test_pgjobs_metrics_with_a_token_or_a_password_lets_only_them_in(
+    app: pgjobs.App, database_url: str, tmp_path: Path
+) -> None:
+    token = "a-long-random-token-0123456789"
+    password = "s3cret-pass"
+    servers = [
+        WorkerProcess.start(["metrics", "--port", "0"], database_url=database_url,
+                            log=tmp_path / "token.log", env={"PGJOBS_WEB_TOKEN": token}),
+        WorkerProcess.start(["metrics", "--port", "0", "--user", "prom"], database_url=database_url,
+                            log=tmp_path / "basic.log", env={"PGJOBS_WEB_PASSWORD": password}),
+    ]  # fmt: skip
+    try:
+        with_token, with_password = (serving_at(server) for server in servers)
+        stranger = httpx.get(with_token)
+        assert stranger.status_code == 401 and "pgjobs_up" not in stranger.text
+        assert stranger.headers["www-authenticate"].startswith("Bearer")
+        bearer = {"authorization": f"Bearer {token}"}
+        assert "pgjobs_up 1.0" in httpx.get(with_token, headers=bearer).text
+        named = httpx.get(with_token, headers={**bearer, "host": "metrics.example.org"})
+        assert named.status_code == 200  # behind authentication, any name the proxy gives
+        assert httpx.get(with_token, headers={"authorization": "Bearer wrong"}).status_code == 401
+
+        stranger = httpx.get(with_password)
+        assert stranger.status_code == 401 and "pgjobs_up" not in stranger.text
+        assert stranger.headers["www-authenticate"].startswith("Basic")
+        assert "pgjobs_up 1.0" in httpx.get(with_password, auth=("prom", password)).text
+        for guess in range(5):
+            assert httpx.get(with_password, auth=("prom", f"guess-{guess}")).status_code == 401
+        waits = httpx.get(with_password, auth=("prom", password))
+        assert waits.status_code == 429 and int(waits.headers["retry-after"]) >= 1
+        for server in servers:
+            server.signal(signal.SIGTERM)
+            assert server.wait() == 0
+    finally:
+        for server in servers:
+            server.kill()
+    for server in servers:
+        assert "Traceback" not in server.output() and "sign-in refused" in server.output()
+        assert token not in server.output() and "guess-" not in server.output()
+
+
+def test_pgjobs_metrics_says_which_extras_it_needs(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "starlette").mkdir()
+    (tmp_path / "starlette" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    result = run_cli(database_url, "metrics", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2 and "pip install 'pgjobs[metrics,web]'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_database_that_cannot_answer_is_pgjobs_up_0(caplog: pytest.LogCaptureFixture) -> None:

@@ -10,15 +10,14 @@ or to serve alone with ``pgjobs web``.
 
 It shows the jobs of ``jobs_app``'s database (every worker's, on every host) and, unless
 ``read_only``, changes them with the same guarded statements as the CLI. See the guide's
-"Dashboard" section.
+"Dashboard" section. :func:`serve_metrics` serves the Prometheus metrics alone, behind the same
+authentication (``pgjobs metrics``).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -34,18 +33,18 @@ from .._errors import ConfigError, DatabaseError
 from .._settings import Settings
 from ._actions import Actions
 from ._listing import BadRequest
+from ._metrics import metrics_application, metrics_page
 from ._redaction import Redact, RedactError
 from ._security import (
     TOKEN_COOKIE,
     Auth,
     BasicAuth,
     Forbidden,
-    LoopbackHosts,
     TokenAuth,
     TooManySignIns,
     Unauthenticated,
-    is_loopback_address,
 )
+from ._server import alone, refuse_abroad, run
 from ._site import Options, Site, error_page, root, secured
 from ._views import Views
 
@@ -57,6 +56,7 @@ __all__ = [
     "TokenAuth",
     "dashboard",
     "serve",
+    "serve_metrics",
     "standalone_auth",
 ]
 
@@ -120,7 +120,7 @@ def dashboard(
         Mount("/static", StaticFiles(packages=[("pgjobs.web", "static")]), name="static"),
     ]
     if metrics:
-        routes.append(Route("/metrics", _metrics(site), name="metrics"))
+        routes.append(Route("/metrics", metrics_page(app, auth), name="metrics"))
     return Starlette(routes=routes, exception_handlers=_handlers(auth))
 
 
@@ -131,43 +131,27 @@ def serve(app: App, host: str, port: int, *, auth: Auth | None = None, **options
         ConfigError: ``host`` is not a loopback address and no ``auth`` is given.
         OSError: the address cannot be listened on (in use, not this host's, no such name).
     """
-    if auth is None and not is_loopback_address(host):
-        raise ConfigError(
-            f"refusing to serve the dashboard on {host} without authentication: give --user "
-            "and PGJOBS_WEB_PASSWORD, or PGJOBS_WEB_TOKEN, or listen on 127.0.0.1 behind a proxy "
-            "that authenticates"
-        )
-    import uvicorn
+    refuse_abroad(host, auth, "the dashboard")
+    run(standalone(app, auth=auth, **options), host, port, "the dashboard", "/")
 
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    with socket.create_server((host, port), family=family) as listening:
-        config = uvicorn.Config(
-            standalone(app, auth=auth, **options),
-            host=host,
-            port=listening.getsockname()[1],
-            log_config=None,
-            access_log=False,
-            server_header=False,
-        )
-        shown = f"[{host}]" if ":" in host else host
-        log.info("serving the dashboard on http://%s:%s/", shown, config.port)
-        uvicorn.Server(config).run(sockets=[listening])
+
+def serve_metrics(app: App, host: str, port: int, *, auth: Auth | None = None) -> None:
+    """Serve ``app``'s Prometheus metrics (``pgjobs[metrics]``) on ``http://host:port/metrics``
+    with uvicorn until SIGTERM or SIGINT, behind ``auth`` as the dashboard would be: without it,
+    only on a loopback address and to loopback host names.
+
+    Raises:
+        ConfigError: ``host`` is not a loopback address and no ``auth`` is given.
+        OSError: the address cannot be listened on (in use, not this host's, no such name).
+    """
+    refuse_abroad(host, auth, "metrics")
+    run(metrics_application(app, auth), host, port, "metrics", "/metrics")
 
 
 def standalone(app: App, *, auth: Auth | None = None, **options: Any) -> Starlette:
     """:func:`dashboard` as the whole application of a server: it closes ``app``'s connections
     when the server stops, and without ``auth`` it answers only to loopback host names."""
-
-    @asynccontextmanager
-    async def closing(web: Starlette) -> AsyncIterator[None]:
-        yield
-        await app.aclose()
-
-    web = dashboard(app, auth=auth, **options)
-    web.router.lifespan_context = closing
-    if auth is None:
-        web.add_middleware(LoopbackHosts)
-    return web
+    return alone(dashboard(app, auth=auth, **options), app, auth)
 
 
 def standalone_auth(settings: Settings) -> Auth | None:
@@ -190,22 +174,6 @@ def standalone_auth(settings: Settings) -> Auth | None:
     if settings.web_token is not None:
         return TokenAuth(settings.web_token)
     return None
-
-
-def _metrics(site: Site) -> Callable[[Request], Any]:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.concurrency import run_in_threadpool
-
-    from ..metrics import registry
-
-    collectors = registry(site.app)
-
-    async def metrics(request: Request) -> Response:
-        await site.user(request)
-        body = await run_in_threadpool(generate_latest, collectors)
-        return secured(Response(body, media_type=CONTENT_TYPE_LATEST), request)
-
-    return metrics
 
 
 def _database_trouble(exc: DatabaseError | psycopg.Error) -> str:

@@ -24,9 +24,9 @@ from pgjobs.web._listing import (
     listing,
     page,
 )
+from pgjobs.web._loopback import is_loopback_address, is_loopback_host
 from pgjobs.web._redaction import MASK, hidden, redacted
-from pgjobs.web._security import is_loopback_address, is_loopback_host
-from pgjobs.web._throttle import ALLOWED, FIRST_WAIT, FORGET_AFTER, LONGEST_WAIT, SignInThrottle
+from pgjobs.web._sign_in import ALLOWED, FIRST_WAIT, FORGET_AFTER, LONGEST_WAIT, SignInThrottle
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 

@@ -3,7 +3,7 @@
 - **Authentication**: an ``auth`` hook takes the request and answers whether it may go on (a
   string answer is the user's name, for the log of actions). :class:`BasicAuth` and
   :class:`TokenAuth` are hooks for the standalone ``pgjobs web``; a host application passes its
-  own.
+  own. Each refuses a weak secret, and makes a client that failed too often wait (``_sign_in``).
 - **CSRF**: every form carries the token of a ``SameSite=Strict`` cookie (double submit), and a
   POST is taken only when its ``Origin`` (or, lacking one, its ``Referer``) names this host.
 - **Headers**: a Content-Security-Policy that allows the dashboard's own script and style and
@@ -16,23 +16,18 @@ import base64
 import binascii
 import hmac
 import inspect
-import ipaddress
 import logging
 import math
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._errors import ConfigError
-from ._throttle import SignInThrottle
+from ._sign_in import GOOD_SECRET, MIN_PASSWORD, MIN_TOKEN, SignInThrottle, weakness
 
 log = logging.getLogger("pgjobs.web")
 
@@ -118,32 +113,6 @@ def _shown(user: str | None) -> str:
     return "-" if user is None else repr(user)
 
 
-MIN_TOKEN = 16
-"""Characters of a token, at least."""
-
-MIN_PASSWORD = 8
-"""Characters of a basic-auth password, at least."""
-
-MIN_DIFFERENT = 5
-"""Different characters in a token or password, at least."""
-
-GOOD_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'  # noqa: S105 (advice)
-"""How to make a good token or password."""
-
-
-def weakness(secret: str, minimum: int) -> str | None:
-    """Why ``secret`` is too weak to guard the dashboard (``None``: it is not): shorter than
-    ``minimum`` characters, fewer than :data:`MIN_DIFFERENT` different ones, or white space at
-    either end (which a copy and paste adds or drops unseen). The answer never quotes it."""
-    if secret != secret.strip():
-        return "it begins or ends with a space or another blank"
-    if len(secret) < minimum:
-        return f"it is shorter than {minimum} characters"
-    if len(set(secret)) < MIN_DIFFERENT:
-        return f"it has fewer than {MIN_DIFFERENT} different characters"
-    return None
-
-
 def _refuse_weak(secret: str, minimum: int, setting: str) -> None:
     problem = weakness(secret, minimum)
     if problem is not None:
@@ -159,8 +128,8 @@ class BasicAuth:
     browser asks for them.
 
     Raises:
-        ConfigError: the password is shorter than :data:`MIN_PASSWORD` characters, has fewer
-            than :data:`MIN_DIFFERENT` different ones, or begins or ends with white space.
+        ConfigError: the password is too weak: shorter than :data:`MIN_PASSWORD` characters, or
+            see :func:`weakness`.
     """
 
     user: str
@@ -197,8 +166,8 @@ class TokenAuth:
     dashboard's sign-in form sets.
 
     Raises:
-        ConfigError: the token is shorter than :data:`MIN_TOKEN` characters, has fewer than
-            :data:`MIN_DIFFERENT` different ones, or begins or ends with white space.
+        ConfigError: the token is too weak: shorter than :data:`MIN_TOKEN` characters, or see
+            :func:`weakness`.
     """
 
     token: str = field(repr=False)
@@ -269,63 +238,3 @@ def check_state_change(request: Request, form: Mapping[str, str]) -> None:
     given = form.get(CSRF_FIELD, "")
     if not cookie or not hmac.compare_digest(cookie.encode(), given.encode()):
         raise Forbidden("this form's security token is missing or stale; reload the page")
-
-
-def is_loopback_address(address: str) -> bool:
-    """Whether ``address`` (a listening address, without a port) is one only this machine
-    reaches: an IPv4 address of 127.0.0.0/8 written as four decimal numbers, ``::1`` (bare or in
-    brackets), or ``localhost``. A name that merely starts like one (``127.0.0.1.nip.io``) is
-    another machine's as far as anyone knows."""
-    if address == "localhost":
-        return True
-    if address.startswith("[") and address.endswith("]"):
-        address = address[1:-1]
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        return ip == _IPV6_LOOPBACK and ip.scope_id is None
-    return ip in _IPV4_LOOPBACK
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether a ``Host`` header names this machine by a loopback address or ``localhost``, with
-    or without a port: ``127.0.0.1:8188``, ``[::1]``, ``localhost``. Anything else (a name of a
-    site's own that resolves to 127.0.0.1, ``127.1``, a trailing dot, user information, an empty
-    header) is not."""
-    found = _HOST.fullmatch(host)
-    if found is None:
-        return False
-    return is_loopback_address(found["name"])
-
-
-_HOST = re.compile(r"(?P<name>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::[0-9]{1,5})?")
-"""A ``Host`` header: a name or bracketed IPv6 address, then perhaps a port."""
-
-_IPV4_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
-_IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
-
-
-class LoopbackHosts:
-    """ASGI middleware that answers only requests addressed to a loopback name.
-
-    A dashboard without authentication listens on loopback only, but a page of another site
-    can reach it there through a name of its own that resolves to 127.0.0.1 (DNS rebinding):
-    the browser then sends that name as ``Host``, and this middleware refuses it.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not is_loopback_host(Headers(scope=scope).get("host", "")):
-            response = PlainTextResponse(
-                "without authentication this server answers only to a loopback address "
-                "(127.0.0.1, [::1]) or localhost",
-                status_code=403,
-                headers=HEADERS,
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)

@@ -15,7 +15,8 @@ from starlette.applications import Starlette
 
 from .._app import App
 from .._errors import ConfigError
-from ._security import Auth, LoopbackHosts, is_loopback_address
+from ._loopback import LoopbackHosts, is_loopback_address
+from ._security import Auth
 
 log = logging.getLogger("pgjobs.web")
 

@@ -1,5 +1,8 @@
-"""How long a client that failed to sign in must wait before its next try is checked, decided
-without I/O.
+"""How signing in is guarded, decided without I/O: which secrets are too weak to take, and how
+long a client that failed to sign in must wait before its next try is checked.
+
+A token needs :data:`MIN_TOKEN` characters, a password :data:`MIN_PASSWORD`, each at least
+:data:`MIN_DIFFERENT` different ones and no white space at either end (:func:`weakness`).
 
 A client (an address) may fail :data:`ALLOWED` times; after that each failure makes it wait
 before the next check, :data:`FIRST_WAIT` seconds and twice as long each time, up to
@@ -15,6 +18,32 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+MIN_TOKEN = 16
+"""Characters of a token, at least."""
+
+MIN_PASSWORD = 8
+"""Characters of a basic-auth password, at least."""
+
+MIN_DIFFERENT = 5
+"""Different characters in a token or password, at least."""
+
+GOOD_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'  # noqa: S105 (advice)
+"""How to make a good token or password."""
+
+
+def weakness(secret: str, minimum: int) -> str | None:
+    """Why ``secret`` is too weak to guard the dashboard (``None``: it is not): shorter than
+    ``minimum`` characters, fewer than :data:`MIN_DIFFERENT` different ones, or white space at
+    either end (which a copy and paste adds or drops unseen). The answer never quotes it."""
+    if secret != secret.strip():
+        return "it begins or ends with a space or another blank"
+    if len(secret) < minimum:
+        return f"it is shorter than {minimum} characters"
+    if len(set(secret)) < MIN_DIFFERENT:
+        return f"it has fewer than {MIN_DIFFERENT} different characters"
+    return None
+
 
 ALLOWED = 5
 """Failed sign-ins in a row that cost no wait."""

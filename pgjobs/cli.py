@@ -17,7 +17,7 @@ import types
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
@@ -786,22 +786,34 @@ def queues_command(obj: dict[str, Any], as_json: bool) -> None:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=9188, show_default=True, help="0: any free"
 )
+@click.option(
+    "--user", "web_user", help="HTTP basic user (password in PGJOBS_WEB_PASSWORD) [PGJOBS_WEB_USER]"
+)
 @click.pass_obj
 @_handles_errors
-def metrics_command(obj: dict[str, Any], host: str, port: int) -> None:
-    """Serve Prometheus metrics of the jobs on http://HOST:PORT/metrics until stopped."""
+def metrics_command(obj: dict[str, Any], host: str, port: int, web_user: str | None) -> None:
+    """Serve Prometheus metrics of the jobs on http://HOST:PORT/metrics until stopped.
+
+    Authentication is the dashboard's, and needed anywhere but loopback: HTTP basic with --user
+    and the password in PGJOBS_WEB_PASSWORD, or a bearer token in PGJOBS_WEB_TOKEN.
+    """
     try:
-        from .metrics import serve
+        import prometheus_client  # noqa: F401
+
+        from .web import serve_metrics, standalone_auth
     except ImportError:
         raise click.UsageError(
-            "pgjobs metrics needs prometheus-client: pip install 'pgjobs[metrics]'"
+            "pgjobs metrics needs prometheus-client and the dashboard's server and "
+            "authentication: pip install 'pgjobs[metrics,web]'"
         ) from None
-    app = _load_app(obj)
+    app = _load_app(_given(obj, {"web_user": web_user}))
     try:
-        serve(app, host, port)
+        serve_metrics(app, host, port, auth=_standalone_auth(standalone_auth, app))
     except OSError as exc:
         click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
         sys.exit(1)
+    except ConfigError as exc:  # no authentication abroad
+        _refuse(exc)
 
 
 @cli.command("web")
@@ -837,12 +849,27 @@ def web_command(
             "pgjobs web needs the dashboard's libraries: pip install 'pgjobs[web]'"
         ) from None
     app = _load_app(_given(obj, {"app": app_path, "web_user": web_user}))
-    auth = standalone_auth(app.settings)
     try:
-        serve(app, host, port, auth=auth, read_only=read_only)
+        serve(app, host, port, auth=_standalone_auth(standalone_auth, app), read_only=read_only)
     except OSError as exc:
         click.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
         sys.exit(1)
+    except ConfigError as exc:  # no authentication abroad
+        _refuse(exc)
+
+
+def _standalone_auth(standalone_auth: Callable[[Any], Any], app: App) -> Any:
+    """The authentication that ``pgjobs web`` or ``pgjobs metrics`` is given, or exit 2 with one
+    line naming the setting to fix."""
+    try:
+        return standalone_auth(app.settings)
+    except ConfigError as exc:
+        _refuse(exc)
+
+
+def _refuse(exc: ConfigError) -> NoReturn:
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(2)
 
 
 @cli.group("queue")

@@ -1,7 +1,8 @@
 """Prometheus metrics read from the database at each scrape (``pip install 'pgjobs[metrics]'``).
 
 Every figure comes from the tables, so any process exports what all workers on all hosts see:
-``pgjobs metrics --port 9188`` serves them, and :func:`registry` gives a
+``pgjobs metrics --port 9188`` serves them (with ``pgjobs[web]`` for its server and its
+authentication, see :func:`pgjobs.web.serve_metrics`), and :func:`registry` gives a
 ``prometheus_client`` registry to mount in an application of your own::
 
     from prometheus_client import make_asgi_app
@@ -19,14 +20,10 @@ database cannot answer, the scrape still succeeds with ``pgjobs_up 0``.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
-from prometheus_client import make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -49,10 +46,27 @@ UNFINISHED = ("scheduled", "available", "running", "retryable")
 """The states whose jobs are counted; the finished history is never scanned."""
 
 
-def families(rows: Iterable[Sequence[Any]]) -> list[Metric]:
+LABEL_VALUES = 100
+"""Queues, and job names, that a metric family names at most: the busiest. The others are summed
+into one series labelled :data:`OTHER`, so that a scrape stays small however many there are."""
+
+OTHER = "(other)"
+"""The label value of the queues or job names past :data:`LABEL_VALUES` (no queue is named so)."""
+
+
+def busiest(weights: Mapping[str, float], limit: int = LABEL_VALUES) -> set[str]:
+    """The ``limit`` keys of ``weights`` that weigh most (the first by name among equals)."""
+    if len(weights) <= limit:
+        return set(weights)
+    return set(sorted(weights, key=lambda key: (-weights[key], key))[:limit])
+
+
+def families(rows: Iterable[Sequence[Any]], limit: int = LABEL_VALUES) -> list[Metric]:
     """The metric families for METRICS rows ``(metric, queue, state, value)``, after a scrape
     that reached the database. Every queue seen gets a job count for each unfinished state (0
-    when it has none), so a queue's series never vanish while it drains."""
+    when it has none), so a queue's series never vanish while it drains. The ``limit`` queues
+    with the most unfinished jobs are named; the others are one :data:`OTHER` queue: their jobs
+    summed, their longest latency, paused or held back (1) if any of them is."""
     jobs = GaugeMetricFamily(
         "pgjobs_jobs", "Jobs per queue and unfinished state.", labels=["queue", "state"]
     )
@@ -71,55 +85,77 @@ def families(rows: Iterable[Sequence[Any]]) -> list[Metric]:
     )
     workers = GaugeMetricFamily("pgjobs_workers", "Workers alive (their lease not expired).")
     slots = GaugeMetricFamily("pgjobs_worker_slots", "Job slots of the workers alive.")
-    counts: dict[tuple[str, str], float] = {}
-    waits: dict[str, float] = {}
-    queues: set[str] = set()
-    for metric, queue, state, value in rows:
+    rows = list(rows)
+    weights: dict[str, float] = {}
+    for metric, queue, _, value in rows:
         if queue is not None:
-            queues.add(queue)
+            weights[queue] = weights.get(queue, 0.0) + (value if metric == "jobs" else 0.0)
+    named = busiest(weights, limit)
+    counts: dict[tuple[str, str], float] = {}
+    highest: dict[str, dict[str, float]] = {"latency": {}, "paused": {}, "held_back": {}}
+    for metric, queue, state, value in rows:
+        label = queue if queue in named else OTHER
         if metric == "jobs":
-            counts[(queue, state)] = value
-        elif metric == "latency":
-            waits[queue] = value
-        elif metric == "paused":
-            paused.add_metric([queue], value)
-        elif metric == "held_back":
-            held_back.add_metric([queue], value)
+            counts[(label, state)] = counts.get((label, state), 0.0) + value
+        elif metric in highest:
+            highest[metric][label] = max(highest[metric].get(label, value), value)
         elif metric == "workers":
             workers.add_metric([], value)
         elif metric == "slots":
             slots.add_metric([], value)
-    for queue in sorted(queues):
+    for queue in _ordered({label for label, _ in counts} | named):
         for state in UNFINISHED:
             jobs.add_metric([queue, state], counts.get((queue, state), 0.0))
-        latency.add_metric([queue], waits.get(queue, 0.0))
+        latency.add_metric([queue], highest["latency"].get(queue, 0.0))
+    for family, metric in ((paused, "paused"), (held_back, "held_back")):
+        for queue in _ordered(highest[metric]):
+            family.add_metric([queue], highest[metric][queue])
     return [up(True), jobs, latency, paused, held_back, workers, slots]
 
 
-def totals(rows: Iterable[Sequence[Any]]) -> list[Metric]:
+def totals(rows: Iterable[Sequence[Any]], limit: int = LABEL_VALUES) -> list[Metric]:
     """The counters and run-time histogram for JOB_TOTALS rows ``(queue, name, outcome, runs,
-    seconds, buckets)``: every run counted since ``job_stats`` was made, on every host."""
+    seconds, buckets)``: every run counted since ``job_stats`` was made, on every host. The
+    ``limit`` job names, and queues, with the most runs are named; the runs of the others are
+    summed as :data:`OTHER`."""
+    rows = list(rows)
+    by_name: dict[str, float] = {}
+    by_queue: dict[str, float] = {}
+    for queue, name, _, count, _, _ in rows:
+        by_name[name] = by_name.get(name, 0.0) + count
+        by_queue[queue] = by_queue.get(queue, 0.0) + count
+    names, queues = busiest(by_name, limit), busiest(by_queue, limit)
+    counted: dict[tuple[str, str, str], float] = {}
+    per_name: dict[str, tuple[list[float], float]] = {}
+    for queue, name, outcome, count, seconds, buckets in rows:
+        key = (queue if queue in queues else OTHER, name if name in names else OTHER, outcome)
+        counted[key] = counted.get(key, 0.0) + count
+        counts, total = per_name.get(key[1], ([0.0] * len(buckets), 0.0))
+        per_name[key[1]] = ([a + b for a, b in zip(counts, buckets, strict=True)], total + seconds)
     runs = CounterMetricFamily(
         "pgjobs_job_runs",
         "Runs of jobs that ended, by queue, job name and outcome (completed, retried, "
         "discarded, cancelled, snoozed).",
         labels=["queue", "name", "outcome"],
     )
-    per_name: dict[str, tuple[list[float], float]] = {}
-    for queue, name, outcome, count, seconds, buckets in rows:
-        runs.add_metric([queue, name, outcome], count)
-        counts, total = per_name.get(name, ([0.0] * len(buckets), 0.0))
-        per_name[name] = ([a + b for a, b in zip(counts, buckets, strict=True)], total + seconds)
+    for key, count in counted.items():
+        runs.add_metric(list(key), count)
     durations = HistogramMetricFamily(
         "pgjobs_job_duration_seconds", "How long runs of the job took.", labels=["name"]
     )
-    for name, (counts, seconds) in sorted(per_name.items()):
+    for name in _ordered(per_name):
+        counts, seconds = per_name[name]
         cumulative, running = [], 0.0
         for bound, count in zip((*map(str, DURATION_BUCKETS), "+Inf"), counts, strict=True):
             running += count
             cumulative.append((bound, running))
         durations.add_metric([name], cumulative, sum_value=seconds)
     return [runs, durations]
+
+
+def _ordered(labels: Iterable[str]) -> list[str]:
+    """``labels`` by name, :data:`OTHER` last."""
+    return sorted(labels, key=lambda label: (label == OTHER, label))
 
 
 def up(reached: bool) -> GaugeMetricFamily:
@@ -156,30 +192,6 @@ def registry(app: App) -> CollectorRegistry:
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(DatabaseCollector(app))
     return collectors
-
-
-def serve(app: App, host: str, port: int) -> None:
-    """Serve ``app``'s metrics on ``http://host:port/metrics`` until SIGTERM or SIGINT.
-
-    Raises:
-        OSError: the address cannot be listened on (in use, not this host's).
-    """
-    with make_server(host, port, make_wsgi_app(registry(app)), handler_class=_Quiet) as server:
-
-        def stop(signum: int, frame: object) -> None:
-            threading.Thread(target=server.shutdown).start()  # not from serve_forever's thread
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        log.info("serving metrics on http://%s:%s/metrics", host, server.server_port)
-        server.serve_forever()
-
-
-class _Quiet(WSGIRequestHandler):
-    """No line per scrape on stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def _rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

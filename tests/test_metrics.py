@@ -1,5 +1,6 @@
-"""Prometheus metrics: ``pgjobs metrics`` serves what the tables say, scraped over HTTP, and a
-database that cannot answer is reported as ``pgjobs_up 0``."""
+"""Prometheus metrics: ``pgjobs metrics`` serves what the tables say, scraped over HTTP, behind
+the dashboard's authentication and loopback rule; a database that cannot answer is reported as
+``pgjobs_up 0``; each family names at most the busiest queues and job names."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 import pgjobs
 from pgjobs._stats import Tally
 from pgjobs.metrics import registry
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, eventually, run_burst, run_cli
+from tests.helpers import WorkerProcess, count, eventually, run_burst, run_cli, value
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -51,12 +54,16 @@ def test_a_scrape_reports_jobs_latency_queues_and_workers(
         ["metrics", "--port", "0"], database_url=database_url, log=tmp_path / "metrics.log"
     )
     try:
-        server.wait_for_log("serving metrics on http://127.0.0.1:")
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", server.output())
-        assert match is not None
-        with urllib.request.urlopen(f"http://127.0.0.1:{match[1]}/metrics", timeout=10) as got:
+        url = serving_at(server)
+        with urllib.request.urlopen(url, timeout=10) as got:
             assert got.status == 200
             scraped = samples(got.read().decode())
+        port = url.split(":")[2].split("/")[0]
+        for host in ("127.0.0.1.nip.io", "127.attacker.example", "localhost.", "user@127.0.0.1"):
+            rebound = httpx.get(url, headers={"host": f"{host}:{port}"})
+            assert rebound.status_code == 403 and "pgjobs_up" not in rebound.text, host
+        assert httpx.get(url, headers={"host": f"localhost:{port}"}).status_code == 200
+        assert httpx.get(url.replace("/metrics", "/")).status_code == 404
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
     finally:
@@ -73,6 +80,77 @@ def test_a_scrape_reports_jobs_latency_queues_and_workers(
     assert scraped[("pgjobs_queue_held_back", (("queue", "mailers"),))] == 0
     assert scraped[("pgjobs_workers", ())] == 1  # the expired one is not alive
     assert scraped[("pgjobs_worker_slots", ())] == 20
+
+
+def serving_at(server: WorkerProcess) -> str:
+    """The URL of the metrics that a ``pgjobs metrics`` subprocess serves, once it says so."""
+    server.wait_for_log("serving metrics on http://127.0.0.1:")
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", server.output())
+    assert match is not None
+    return match[0]
+
+
+def test_pgjobs_metrics_refuses_to_listen_abroad_without_authentication(database_url: str) -> None:
+    for args, env, message in (
+        (["--host", "127.0.0.1.invalid"], {}, "without authentication"),
+        (["--host", "0.0.0.0"], {}, "without authentication"),
+        (["--user", "prom"], {}, "go together"),
+        ([], {"PGJOBS_WEB_TOKEN": " " * 20}, "PGJOBS_WEB_TOKEN"),
+        (["--user", "prom"], {"PGJOBS_WEB_PASSWORD": "aaaaaaaaaa"}, "PGJOBS_WEB_PASSWORD"),
+    ):
+        refused = run_cli(database_url, "metrics", "--port", "0", *args, env=env)
+        assert refused.returncode == 2, args
+        assert message in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.startswith("Error: ")
+
+
+def test_pgjobs_metrics_with_a_token_or_a_password_lets_only_them_in(
+    app: pgjobs.App, database_url: str, tmp_path: Path
+) -> None:
+    token = "a-long-random-token-0123456789"
+    password = "s3cret-pass"
+    servers = [
+        WorkerProcess.start(["metrics", "--port", "0"], database_url=database_url,
+                            log=tmp_path / "token.log", env={"PGJOBS_WEB_TOKEN": token}),
+        WorkerProcess.start(["metrics", "--port", "0", "--user", "prom"], database_url=database_url,
+                            log=tmp_path / "basic.log", env={"PGJOBS_WEB_PASSWORD": password}),
+    ]  # fmt: skip
+    try:
+        with_token, with_password = (serving_at(server) for server in servers)
+        stranger = httpx.get(with_token)
+        assert stranger.status_code == 401 and "pgjobs_up" not in stranger.text
+        assert stranger.headers["www-authenticate"].startswith("Bearer")
+        bearer = {"authorization": f"Bearer {token}"}
+        assert "pgjobs_up 1.0" in httpx.get(with_token, headers=bearer).text
+        named = httpx.get(with_token, headers={**bearer, "host": "metrics.example.org"})
+        assert named.status_code == 200  # behind authentication, any name the proxy gives
+        assert httpx.get(with_token, headers={"authorization": "Bearer wrong"}).status_code == 401
+
+        stranger = httpx.get(with_password)
+        assert stranger.status_code == 401 and "pgjobs_up" not in stranger.text
+        assert stranger.headers["www-authenticate"].startswith("Basic")
+        assert "pgjobs_up 1.0" in httpx.get(with_password, auth=("prom", password)).text
+        for guess in range(5):
+            assert httpx.get(with_password, auth=("prom", f"guess-{guess}")).status_code == 401
+        waits = httpx.get(with_password, auth=("prom", password))
+        assert waits.status_code == 429 and int(waits.headers["retry-after"]) >= 1
+        for server in servers:
+            server.signal(signal.SIGTERM)
+            assert server.wait() == 0
+    finally:
+        for server in servers:
+            server.kill()
+    for server in servers:
+        assert "Traceback" not in server.output() and "sign-in refused" in server.output()
+        assert token not in server.output() and "guess-" not in server.output()
+
+
+def test_pgjobs_metrics_says_which_extras_it_needs(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "starlette").mkdir()
+    (tmp_path / "starlette" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    result = run_cli(database_url, "metrics", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2 and "pip install 'pgjobs[metrics,web]'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_database_that_cannot_answer_is_pgjobs_up_0(caplog: pytest.LogCaptureFixture) -> None:
@@ -159,3 +237,96 @@ def test_the_tally_buckets_runs_as_prometheus_le_and_merges_back() -> None:
     #                     <=5ms  <=10ms                    <=0.5s                     >300s
     assert rows[0][3] == "{2,1,0,0,0,0,1,0,0,0,0,0,0,0,1}"
     assert rows[1] == ("retried", 1, 0.0, "{1,0,0,0,0,0,0,0,0,0,0,0,0,0,0}")
+
+
+def test_label_values_are_capped_and_the_rest_summed_so_that_totals_add_up(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """Thousands of job names and hundreds of queues: each family names the busiest 100 and sums
+    the others into one series labelled ``(other)``."""
+    names, queues = 3000, 250
+    db.execute(
+        "INSERT INTO pgjobs.job_stats (minute, queue, name, outcome, slot, runs, seconds, buckets)"
+        " SELECT '-infinity', 'q' || (i %% %(queues)s), 'job.' || i, o, 0, i + 1, i * 0.25,"
+        "        ARRAY[i + 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]"
+        " FROM generate_series(0, %(names)s - 1) AS i, unnest(ARRAY['completed', 'retried']) AS o",
+        {"names": names, "queues": queues},
+    )
+    app.enqueue_many(
+        [jobs_app.noop.options(queue=f"q{i}").call() for i in range(queues) for _ in range(i % 3)]
+    )
+    body = generate_latest(registry(app))
+    scraped = samples(body.decode())
+    assert len(body) < 400_000, len(body)
+    from pgjobs.metrics import LABEL_VALUES, OTHER
+
+    def values(family: str, label: str) -> set[str]:
+        return {dict(k[1])[label] for k in scraped if k[0].startswith(family)}
+
+    for family, label in (("pgjobs_jobs", "queue"), ("pgjobs_queue_latency_seconds", "queue"),
+                          ("pgjobs_job_runs_total", "name"), ("pgjobs_job_runs_total", "queue"),
+                          ("pgjobs_job_duration_seconds", "name")):  # fmt: skip
+        assert len(values(family, label)) == LABEL_VALUES + 1 and OTHER in values(family, label)
+
+    def total(family: str) -> float:
+        return sum(v for k, v in scraped.items() if k[0] == family)
+
+    assert total("pgjobs_job_runs_total") == value(db, "SELECT sum(runs) FROM pgjobs.job_stats")
+    assert total("pgjobs_job_duration_seconds_count") == value(
+        db, "SELECT sum(runs) FROM pgjobs.job_stats"
+    )
+    assert total("pgjobs_job_duration_seconds_sum") == value(
+        db, "SELECT sum(seconds) FROM pgjobs.job_stats"
+    )
+    assert total("pgjobs_jobs") == count(db, "SELECT count(*) FROM pgjobs.jobs")
+    busiest = (
+        ("name", f"job.{names - 1}"),
+        ("outcome", "completed"),
+        ("queue", f"q{(names - 1) % queues}"),
+    )
+    assert scraped[("pgjobs_job_runs_total", busiest)] == names
+    assert "job.0" not in values("pgjobs_job_runs_total", "name")
+
+
+def test_queues_and_names_past_the_cap_are_one_series_of_their_sums_and_maxima() -> None:
+    from pgjobs.metrics import OTHER, families, totals
+
+    rows = [("jobs", "big", "available", 9.0), ("latency", "big", None, 1.0),
+            ("jobs", "mid", "running", 5.0), ("paused", "mid", None, 0.0),
+            ("jobs", "a", "available", 1.0), ("latency", "a", None, 30.0),
+            ("paused", "a", None, 1.0), ("held_back", "a", None, 0.0),
+            ("jobs", "b", "scheduled", 2.0), ("latency", "b", None, 7.0),
+            ("paused", "idle", None, 0.0), ("workers", None, None, 1.0)]  # fmt: skip
+    scraped = samples(generate_latest(Families(families(rows, limit=2))).decode())
+    assert scraped[("pgjobs_jobs", (("queue", "big"), ("state", "available")))] == 9
+    assert scraped[("pgjobs_jobs", (("queue", OTHER), ("state", "available")))] == 1
+    assert scraped[("pgjobs_jobs", (("queue", OTHER), ("state", "scheduled")))] == 2
+    assert scraped[("pgjobs_queue_latency_seconds", (("queue", OTHER),))] == 30
+    assert scraped[("pgjobs_queue_paused", (("queue", OTHER),))] == 1
+    assert scraped[("pgjobs_queue_paused", (("queue", "mid"),))] == 0
+    assert {dict(k[1]).get("queue") for k in scraped} == {"big", "mid", OTHER, None}
+    fast, slow = [1.0] + [0.0] * 14, [0.0] * 14 + [1.0]  # a run under 5 ms, one over 300 s
+    both = [1.0] + [0.0] * 13 + [1.0]
+    runs = [("default", "often", "completed", 10.0, 1.0, [10 * n for n in fast]),
+            ("default", "seldom", "completed", 1.0, 2.0, slow),
+            ("other", "rare", "discarded", 2.0, 4.0, both)]  # fmt: skip
+    counted, durations = totals(runs, limit=1)
+    assert {tuple(s.labels.values()): s.value for s in counted.samples} == {
+        ("default", "often", "completed"): 10, ("default", OTHER, "completed"): 1,
+        (OTHER, OTHER, "discarded"): 2,
+    }  # fmt: skip
+    sums = {s.labels["name"]: s.value for s in durations.samples if s.name.endswith("_sum")}
+    assert sums == {"often": 1.0, OTHER: 6.0}
+    other = {s.labels["le"]: s.value for s in durations.samples
+             if s.name.endswith("_bucket") and s.labels["name"] == OTHER}  # fmt: skip
+    assert (other["0.005"], other["300.0"], other["+Inf"]) == (1, 1, 3)
+
+
+class Families(Collector):
+    """A collector of fixed families, to expose them as a scrape would."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families

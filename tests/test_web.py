@@ -6,12 +6,14 @@ same pages in Chromium."""
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -338,6 +340,94 @@ def test_bad_input_gets_a_clear_4xx_and_no_traceback(web: Browser, app: pgjobs.A
     assert web.get(f"/jobs?state=available&after={past_the_end}").status_code == 200
 
 
+def test_malformed_parameters_on_every_route_get_a_4xx_and_no_traceback(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    job_id = jobs_app.noop.enqueue("x")
+    deep = "[" * 5000 + "]" * 5000
+    cases = {
+        "/jobs?after=" + deep: (400, "the page link is damaged"),
+        "/jobs?state=completed&after=" + deep: (400, "the page link is damaged"),
+        '/jobs?after=["' + "q" * 5000 + '",0,"2026-01-01T00:00:00+00:00",1]': (400, "damaged"),
+        "/jobs?after=%ff%fe": (400, "damaged"),
+        "/jobs?after=%00": (400, "damaged"),
+        "/jobs?state=%00": (400, "state must be one of"),
+        "/jobs?name=%ff%00": (400, "a job name is at most"),
+        "/jobs?search=%ff%00": (400, "at most 200 characters"),
+        "/jobs/" + "9" * 5000: (404, "there is no job"),
+    }
+    for path in (*PAGES, f"/jobs/{job_id}"):  # a query the page does not read is no trouble
+        cases[path + "?state=%ff&after=%00&x=" + "9" * 5000] = (
+            400 if path == "/jobs" else 200,
+            "",
+        )
+    for path, (status, message) in cases.items():
+        response = httpx.get(web.base + path)
+        assert response.status_code == status, path[:80]
+        assert message in response.text, path[:80]
+        assert "Traceback" not in response.text and "File " not in response.text
+    for path, status in (
+        ("/cron/a%00b/pause", 400),
+        ("/cron/a%00b/run", 400),
+        ("/cron/%ff%fe/resume", 409),
+        ("/cron/nothing-here/run", 409),
+        ("/queues/a%00b/pause", 400),
+        (f"/jobs/{'9' * 5000}/retry", 404),
+    ):
+        response = web.post(path)
+        assert response.status_code == status, path[:80]
+        assert "Traceback" not in response.text
+        assert "the database cannot answer" not in response.text
+    token = web.token()
+    for body, status in (
+        (f"csrf={token}&state=discarded&next=/%00%0d%0ax".encode(), 303),
+        (f"csrf={token}&state=discarded&next=/%ff%fe".encode(), 303),
+        (f"csrf={token}&state=%00".encode(), 400),
+        (f"csrf={token}&state=discarded&queue=%00".encode(), 400),
+        (f"csrf={token}&state=discarded&name=%ff%00".encode(), 400),
+        (f"csrf={token}&state=discarded&name={'9' * 5000}".encode(), 400),
+        (f"csrf={token}&state=discarded&x=".encode() + b"\xff\xfe", 400),
+    ):
+        response = web.client.post(
+            "/jobs/retry",
+            content=body,
+            headers={"origin": web.base, "content-type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == status, body[:80]
+        assert "\x00" not in response.headers.get("location", "")
+        assert "Traceback" not in response.text
+    assert state(db, job_id) == "available"
+
+
+def test_cron_entries_of_any_name_are_shown_and_actionable(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """Names that pgjobs of today refuses to declare, but that a table may hold."""
+    names = ("reports/daily", "a%b?c#d e&f", "日報/x/pause", "/")
+    for name in names:
+        db.execute(
+            "INSERT INTO pgjobs.cron_entries (name, job_name, queue, priority, max_attempts,"
+            " expression, timezone, catch_up) VALUES (%s, 'noop', 'default', 0, 1, '0 3 * * *',"
+            " 'UTC', 'none')",
+            (name,),
+        )
+    page = web.get("/cron")
+    assert page.status_code == 200
+    paused = "SELECT paused FROM pgjobs.cron_entries WHERE name = %s"
+    for name in names:
+        assert f"<td>{html.escape(name)}</td>" in page.text
+        path = f"/cron/{quote(name, safe='')}"
+        assert f'action="{web.base}{path}/pause"' in page.text
+        assert f'action="{web.base}{path}/run"' in page.text
+        assert web.post(f"{path}/pause").status_code == 303 and value(db, paused, name)
+        assert f'action="{web.base}{path}/resume"' in web.get("/cron").text
+        assert web.post(f"{path}/resume").status_code == 303 and not value(db, paused, name)
+        ran = web.post(f"{path}/run")
+        assert ran.status_code == 303
+        assert value(db, "SELECT last_job_id IS NOT NULL FROM pgjobs.cron_entries WHERE name = %s",
+                     name)  # fmt: skip
+
+
 def test_read_only_shows_everything_and_changes_nothing(
     app: pgjobs.App, db: psycopg.Connection[Any]
 ) -> None:
@@ -373,6 +463,64 @@ def test_basic_auth_and_a_token_keep_strangers_out(app: pgjobs.App) -> None:
         assert web.get("/queues").status_code == 200
 
 
+def elsewhere() -> httpx.Client:
+    """A client from another loopback address than the tests' own (127.0.0.1)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "pgjobs.web" and hasattr(r, "refused")]
+
+
+def test_failed_basic_sign_ins_make_their_client_wait_and_are_logged(
+    app: pgjobs.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgjobs.web")
+    password = "s3cret-pass"
+    with serving(app, auth=BasicAuth("ops", password)) as base:
+        assert httpx.get(f"{base}/queues").status_code == 401  # no credentials: not a failure
+        for guess in range(5):
+            wrong = httpx.get(f"{base}/queues", auth=("ops", f"guess-{guess}"))
+            assert wrong.status_code == 401
+        assert httpx.get(f"{base}/metrics", auth=("root", "guess-5")).status_code == 429
+        waits = httpx.get(f"{base}/queues", auth=("ops", password))  # not even checked
+        assert waits.status_code == 429 and "Traceback" not in waits.text
+        assert 1 <= int(waits.headers["retry-after"]) <= 30 and "try again in" in waits.text
+        with elsewhere() as other:
+            assert other.get(f"{base}/queues", auth=("ops", password)).status_code == 200
+    logged = refusals(caplog)
+    assert [r.refused for r in logged] == ["wrong"] * 5 + ["waiting"] * 2
+    assert {(r.client, r.user) for r in logged} == {("127.0.0.1", "ops"), ("127.0.0.1", "root")}
+    assert all(r.levelno == logging.WARNING for r in logged)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "guess-" not in text and password not in text and "127.0.0.1" in text
+
+
+def test_failed_token_sign_ins_make_their_client_wait_and_are_logged(
+    app: pgjobs.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgjobs.web")
+    token = "a-long-random-token-0123456789"
+    with serving(app, auth=TokenAuth(token)) as base, Browser(base) as web:
+        assert web.get("/sign-in").status_code == 200
+        for guess in range(3):
+            bearer = {"authorization": f"Bearer wrong-token-{guess}"}
+            assert httpx.get(f"{base}/queues", headers=bearer).status_code == 303
+        assert web.post("/sign-in", {"token": "wrong-token-3"}).status_code == 401
+        stale = httpx.get(f"{base}/queues", headers={"cookie": "pgjobs_token=wrong-token-4"})
+        assert stale.status_code == 303 and 'pgjobs_token=""' in stale.headers["set-cookie"]
+        waits = web.post("/sign-in", {"token": token})
+        assert waits.status_code == 429 and "pgjobs_token" not in web.client.cookies
+        bearer = {"authorization": f"Bearer {token}"}
+        assert httpx.get(f"{base}/queues", headers=bearer).status_code == 429
+        with elsewhere() as other:
+            assert other.get(f"{base}/queues", headers=bearer).status_code == 200
+    logged = refusals(caplog)
+    assert [r.refused for r in logged] == ["wrong"] * 5 + ["waiting"] * 2
+    assert all(r.client == "127.0.0.1" and r.user is None for r in logged)
+    assert "wrong-token" not in "\n".join(r.getMessage() for r in caplog.records)
+
+
 def test_an_auth_hook_names_who_acted_in_the_log(
     app: pgjobs.App, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -402,6 +550,43 @@ def test_redaction_hides_secrets_and_turns_off_the_search(
             assert "hunter2-secret" not in page and "***" in page
         refused = web.get("/jobs", params={"search": "hunter2"})
         assert refused.status_code == 400 and "redacted" in refused.text
+
+
+def test_a_secret_hidden_from_the_arguments_is_hidden_from_the_errors_too(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    def redact(name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
+        return args, {k: "***" if k == "password" else v for k, v in kwargs.items()}
+
+    secret = "hunter2-secret"
+    job_id = jobs_app.anything.enqueue("login", password=secret, user="ada")
+    discarded(db, job_id, f"login refused for ada with password {secret!r}")
+    with serving(app, redact=redact) as base, Browser(base) as web:
+        for path in (f"/jobs/{job_id}", "/jobs?state=discarded"):
+            page = web.get(path).text
+            assert secret not in page, path
+            assert "login refused for ada with password" in page, path
+        assert "RuntimeError: login refused" in web.get(f"/jobs/{job_id}").text  # the traceback
+
+
+def test_a_redact_error_hook_sees_every_error_text_shown(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def redact_error(name: str, text: str) -> str:
+        seen.append((name, text))
+        return text.replace("sk-live-0123456789", "sk-live-…")
+
+    job_id = jobs_app.anything.enqueue("charge")
+    discarded(db, job_id, "the card API refused key sk-live-0123456789")
+    with serving(app, redact_error=redact_error) as base, Browser(base) as web:
+        for path in (f"/jobs/{job_id}", "/jobs?state=discarded"):
+            page = web.get(path).text
+            assert "sk-live-0123456789" not in page and "sk-live-…" in page, path
+        assert web.get("/jobs", params={"search": "charge"}).status_code == 200  # arguments shown
+    assert {name for name, _ in seen} == {"anything"}
+    assert any(text.startswith("Traceback") for _, text in seen)
 
 
 def test_a_database_that_cannot_answer_gets_a_503_without_secrets() -> None:
@@ -470,14 +655,28 @@ def test_mounted_in_flask_through_a_wsgi_adapter(app: pgjobs.App) -> None:
 
 
 def test_pgjobs_web_refuses_to_listen_abroad_without_authentication(database_url: str) -> None:
-    abroad = run_cli(database_url, "web", "--host", "0.0.0.0")
-    assert abroad.returncode == 2
-    assert "without authentication" in abroad.stderr and "Traceback" not in abroad.stderr
+    for host in ("0.0.0.0", "127.0.0.1.invalid", "localhost.invalid"):
+        abroad = run_cli(database_url, "web", "--host", host)
+        assert abroad.returncode == 2, host
+        assert "without authentication" in abroad.stderr and "Traceback" not in abroad.stderr
     half = run_cli(database_url, "web", "--user", "ops")
     assert half.returncode == 2 and "go together" in half.stderr
     short = run_cli(database_url, "web", env={"PGJOBS_WEB_TOKEN": "short"})
     assert short.returncode == 2 and "at least 16 characters" in short.stderr
-    assert "short" not in short.stderr.replace("at least 16", "")
+    assert "short" not in short.stderr.replace("shorter than 16", "")
+
+
+def test_pgjobs_web_refuses_a_blank_or_repetitive_token_in_one_line(database_url: str) -> None:
+    for token in (" " * 16, "a" * 40, " " + "a-long-random-token-0123456789"):
+        weak = run_cli(database_url, "web", "--host", "127.0.0.1.invalid",
+                       env={"PGJOBS_WEB_TOKEN": token})  # fmt: skip
+        assert weak.returncode == 2, repr(token)
+        assert weak.stderr.startswith("Error: PGJOBS_WEB_TOKEN") and weak.stderr.count("\n") == 1
+        assert "secrets.token_urlsafe(32)" in weak.stderr
+        assert not token.strip() or token.strip() not in weak.stderr
+    password = run_cli(database_url, "web", "--user", "ops", env={"PGJOBS_WEB_PASSWORD": "    "})
+    assert password.returncode == 2 and "PGJOBS_WEB_PASSWORD" in password.stderr
+    assert password.stderr.count("\n") == 1
 
 
 def test_counts_past_the_cap_are_estimates_that_say_so(
@@ -519,6 +718,32 @@ def test_without_authentication_it_answers_only_to_loopback_names(
         named = httpx.get(f"{base}/queues", auth=("ops", "s3cret-pass"),
                           headers={"host": "jobs.example.org"})  # fmt: skip
         assert named.status_code == 200  # behind authentication, any name the proxy gives
+
+
+def test_a_name_that_merely_starts_like_loopback_is_refused(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """``127.0.0.1.nip.io`` resolves to 127.0.0.1 for anyone: a page of another site that reads
+    the dashboard through it could take its CSRF token and cancel a job."""
+    job_id = jobs_app.noop.enqueue("x")
+    with serving(app) as base:
+        port = base.rsplit(":", 1)[1]
+        for name in ("127.0.0.1.nip.io", "127.attacker.example", "localhost.evil.example",
+                     "localhost.", "127.1", "2130706433", "[::ffff:127.0.0.1]"):  # fmt: skip
+            host = f"{name}:{port}"
+            page = httpx.get(f"{base}/jobs", headers={"host": host})
+            assert page.status_code == 403, name
+            assert "pgjobs_csrf" not in page.cookies and "csrf" not in page.text, name
+            cancel = httpx.post(  # as the page of that name would, with the token read
+                f"{base}/jobs/{job_id}/cancel",
+                data={"csrf": "known"},
+                headers={"host": host, "origin": f"http://{host}", "cookie": "pgjobs_csrf=known"},
+            )
+            assert cancel.status_code == 403, name
+        for host in ("", "user@127.0.0.1", f"ops@localhost:{port}"):
+            assert httpx.get(f"{base}/jobs", headers={"host": host}).status_code == 403, host
+        assert httpx.get(f"{base}/jobs", headers={"host": f"[::1]:{port}"}).status_code == 200
+    assert state(db, job_id) == "available"
 
 
 def test_a_read_only_database_refuses_an_action_with_its_reason(

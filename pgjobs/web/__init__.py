@@ -10,15 +10,14 @@ or to serve alone with ``pgjobs web``.
 
 It shows the jobs of ``jobs_app``'s database (every worker's, on every host) and, unless
 ``read_only``, changes them with the same guarded statements as the CLI. See the guide's
-"Dashboard" section.
+"Dashboard" section. :func:`serve_metrics` serves the Prometheus metrics alone, behind the same
+authentication (``pgjobs metrics``).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -34,19 +33,32 @@ from .._errors import ConfigError, DatabaseError
 from .._settings import Settings
 from ._actions import Actions
 from ._listing import BadRequest
+from ._metrics import metrics_application, metrics_page
+from ._redaction import Redact, RedactError
 from ._security import (
+    TOKEN_COOKIE,
     Auth,
     BasicAuth,
     Forbidden,
-    LoopbackHosts,
     TokenAuth,
+    TooManySignIns,
     Unauthenticated,
-    is_loopback,
 )
-from ._site import Options, Redact, Site, error_page, secured
+from ._server import alone, refuse_abroad, run
+from ._site import Options, Site, error_page, root, secured
 from ._views import Views
 
-__all__ = ["Auth", "BasicAuth", "Redact", "TokenAuth", "dashboard", "serve", "standalone_auth"]
+__all__ = [
+    "Auth",
+    "BasicAuth",
+    "Redact",
+    "RedactError",
+    "TokenAuth",
+    "dashboard",
+    "serve",
+    "serve_metrics",
+    "standalone_auth",
+]
 
 log = logging.getLogger("pgjobs.web")
 
@@ -59,6 +71,7 @@ def dashboard(
     redact: Redact | None = None,
     metrics: bool = True,
     title: str = "pgjobs",
+    redact_error: RedactError | None = None,
 ) -> Starlette:
     """The dashboard of ``app``'s jobs, as an ASGI application.
 
@@ -69,12 +82,17 @@ def dashboard(
             lets everyone in: mount it behind your application's own authentication.
         read_only: show everything, change nothing (every POST is refused, no button shown).
         redact: ``(name, args, kwargs) -> (args, kwargs)``: the arguments to show for a job, for
-            secrets in them. With it, the search over arguments is off.
+            secrets in them. Every string or number (4 characters or more) it hides is blanked
+            out of the job's error messages, tracebacks, unique key and partition too. With it,
+            the search over arguments is off.
         metrics: serve Prometheus metrics at ``/metrics`` (needs ``pgjobs[metrics]``), behind
             the same ``auth``.
         title: the name at the top of each page.
+        redact_error: ``(name, text) -> text``: what to show of each error message and
+            traceback of a job (after ``redact``'s values are blanked out), for secrets that
+            are not among its arguments.
     """
-    site = Site(app, Options(auth, read_only, redact, title))
+    site = Site(app, Options(auth, read_only, redact, title, redact_error))
     views, actions = Views(site), Actions(site)
     routes = [
         Route("/", views.overview, name="overview"),
@@ -84,23 +102,25 @@ def dashboard(
         Route("/queues/{name}/resume", actions.resume_queue, methods=["POST"], name="resume_queue"),
         Route("/jobs", views.jobs, name="jobs"),
         Route("/jobs/retry", actions.retry_all, methods=["POST"], name="retry_all"),
-        Route("/jobs/{job_id:int}", views.job, name="job"),
-        Route("/jobs/{job_id:int}/retry", actions.retry, methods=["POST"], name="retry"),
-        Route("/jobs/{job_id:int}/cancel", actions.cancel, methods=["POST"], name="cancel"),
-        Route("/jobs/{job_id:int}/delete", actions.delete, methods=["POST"], name="delete"),
-        Route("/jobs/{job_id:int}/run", actions.run_now, methods=["POST"], name="run_now"),
+        Route("/jobs/{job_id}", views.job, name="job"),
+        Route("/jobs/{job_id}/retry", actions.retry, methods=["POST"], name="retry"),
+        Route("/jobs/{job_id}/cancel", actions.cancel, methods=["POST"], name="cancel"),
+        Route("/jobs/{job_id}/delete", actions.delete, methods=["POST"], name="delete"),
+        Route("/jobs/{job_id}/run", actions.run_now, methods=["POST"], name="run_now"),
         Route("/workers", views.workers, name="workers"),
         Route("/cron", views.cron, name="cron"),
-        Route("/cron/{name}/pause", actions.pause_cron, methods=["POST"], name="pause_cron"),
-        Route("/cron/{name}/resume", actions.resume_cron, methods=["POST"], name="resume_cron"),
-        Route("/cron/{name}/run", actions.run_cron, methods=["POST"], name="run_cron"),
+        Route("/cron/{name:path}/pause", actions.pause_cron, methods=["POST"], name="pause_cron"),
+        Route(
+            "/cron/{name:path}/resume", actions.resume_cron, methods=["POST"], name="resume_cron"
+        ),
+        Route("/cron/{name:path}/run", actions.run_cron, methods=["POST"], name="run_cron"),
         Route("/batches", views.batches, name="batches"),
         Route("/sign-in", views.sign_in, name="sign_in"),
         Route("/sign-in", actions.sign_in, methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("pgjobs.web", "static")]), name="static"),
     ]
     if metrics:
-        routes.append(Route("/metrics", _metrics(site), name="metrics"))
+        routes.append(Route("/metrics", metrics_page(app, auth), name="metrics"))
     return Starlette(routes=routes, exception_handlers=_handlers(auth))
 
 
@@ -111,50 +131,35 @@ def serve(app: App, host: str, port: int, *, auth: Auth | None = None, **options
         ConfigError: ``host`` is not a loopback address and no ``auth`` is given.
         OSError: the address cannot be listened on (in use, not this host's, no such name).
     """
-    if auth is None and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to serve the dashboard on {host} without authentication: give --user "
-            "and PGJOBS_WEB_PASSWORD, or PGJOBS_WEB_TOKEN, or listen on 127.0.0.1 behind a proxy "
-            "that authenticates"
-        )
-    import uvicorn
+    refuse_abroad(host, auth, "the dashboard")
+    run(standalone(app, auth=auth, **options), host, port, "the dashboard", "/")
 
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    with socket.create_server((host, port), family=family) as listening:
-        config = uvicorn.Config(
-            standalone(app, auth=auth, **options),
-            host=host,
-            port=listening.getsockname()[1],
-            log_config=None,
-            access_log=False,
-            server_header=False,
-        )
-        shown = f"[{host}]" if ":" in host else host
-        log.info("serving the dashboard on http://%s:%s/", shown, config.port)
-        uvicorn.Server(config).run(sockets=[listening])
+
+def serve_metrics(app: App, host: str, port: int, *, auth: Auth | None = None) -> None:
+    """Serve ``app``'s Prometheus metrics (``pgjobs[metrics]``) on ``http://host:port/metrics``
+    with uvicorn until SIGTERM or SIGINT, behind ``auth`` as the dashboard would be: without it,
+    only on a loopback address and to loopback host names.
+
+    Raises:
+        ConfigError: ``host`` is not a loopback address and no ``auth`` is given.
+        OSError: the address cannot be listened on (in use, not this host's, no such name).
+    """
+    refuse_abroad(host, auth, "metrics")
+    run(metrics_application(app, auth), host, port, "metrics", "/metrics")
 
 
 def standalone(app: App, *, auth: Auth | None = None, **options: Any) -> Starlette:
     """:func:`dashboard` as the whole application of a server: it closes ``app``'s connections
     when the server stops, and without ``auth`` it answers only to loopback host names."""
-
-    @asynccontextmanager
-    async def closing(web: Starlette) -> AsyncIterator[None]:
-        yield
-        await app.aclose()
-
-    web = dashboard(app, auth=auth, **options)
-    web.router.lifespan_context = closing
-    if auth is None:
-        web.add_middleware(LoopbackHosts)
-    return web
+    return alone(dashboard(app, auth=auth, **options), app, auth)
 
 
 def standalone_auth(settings: Settings) -> Auth | None:
     """The authentication that ``web_user``/``web_password`` or ``web_token`` ask for.
 
     Raises:
-        ConfigError: only half of the basic credentials, or both kinds, are given.
+        ConfigError: only half of the basic credentials, or both kinds, are given; the password
+            or token is too weak (see :class:`BasicAuth` and :class:`TokenAuth`).
     """
     basic = (settings.web_user, settings.web_password)
     if (basic[0] is None) != (basic[1] is None):
@@ -167,26 +172,8 @@ def standalone_auth(settings: Settings) -> Auth | None:
     if settings.web_user is not None and settings.web_password is not None:
         return BasicAuth(settings.web_user, settings.web_password)
     if settings.web_token is not None:
-        if len(settings.web_token) < 16:
-            raise ConfigError("web_token: use at least 16 characters (a random one)")
         return TokenAuth(settings.web_token)
     return None
-
-
-def _metrics(site: Site) -> Callable[[Request], Any]:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.concurrency import run_in_threadpool
-
-    from ..metrics import registry
-
-    collectors = registry(site.app)
-
-    async def metrics(request: Request) -> Response:
-        await site.user(request)
-        body = await run_in_threadpool(generate_latest, collectors)
-        return secured(Response(body, media_type=CONTENT_TYPE_LATEST), request)
-
-    return metrics
 
 
 def _database_trouble(exc: DatabaseError | psycopg.Error) -> str:
@@ -208,7 +195,14 @@ def _handlers(auth: Auth | None) -> dict[Any, Callable[[Request, Exception], Any
                 response.headers["WWW-Authenticate"] = exc.challenge
             elif isinstance(auth, TokenAuth):
                 sign_in = request.url_for("sign_in").path
-                return secured(RedirectResponse(sign_in, status_code=303), request)
+                response = RedirectResponse(sign_in, status_code=303)
+                if TOKEN_COOKIE in request.cookies:  # a stale token: sent again, it fails again
+                    response.delete_cookie(TOKEN_COOKIE, path=root(request))
+                return secured(response, request)
+            return response
+        if isinstance(exc, TooManySignIns):
+            response = error_page(request, 429, str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
             return response
         if isinstance(exc, BadRequest):
             return error_page(request, 400, str(exc))
@@ -222,5 +216,13 @@ def _handlers(auth: Auth | None) -> dict[Any, Callable[[Request, Exception], Any
         log.error("dashboard: %s failed", request.url.path, exc_info=exc)
         return error_page(request, 500, "something went wrong; the log says what")
 
-    kinds = (Unauthenticated, BadRequest, Forbidden, HTTPException, DatabaseError, psycopg.Error)
+    kinds = (
+        Unauthenticated,
+        TooManySignIns,
+        BadRequest,
+        Forbidden,
+        HTTPException,
+        DatabaseError,
+        psycopg.Error,
+    )
     return {**dict.fromkeys(kinds, refused), Exception: refused}

@@ -16,9 +16,9 @@ from .._admin import Operation, cancel, pause_cron, resume_cron, retry, retry_al
 from .._queues import pause, resume
 from .._settings import QUEUE_NAME
 from .._sql import Queries
-from ._listing import BIGINT, BadRequest, filters
+from ._listing import BadRequest, filters
 from ._security import TOKEN_COOKIE, Forbidden, TokenAuth, check_state_change
-from ._site import NOTICE_COOKIE, Site, root, secured
+from ._site import NOTICE_COOKIE, Site, path_job_id, root, secured
 
 MAX_FORM = 16 * 1024
 """Bytes of a form: the dashboard's forms hold a few short fields."""
@@ -57,7 +57,7 @@ class Actions:
 
     async def retry(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            job_id = _job_id(request)
+            job_id = path_job_id(request)
             if not await self._run(retry(self.site.app.queries, job_id)):
                 raise HTTPException(404, f"there is no job {job_id}")
             return "retry", f"job {job_id}", f"job {job_id} will run again"
@@ -85,7 +85,7 @@ class Actions:
 
     async def cancel(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            job_id = _job_id(request)
+            job_id = path_job_id(request)
             outcome = await self._run(cancel(self.site.app.queries, job_id))
             if outcome is None:
                 raise HTTPException(404, f"there is no job {job_id}")
@@ -99,7 +99,7 @@ class Actions:
 
     async def delete(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            job_id = _job_id(request)
+            job_id = path_job_id(request)
             rows = await self._run(
                 Operation(self.site.web.delete_job, {"id": job_id}, lambda rows: rows)
             )
@@ -117,7 +117,7 @@ class Actions:
 
     async def run_now(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
-            job_id = _job_id(request)
+            job_id = path_job_id(request)
             params = {"id": job_id, "channel": self.site.app.queries.jobs_channel}
             rows = await self._run(Operation(self.site.web.run_job_now, params, lambda r: r))
             if not rows:
@@ -176,7 +176,7 @@ class Actions:
         form = await _form(request)
         check_state_change(request, form)
         auth = self.site.options.auth
-        if not isinstance(auth, TokenAuth) or not auth.accepts(form.get("token", "")):
+        if not isinstance(auth, TokenAuth) or not auth.signs_in(request, form.get("token", "")):
             return await self.site.render(
                 request, "sign_in.html", 401, refused="that is not this dashboard's token"
             )
@@ -217,15 +217,11 @@ async def _form(request: Request) -> dict[str, str]:
         raise BadRequest("this form cannot be read: reload the page") from None
 
 
-def _job_id(request: Request) -> int:
-    job_id: int = request.path_params["job_id"]
-    if job_id > BIGINT:
-        raise HTTPException(404, f"there is no job {job_id}")
-    return job_id
-
-
 def _entry(request: Request) -> str:
+    """The cron entry the path names: any text (``/`` included, sent as ``%2F``) but NUL."""
     name: str = request.path_params["name"]
+    if "\x00" in name:
+        raise BadRequest("a cron entry's name holds no NUL character")
     return name
 
 

@@ -10,6 +10,7 @@ how far it looked and links on.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +30,22 @@ MAX_SEARCH = 200
 
 BIGINT = 2**63 - 1
 
+MAX_CURSOR = 512
+"""Characters of a cursor: its keys are a queue name, numbers and a time."""
+
 MAX_NAME = 255
+
+
+def job_id(text: str) -> int | None:
+    """The job id that a path's ``text`` names: 1 to 19 ASCII digits within a ``bigint``;
+    ``None`` if it names none."""
+    if _JOB_ID.fullmatch(text) is None:
+        return None
+    number = int(text)
+    return number if number <= BIGINT else None
+
+
+_JOB_ID = re.compile(r"[0-9]{1,19}")
 
 
 class BadRequest(ValueError):
@@ -143,9 +159,11 @@ def encode_cursor(keys: Sequence[Any]) -> str:
 def decode_cursor(text: str, types: tuple[type, ...]) -> tuple[Any, ...]:
     """The keys a cursor made by :func:`encode_cursor` holds, checked against ``types``."""
     bad = BadRequest("the page link is damaged: start from the first page")
+    if len(text) > MAX_CURSOR:
+        raise bad
     try:
         values = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep for the parser, in fewer characters
         raise bad from None
     if not isinstance(values, list) or len(values) != len(types):
         raise bad

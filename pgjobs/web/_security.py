@@ -3,7 +3,7 @@
 - **Authentication**: an ``auth`` hook takes the request and answers whether it may go on (a
   string answer is the user's name, for the log of actions). :class:`BasicAuth` and
   :class:`TokenAuth` are hooks for the standalone ``pgjobs web``; a host application passes its
-  own.
+  own. Each refuses a weak secret, and makes a client that failed too often wait (``_sign_in``).
 - **CSRF**: every form carries the token of a ``SameSite=Strict`` cookie (double submit), and a
   POST is taken only when its ``Origin`` (or, lacking one, its ``Referer``) names this host.
 - **Headers**: a Content-Security-Policy that allows the dashboard's own script and style and
@@ -16,16 +16,20 @@ import base64
 import binascii
 import hmac
 import inspect
+import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .._errors import ConfigError
+from ._sign_in import GOOD_SECRET, MIN_PASSWORD, MIN_TOKEN, SignInThrottle, weakness
+
+log = logging.getLogger("pgjobs.web")
 
 Auth = Callable[[Request], "bool | str | Awaitable[bool | str]"]
 """An authentication hook: truthy lets the request in; a string is the user's name."""
@@ -59,39 +63,141 @@ class Unauthenticated(Exception):
         self.challenge = challenge
 
 
+class TooManySignIns(Exception):
+    """The client failed to sign in too often: its credentials are not checked for a while."""
+
+    def __init__(self, wait: float) -> None:
+        self.retry_after = max(math.ceil(wait), 1)
+        super().__init__(
+            f"too many failed sign-ins from your address: try again in {self.retry_after} s"
+        )
+
+
+def client_address(request: Request) -> str:
+    """The address the request came from (as the server tells it), ``-`` if none."""
+    return request.client.host if request.client else "-"
+
+
+def _checked(throttle: SignInThrottle, client: str, user: str | None, right: bool) -> bool:
+    """Whether a sign-in is let in: ``right``, and not from a client that must wait.
+
+    Raises:
+        TooManySignIns: the client failed too often lately; ``right`` was not looked at.
+    """
+    wait = throttle.wait(client)
+    if wait > 0:
+        log.warning(
+            "sign-in refused unchecked: %s from %s failed too often; next try in %.0f s",
+            _shown(user),
+            client,
+            wait,
+            extra={"refused": "waiting", "client": client, "user": user},
+        )
+        raise TooManySignIns(wait)
+    if right:
+        throttle.succeeded(client)
+        return True
+    failures = throttle.failed(client)
+    log.warning(
+        "sign-in refused: wrong credentials for %s from %s (%d in a row)",
+        _shown(user),
+        client,
+        failures,
+        extra={"refused": "wrong", "client": client, "user": user},
+    )
+    return False
+
+
+def _shown(user: str | None) -> str:
+    """A user name given by anyone, for the log: quoted, so that it cannot forge a line."""
+    return "-" if user is None else repr(user)
+
+
+def _refuse_weak(secret: str, minimum: int, setting: str) -> None:
+    problem = weakness(secret, minimum)
+    if problem is not None:
+        raise ConfigError(
+            f"{setting} is too weak: {problem}; use at least {minimum} characters, random ones, "
+            f"e.g. from {GOOD_SECRET}"
+        )
+
+
 @dataclass(frozen=True)
 class BasicAuth:
     """An :data:`Auth` hook that takes HTTP basic credentials (compared in constant time); the
-    browser asks for them."""
+    browser asks for them.
+
+    Raises:
+        ConfigError: the password is too weak: shorter than :data:`MIN_PASSWORD` characters, or
+            see :func:`weakness`.
+    """
 
     user: str
     password: str = field(repr=False)
+    throttle: SignInThrottle = field(default_factory=SignInThrottle, repr=False, compare=False)
+    """Who failed to sign in lately, and how long each must wait."""
     challenge: ClassVar[str] = 'Basic realm="pgjobs", charset="UTF-8"'
 
+    def __post_init__(self) -> None:
+        _refuse_weak(self.password, MIN_PASSWORD, "the web password (PGJOBS_WEB_PASSWORD)")
+
     def __call__(self, request: Request) -> bool | str:
+        """The user's name if the request carries the right credentials.
+
+        Raises:
+            TooManySignIns: its client failed too often lately (see :class:`SignInThrottle`).
+        """
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return False  # none given: the browser asks for them
         try:
             given = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            return False
+            given = b""
         expected = f"{self.user}:{self.password}".encode()
-        return self.user if hmac.compare_digest(given, expected) else False
+        right = hmac.compare_digest(given, expected)
+        user = given.partition(b":")[0].decode(errors="replace") if given else None
+        return self.user if _checked(self.throttle, client_address(request), user, right) else False
 
 
 @dataclass(frozen=True)
 class TokenAuth:
     """An :data:`Auth` hook that takes ``Authorization: Bearer <token>``, or the cookie that the
-    dashboard's sign-in form sets."""
+    dashboard's sign-in form sets.
+
+    Raises:
+        ConfigError: the token is too weak: shorter than :data:`MIN_TOKEN` characters, or see
+            :func:`weakness`.
+    """
 
     token: str = field(repr=False)
+    throttle: SignInThrottle = field(default_factory=SignInThrottle, repr=False, compare=False)
+    """Who failed to sign in lately, and how long each must wait."""
+
+    def __post_init__(self) -> None:
+        _refuse_weak(self.token, MIN_TOKEN, "PGJOBS_WEB_TOKEN (the web token)")
 
     def __call__(self, request: Request) -> bool:
+        """Whether the request carries the token.
+
+        Raises:
+            TooManySignIns: its client failed too often lately (see :class:`SignInThrottle`).
+        """
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             given = request.cookies.get(TOKEN_COOKIE, "")
-        return self.accepts(given)
+        return self.signs_in(request, given)
+
+    def signs_in(self, request: Request, given: str) -> bool:
+        """Whether ``given``, sent by ``request``'s client, is the token; nothing given is no
+        failed sign-in.
+
+        Raises:
+            TooManySignIns: the client failed too often lately; ``given`` was not looked at.
+        """
+        if not given:
+            return False
+        return _checked(self.throttle, client_address(request), None, self.accepts(given))
 
     def accepts(self, given: str) -> bool:
         """Whether ``given`` is the token (compared in constant time)."""
@@ -132,34 +238,3 @@ def check_state_change(request: Request, form: Mapping[str, str]) -> None:
     given = form.get(CSRF_FIELD, "")
     if not cookie or not hmac.compare_digest(cookie.encode(), given.encode()):
         raise Forbidden("this form's security token is missing or stale; reload the page")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is an address only this machine reaches."""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-class LoopbackHosts:
-    """ASGI middleware that answers only requests addressed to a loopback name.
-
-    A dashboard without authentication listens on loopback only, but a page of another site
-    can reach it there through a name of its own that resolves to 127.0.0.1 (DNS rebinding):
-    the browser then sends that name as ``Host``, and this middleware refuses it.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            host = Headers(scope=scope).get("host", "")
-            if not is_loopback(urlsplit(f"//{host}").hostname or ""):
-                response = PlainTextResponse(
-                    "this dashboard has no authentication, so it answers only to 127.0.0.1 "
-                    "and localhost",
-                    status_code=403,
-                    headers=HEADERS,
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

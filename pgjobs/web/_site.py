@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from psycopg.rows import dict_row
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
@@ -21,6 +22,8 @@ from starlette.templating import Jinja2Templates
 from .._admin import Operation
 from .._app import App
 from ._counts import CAP, Count, counted, plan_rows
+from ._listing import job_id
+from ._redaction import Redact, RedactError, redacted
 from ._security import CSRF_COOKIE, HEADERS, Auth, authenticated, csrf_token
 from ._sql import NO_JIT, WebQueries, web_queries_for
 
@@ -28,9 +31,6 @@ log = logging.getLogger("pgjobs.web")
 
 NOTICE_COOKIE = "pgjobs_notice"
 """What the last action did, shown once on the page it returns to."""
-
-Redact = Callable[[str, Any, Any], "tuple[Any, Any]"]
-"""A hook ``(job name, args, kwargs) -> (args, kwargs)`` giving the arguments to show."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Options:
     read_only: bool
     redact: Redact | None
     title: str
+    redact_error: RedactError | None = None
 
 
 class Site:
@@ -57,7 +58,7 @@ class Site:
             lstrip_blocks=True,
         )
         environment.filters.update(
-            ago=ago, moment=moment, seconds=seconds, pretty=pretty, brief=brief
+            ago=ago, moment=moment, seconds=seconds, pretty=pretty, brief=brief, segment=segment
         )
         self.templates = Jinja2Templates(env=environment)
 
@@ -90,11 +91,9 @@ class Site:
         return await self.app._client.run_async(operation)
 
     def shown(self, job: Mapping[str, Any]) -> dict[str, Any]:
-        """``job`` with the arguments the redact hook lets be seen."""
-        if self.options.redact is None:
-            return dict(job)
-        args, kwargs = self.options.redact(job["name"], job["args"], job["kwargs"])
-        return {**job, "args": args, "kwargs": kwargs}
+        """``job`` as the redact hooks let it be seen: its arguments, and its errors and other
+        texts without the values hidden from its arguments."""
+        return redacted(job, self.options.redact, self.options.redact_error)
 
     async def render(
         self,
@@ -166,6 +165,20 @@ def error_page(request: Request, status: int, message: str) -> Response:
     return secured(HTMLResponse(body, status_code=status), request)
 
 
+def path_job_id(request: Request) -> int:
+    """The job id the path names.
+
+    Raises:
+        HTTPException: 404, it names none (not a number, or beyond a ``bigint``).
+    """
+    text: str = request.path_params["job_id"]
+    found = job_id(text)
+    if found is None:
+        shown = text if len(text) <= 30 else text[:29] + "…"
+        raise HTTPException(404, f"there is no job {shown}")
+    return found
+
+
 def root(request: Request) -> str:
     """The path the dashboard is mounted at, ``/`` at the top."""
     mounted: str = request.scope.get("root_path") or ""
@@ -207,6 +220,12 @@ def moment(value: datetime | str | None) -> str:
     except ValueError:
         return str(value)
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def segment(value: str) -> str:
+    """``value`` as one segment of a path (for a ``path`` parameter): every ``/``, ``%``, ``?``,
+    ``#``, space or other character that is not plain ASCII percent-encoded."""
+    return quote(value, safe="")
 
 
 def pretty(value: Any) -> str:

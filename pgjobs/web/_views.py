@@ -13,8 +13,8 @@ from .._admin import STATES, get_job
 from .._batches import status as batch_status
 from ._counts import CAP
 from ._graph import graph
-from ._listing import BIGINT, ORDERS, SCAN, listing, page
-from ._site import Site
+from ._listing import ORDERS, SCAN, listing, page
+from ._site import Site, path_job_id
 from ._sql import COUNTED
 
 UNFINISHED = ("scheduled", "available", "running", "retryable")
@@ -101,10 +101,8 @@ class Views:
 
     async def job(self, request: Request) -> Response:
         await self.site.user(request)
-        job_id = request.path_params["job_id"]
-        row = None
-        if job_id <= BIGINT:
-            row = await self.site.run(get_job(self.site.app.queries, job_id))
+        job_id = path_job_id(request)
+        row = await self.site.run(get_job(self.site.app.queries, job_id))
         if row is None:
             raise HTTPException(404, f"there is no job {job_id} (it may have been pruned)")
         batch = None

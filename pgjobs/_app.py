@@ -16,7 +16,7 @@ from ._errors import ConfigError, UnknownJobError, ValidationError
 from ._job import EnqueueOptions, Job, JobCall
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._queues import QueueLimits, Rate
-from ._settings import Settings, load_settings
+from ._settings import QueueSpec, Settings, load_settings
 from ._sql import Queries, queries_for
 from ._unique import JobId, Unique
 from ._validation import check_job_name
@@ -54,8 +54,13 @@ class App:
 
     @property
     def settings(self) -> Settings:
+        """Every source merged (see :func:`load_settings`). Unless a source names the
+        ``queues``, a worker of this app serves :attr:`declared_queues`, each as often first."""
         if self._settings is None:
-            self._settings = load_settings({**self._flags, **self._explicit})
+            queues = str(QueueSpec.evenly(self.declared_queues))
+            self._settings = load_settings(
+                {**self._flags, **self._explicit}, defaults={"queues": queues}
+            )
         return self._settings
 
     def configure(self, **flags: Any) -> None:
@@ -66,6 +71,13 @@ class App:
     @property
     def queries(self) -> Queries:
         return queries_for(self.settings.schema)
+
+    @property
+    def declared_queues(self) -> tuple[str, ...]:
+        """``default`` and every queue this app's jobs and :meth:`queue` declarations name,
+        sorted: the queues its workers serve unless told otherwise."""
+        jobs = (job.queue for job in self._jobs.values())
+        return tuple(sorted({"default", *jobs, *self._queue_limits}))
 
     @property
     def jobs(self) -> Mapping[str, Job[..., Any]]:
@@ -177,6 +189,7 @@ class App:
             )
             entry = None if cron is None else self._unique(_cron.declare(job, cron=cron, tz=tz))
             self._jobs[job_name] = job
+            self._settings = None  # its queue may be new to the workers' default
             if entry is not None:
                 self._cron[entry.name] = entry
             return job
@@ -252,7 +265,8 @@ class App:
         rate: Rate | None = None,
         partition_by: str | None = None,
     ) -> None:
-        """Declare limits for queue ``name``; workers that consume it store them at start.
+        """Declare queue ``name`` and its limits; workers that consume it store them at start.
+        The app's workers serve it unless told which queues to serve (see :attr:`settings`).
 
         Args:
             concurrency: at most this many of its jobs run at once, across every worker and
@@ -272,6 +286,7 @@ class App:
             self._queue_limits[name] = _queues.check_limits(concurrency, rate, partition_by)
         except ValidationError as exc:
             raise ConfigError(f"queue {name!r}: {exc}") from None
+        self._settings = None  # the workers' default queues include it
 
     @property
     def queue_limits(self) -> Mapping[str, QueueLimits]:

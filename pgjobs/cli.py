@@ -40,6 +40,8 @@ from ._worker import EXIT_RETIRED, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+log = logging.getLogger("pgjobs")
+
 JOB_ID = click.IntRange(-(2**63), 2**63 - 1)
 """A job id is a PostgreSQL ``bigint``."""
 
@@ -170,7 +172,11 @@ def _without_urls(argv: Sequence[str]) -> list[str]:
 
 
 @cli.command()
-@click.option("--queues", help="critical,default (strict) or critical:3,default:1 (weighted)")
+@click.option(
+    "--queues",
+    help="critical,default (strict) or critical:3,default:1 (weighted) [PGJOBS_QUEUES; default:"
+    " every queue the app declares (its jobs', app.queue()'s) and default, at equal weights]",
+)
 @click.option("--concurrency", type=int, help="Jobs run at once per process [default 10]")
 @click.option("--processes", type=int, help="Worker processes under one supervisor [default 1]")
 @click.option("--poll-interval", help="Between polls, e.g. 2 or 500ms [default 5s]")
@@ -205,6 +211,9 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
     given = _given(obj, flags, {"app": app_path})
     app = _load_app(given, require_app=True)
     worker_id = supervised_worker_id()
+    unserved = sorted(set(app.declared_queues) - set(app.settings.queue_spec.names))
+    if unserved and worker_id is None:
+        log.info("queues of the app not served here: %s", ", ".join(unserved))
     if app.settings.processes > 1 and worker_id is None:
         check_schema(app.settings)
         supervisor = Supervisor(

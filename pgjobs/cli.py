@@ -26,7 +26,7 @@ import psycopg
 from ._admin import STATES
 from ._app import App
 from ._connection import one_line
-from ._embedded import embedded_database_url
+from ._embedded import embedded_database_url, stop_embedded_server
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._grants import grant_statements
 from ._logs import configure_cli_logging
@@ -222,9 +222,13 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
             _without_urls(sys.argv[1:]),
             burst=burst,
             env={
-                f"PGJOBS_{name.upper()}": given[name]
-                for name in ("database_url", "listen_database_url")
-                if name in given
+                f"PGJOBS_{name.upper()}": value
+                for name, value in (
+                    # the embedded server's too: the workers use the supervisor's
+                    ("database_url", app.settings.database_url),
+                    ("listen_database_url", given.get("listen_database_url")),
+                )
+                if value
             },
         )
         asyncio.run(supervisor.run())
@@ -238,6 +242,8 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
     asyncio.run(runner.run())
     # Exit now: the interpreter would wait for every non-daemon thread, and a job may have left
     # one behind (started by its code, or its own thread handed back or stuck past its timeout).
+    # Exit hooks do not run then: let go of the embedded server first.
+    stop_embedded_server()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -31,7 +31,9 @@ class App:
     """The registry of jobs, and the entry point to enqueue them.
 
     ``pgjobs worker --app module:attribute`` loads an ``App`` and runs its jobs. Settings given
-    here win over every other source (files, environment, CLI flags).
+    here win over every other source (files, environment, CLI flags); a setting given as ``None``
+    is not given, so ``App(database_url=os.environ.get("DATABASE_URL"))`` with the variable unset
+    falls back to the other sources, and in the CLI to its embedded server.
 
     Example::
 
@@ -44,7 +46,7 @@ class App:
     """
 
     def __init__(self, **settings: Any) -> None:
-        self._explicit = settings
+        self._explicit = {name: value for name, value in settings.items() if value is not None}
         self._flags: dict[str, Any] = {}
         self._settings: Settings | None = None
         self._jobs: dict[str, Job[..., Any]] = {}

@@ -140,3 +140,19 @@ def test_every_way_out_of_a_command_stops_the_server(here: Path) -> None:
     stats = pgjobs(here, "stats")
     assert stats.returncode == 0, stats.stderr
     assert_stopped(here)
+
+
+def test_an_app_whose_database_url_is_none_uses_the_embedded_server(here: Path) -> None:
+    """``App(database_url=os.environ.get("DATABASE_URL"))`` with the variable unset."""
+    (here / "unset_url.py").write_text(
+        "import os\n"
+        "import pgjobs\n"
+        "app = pgjobs.App(database_url=os.environ.get('DATABASE_URL'))\n"
+        "@app.job(name='hello')\n"
+        "def hello() -> None: ...\n"
+    )
+    assert pgjobs(here, "migrate").returncode == 0
+    result = pgjobs(here, "--app", "unset_url:app", "enqueue", "hello")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 0
+    assert_stopped(here)

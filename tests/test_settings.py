@@ -179,3 +179,20 @@ def test_an_apps_workers_serve_every_queue_it_declares_unless_told_otherwise(
     app.configure()
     assert app.settings.queues == "mailers"  # a source that names queues wins
     assert App(queues="critical,default").settings.queues == "critical,default"
+
+
+def test_an_app_given_none_takes_the_setting_from_the_other_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``App(database_url=os.environ.get("DATABASE_URL"))`` with the variable unset: ``None`` is
+    "not given", as everywhere in the settings."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("PGJOBS_DATABASE_URL", "postgresql://from-env/db")
+    app = App(database_url=None, concurrency=None)
+    assert (app.settings.database_url, app.settings.concurrency) == ("postgresql://from-env/db", 10)
+    app.configure(database_url="postgresql://from-flag/db")  # the CLI flag, or embedded server
+    assert app.settings.database_url == "postgresql://from-flag/db"
+    assert App(database_url="postgresql://explicit/db").settings.database_url == (
+        "postgresql://explicit/db"
+    )

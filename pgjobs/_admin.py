@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from ._errors import ValidationError
 from ._sql import Queries
+from ._validation import check_text
 
 T = TypeVar("T")
 
@@ -44,8 +45,8 @@ def list_jobs(
     limit: int,
 ) -> Operation[Rows]:
     params = {
-        "states": None if states is None else list(states),
-        "queues": None if queues is None else list(queues),
+        "states": _texts(states, "states"),
+        "queues": _texts(queues, "queues"),
         "limit": limit,
     }
     return Operation(queries.list_jobs, params, list)
@@ -86,8 +87,8 @@ def retry_all(
             raise ValidationError("states", f"{state!r} is not a state ({', '.join(STATES)})")
     params = {
         "states": chosen,
-        "queues": None if queues is None else list(queues),
-        "names": None if names is None else list(names),
+        "queues": _texts(queues, "queues"),
+        "names": _texts(names, "names"),
         "channel": queries.jobs_channel,
     }
     return Operation(queries.retry_jobs, params, lambda rows: int(rows[0]["retried"]))
@@ -116,10 +117,12 @@ def queue_counts(queries: Queries) -> Operation[dict[str, dict[str, int]]]:
 
 
 def pause_cron(queries: Queries, name: str) -> Operation[None]:
+    check_text(name, "name")
     return Operation(queries.pause_cron, {"name": name}, _found_entry(name))
 
 
 def resume_cron(queries: Queries, name: str) -> Operation[None]:
+    check_text(name, "name")
     return Operation(queries.resume_cron, {"name": name}, _found_entry(name))
 
 
@@ -130,6 +133,7 @@ def run_cron(queries: Queries, name: str) -> Operation[int]:
             raise ValidationError("name", f"no cron entry named {name!r} (see `pgjobs cron`)")
         return job_id
 
+    check_text(name, "name")
     return Operation(queries.run_cron, {"name": name}, result)
 
 
@@ -139,6 +143,17 @@ def list_cron(
     """Every row of ``cron_entries``, each passed through ``annotate`` (which adds what the
     app's code knows: whether it declares the entry, its next runs)."""
     return Operation(queries.list_cron, {}, lambda rows: [annotate(row) for row in rows])
+
+
+def _texts(values: Iterable[str] | None, path: str) -> list[str] | None:
+    """``values`` as a list (``None`` stays ``None``), each text one PostgreSQL can take."""
+    if values is None:
+        return None
+    chosen = list(values)
+    for value in chosen:
+        if isinstance(value, str):
+            check_text(value, path)
+    return chosen
 
 
 def _found_entry(name: str) -> Callable[[Rows], None]:

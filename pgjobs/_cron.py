@@ -210,9 +210,10 @@ def parse(entry: str, expression: str, tz: str) -> Schedule:
     croniter = _croniter()
     try:
         zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: a name too long
+        shown = repr(tz) if not isinstance(tz, str) or len(tz) <= 60 else f"{tz[:40]!r}…"
         raise ConfigError(
-            f"cron entry {entry!r}: unknown time zone {tz!r}; use an IANA name such as "
+            f"cron entry {entry!r}: unknown time zone {shown}; use an IANA name such as "
             "'Europe/Berlin' or 'UTC'"
         ) from None
     if not isinstance(expression, str):

@@ -169,6 +169,16 @@ BAD_ENQUEUES = [
         id="at-and-in",
     ),
     pytest.param([*APP, "enqueue", "noop", "--queue", "a b"], "queue", id="bad-queue"),
+    pytest.param(
+        [*APP, "enqueue", "anything", "--kwargs", '{"k": "\\u0000"}'],
+        'kwargs["k"]: contains a NUL',
+        id="kwargs-nul",
+    ),
+    pytest.param(
+        [*APP, "enqueue", "anything", "--args", '["\udcff"]'],  # the byte 0xff: not UTF-8
+        "args[0]: contains a lone surrogate",
+        id="args-not-utf8",
+    ),
     pytest.param([*APP, "enqueue", "noop", "--priority", "40000"], "priority", id="bad-priority"),
     pytest.param([*APP, "enqueue", "noop", "--max-attempts", "0"], "max_attempts", id="attempts-0"),
     pytest.param(
@@ -233,6 +243,25 @@ def test_bad_enqueue_exits_2_and_writes_nothing(
     result = run_cli(database_url, *args)
     assert job_count(db) == 0
     assert_usage_error(result, fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        pytest.param(["cron", "run", "\udcff"], "name: contains a lone surrogate", id="cron-run"),
+        pytest.param(["cron", "pause", "\udcff"], "name: contains a lone", id="cron-pause"),
+        pytest.param(["jobs", "--queue", "\udcff"], "queues: contains a lone", id="jobs-queue"),
+        pytest.param(
+            ["retry", "--all", "--name", "\udcff"], "names: contains a lone", id="retry-name"
+        ),
+    ],
+)
+def test_a_name_that_is_not_utf8_exits_2(
+    database_url: str, db: psycopg.Connection[Any], args: list[str], fragment: str
+) -> None:
+    """Bytes that are not UTF-8 on the command line (here 0xff) reach Python as lone
+    surrogates, which no PostgreSQL text can hold."""
+    assert_usage_error(run_cli(database_url, *args), fragment)
 
 
 def test_database_url_flag_wins_over_the_environment(

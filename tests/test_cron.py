@@ -56,6 +56,9 @@ def test_valid_expressions_parse(expression: str) -> None:
         ("0 0 31 2 *", "UTC", "'0 0 31 2 *' never matches a date"),
         ("* * * * *", "Mars/Base", "unknown time zone 'Mars/Base'; use an IANA name"),
         ("* * * * *", "", "unknown time zone ''"),
+        ("* * * * *", "A" * 10_000, "unknown time zone 'AAAAAAAAAA"),
+        ("* * * * *", "UTC\x00", "unknown time zone 'UTC\\x00'"),
+        ("* * * * *", "Europe/\udc80", "unknown time zone 'Europe/\\udc80'"),
     ],
 )
 def test_malformed_expressions_name_the_entry_and_field(
@@ -65,6 +68,7 @@ def test_malformed_expressions_name_the_entry_and_field(
         parse("reports.nightly", expression, tz)
     assert str(caught.value).startswith("cron entry 'reports.nightly': ")
     assert message in str(caught.value)
+    assert len(str(caught.value)) < 300  # a long value is shortened
 
 
 def test_without_croniter_a_cron_entry_says_what_to_install(

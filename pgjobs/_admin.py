@@ -9,10 +9,11 @@ second copy. Arguments are checked when the operation is built, before any SQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from ._cron import CronEntry, encode_rows
 from ._errors import ValidationError
 from ._sql import Queries
 from ._validation import check_text
@@ -137,12 +138,16 @@ def run_cron(queries: Queries, name: str) -> Operation[int]:
     return Operation(queries.run_cron, {"name": name}, result)
 
 
-def list_cron(
-    queries: Queries, annotate: Callable[[dict[str, Any]], dict[str, Any]]
-) -> Operation[Rows]:
-    """Every row of ``cron_entries``, each passed through ``annotate`` (which adds what the
-    app's code knows: whether it declares the entry, its next runs)."""
-    return Operation(queries.list_cron, {}, lambda rows: [annotate(row) for row in rows])
+def list_cron(queries: Queries, describe: Callable[[Rows], Rows]) -> Operation[Rows]:
+    """Every row of ``cron_entries``, passed through ``describe`` (which adds what the app's
+    code knows: the entries it declares that have no row yet, whether it declares each, their
+    next runs)."""
+    return Operation(queries.list_cron, {}, describe)
+
+
+def register_cron(queries: Queries, entries: Sequence[CronEntry]) -> Operation[None]:
+    """Store the ``entries`` that have no row yet, as a worker's start would."""
+    return Operation(queries.register_cron_entries, encode_rows(entries), _nothing)
 
 
 def _texts(values: Iterable[str] | None, path: str) -> list[str] | None:
@@ -162,6 +167,10 @@ def _found_entry(name: str) -> Callable[[Rows], None]:
             raise ValidationError("name", f"no cron entry named {name!r} (see `pgjobs cron`)")
 
     return result
+
+
+def _nothing(rows: Rows) -> None:
+    return None
 
 
 def _first(rows: Rows) -> dict[str, Any] | None:

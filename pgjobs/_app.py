@@ -603,8 +603,12 @@ class App:
         return await self._client.run_async(_batches.list_batches(self.queries, limit), conn)
 
     def list_cron(self, *, conn: Any = None) -> list[dict[str, Any]]:
-        """Every row of ``cron_entries`` by name, with ``in_code`` (this app declares it: entries
-        no running code declares are never enqueued) and ``next_runs`` (its next three ticks)."""
+        """Every row of ``cron_entries`` and every entry this app declares, by name, with
+        ``in_code`` (this app declares it: entries no running code declares are never
+        enqueued), ``registered`` (it has a row: a worker, or a call below, stored it; a worker
+        schedules the entries of its code at start) and ``next_runs`` (its next three ticks).
+        ``last_job_kind`` says whether a ``"tick"`` or a ``"run now"`` enqueued the last job
+        (``None``: no job yet, or it was deleted since). Reads only."""
         return self._client.run(_admin.list_cron(self.queries, self._describe_cron), conn)
 
     async def list_cron_async(self, *, conn: Any = None) -> list[dict[str, Any]]:
@@ -614,37 +618,58 @@ class App:
 
     def pause_cron(self, name: str, *, conn: Any = None) -> None:
         """Stop enqueuing cron entry ``name``: its ticks pass without a job, and resuming does
-        not replay them. The same as ``SELECT pgjobs.pause_cron(name)``.
+        not replay them. The same as ``SELECT pgjobs.pause_cron(name)``. An entry this app
+        declares is stored first if no worker has yet (here and in :meth:`resume_cron` and
+        :meth:`run_cron`).
 
         Raises:
             ValidationError: there is no such entry.
         """
+        self._register_cron(name, conn)
         self._client.run(_admin.pause_cron(self.queries, name), conn)
 
     async def pause_cron_async(self, name: str, *, conn: Any = None) -> None:
         """:meth:`pause_cron` for async code."""
+        await self._register_cron_async(name, conn)
         await self._client.run_async(_admin.pause_cron(self.queries, name), conn)
 
     def resume_cron(self, name: str, *, conn: Any = None) -> None:
         """Enqueue cron entry ``name`` again from its next tick on
         (``SELECT pgjobs.resume_cron(name)``)."""
+        self._register_cron(name, conn)
         self._client.run(_admin.resume_cron(self.queries, name), conn)
 
     async def resume_cron_async(self, name: str, *, conn: Any = None) -> None:
         """:meth:`resume_cron` for async code."""
+        await self._register_cron_async(name, conn)
         await self._client.run_async(_admin.resume_cron(self.queries, name), conn)
 
     def run_cron(self, name: str, *, conn: Any = None) -> int:
         """Enqueue cron entry ``name``'s job now, paused or not, outside its ticks; returns the
-        job's id (``SELECT pgjobs.run_cron(name)``). A ``tick_kwarg`` gets the current time."""
+        job's id (``SELECT pgjobs.run_cron(name)``). A ``tick_kwarg`` gets the current time. The
+        entry's last run is then this job, a ``"run now"`` (see :meth:`list_cron`)."""
+        self._register_cron(name, conn)
         return self._client.run(_admin.run_cron(self.queries, name), conn)
 
     async def run_cron_async(self, name: str, *, conn: Any = None) -> int:
         """:meth:`run_cron` for async code."""
+        await self._register_cron_async(name, conn)
         return await self._client.run_async(_admin.run_cron(self.queries, name), conn)
 
-    def _describe_cron(self, row: dict[str, Any]) -> dict[str, Any]:
-        return _cron.describe(row, row["name"] in self._cron, datetime.now(UTC))
+    def _register_cron(self, name: str, conn: Any) -> None:
+        """Store entry ``name`` as a worker's start would, if this app declares it and it has no
+        row yet: so that the CLI can pause or run it before any worker ran."""
+        entry = self._cron.get(name)
+        if entry is not None:
+            self._client.run(_admin.register_cron(self.queries, [entry]), conn)
+
+    async def _register_cron_async(self, name: str, conn: Any) -> None:
+        entry = self._cron.get(name)
+        if entry is not None:
+            await self._client.run_async(_admin.register_cron(self.queries, [entry]), conn)
+
+    def _describe_cron(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return _cron.listing(rows, self._cron, datetime.now(UTC))
 
     def close(self) -> None:
         """Close pgjobs' own connection pool (the async one must be closed with ``aclose``)."""

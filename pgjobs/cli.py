@@ -707,8 +707,10 @@ def _parse_delay(text: str) -> float:
 @click.pass_context
 @_handles_errors
 def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
-    """Cron entries: job, schedule, paused, last run, next 3 runs; entries the app's code no
-    longer declares (never enqueued) are marked. Subcommands pause, resume and run one."""
+    """Cron entries: job, schedule, paused, last run (a tick's or a run now's job), next 3 runs.
+    Marked: entries the app's code no longer declares (never enqueued), and entries it declares
+    that no worker has registered yet (a worker, but a --burst one, schedules them at start).
+    Subcommands pause, resume and run one (registering an entry the app declares)."""
     ctx.obj = _given(ctx.obj, {"app": app_path})
     if ctx.invoked_subcommand is not None:
         return
@@ -716,7 +718,7 @@ def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
     rows = app.list_cron()
     table = [
         [
-            r["name"] if r["in_code"] else f"{r['name']} (not in code)",
+            _cron_name(r),
             r["job_name"],
             r["expression"],
             r["timezone"],
@@ -735,7 +737,8 @@ def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
 @click.pass_obj
 @_handles_errors
 def cron_pause(obj: dict[str, Any], name: str) -> None:
-    """Stop enqueuing entry NAME; its ticks pass without a job until resumed."""
+    """Stop enqueuing entry NAME; its ticks pass without a job until resumed. An entry the app
+    declares is registered first if no worker has yet (as with resume and run)."""
     _load_app(obj).pause_cron(name)
     click.echo(f"cron entry {name!r} paused")
 
@@ -759,10 +762,21 @@ def cron_run(obj: dict[str, Any], name: str) -> None:
     click.echo(_load_app(obj).run_cron(name))
 
 
+def _cron_name(row: dict[str, Any]) -> str:
+    if not row["in_code"]:
+        return f"{row['name']} (not in code)"
+    if not row["registered"]:
+        return f"{row['name']} (not yet registered)"
+    return str(row["name"])
+
+
 def _cron_last_run(row: dict[str, Any]) -> str:
+    """When the last job was enqueued, its id, and whether a tick or a run now enqueued it."""
     if row["last_enqueued_at"] is None:
         return "never"
-    return f"{_local_time(row['last_enqueued_at'], row['timezone'])} (job {row['last_job_id']})"
+    kind = f", {row['last_job_kind']}" if row["last_job_kind"] else ""
+    when = _local_time(row["last_enqueued_at"], row["timezone"])
+    return f"{when} (job {row['last_job_id']}{kind})"
 
 
 def _local_time(moment: datetime, zone: str) -> str:

@@ -45,7 +45,7 @@ def embedded_database_url() -> str:
         DATA_DIRECTORY.mkdir(exist_ok=True)
         start = pgserver.get_server  # type: ignore[attr-defined]
         _server = start(DATA_DIRECTORY.resolve(), cleanup_mode="stop")
-        atexit.register(stop_embedded_server)  # before pgserver's own hook, which then does nothing
+        atexit.register(stop_embedded_server)  # runs first; pgserver's own hook then does nothing
     url: str = _server.get_uri()
     log.info(
         "no database configured: using embedded PostgreSQL in ./%s/ (set PGJOBS_DATABASE_URL "

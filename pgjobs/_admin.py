@@ -9,12 +9,14 @@ second copy. Arguments are checked when the operation is built, before any SQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from ._cron import CronEntry, encode_rows
 from ._errors import ValidationError
 from ._sql import Queries
+from ._validation import check_text
 
 T = TypeVar("T")
 
@@ -44,8 +46,8 @@ def list_jobs(
     limit: int,
 ) -> Operation[Rows]:
     params = {
-        "states": None if states is None else list(states),
-        "queues": None if queues is None else list(queues),
+        "states": _texts(states, "states"),
+        "queues": _texts(queues, "queues"),
         "limit": limit,
     }
     return Operation(queries.list_jobs, params, list)
@@ -86,8 +88,8 @@ def retry_all(
             raise ValidationError("states", f"{state!r} is not a state ({', '.join(STATES)})")
     params = {
         "states": chosen,
-        "queues": None if queues is None else list(queues),
-        "names": None if names is None else list(names),
+        "queues": _texts(queues, "queues"),
+        "names": _texts(names, "names"),
         "channel": queries.jobs_channel,
     }
     return Operation(queries.retry_jobs, params, lambda rows: int(rows[0]["retried"]))
@@ -116,10 +118,12 @@ def queue_counts(queries: Queries) -> Operation[dict[str, dict[str, int]]]:
 
 
 def pause_cron(queries: Queries, name: str) -> Operation[None]:
+    check_text(name, "name")
     return Operation(queries.pause_cron, {"name": name}, _found_entry(name))
 
 
 def resume_cron(queries: Queries, name: str) -> Operation[None]:
+    check_text(name, "name")
     return Operation(queries.resume_cron, {"name": name}, _found_entry(name))
 
 
@@ -130,15 +134,31 @@ def run_cron(queries: Queries, name: str) -> Operation[int]:
             raise ValidationError("name", f"no cron entry named {name!r} (see `pgjobs cron`)")
         return job_id
 
+    check_text(name, "name")
     return Operation(queries.run_cron, {"name": name}, result)
 
 
-def list_cron(
-    queries: Queries, annotate: Callable[[dict[str, Any]], dict[str, Any]]
-) -> Operation[Rows]:
-    """Every row of ``cron_entries``, each passed through ``annotate`` (which adds what the
-    app's code knows: whether it declares the entry, its next runs)."""
-    return Operation(queries.list_cron, {}, lambda rows: [annotate(row) for row in rows])
+def list_cron(queries: Queries, describe: Callable[[Rows], Rows]) -> Operation[Rows]:
+    """Every row of ``cron_entries``, passed through ``describe`` (which adds what the app's
+    code knows: the entries it declares that have no row yet, whether it declares each, their
+    next runs)."""
+    return Operation(queries.list_cron, {}, describe)
+
+
+def register_cron(queries: Queries, entries: Sequence[CronEntry]) -> Operation[None]:
+    """Store the ``entries`` that have no row yet, as a worker's start would."""
+    return Operation(queries.register_cron_entries, encode_rows(entries), _nothing)
+
+
+def _texts(values: Iterable[str] | None, path: str) -> list[str] | None:
+    """``values`` as a list (``None`` stays ``None``), each text one PostgreSQL can take."""
+    if values is None:
+        return None
+    chosen = list(values)
+    for value in chosen:
+        if isinstance(value, str):
+            check_text(value, path)
+    return chosen
 
 
 def _found_entry(name: str) -> Callable[[Rows], None]:
@@ -147,6 +167,10 @@ def _found_entry(name: str) -> Callable[[Rows], None]:
             raise ValidationError("name", f"no cron entry named {name!r} (see `pgjobs cron`)")
 
     return result
+
+
+def _nothing(rows: Rows) -> None:
+    return None
 
 
 def _first(rows: Rows) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from ._errors import ConfigError, UnknownJobError, ValidationError
 from ._job import EnqueueOptions, Job, JobCall
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._queues import QueueLimits, Rate
-from ._settings import Settings, load_settings
+from ._settings import QueueSpec, Settings, load_settings
 from ._sql import Queries, queries_for
 from ._unique import JobId, Unique
 from ._validation import check_job_name
@@ -31,7 +31,9 @@ class App:
     """The registry of jobs, and the entry point to enqueue them.
 
     ``pgjobs worker --app module:attribute`` loads an ``App`` and runs its jobs. Settings given
-    here win over every other source (files, environment, CLI flags).
+    here win over every other source (files, environment, CLI flags); a setting given as ``None``
+    is not given, so ``App(database_url=os.environ.get("DATABASE_URL"))`` with the variable unset
+    falls back to the other sources, and in the CLI to its embedded server.
 
     Example::
 
@@ -44,7 +46,7 @@ class App:
     """
 
     def __init__(self, **settings: Any) -> None:
-        self._explicit = settings
+        self._explicit = {name: value for name, value in settings.items() if value is not None}
         self._flags: dict[str, Any] = {}
         self._settings: Settings | None = None
         self._jobs: dict[str, Job[..., Any]] = {}
@@ -54,8 +56,13 @@ class App:
 
     @property
     def settings(self) -> Settings:
+        """Every source merged (see :func:`load_settings`). Unless a source names the
+        ``queues``, a worker of this app serves :attr:`declared_queues`, each as often first."""
         if self._settings is None:
-            self._settings = load_settings({**self._flags, **self._explicit})
+            queues = str(QueueSpec.evenly(self.declared_queues))
+            self._settings = load_settings(
+                {**self._flags, **self._explicit}, defaults={"queues": queues}
+            )
         return self._settings
 
     def configure(self, **flags: Any) -> None:
@@ -66,6 +73,13 @@ class App:
     @property
     def queries(self) -> Queries:
         return queries_for(self.settings.schema)
+
+    @property
+    def declared_queues(self) -> tuple[str, ...]:
+        """``default`` and every queue this app's jobs and :meth:`queue` declarations name,
+        sorted: the queues its workers serve unless told otherwise."""
+        jobs = (job.queue for job in self._jobs.values())
+        return tuple(sorted({"default", *jobs, *self._queue_limits}))
 
     @property
     def jobs(self) -> Mapping[str, Job[..., Any]]:
@@ -177,6 +191,7 @@ class App:
             )
             entry = None if cron is None else self._unique(_cron.declare(job, cron=cron, tz=tz))
             self._jobs[job_name] = job
+            self._settings = None  # its queue may be new to the workers' default
             if entry is not None:
                 self._cron[entry.name] = entry
             return job
@@ -252,7 +267,8 @@ class App:
         rate: Rate | None = None,
         partition_by: str | None = None,
     ) -> None:
-        """Declare limits for queue ``name``; workers that consume it store them at start.
+        """Declare queue ``name`` and its limits; workers that consume it store them at start.
+        The app's workers serve it unless told which queues to serve (see :attr:`settings`).
 
         Args:
             concurrency: at most this many of its jobs run at once, across every worker and
@@ -272,6 +288,7 @@ class App:
             self._queue_limits[name] = _queues.check_limits(concurrency, rate, partition_by)
         except ValidationError as exc:
             raise ConfigError(f"queue {name!r}: {exc}") from None
+        self._settings = None  # the workers' default queues include it
 
     @property
     def queue_limits(self) -> Mapping[str, QueueLimits]:
@@ -586,8 +603,12 @@ class App:
         return await self._client.run_async(_batches.list_batches(self.queries, limit), conn)
 
     def list_cron(self, *, conn: Any = None) -> list[dict[str, Any]]:
-        """Every row of ``cron_entries`` by name, with ``in_code`` (this app declares it: entries
-        no running code declares are never enqueued) and ``next_runs`` (its next three ticks)."""
+        """Every row of ``cron_entries`` and every entry this app declares, by name, with
+        ``in_code`` (this app declares it: entries no running code declares are never
+        enqueued), ``registered`` (it has a row: a worker, or a call below, stored it; a worker
+        schedules the entries of its code at start) and ``next_runs`` (its next three ticks).
+        ``last_job_kind`` says whether a ``"tick"`` or a ``"run now"`` enqueued the last job
+        (``None``: no job yet, or it was deleted since). Reads only."""
         return self._client.run(_admin.list_cron(self.queries, self._describe_cron), conn)
 
     async def list_cron_async(self, *, conn: Any = None) -> list[dict[str, Any]]:
@@ -597,37 +618,58 @@ class App:
 
     def pause_cron(self, name: str, *, conn: Any = None) -> None:
         """Stop enqueuing cron entry ``name``: its ticks pass without a job, and resuming does
-        not replay them. The same as ``SELECT pgjobs.pause_cron(name)``.
+        not replay them. The same as ``SELECT pgjobs.pause_cron(name)``. An entry this app
+        declares is stored first if no worker has yet (here and in :meth:`resume_cron` and
+        :meth:`run_cron`).
 
         Raises:
             ValidationError: there is no such entry.
         """
+        self._register_cron(name, conn)
         self._client.run(_admin.pause_cron(self.queries, name), conn)
 
     async def pause_cron_async(self, name: str, *, conn: Any = None) -> None:
         """:meth:`pause_cron` for async code."""
+        await self._register_cron_async(name, conn)
         await self._client.run_async(_admin.pause_cron(self.queries, name), conn)
 
     def resume_cron(self, name: str, *, conn: Any = None) -> None:
         """Enqueue cron entry ``name`` again from its next tick on
         (``SELECT pgjobs.resume_cron(name)``)."""
+        self._register_cron(name, conn)
         self._client.run(_admin.resume_cron(self.queries, name), conn)
 
     async def resume_cron_async(self, name: str, *, conn: Any = None) -> None:
         """:meth:`resume_cron` for async code."""
+        await self._register_cron_async(name, conn)
         await self._client.run_async(_admin.resume_cron(self.queries, name), conn)
 
     def run_cron(self, name: str, *, conn: Any = None) -> int:
         """Enqueue cron entry ``name``'s job now, paused or not, outside its ticks; returns the
-        job's id (``SELECT pgjobs.run_cron(name)``). A ``tick_kwarg`` gets the current time."""
+        job's id (``SELECT pgjobs.run_cron(name)``). A ``tick_kwarg`` gets the current time. The
+        entry's last run is then this job, a ``"run now"`` (see :meth:`list_cron`)."""
+        self._register_cron(name, conn)
         return self._client.run(_admin.run_cron(self.queries, name), conn)
 
     async def run_cron_async(self, name: str, *, conn: Any = None) -> int:
         """:meth:`run_cron` for async code."""
+        await self._register_cron_async(name, conn)
         return await self._client.run_async(_admin.run_cron(self.queries, name), conn)
 
-    def _describe_cron(self, row: dict[str, Any]) -> dict[str, Any]:
-        return _cron.describe(row, row["name"] in self._cron, datetime.now(UTC))
+    def _register_cron(self, name: str, conn: Any) -> None:
+        """Store entry ``name`` as a worker's start would, if this app declares it and it has no
+        row yet: so that the CLI can pause or run it before any worker ran."""
+        entry = self._cron.get(name)
+        if entry is not None:
+            self._client.run(_admin.register_cron(self.queries, [entry]), conn)
+
+    async def _register_cron_async(self, name: str, conn: Any) -> None:
+        entry = self._cron.get(name)
+        if entry is not None:
+            await self._client.run_async(_admin.register_cron(self.queries, [entry]), conn)
+
+    def _describe_cron(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return _cron.listing(rows, self._cron, datetime.now(UTC))
 
     def close(self) -> None:
         """Close pgjobs' own connection pool (the async one must be closed with ``aclose``)."""

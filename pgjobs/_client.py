@@ -231,6 +231,13 @@ class Client:
                 f"could not get a database connection within {self.settings.connect_timeout:g} s;"
                 " is the database at PGJOBS_DATABASE_URL up and reachable?"
             ) from exc
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            reason = exc.diag.message_primary or _connection.one_line(exc)
+            raise DatabaseError(
+                f"the database refused to write: {reason}; nothing was changed. It is read-only"
+                " (a standby, or default_transaction_read_only is on): connect to one that takes"
+                " writes"
+            ) from exc
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
             raise SchemaError(
                 f"pgjobs tables not found in schema {self.settings.schema!r}; "

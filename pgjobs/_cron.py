@@ -18,6 +18,7 @@ are computed in the entry's time zone:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -210,9 +211,10 @@ def parse(entry: str, expression: str, tz: str) -> Schedule:
     croniter = _croniter()
     try:
         zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: a name too long
+        shown = repr(tz) if not isinstance(tz, str) or len(tz) <= 60 else f"{tz[:40]!r}…"
         raise ConfigError(
-            f"cron entry {entry!r}: unknown time zone {tz!r}; use an IANA name such as "
+            f"cron entry {entry!r}: unknown time zone {shown}; use an IANA name such as "
             "'Europe/Berlin' or 'UTC'"
         ) from None
     if not isinstance(expression, str):
@@ -289,6 +291,36 @@ def describe(row: dict[str, Any], in_code: bool, now: datetime, count: int = 3) 
         last_tick = row["last_tick_at"]
         runs = next_runs(schedule, max(now, last_tick) if last_tick else now, count)
     return {**row, "in_code": in_code, "next_runs": runs}
+
+
+def listing(
+    rows: Sequence[dict[str, Any]], declared: Mapping[str, CronEntry], now: datetime
+) -> list[dict[str, Any]]:
+    """The ``cron_entries`` rows and the ``declared`` entries that have none yet (no worker
+    registered them), by name, each :func:`describe`-d and marked ``registered`` or not."""
+    stored = {row["name"] for row in rows}
+    entries = [describe({**row, "registered": True}, row["name"] in declared, now) for row in rows]
+    entries += [
+        describe(_unregistered(entry), True, now)
+        for name, entry in declared.items()
+        if name not in stored
+    ]
+    return sorted(entries, key=lambda entry: str(entry["name"]))
+
+
+def _unregistered(entry: CronEntry) -> dict[str, Any]:
+    """A declared entry as a row of ``cron_entries`` would show it, had a worker stored it."""
+    row = entry.row()
+    never = ("last_tick_at", "last_job_id", "last_enqueued_at", "declared_at", "seen_at")
+    return {
+        **row,
+        "args": json.loads(row["args"]),
+        "kwargs": json.loads(row["kwargs"]),
+        "paused": False,
+        **dict.fromkeys(never),
+        "last_job_kind": None,
+        "registered": False,
+    }
 
 
 def tick_text(tick: datetime) -> str:

@@ -21,7 +21,7 @@ from ._outcome import MAX_DELAY, RetryPolicy
 from ._queues import check_partition_key, partition_key_of
 from ._settings import QUEUE_NAME
 from ._unique import JobId, Unique, canonical_json, key_value, unique_key
-from ._validation import MAX_ATTEMPTS, encode_arguments
+from ._validation import MAX_ATTEMPTS, check_text, encode_arguments
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -63,7 +63,7 @@ class EnqueueOptions:
         if self.at is not None and self.delay is not None:
             raise ValidationError("at", "give either at= or a delay, not both")
         if self.partition_key is not None:
-            check_partition_key(self.partition_key)
+            check_text(check_partition_key(self.partition_key), "partition_key")
         return self
 
 

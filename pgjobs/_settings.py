@@ -70,6 +70,12 @@ class QueueSpec:
             raise ConfigError("queues: give every queue a weight (critical:3,default:1) or none")
         return cls(tuple(names), tuple(w or 1 for w in weights), weighted=any(weights))
 
+    @classmethod
+    def evenly(cls, names: tuple[str, ...]) -> QueueSpec:
+        """``names`` at equal weights: each claim orders them at random, each as often first
+        (strict for a single queue)."""
+        return cls(names, (1,) * len(names), weighted=len(names) > 1)
+
     def __str__(self) -> str:
         if self.weighted:
             return ",".join(f"{n}:{w}" for n, w in zip(self.names, self.weights, strict=True))
@@ -188,13 +194,15 @@ def load_settings(
     *,
     directory: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Merge every source into one :class:`Settings`; ``overrides`` (flags, arguments) win.
 
     ``None`` values in ``overrides`` mean "not given" and do not hide lower sources.
+    ``defaults`` replace the built-in defaults, below every source (an app's own queues).
     """
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     values.update(_from_files(directory or Path.cwd()))
     values.update(_from_environment(env))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -871,7 +871,7 @@ ORDER BY id DESC
 LIMIT %(limit)s
 """
 
-UPSERT_CRON_ENTRIES = """
+_INSERT_CRON_ENTRIES = """
 INSERT INTO {schema}.cron_entries AS c
     (name, job_name, queue, priority, max_attempts, args, kwargs, tick_kwarg, expression,
      timezone, catch_up, catch_up_window, last_tick_at)
@@ -883,7 +883,12 @@ FROM unnest(%(name)s::text[], %(job_name)s::text[], %(queue)s::text[], %(priorit
             %(catch_up_window)s::interval[])
     AS e(name, job_name, queue, priority, max_attempts, args, kwargs, tick_kwarg, expression,
          timezone, catch_up, catch_up_window)
-ON CONFLICT (name) DO UPDATE
+"""
+"""The rows of cron entries as declared in code (``_cron.encode_rows``)."""
+
+UPSERT_CRON_ENTRIES = (
+    _INSERT_CRON_ENTRIES
+    + """ON CONFLICT (name) DO UPDATE
 SET job_name = excluded.job_name, queue = excluded.queue, priority = excluded.priority,
     max_attempts = excluded.max_attempts, args = excluded.args, kwargs = excluded.kwargs,
     tick_kwarg = excluded.tick_kwarg, expression = excluded.expression,
@@ -891,8 +896,18 @@ SET job_name = excluded.job_name, queue = excluded.queue, priority = excluded.pr
     catch_up_window = excluded.catch_up_window, seen_at = now()
 RETURNING c.name, c.last_tick_at
 """
+)
 """Declare a worker's cron entries: the definition columns only, never ``paused`` or the last
 tick. A new entry starts with ``last_tick_at = now()``, so no past tick runs on first sight."""
+
+REGISTER_CRON_ENTRIES = (
+    _INSERT_CRON_ENTRIES
+    + """ON CONFLICT (name) DO NOTHING
+RETURNING c.name
+"""
+)
+"""Declare the cron entries that have no row yet, as a worker's start would (``pgjobs cron run``
+before any worker ran); rows that exist are left as they are."""
 
 ENQUEUE_CRON_TICKS = """
 WITH entry AS (
@@ -941,12 +956,18 @@ the entry is paused (its ticks pass: resuming does not replay them). Returns the
 ``last_tick_at`` after the statement (another worker's, if it was ahead) and the jobs enqueued."""
 
 LIST_CRON = """
-SELECT name, job_name, queue, priority, max_attempts, args, kwargs, tick_kwarg, expression,
-       timezone, catch_up, catch_up_window, paused, last_tick_at, last_job_id, last_enqueued_at,
-       declared_at, seen_at
-FROM {schema}.cron_entries
-ORDER BY name
+SELECT c.name, c.job_name, c.queue, c.priority, c.max_attempts, c.args, c.kwargs, c.tick_kwarg,
+       c.expression, c.timezone, c.catch_up, c.catch_up_window, c.paused, c.last_tick_at,
+       c.last_job_id, c.last_enqueued_at, c.declared_at, c.seen_at,
+       CASE WHEN j.id IS NULL THEN NULL
+            WHEN starts_with(coalesce(j.unique_key, ''), 'cron:' || c.name || ':') THEN 'tick'
+            ELSE 'run now' END AS last_job_kind
+FROM {schema}.cron_entries AS c
+LEFT JOIN {schema}.jobs AS j ON j.id = c.last_job_id
+ORDER BY c.name
 """
+"""``last_job_kind``: whether a tick (its job holds the tick's key) or a run now enqueued the
+last job; NULL if there is none, or it was deleted since."""
 
 PAUSE_CRON = """
 SELECT {schema}.pause_cron(%(name)s) AS found
@@ -1091,6 +1112,7 @@ class Queries:
     lock_namespace: str
     """Hashed into the first key of the workers' session advisory locks."""
     upsert_cron_entries: str
+    register_cron_entries: str
     enqueue_cron_ticks: str
     list_cron: str
     pause_cron: str

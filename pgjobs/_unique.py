@@ -125,13 +125,17 @@ _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=F
 
 def canonical_json(value: Any) -> str:
     """``value`` as canonical JSON text (sorted keys, no spaces); :class:`ValidationError` naming
-    ``unique_key`` when it is not JSON."""
+    ``unique_key`` when it is not JSON or is nested too deep to encode."""
     try:
         return _canonical(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             "unique_key",
             f"{value!r} is not JSON ({exc}); pass str, int, float, bool, None, list or dict",
+        ) from None
+    except RecursionError:
+        raise ValidationError(
+            "unique_key", "nested too deep to encode as JSON; pass a flatter value"
         ) from None
 
 

@@ -65,7 +65,7 @@ def check_job_name(name: str) -> None:
             f"{name[:40]!r}… is {len(name)} characters long; a job name has 1 to "
             f"{MAX_NAME_LENGTH}: pass a shorter name= to app.job",
         )
-    _check_text(name, "name")
+    check_text(name, "name")
 
 
 def _check(value: Any, path: str, depth: int) -> None:
@@ -76,7 +76,7 @@ def _check(value: Any, path: str, depth: int) -> None:
             raise ValidationError(path, f"{value!r} is not valid JSON; pass a finite number")
         return
     if isinstance(value, str):
-        _check_text(value, path)
+        check_text(value, path)
         return
     if depth >= MAX_DEPTH:
         raise ValidationError(path, f"nested deeper than {MAX_DEPTH} levels")
@@ -90,7 +90,7 @@ def _check(value: Any, path: str, depth: int) -> None:
                 raise ValidationError(
                     path, f"dict key {key!r} is a {type(key).__name__}; JSON keys must be str"
                 )
-            _check_text(key, f"{path} key {key!r}")
+            check_text(key, f"{path} key {key!r}")
             _check(item, f"{path}[{json.dumps(key, ensure_ascii=False)}]", depth + 1)
         return
     raise ValidationError(
@@ -100,7 +100,8 @@ def _check(value: Any, path: str, depth: int) -> None:
     )
 
 
-def _check_text(text: str, path: str) -> None:
+def check_text(text: str, path: str) -> None:
+    """Refuse text PostgreSQL cannot take (a NUL character, a lone surrogate), naming ``path``."""
     if "\x00" in text:
         raise ValidationError(
             path, "contains a NUL character (\\x00), which PostgreSQL cannot store"

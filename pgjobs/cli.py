@@ -26,7 +26,7 @@ import psycopg
 from ._admin import STATES
 from ._app import App
 from ._connection import one_line
-from ._embedded import embedded_database_url
+from ._embedded import embedded_database_url, stop_embedded_server
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._grants import grant_statements
 from ._logs import configure_cli_logging
@@ -39,6 +39,8 @@ from ._validation import MAX_DEPTH
 from ._worker import EXIT_RETIRED, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("pgjobs")
 
 JOB_ID = click.IntRange(-(2**63), 2**63 - 1)
 """A job id is a PostgreSQL ``bigint``."""
@@ -170,7 +172,11 @@ def _without_urls(argv: Sequence[str]) -> list[str]:
 
 
 @cli.command()
-@click.option("--queues", help="critical,default (strict) or critical:3,default:1 (weighted)")
+@click.option(
+    "--queues",
+    help="critical,default (strict) or critical:3,default:1 (weighted) [PGJOBS_QUEUES; default:"
+    " every queue the app declares (its jobs', app.queue()'s) and default, at equal weights]",
+)
 @click.option("--concurrency", type=int, help="Jobs run at once per process [default 10]")
 @click.option("--processes", type=int, help="Worker processes under one supervisor [default 1]")
 @click.option("--poll-interval", help="Between polls, e.g. 2 or 500ms [default 5s]")
@@ -205,6 +211,9 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
     given = _given(obj, flags, {"app": app_path})
     app = _load_app(given, require_app=True)
     worker_id = supervised_worker_id()
+    unserved = sorted(set(app.declared_queues) - set(app.settings.queue_spec.names))
+    if unserved and worker_id is None:
+        log.info("queues of the app not served here: %s", ", ".join(unserved))
     if app.settings.processes > 1 and worker_id is None:
         check_schema(app.settings)
         supervisor = Supervisor(
@@ -213,9 +222,13 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
             _without_urls(sys.argv[1:]),
             burst=burst,
             env={
-                f"PGJOBS_{name.upper()}": given[name]
-                for name in ("database_url", "listen_database_url")
-                if name in given
+                f"PGJOBS_{name.upper()}": value
+                for name, value in (
+                    # the embedded server's too: the workers use the supervisor's
+                    ("database_url", app.settings.database_url),
+                    ("listen_database_url", given.get("listen_database_url")),
+                )
+                if value
             },
         )
         asyncio.run(supervisor.run())
@@ -229,6 +242,8 @@ def worker(obj: dict[str, Any], /, burst: bool, app_path: str | None, **flags: A
     asyncio.run(runner.run())
     # Exit now: the interpreter would wait for every non-daemon thread, and a job may have left
     # one behind (started by its code, or its own thread handed back or stuck past its timeout).
+    # Exit hooks do not run then: let go of the embedded server first.
+    stop_embedded_server()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -692,8 +707,10 @@ def _parse_delay(text: str) -> float:
 @click.pass_context
 @_handles_errors
 def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
-    """Cron entries: job, schedule, paused, last run, next 3 runs; entries the app's code no
-    longer declares (never enqueued) are marked. Subcommands pause, resume and run one."""
+    """Cron entries: job, schedule, paused, last run (a tick's or a run now's job), next 3 runs.
+    Marked: entries the app's code no longer declares (never enqueued), and entries it declares
+    that no worker has registered yet (a worker, but a --burst one, schedules them at start).
+    Subcommands pause, resume and run one (registering an entry the app declares)."""
     ctx.obj = _given(ctx.obj, {"app": app_path})
     if ctx.invoked_subcommand is not None:
         return
@@ -701,7 +718,7 @@ def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
     rows = app.list_cron()
     table = [
         [
-            r["name"] if r["in_code"] else f"{r['name']} (not in code)",
+            _cron_name(r),
             r["job_name"],
             r["expression"],
             r["timezone"],
@@ -720,7 +737,8 @@ def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
 @click.pass_obj
 @_handles_errors
 def cron_pause(obj: dict[str, Any], name: str) -> None:
-    """Stop enqueuing entry NAME; its ticks pass without a job until resumed."""
+    """Stop enqueuing entry NAME; its ticks pass without a job until resumed. An entry the app
+    declares is registered first if no worker has yet (as with resume and run)."""
     _load_app(obj).pause_cron(name)
     click.echo(f"cron entry {name!r} paused")
 
@@ -744,10 +762,21 @@ def cron_run(obj: dict[str, Any], name: str) -> None:
     click.echo(_load_app(obj).run_cron(name))
 
 
+def _cron_name(row: dict[str, Any]) -> str:
+    if not row["in_code"]:
+        return f"{row['name']} (not in code)"
+    if not row["registered"]:
+        return f"{row['name']} (not yet registered)"
+    return str(row["name"])
+
+
 def _cron_last_run(row: dict[str, Any]) -> str:
+    """When the last job was enqueued, its id, and whether a tick or a run now enqueued it."""
     if row["last_enqueued_at"] is None:
         return "never"
-    return f"{_local_time(row['last_enqueued_at'], row['timezone'])} (job {row['last_job_id']})"
+    kind = f", {row['last_job_kind']}" if row["last_job_kind"] else ""
+    when = _local_time(row["last_enqueued_at"], row["timezone"])
+    return f"{when} (job {row['last_job_id']}{kind})"
 
 
 def _local_time(moment: datetime, zone: str) -> str:

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 import pgjobs
 from pgjobs.cli import STATES
-from tests import jobs_app
+from tests import jobs_app, queues_app
 from tests.helpers import WorkerProcess, eventually, run_burst, run_cli
 
 APP = ("--app", "tests.jobs_app:app")
@@ -169,6 +169,16 @@ BAD_ENQUEUES = [
         id="at-and-in",
     ),
     pytest.param([*APP, "enqueue", "noop", "--queue", "a b"], "queue", id="bad-queue"),
+    pytest.param(
+        [*APP, "enqueue", "anything", "--kwargs", '{"k": "\\u0000"}'],
+        'kwargs["k"]: contains a NUL',
+        id="kwargs-nul",
+    ),
+    pytest.param(
+        [*APP, "enqueue", "anything", "--args", '["\udcff"]'],  # the byte 0xff: not UTF-8
+        "args[0]: contains a lone surrogate",
+        id="args-not-utf8",
+    ),
     pytest.param([*APP, "enqueue", "noop", "--priority", "40000"], "priority", id="bad-priority"),
     pytest.param([*APP, "enqueue", "noop", "--max-attempts", "0"], "max_attempts", id="attempts-0"),
     pytest.param(
@@ -233,6 +243,25 @@ def test_bad_enqueue_exits_2_and_writes_nothing(
     result = run_cli(database_url, *args)
     assert job_count(db) == 0
     assert_usage_error(result, fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        pytest.param(["cron", "run", "\udcff"], "name: contains a lone surrogate", id="cron-run"),
+        pytest.param(["cron", "pause", "\udcff"], "name: contains a lone", id="cron-pause"),
+        pytest.param(["jobs", "--queue", "\udcff"], "queues: contains a lone", id="jobs-queue"),
+        pytest.param(
+            ["retry", "--all", "--name", "\udcff"], "names: contains a lone", id="retry-name"
+        ),
+    ],
+)
+def test_a_name_that_is_not_utf8_exits_2(
+    database_url: str, db: psycopg.Connection[Any], args: list[str], fragment: str
+) -> None:
+    """Bytes that are not UTF-8 on the command line (here 0xff) reach Python as lone
+    surrogates, which no PostgreSQL text can hold."""
+    assert_usage_error(run_cli(database_url, *args), fragment)
 
 
 def test_database_url_flag_wins_over_the_environment(
@@ -404,6 +433,61 @@ def test_worker_takes_app_after_the_command(database_url: str, db: psycopg.Conne
     result = run_cli(database_url, "worker", "--app", "tests.jobs_app:app", "--burst")
     assert result.returncode == 0, result.stderr
     assert job_row(db, int(enqueued.stdout))["state"] == "completed"
+
+
+@pytest.fixture
+def queued_app(database_url: str) -> Iterator[pgjobs.App]:
+    """``tests.queues_app``: jobs on the queues default, mailers, reports and imports."""
+    queues_app.app.configure(database_url=database_url)
+    yield queues_app.app
+    queues_app.app.close()
+
+
+def enqueue_on_every_queue() -> dict[str, int]:
+    return {
+        "default": queues_app.plain.enqueue(),
+        "mailers": queues_app.mail.enqueue(),
+        "reports": queues_app.report.enqueue(),
+        "imports": queues_app.plain.options(queue="imports").enqueue(),
+    }
+
+
+def states(db: psycopg.Connection[Any], ids: dict[str, int]) -> dict[str, str]:
+    return {queue: job_row(db, job_id)["state"] for queue, job_id in ids.items()}
+
+
+def test_a_worker_serves_every_queue_its_app_declares_unless_told(
+    database_url: str, db: psycopg.Connection[Any], queued_app: pgjobs.App
+) -> None:
+    worker = ("--app", "tests.queues_app:app", "worker", "--burst")
+    ids = enqueue_on_every_queue()
+    result = run_cli(database_url, *worker)
+    assert result.returncode == 0, result.stderr
+    assert states(db, ids) == dict.fromkeys(ids, "completed")
+    assert "queues default:1,imports:1,mailers:1,reports:1" in result.stderr
+
+    ids = enqueue_on_every_queue()
+    result = run_cli(database_url, *worker, "--queues", "mailers,imports")
+    assert result.returncode == 0, result.stderr
+    assert states(db, ids) == {
+        "default": "available",
+        "mailers": "completed",
+        "reports": "available",
+        "imports": "completed",
+    }
+    # the queues of the app that this worker leaves to others are named
+    assert "not served here: default, reports" in result.stderr
+
+    result = run_cli(database_url, *worker, env={"PGJOBS_QUEUES": "reports"})
+    assert result.returncode == 0, result.stderr
+    assert states(db, ids)["reports"] == "completed"
+    assert states(db, ids)["default"] == "available"
+
+
+def test_worker_help_says_which_queues_it_serves_by_default() -> None:
+    result = run_cli(None, "worker", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "default: every queue the app declares" in " ".join(result.stdout.split())
 
 
 # --- version, --app, ids, secrets, refusals ----------------------------------------------------

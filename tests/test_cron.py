@@ -56,6 +56,9 @@ def test_valid_expressions_parse(expression: str) -> None:
         ("0 0 31 2 *", "UTC", "'0 0 31 2 *' never matches a date"),
         ("* * * * *", "Mars/Base", "unknown time zone 'Mars/Base'; use an IANA name"),
         ("* * * * *", "", "unknown time zone ''"),
+        ("* * * * *", "A" * 10_000, "unknown time zone 'AAAAAAAAAA"),
+        ("* * * * *", "UTC\x00", "unknown time zone 'UTC\\x00'"),
+        ("* * * * *", "Europe/\udc80", "unknown time zone 'Europe/\\udc80'"),
     ],
 )
 def test_malformed_expressions_name_the_entry_and_field(
@@ -65,6 +68,7 @@ def test_malformed_expressions_name_the_entry_and_field(
         parse("reports.nightly", expression, tz)
     assert str(caught.value).startswith("cron entry 'reports.nightly': ")
     assert message in str(caught.value)
+    assert len(str(caught.value)) < 300  # a long value is shortened
 
 
 def test_without_croniter_a_cron_entry_says_what_to_install(
@@ -389,9 +393,12 @@ def test_pause_resume_and_run_now_from_python_cli_and_sql(
         job is not None and job["name"] == "cron.tick" and job["kwargs"]["entry"] == "every.second"
     )
     eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE job_id = %s", job["id"]) == 1)
+    # its last run is that job, shown as a run now, not as a tick
+    assert last_run(database_url, "every.second") == (job["id"], "run now")
 
     resumed_at = value(db, "SELECT now() FROM pgjobs.resume_cron('every.second')")  # SQL
     eventually(lambda: max(jobs_per_tick(db, "every.second")) > resumed_at, timeout=15)
+    eventually(lambda: last_run(database_url, "every.second")[1] == "tick")
     skipped = [
         t
         for t in jobs_per_tick(db, "every.second", besides=[job["id"]])
@@ -410,6 +417,54 @@ def test_pause_resume_and_run_now_from_python_cli_and_sql(
     app.resume_cron("every.second")
     assert value(db, "SELECT paused FROM pgjobs.cron_entries WHERE name = 'every.second'") is False
     stop(worker)
+
+
+def listing(database_url: str) -> dict[str, dict[str, Any]]:
+    """``pgjobs --app tests.cron_app:app cron --json`` by entry name."""
+    result = run_cli(database_url, "--app", "tests.cron_app:app", "cron", "--json")
+    assert result.returncode == 0, result.stderr
+    return {entry["name"]: entry for entry in map(json.loads, result.stdout.splitlines())}
+
+
+def last_run(database_url: str, name: str) -> tuple[int, str]:
+    """Entry ``name``'s last job, and whether a tick or a run now enqueued it, as the CLI shows
+    them in its table and in its JSON."""
+    entry = listing(database_url)[name]
+    table = run_cli(database_url, "--app", "tests.cron_app:app", "cron")
+    (line,) = [line for line in table.stdout.splitlines() if line.startswith(f"{name} ")]
+    assert f"(job {entry['last_job_id']}, {entry['last_job_kind']})" in line, line
+    return entry["last_job_id"], entry["last_job_kind"]
+
+
+def test_the_cli_lists_and_runs_declared_entries_before_any_worker_ran(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    entries = listing(database_url)
+    assert sorted(entries) == sorted(cron_app.app.cron_entries)
+    nightly = entries["cron.nightly"]
+    assert (nightly["registered"], nightly["in_code"], nightly["paused"]) == (False, True, False)
+    assert (nightly["job_name"], nightly["timezone"]) == ("cron.nightly", "Europe/Berlin")
+    assert len(nightly["next_runs"]) == 3 and nightly["last_job_id"] is None
+    assert entries["every.second"]["kwargs"] == {"entry": "every.second"}
+    table = run_cli(database_url, "--app", "tests.cron_app:app", "cron")
+    assert "cron.nightly (not yet registered)" in table.stdout
+    assert count(db, "SELECT count(*) FROM pgjobs.cron_entries") == 0  # listing writes nothing
+
+    ran = run_cli(database_url, "--app", "tests.cron_app:app", "cron", "run", "cron.nightly")
+    assert ran.returncode == 0, ran.stderr
+    job_id = int(ran.stdout)
+    assert value(db, "SELECT name FROM pgjobs.jobs WHERE id = %s", job_id) == "cron.nightly"
+    # registered as a worker's start would, with the run noted
+    assert listing(database_url)["cron.nightly"]["registered"] is True
+    assert last_run(database_url, "cron.nightly") == (job_id, "run now")
+    table = run_cli(database_url, "--app", "tests.cron_app:app", "cron")
+    assert "cron.nightly (not yet registered)" not in table.stdout
+    assert "every.second (not yet registered)" in table.stdout
+
+    paused = run_cli(database_url, "--app", "tests.cron_app:app", "cron", "pause", "catch.none")
+    assert paused.returncode == 0, paused.stderr
+    assert value(db, "SELECT paused FROM pgjobs.cron_entries WHERE name = 'catch.none'") is True
+    assert count(db, "SELECT count(*) FROM pgjobs.cron_entries") == 2
 
 
 def test_unknown_entries_are_refused(

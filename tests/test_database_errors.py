@@ -6,6 +6,7 @@ Times from SIGTERM to exit are printed for the release notes (``pytest -s``).
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 
 import pgjobs
@@ -182,3 +184,56 @@ def test_worker_behind_a_held_table_lock_logs_the_holder_once_and_claims_after_i
     assert output.count(":claim: canceling statement due to lock timeout") == 1, output
     assert "the database answers again" in output
     assert worker.process.poll() is None
+
+
+def test_a_read_only_database_refuses_an_enqueue_with_a_pgjobs_error(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """As on a standby, or with default_transaction_read_only on: on pgjobs' own pool and on the
+    caller's connection, sync and async, in Python and in the CLI."""
+    done = jobs_app.noop.enqueue("before")
+    app.close()
+    db.execute(
+        psycopg.sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+            psycopg.sql.Identifier(db.info.dbname)
+        )
+    )  # connections made from now on are read-only
+
+    def refused(raised: pytest.ExceptionInfo[pgjobs.DatabaseError]) -> None:
+        message = str(raised.value)
+        reason = "cannot execute INSERT in a read-only transaction"
+        assert message.startswith(f"the database refused to write: {reason}; nothing was"), message
+        assert isinstance(raised.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+
+    with pytest.raises(pgjobs.DatabaseError) as raised:
+        jobs_app.noop.enqueue("own pool")
+    refused(raised)
+
+    async def enqueue_async() -> None:
+        try:
+            await jobs_app.noop.enqueue_async("own async pool")
+        finally:
+            await app.aclose()
+
+    with pytest.raises(pgjobs.DatabaseError) as raised:
+        asyncio.run(enqueue_async())
+    refused(raised)
+    with psycopg.connect(database_url) as conn, pytest.raises(pgjobs.DatabaseError) as raised:
+        jobs_app.noop.using(conn).enqueue("caller's transaction")
+    refused(raised)
+    with pytest.raises(pgjobs.DatabaseError, match=r"refused to write: .* read-only"):
+        app.retry(done)
+
+    result = subprocess.run(
+        [PGJOBS, "--app", "tests.jobs_app:app", "enqueue", "noop"],
+        cwd=ROOT,
+        env=environment(database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("Error: the database refused to write: "), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 1

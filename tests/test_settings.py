@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pgjobs import ConfigError, load_settings
+from pgjobs import App, ConfigError, load_settings
 from pgjobs._settings import QueueSpec, mask_password
 
 
@@ -149,3 +149,50 @@ def test_settings_repr_hides_passwords(tmp_path: Path) -> None:
         assert "listen_database_url='host=direct password=***'" in text
         assert "schema='pgjobs'" in text
     assert settings.database_url == f"postgresql://bob:{PASSWORD}@db.internal/app"
+
+
+def test_an_apps_workers_serve_every_queue_it_declares_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PGJOBS_QUEUES", raising=False)
+    plain = App()
+
+    @plain.job(name="plain")
+    def job() -> None: ...
+
+    assert plain.settings.queue_spec == QueueSpec(("default",), (1,), weighted=False)
+
+    app = App()
+    app.queue("imports")
+    spec = app.settings.queue_spec
+    assert spec == QueueSpec(("default", "imports"), (1, 1), weighted=True)
+
+    @app.job(name="mail", queue="mailers")
+    def mail() -> None: ...
+
+    # declared after the settings were first read: they follow
+    assert app.settings.queue_spec.names == ("default", "imports", "mailers")
+    assert set(app.settings.queue_spec.weights) == {1}  # every queue as often first
+
+    monkeypatch.setenv("PGJOBS_QUEUES", "mailers")
+    app.configure()
+    assert app.settings.queues == "mailers"  # a source that names queues wins
+    assert App(queues="critical,default").settings.queues == "critical,default"
+
+
+def test_an_app_given_none_takes_the_setting_from_the_other_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``App(database_url=os.environ.get("DATABASE_URL"))`` with the variable unset: ``None`` is
+    "not given", as everywhere in the settings."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("PGJOBS_DATABASE_URL", "postgresql://from-env/db")
+    app = App(database_url=None, concurrency=None)
+    assert (app.settings.database_url, app.settings.concurrency) == ("postgresql://from-env/db", 10)
+    app.configure(database_url="postgresql://from-flag/db")  # the CLI flag, or embedded server
+    assert app.settings.database_url == "postgresql://from-flag/db"
+    assert App(database_url="postgresql://explicit/db").settings.database_url == (
+        "postgresql://explicit/db"
+    )

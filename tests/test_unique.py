@@ -65,6 +65,14 @@ def test_a_unique_key_that_is_not_json_is_refused(bad: Any) -> None:
         jobs_app.noop.options(unique_key=bad)
 
 
+def test_a_unique_key_nested_too_deep_to_encode_is_refused() -> None:
+    deep: Any = "leaf"
+    for _ in range(10_000):
+        deep = [deep]
+    with pytest.raises(pgjobs.ValidationError, match=r"^unique_key: nested too deep"):
+        jobs_app.noop.options(unique_key=deep)
+
+
 @pytest.mark.parametrize(
     ("unique", "message"),
     [

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 import pgjobs
-from tests import jobs_app
+from tests import jobs_app, limits_app
 
 
 def nested(depth: int) -> Any:
@@ -141,3 +142,38 @@ def test_the_size_limit_counts_arguments_as_the_database_prints_them(
     ).fetchone()
     assert measured is not None and measured[0] <= pgjobs.MAX_PAYLOAD_BYTES
     assert measured[0] >= pgjobs.MAX_PAYLOAD_BYTES - len('"ab", ')
+
+
+BAD_TEXTS = [
+    pytest.param("a\x00b", "NUL", id="nul"),
+    pytest.param("a\udc80", "lone surrogate", id="surrogate"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), BAD_TEXTS)
+def test_a_bad_partition_key_is_refused_before_sql(text: str, problem: str) -> None:
+    with pytest.raises(pgjobs.ValidationError, match=f"^partition_key: contains a {problem}"):
+        limits_app.tenant_call.options(partition_key=text)
+    with pytest.raises(pgjobs.ValidationError, match=f"^args\\[0\\]: contains a {problem}"):
+        limits_app.tenant_call.call(text, 0)  # the key taken from its argument
+
+
+@pytest.mark.parametrize(("text", "problem"), BAD_TEXTS)
+def test_bad_names_given_to_admin_calls_are_refused_before_sql(
+    app: pgjobs.App, database_url: str, text: str, problem: str
+) -> None:
+    calls: list[tuple[str, Callable[..., object]]] = [
+        ("name", lambda conn: app.run_cron(text, conn=conn)),
+        ("name", lambda conn: app.pause_cron(text, conn=conn)),
+        ("name", lambda conn: app.resume_cron(text, conn=conn)),
+        ("queues", lambda conn: app.list_jobs(queues=[text], conn=conn)),
+        ("states", lambda conn: app.list_jobs(states=[text], conn=conn)),
+        ("queues", lambda conn: app.retry_all(queues=["default", text], conn=conn)),
+        ("names", lambda conn: app.retry_all(names=[text], conn=conn)),
+    ]
+    with psycopg.connect(database_url) as conn:
+        for path, call in calls:
+            with pytest.raises(pgjobs.ValidationError, match=f"^{path}: contains a {problem}"):
+                call(conn)
+        # the caller's transaction is still usable
+        assert conn.execute("SELECT 1").fetchone() == (1,)

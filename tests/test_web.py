@@ -23,8 +23,8 @@ from starlette.routing import Mount
 
 import pgjobs
 from pgjobs.web import BasicAuth, TokenAuth, dashboard
-from tests import jobs_app
-from tests.helpers import count, run_burst, run_cli, value
+from tests import jobs_app, web_app
+from tests.helpers import count, rows, run_burst, run_cli, value
 from tests.web_server import serving
 
 PAGES = ("/", "/live", "/queues", "/jobs", "/workers", "/cron", "/batches", "/metrics")
@@ -426,6 +426,27 @@ def test_cron_entries_of_any_name_are_shown_and_actionable(
         assert ran.status_code == 303
         assert value(db, "SELECT last_job_id IS NOT NULL FROM pgjobs.cron_entries WHERE name = %s",
                      name)  # fmt: skip
+
+
+def test_a_declared_entry_that_no_worker_stored_yet_is_shown_and_actionable(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """The dashboard acts through the app, which stores an entry it declares before acting on it,
+    as the CLI does."""
+    web_app.app.configure(database_url=database_url)
+    path = f"/cron/{quote(web_app.NIGHTLY, safe='')}"
+    try:
+        with serving(web_app.app) as base, Browser(base) as web:
+            assert f"<td>{html.escape(web_app.NIGHTLY)}</td>" in web.get("/cron").text
+            assert web.post(f"{path}/pause").status_code == 303
+            assert web.post(f"{path}/run").status_code == 303
+    finally:
+        web_app.app.close()
+    assert rows(
+        db,
+        "SELECT paused, last_job_id IS NOT NULL FROM pgjobs.cron_entries WHERE name = %s",
+        web_app.NIGHTLY,
+    ) == [(True, True)]
 
 
 def test_read_only_shows_everything_and_changes_nothing(

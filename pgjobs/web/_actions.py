@@ -5,20 +5,20 @@ what, and returns to the page it came from with a notice."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from .._admin import Operation, cancel, pause_cron, resume_cron, retry, retry_all, run_cron
-from .._queues import pause, resume
+from .._admin import Operation, cancel, retry, retry_all
 from .._settings import QUEUE_NAME
-from .._sql import Queries
 from ._listing import BadRequest, filters
 from ._security import TOKEN_COOKIE, Forbidden, TokenAuth, check_state_change
 from ._site import NOTICE_COOKIE, Site, path_job_id, root, secured
+
+T = TypeVar("T")
 
 MAX_FORM = 16 * 1024
 """Bytes of a form: the dashboard's forms hold a few short fields."""
@@ -132,23 +132,33 @@ class Actions:
         return await self._change(request, change)
 
     async def pause_queue(self, request: Request) -> Response:
+        app = self.site.app
         return await self._switch(
-            request, pause, _queue, "pause", "queue", "paused: running jobs finish"
+            request, app.pause_queue_async, _queue, "pause", "queue", "paused: running jobs finish"
         )
 
     async def resume_queue(self, request: Request) -> Response:
-        return await self._switch(request, resume, _queue, "resume", "queue", "resumed")
+        app = self.site.app
+        return await self._switch(
+            request, app.resume_queue_async, _queue, "resume", "queue", "resumed"
+        )
 
     async def pause_cron(self, request: Request) -> Response:
-        return await self._switch(request, pause_cron, _entry, "pause", "cron entry", "paused")
+        app = self.site.app
+        return await self._switch(
+            request, app.pause_cron_async, _entry, "pause", "cron entry", "paused"
+        )
 
     async def resume_cron(self, request: Request) -> Response:
-        return await self._switch(request, resume_cron, _entry, "resume", "cron entry", "resumed")
+        app = self.site.app
+        return await self._switch(
+            request, app.resume_cron_async, _entry, "resume", "cron entry", "resumed"
+        )
 
     async def _switch(
         self,
         request: Request,
-        operation: Callable[[Queries, str], Operation[None]],
+        operation: Callable[[str], Awaitable[None]],
         named: Callable[[Request], str],
         action: str,
         kind: str,
@@ -158,7 +168,7 @@ class Actions:
 
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
             name = named(request)
-            await self._run(operation(self.site.app.queries, name))
+            await self._refused_as_conflict(operation(name))
             return action, f"{kind} {name}", f"{kind} {name} {done}"
 
         return await self._change(request, change)
@@ -166,7 +176,7 @@ class Actions:
     async def run_cron(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
             name = _entry(request)
-            job_id = await self._run(run_cron(self.site.app.queries, name))
+            job_id = await self._refused_as_conflict(self.site.app.run_cron_async(name))
             return "run now", f"cron entry {name}", f"cron entry {name} enqueued job {job_id}"
 
         return await self._change(request, change)
@@ -192,8 +202,11 @@ class Actions:
         return secured(response, request)
 
     async def _run(self, operation: Operation[Any]) -> Any:
+        return await self._refused_as_conflict(self.site.run(operation))
+
+    async def _refused_as_conflict(self, call: Awaitable[T]) -> T:
         try:
-            return await self.site.run(operation)
+            return await call
         except ValueError as exc:  # the operation's refusal, which says why
             raise _Conflict(str(exc)) from None
 

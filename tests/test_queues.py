@@ -23,6 +23,9 @@ import pytest
 import pgjobs
 from pgjobs import _link
 from pgjobs._queues import (
+    MAX_LIMIT,
+    MAX_RATE_PERIOD,
+    MIN_RATE_PERIOD,
     QueueLimits,
     QueueView,
     check_limits,
@@ -96,7 +99,11 @@ def test_parse_rate(text: str, expected: tuple[int, float]) -> None:
     assert parse_rate(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "abc", "10", "10/", "0/1m", "-1/1m", "10/0s", "10/1w", "x/m"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "abc", "10", "10/", "0/1m", "-1/1m", "10/0s", "10/1w", "x/m", "1/0.0009s", "1/32d",
+     "1/99999999999999999999999999999999999999d", "2147483648/1s"],
+)  # fmt: skip
 def test_parse_rate_refuses(text: str) -> None:
     with pytest.raises(pgjobs.ValidationError, match="rate"):
         parse_rate(text)
@@ -113,6 +120,12 @@ def test_parse_rate_refuses(text: str) -> None:
         (None, (10, timedelta(0)), None, "rate"),
         (None, (10, -1.0), None, "rate"),
         (None, (10,), None, "rate"),
+        (None, (1, float("inf")), None, "rate"),
+        (None, (1, float("nan")), None, "rate"),
+        (None, (1, 0.0009), None, "rate"),
+        (None, (1, timedelta(microseconds=999)), None, "rate"),
+        (None, (1, timedelta(days=31, microseconds=1)), None, "rate"),
+        (None, (2**31, 1), None, "rate"),
         (5, None, "tenant", "partition_by"),
         (5, None, "key,job", "partition_by"),
     ],
@@ -127,6 +140,9 @@ def test_check_limits() -> None:
         5, 100, 60.0, "job,key"
     )
     assert check_limits(None, "10/2s", None) == QueueLimits(None, 10, 2.0, None)
+    assert check_limits(None, (1, 0.001), None).rate_period == MIN_RATE_PERIOD
+    assert check_limits(None, "1/31d", None).rate_period == MAX_RATE_PERIOD
+    assert check_limits(MAX_LIMIT, (MAX_LIMIT, 1), None).limited
     assert not check_limits(None, None, "key").limited
 
 
@@ -171,6 +187,8 @@ def test_declarations_refuse_bad_limits() -> None:
         app.queue("api", concurrency=0)
     with pytest.raises(pgjobs.ConfigError, match="rate"):
         app.queue("api", rate=(100, timedelta(0)))
+    with pytest.raises(pgjobs.ConfigError, match="rate"):
+        app.queue("api", rate=(1, float("inf")))
     with pytest.raises(pgjobs.ConfigError, match="partition_by"):
         app.queue("api", concurrency=1, partition_by="tenant")
     with pytest.raises(pgjobs.ConfigError, match="queue"):
@@ -185,7 +203,13 @@ def test_declarations_refuse_bad_limits() -> None:
 
 def test_bad_limits_write_nothing(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
     with psycopg.connect(str(app.settings.database_url)) as conn:
-        for kwargs in ({"concurrency": -1}, {"rate": "10/0s"}, {"partition_by": "tenant"}):
+        bad: list[dict[str, Any]] = [
+            {"concurrency": -1},
+            {"rate": "10/0s"},
+            {"rate": (1, float("inf"))},
+            {"partition_by": "tenant"},
+        ]
+        for kwargs in bad:
             with pytest.raises(pgjobs.ValidationError):
                 app.set_queue_limits("api", conn=conn, **kwargs)
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the transaction is still usable
@@ -194,6 +218,8 @@ def test_bad_limits_write_nothing(app: pgjobs.App, db: psycopg.Connection[Any]) 
         ["--concurrency", "-1"],
         ["--rate", "abc"],
         ["--rate", "10/0s"],
+        ["--rate", "1/32d"],
+        ["--rate", "1/0.0001s"],
         ["--concurrency", "5", "--partition-by", "tenant"],
         ["--clear", "--concurrency", "5"],
         [],

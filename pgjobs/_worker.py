@@ -47,6 +47,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from ._acker import Acker, Claim
 from ._app import App
 from ._context import JobContext
@@ -57,6 +59,7 @@ from ._link import LAST_TRY, Link
 from ._logs import job_ended, job_started
 from ._migrate import check_schema
 from ._queues import QueueView, split_limited_claim
+from ._refusals import Refusals
 from ._scheduler import Scheduler
 from ._session import Session, SessionEvents
 from ._stager import Stager
@@ -128,6 +131,9 @@ class Worker:
         self._view_read_at: float | None = None
         self._limited_ended: set[str] = set()
         """Limited queues whose jobs ended here since their workers were last woken."""
+        self._refusals = Refusals(self.settings.poll_interval)
+        """Queues whose claims the database refused: left out until their settings change or a
+        poll interval has passed."""
         self._rate_wake: asyncio.TimerHandle | None = None
         self._notifying: set[asyncio.Future[None]] = set()
         self._queries = app.queries
@@ -347,6 +353,7 @@ class Worker:
 
     def _on_queues_changed(self) -> None:
         self._view_read_at = None
+        self._refusals.retry()
         self._jobs_waiting.set()
 
     async def _apply_declared_limits(self) -> None:
@@ -466,13 +473,77 @@ class Worker:
         failures = self._claim.failures
         await self._read_view()
         order = self._queue_order()
-        rows: list[tuple[Any, ...]] = []
-        if len(self._view.limited) < len(order):  # a plain claim would find nothing otherwise
+        if self._refusals:
+            skipped = self._refusals.skipped(asyncio.get_running_loop().time())
+            order = [q for q in order if q not in skipped]
+        limited = [q for q in order if q in self._view.limited] if self._view.limited else []
+        claimed: list[ClaimedJob] = []
+        if len(limited) < len(order):  # a plain claim would find nothing otherwise
+            claimed += await self._claim_each(order, limit, limited=False)
+        if limited and len(claimed) < limit:
+            claimed += await self._claim_each(limited, limit - len(claimed), limited=True)
+        if self._claim.failures != failures:
+            await self._release_strays()
+        return claimed
+
+    async def _claim_each(
+        self, queues: list[str], limit: int, *, limited: bool
+    ) -> list[ClaimedJob]:
+        """Claim and start up to ``limit`` jobs from ``queues`` (CLAIM_LIMITED_JOBS if
+        ``limited``, else CLAIM_JOBS). When the database refuses the claim for what a row holds,
+        claim queue by queue instead: a queue refused on its own is set aside
+        (:class:`~pgjobs._refusals.Refusals`) and the others are claimed, so that no row can
+        stop the worker."""
+        q = self._queries
+        try:
             rows = await self._claim.fetch(
-                self._queries.claim_jobs, {"queues": order, "limit": limit, "worker_id": self.id}
+                q.claim_limited_jobs if limited else q.claim_jobs,
+                {"queues": queues, "limit": limit, "worker_id": self.id},
             )
-        if self._view.limited and len(rows) < limit:
-            rows += await self._claim_limited(order, limit - len(rows))
+        except psycopg.Error as exc:
+            if len(queues) == 1:
+                self._refuse(queues[0], exc)
+                return []
+            claimed: list[ClaimedJob] = []
+            for queue in queues:
+                if len(claimed) >= limit:
+                    break
+                claimed += await self._claim_each([queue], limit - len(claimed), limited=limited)
+            return claimed
+        if self._refusals:  # those claimed from (a plain claim skips the limited queues) are back
+            served = (queue for queue in queues if (queue in self._view.limited) == limited)
+            for queue in self._refusals.claimed(served):
+                log.info("queue %s: claimed again", queue)
+        return self._start_limited(rows) if limited else self._start_jobs(rows)
+
+    def _refuse(self, queue: str, exc: psycopg.Error) -> None:
+        problem = str(exc).strip().partition("\n")[0]
+        if self._refusals.refuse(queue, problem, asyncio.get_running_loop().time()):
+            log.warning(
+                "queue %s: the database refuses to claim from it (%s); its jobs wait and the "
+                "other queues run. Fix what it names (the queue's settings: pgjobs queue limit; "
+                "or its jobs); it is tried again when its settings change, and every %g s",
+                queue,
+                problem,
+                self.settings.poll_interval,
+            )
+
+    def _start_limited(self, rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
+        """Start the jobs of a CLAIM_LIMITED_JOBS claim; when a rate holds jobs back, look again
+        as its window frees (within the poll interval anyway)."""
+        jobs, free_in = split_limited_claim(rows)
+        if free_in is not None and free_in < self.settings.poll_interval:
+            loop = asyncio.get_running_loop()
+            at, wake = loop.time() + free_in, self._rate_wake
+            # the earliest wake-up still to come holds (claims queue by queue each give one)
+            if wake is None or wake.cancelled() or not loop.time() < wake.when() <= at:
+                if wake is not None:
+                    wake.cancel()
+                self._rate_wake = loop.call_at(at, self._jobs_waiting.set)
+        return self._start_jobs([tuple(job) for job in jobs])
+
+    def _start_jobs(self, rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
+        """A task for each claimed job (a job this worker still holds adopts its new claim)."""
         claimed = [ClaimedJob._make(row) for row in rows]
         for job in claimed:
             running = self._running.get(job.id)
@@ -498,25 +569,7 @@ class Worker:
                 self._run_job(job, context, claim), name=f"pgjobs-job-{job.id}"
             )
             self._running[job.id] = Running(task, job, context, claim)
-        if self._claim.failures != failures:
-            await self._release_strays()
         return claimed
-
-    async def _claim_limited(self, order: list[str], limit: int) -> list[tuple[Any, ...]]:
-        """Claim from the limited queues, within their limits; when a rate holds jobs back,
-        look again as its window frees (within the poll interval anyway)."""
-        limited = [q for q in order if q in self._view.limited]
-        rows = await self._claim.fetch(
-            self._queries.claim_limited_jobs,
-            {"queues": limited, "limit": limit, "worker_id": self.id},
-        )
-        jobs, free_in = split_limited_claim(rows)
-        if free_in is not None and free_in < self.settings.poll_interval:
-            if self._rate_wake is not None:
-                self._rate_wake.cancel()
-            loop = asyncio.get_running_loop()
-            self._rate_wake = loop.call_later(free_in, self._jobs_waiting.set)
-        return [tuple(job) for job in jobs]
 
     def _adopt(self, job: ClaimedJob, claim: Claim, *, still_running: bool) -> None:
         """``job`` was claimed again while this worker still holds it: running, or its outcome

@@ -33,6 +33,7 @@ from pgjobs._queues import (
     partition_key_of,
     split_limited_claim,
 )
+from pgjobs._refusals import Refusals
 from tests import limits_app
 from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
 
@@ -176,6 +177,22 @@ def test_queue_view_and_claim_rows() -> None:
     )
     assert jobs == [job] and free_in == 1.5
     assert split_limited_claim([(None, "a", *[None] * 7, -0.1)]) == ([], 0.0)
+
+
+def test_refusals_set_queues_aside_and_log_once() -> None:
+    refusals = Refusals(retry_after=5.0)
+    assert not refusals
+    assert refusals.refuse("a", "interval out of range", now=100.0)  # news: logged
+    assert refusals.skipped(104.9) == {"a"}
+    assert refusals.skipped(105.0) == set()  # a poll interval later: tried again
+    assert not refusals.refuse("a", "interval out of range", now=105.0)  # the same: not again
+    assert refusals.refuse("a", "integer out of range", now=105.0)  # another problem: logged
+    assert refusals.refuse("b", "integer out of range", now=106.0)
+    refusals.retry()  # settings changed: every queue set aside is tried at once
+    assert refusals.skipped(106.0) == set()
+    assert refusals.claimed(["a", "c"]) == ["a"]
+    assert refusals.skipped(106.0) == set() and refusals
+    assert refusals.claimed(["b"]) == ["b"] and not refusals
 
 
 # declarations and bad input
@@ -493,3 +510,69 @@ def test_a_limit_costs_at_most_one_round_trip_per_claim(
     asyncio.run(pgjobs.Worker(app, burst=True).run())
     assert statements.count(q.claim_limited_jobs) > 0
     assert statements.count(q.claim_jobs) == 0  # only limited queues: one statement per claim
+
+
+# queue rows that cannot stop a worker
+
+
+def test_a_queue_row_the_claim_chokes_on_stops_nothing(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A row from before the checks (or written past them) that the claim cannot count: the
+    worker says so once, leaves that queue's jobs waiting, runs every other queue's, strands
+    nothing; once the row is fixed, the queue's jobs run."""
+    db.execute("ALTER TABLE pgjobs.queues DROP CONSTRAINT IF EXISTS queues_rate_period_range_check")
+    db.execute("INSERT INTO pgjobs.queues (name, rate_limit, rate_period) "
+               "VALUES ('hostile', 1, 'Infinity')")  # fmt: skip
+    waiting = app.enqueue_many(
+        [limits_app.paced_call.options(queue="hostile").call(f"h{i}") for i in range(3)]
+    )
+    others = app.enqueue_many(
+        [limits_app.busy_call.call() for _ in range(50)]
+        + [limits_app.serial_call.call(0.01) for _ in range(10)]
+        + [limits_app.paced_call.call(f"p{i}") for i in range(10)]
+    )
+    worker = start_worker("--queues", "hostile,busy,serial,paced", "--concurrency", "10")
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
+                                 "AND state = 'completed'", others) == len(others),
+               timeout=20)  # fmt: skip
+    # two poll intervals: the refused queue is tried again, and the worker says nothing more
+    time.sleep(2.5)
+    assert worker.process.poll() is None, worker.output()
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running'") == 0
+    assert rows(db, "SELECT DISTINCT state, attempt FROM pgjobs.jobs WHERE id = ANY(%s)",
+                waiting) == [("available", 0)]  # fmt: skip
+    refusals = [line for line in worker.output().splitlines() if "refuse" in line]
+    assert len(refusals) == 1, worker.output()
+    assert "interval out of range" in refusals[0], refusals
+
+    db.execute("UPDATE pgjobs.queues SET rate_period = 60 WHERE name = 'hostile'")
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
+                                 "AND state = 'completed'", waiting) == 1, timeout=10)  # fmt: skip
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running'") == 0
+
+
+def test_a_job_row_the_plain_claim_chokes_on_stops_nothing(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """No row of pgjobs' tables can stop a worker: a job whose attempt cannot be counted up
+    makes its queue's claim fail; the other queues run, and the fixed job runs."""
+    stuck = limits_app.paced_call.options(queue="odd").enqueue("odd")
+    db.execute("UPDATE pgjobs.jobs SET attempt = 2147483647, max_attempts = 2147483647 "
+               "WHERE id = %s", (stuck,))  # fmt: skip
+    others = app.enqueue_many([limits_app.busy_call.call() for _ in range(30)])
+    worker = start_worker("--queues", "odd,busy", "--concurrency", "10")
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
+                                 "AND state = 'completed'", others) == len(others),
+               timeout=20)  # fmt: skip
+    assert worker.process.poll() is None, worker.output()
+    assert value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", stuck) == "available"
+    db.execute("UPDATE pgjobs.jobs SET attempt = 0 WHERE id = %s", (stuck,))
+    # a job's row changes without a notification: the queue is tried again at the next poll
+    eventually(lambda: value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", stuck)
+               == "completed", timeout=10)  # fmt: skip
+    refusals = [line for line in worker.output().splitlines() if "refuse" in line]
+    assert len(refusals) == 1, worker.output()
+    assert "integer out of range" in refusals[0], refusals

@@ -3,7 +3,7 @@
 The settings live in the ``queues`` table (docs/schema.md); this module checks them, parses the
 CLI's rate text, derives a run's partition key from its arguments, builds the admin operations
 and reads a worker's view of its queues. The limits themselves are enforced in the database, by
-``claim_limited_jobs()``, for every worker on every host at once.
+``claim_limited_jobs_v2()``, for every worker on every host at once.
 """
 
 from __future__ import annotations
@@ -156,16 +156,20 @@ def partition_key_of(
 
 @dataclass(frozen=True)
 class QueueView:
-    """What a worker knows of its queues: which are limited (claimed by CLAIM_LIMITED_JOBS)."""
+    """What a worker knows of its queues: which are limited (claimed by CLAIM_LIMITED_JOBS), and
+    which of those have a rate (their starts are confirmed: CONFIRM_STARTS)."""
 
     limited: tuple[str, ...] = ()
+    rated: frozenset[str] = frozenset()
 
     @classmethod
     def from_rows(cls, order: Iterable[str], rows: Iterable[Sequence[Any]]) -> QueueView:
         """From QUEUE_SETTINGS rows; ``order`` is the worker's queues. Paused queues are
         skipped by both claims, so they count as neither."""
-        limited = {r[0] for r in rows if not r[1] and (r[2] is not None or r[3] is not None)}
-        return cls(tuple(q for q in order if q in limited))
+        active = [r for r in rows if not r[1]]
+        limited = {r[0] for r in active if r[2] is not None or r[3] is not None}
+        rated = frozenset(r[0] for r in active if r[3] is not None)
+        return cls(tuple(q for q in order if q in limited), rated)
 
 
 def split_limited_claim(

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,7 @@ from ._refusals import Refusals
 from ._scheduler import Scheduler
 from ._session import Session, SessionEvents
 from ._stager import Stager
+from ._starts import Entering, Starts
 from ._stats import STATS_INTERVAL, STATS_LAST_TRY, STATS_SLOTS
 from ._vacuum import Vacuum
 from ._waits import wait_for_event
@@ -142,6 +143,7 @@ class Worker:
         )
         self._claim = Link(self.settings, self._application_name("claim"))
         self._ack = Link(self.settings, self._application_name("ack"))
+        self._starts = Starts(self._claim, self._queries)
         self._acker = Acker(
             self._ack,
             self._queries,
@@ -235,6 +237,7 @@ class Worker:
             await self._stager.stop()
             if self._scheduler is not None:
                 await self._scheduler.stop()
+            await self._starts.stop()
             await self._stop_acker()
             if self._counting is not None:
                 self._counted_all.set()  # the last outcomes' counts, if the database takes them
@@ -543,13 +546,19 @@ class Worker:
         return self._start_jobs([tuple(job) for job in jobs])
 
     def _start_jobs(self, rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
-        """A task for each claimed job (a job this worker still holds adopts its new claim)."""
+        """A task for each claimed job (a job this worker still holds adopts its new claim);
+        the starts in rate-limited queues are confirmed once the jobs have begun."""
         claimed = [ClaimedJob._make(row) for row in rows]
+        rated = self._view.rated
+        watched = [job.id for job in claimed if job.queue in rated] if rated else []
+        begun = self._starts.watch(watched) if watched else None
         for job in claimed:
             running = self._running.get(job.id)
             held = running.claim if running is not None else self._acker.claim_of(job.id)
             if held is not None:
                 self._adopt(job, held, still_running=running is not None)
+                if begun is not None:
+                    begun(job.id)  # its run began already, under its earlier claim
                 continue
             claim = Claim(
                 job.id, job.attempt, job.max_attempts, job.claim_token, job.queue, job.name
@@ -566,7 +575,8 @@ class Worker:
                 batch_id=job.batch_id,
             )
             task = asyncio.create_task(
-                self._run_job(job, context, claim), name=f"pgjobs-job-{job.id}"
+                self._run_job(job, context, claim, begun if job.queue in rated else None),
+                name=f"pgjobs-job-{job.id}",
             )
             self._running[job.id] = Running(task, job, context, claim)
         return claimed
@@ -615,15 +625,26 @@ class Worker:
         }
         return sorted(spec.names, key=keys.__getitem__, reverse=True)
 
-    async def _run_job(self, job: ClaimedJob, context: JobContext, claim: Claim) -> None:
+    async def _run_job(
+        self,
+        job: ClaimedJob,
+        context: JobContext,
+        claim: Claim,
+        begun: Callable[[int], None] | None = None,
+    ) -> None:
+        """Run ``job`` to its outcome; ``begun(id)`` is called as its code begins (a rated
+        job's start is then confirmed), and once more at its end."""
         try:
             job_started(job.id, job.name, job.queue, job.attempt)
             started = time.perf_counter()
+            threads: Executor = self._threads
+            if begun is not None:
+                threads = self._entering(job, begun)
             tracing = self.app._client.tracing
             if tracing is None:
-                outcome = await execute(self.app, job, context, self._threads)
+                outcome = await execute(self.app, job, context, threads)
             else:
-                outcome = await tracing.process(self.app, job, context, self._threads)
+                outcome = await tracing.process(self.app, job, context, threads)
             claim.seconds = time.perf_counter() - started
             job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, claim.seconds)
             if job.queue in self._view.limited:
@@ -632,8 +653,26 @@ class Worker:
             if outcome.thread_overran:
                 self._retire(job)
         finally:
+            if begun is not None:
+                begun(job.id)  # it ended: it began, or never will
             del self._running[job.id]
             self._cancelled_ids.discard(job.id)
+
+    def _entering(self, job: ClaimedJob, begun: Callable[[int], None]) -> Executor:
+        """The thread pool that tells ``begun`` when ``job``'s ``def`` code begins. An ``async
+        def`` job begins as this task goes on, before the confirmation's task can run: it is
+        told now (as is a job this worker does not know, which never begins)."""
+        definition = self.app.jobs.get(job.name)
+        if definition is None or definition.is_async:
+            begun(job.id)
+            return self._threads
+        loop = asyncio.get_running_loop()
+
+        def entered() -> None:  # in the job's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(begun, job.id)
+
+        return Entering(self._threads, entered)
 
     async def _drain(self) -> None:
         """Let running jobs finish within the shutdown timeout, write their outcomes, then hand

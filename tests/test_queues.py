@@ -12,16 +12,24 @@ import inspect
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 import pgjobs
 from pgjobs import _link
+from pgjobs._grants import grant_statements
+from pgjobs._migrate import _config
 from pgjobs._queues import (
     MAX_LIMIT,
     MAX_RATE_PERIOD,
@@ -171,6 +179,7 @@ def test_queue_view_and_claim_rows() -> None:
         ],
     )
     assert view.limited == ("b", "a")  # the worker's order; paused and unlimited ones are not
+    assert view.rated == {"b"}  # its starts are confirmed
     job = (1, "a", "n", [], {}, 0, 1, 25, "token")
     jobs, free_in = split_limited_claim(
         [(*job, None), (None, "a", *[None] * 7, None), (None, "b", *[None] * 7, 1.5)]
@@ -432,6 +441,74 @@ def test_rate_limit_per_minute(
     check_rate(app, db, start_worker, limits_app.slow_api_call, 100, 60.0, 3)
 
 
+def job_side_starts(db: psycopg.Connection[Any], *labels: str) -> list[float]:
+    """The moments (epoch seconds) at which the jobs' own code started, optionally only of
+    these labels, in order."""
+    return [
+        t
+        for (t,) in rows(
+            db,
+            "SELECT extract(epoch FROM at)::float8 FROM ledger WHERE event = 'start' "
+            "AND (cardinality(%s::text[]) = 0 OR label = ANY(%s::text[])) ORDER BY at",
+            list(labels),
+            list(labels),
+        )
+    ]
+
+
+def test_a_rate_holds_at_the_edge_of_every_window_under_load(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """20 starts per second and a backlog of 6 seconds' worth, claimed by 3 workers while 2
+    more burn through a plain queue on the same 2 cores: in no second (any second, sliding) do
+    more than 20 jobs start, counted at the moments the jobs' own code started (sync and
+    async), however late each claim landed or each job started after it."""
+    app.enqueue_many(limits_app.busy_call.call() for _ in range(20_000))
+    app.enqueue_many(
+        (limits_app.paced_call if i % 2 else limits_app.async_paced_call).call(f"p{i}")
+        for i in range(120)
+    )
+    for _ in range(2):
+        start_worker("--queues", "busy", "--concurrency", "20")
+    for _ in range(3):
+        start_worker("--queues", "paced", "--concurrency", "20")
+    eventually(lambda: len(job_side_starts(db)) == 120, timeout=40)
+    times = job_side_starts(db)
+    assert busiest_window(times, 1.0) == 20
+    assert value(db, "SELECT max(attempt) FROM pgjobs.jobs WHERE queue = 'paced'") == 1
+
+
+@pytest.mark.parametrize("partitioned", [False, True], ids=["whole-queue", "per-key"])
+def test_a_rate_sustains_itself_without_waiting_for_polls(
+    app: pgjobs.App,
+    db: psycopg.Connection[Any],
+    start_worker: Callable[..., WorkerProcess],
+    partitioned: bool,
+) -> None:
+    """A backlog of 4 windows' worth under a rate (per key, for a partitioned queue), on workers
+    with more free slots than a window's starts that poll only every 30 s: a claim that fills the
+    window says when it frees, so each window's starts begin as the last one's end, not a poll
+    later. Close to the rate (within 10 %), never above it."""
+    if partitioned:
+        starts, labels = 10, ["acme", "globex"]
+        calls = [limits_app.paced_key_call.call(t) for _ in range(4 * starts) for t in labels]
+        queue = "paced_keys"
+    else:
+        starts, labels = 20, ["p"]
+        calls = [limits_app.paced_call.call("p") for _ in range(4 * starts)]
+        queue = "paced"
+    app.enqueue_many(calls)
+    for _ in range(2):
+        start_worker("--queues", queue, "--concurrency", "50", "--poll-interval", "30")
+    # a poll (30 s) between windows would take far longer than this
+    eventually(lambda: len(job_side_starts(db)) == len(calls), timeout=15)
+    for label in labels:
+        times = job_side_starts(db, label)
+        assert busiest_window(times, 1.0) == starts, label
+        # the fourth window's starts begin 3 periods after the first's, at 90 % of the rate
+        assert times[-1] - times[0] <= 3 / 0.9, (label, times[-1] - times[0])
+
+
 def test_pause_and_resume(
     app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -515,6 +592,80 @@ def test_a_limit_costs_at_most_one_round_trip_per_claim(
 # queue rows that cannot stop a worker
 
 
+@pytest.fixture
+def worker_role(server_url: str, database_url: str, db: psycopg.Connection[Any]) -> Iterator[str]:
+    """A role with the worker's grants (and the ledger the tests' jobs write); its URL."""
+    name = f"pgjobs_worker_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{name}" LOGIN')
+    try:
+        db.execute(grant_statements("pgjobs", {"worker": [name]}).encode())
+        db.execute(f'GRANT INSERT ON ledger TO "{name}"')
+        parts = urlsplit(database_url)
+        yield urlunsplit(parts._replace(netloc=f"{name}@{parts.netloc.rpartition('@')[2]}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'REVOKE ALL ON DATABASE "{parts.path[1:]}" FROM "{name}"')
+        db.execute(f'DROP OWNED BY "{name}"')
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{name}"')
+
+
+@pytest.mark.parametrize("period", ["Infinity", "-Infinity", "NaN", "0.0009", "2678401", "1e300"])
+def test_the_table_refuses_a_period_out_of_range_from_a_worker_role(
+    worker_role: str, db: psycopg.Connection[Any], period: str
+) -> None:
+    """The checks hold for plain SQL as for pgjobs: a worker role may write ``queues``, and what
+    it writes must be a rate every claim can count."""
+    db.execute("INSERT INTO pgjobs.queues (name, rate_limit, rate_period) VALUES ('set', 1, 1)")
+    with psycopg.connect(worker_role, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="queues_rate_period"):
+            conn.execute(
+                "INSERT INTO pgjobs.queues (name, rate_limit, rate_period) VALUES ('api', 1, %s)",
+                (period,),
+            )
+        with pytest.raises(psycopg.errors.CheckViolation, match="queues_rate_period"):
+            conn.execute(
+                "UPDATE pgjobs.queues SET rate_period = %s::float8 WHERE name = 'set'", (period,)
+            )
+        for edge in (MIN_RATE_PERIOD, MAX_RATE_PERIOD):  # the range Python checks, no narrower
+            conn.execute(
+                "INSERT INTO pgjobs.queues (name, rate_limit, rate_period) VALUES ('edge', 1, %s)"
+                " ON CONFLICT (name) DO UPDATE SET rate_period = excluded.rate_period",
+                (edge,),
+            )
+    assert rows(db, "SELECT name, rate_period FROM pgjobs.queues ORDER BY name") == [
+        ("edge", MAX_RATE_PERIOD),
+        ("set", 1.0),
+    ]
+
+
+def test_a_worker_role_confirms_the_starts_of_a_rated_queue(
+    app: pgjobs.App, worker_role: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The worker's grants (no UPDATE on queue_starts) suffice: its starts are confirmed, and
+    none is left pending once its jobs have run."""
+    role = urlsplit(worker_role).username
+    assert not value(db, "SELECT has_table_privilege(%s, 'pgjobs.queue_starts', 'UPDATE')", role)
+    app.enqueue_many(limits_app.paced_call.call(f"p{i}") for i in range(30))
+    worker = WorkerProcess.start(
+        ["--app", "tests.limits_app:app", "worker", "--queues", "paced"],
+        database_url=worker_role,
+        log=tmp_path / "worker.log",
+    )
+    try:
+        eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'")
+                   == 30, timeout=20)  # fmt: skip
+        eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.queue_starts "
+                                     "WHERE job_id IS NOT NULL") == 0)  # fmt: skip
+        assert busiest_window(job_side_starts(db), 1.0) == 20
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.output()
+        assert "permission denied" not in worker.output()
+    finally:
+        worker.kill()
+
+
 def test_a_queue_row_the_claim_chokes_on_stops_nothing(
     app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -576,3 +727,103 @@ def test_a_job_row_the_plain_claim_chokes_on_stops_nothing(
     refusals = [line for line in worker.output().splitlines() if "refuse" in line]
     assert len(refusals) == 1, worker.output()
     assert "integer out of range" in refusals[0], refusals
+
+
+def test_the_migration_brings_rates_out_of_range_into_it(database_url: str) -> None:
+    """Rows that the earlier checks let in are moved to the nearest period the new check allows
+    (an endless period becomes the longest), so the migration cannot fail on them, and the
+    check is then valid for every row."""
+    script = ScriptDirectory.from_config(_config("pgjobs"))
+    revision = next(r for r in script.walk_revisions() if r.path.endswith("_exact_rates.py"))
+    engine = create_engine(
+        database_url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool
+    )
+
+    def migrate_to(target: str, down: bool) -> None:
+        config = _config("pgjobs")
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection
+            (command.downgrade if down else command.upgrade)(config, target)
+
+    try:
+        migrate_to(str(revision.down_revision), down=True)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO pgjobs.queues (name, concurrency, rate_limit, rate_period) VALUES "
+                "('endless', NULL, 5, 'Infinity'), ('nan', NULL, 5, 'NaN'), "
+                "('tiny', NULL, 5, 1e-9), ('huge', NULL, 5, 1e12), ('fine', 3, 5, 60), "
+                "('unrated', 3, NULL, NULL)"
+            )
+        migrate_to("head", down=False)
+    finally:
+        engine.dispose()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert dict(rows(conn, "SELECT name, rate_period FROM pgjobs.queues")) == {
+            "endless": MAX_RATE_PERIOD,
+            "nan": MAX_RATE_PERIOD,
+            "tiny": MIN_RATE_PERIOD,
+            "huge": MAX_RATE_PERIOD,
+            "fine": 60.0,
+            "unrated": None,
+        }
+        check = "SELECT convalidated FROM pg_constraint WHERE conname = %s"
+        assert rows(conn, check, "queues_rate_period_range_check") == [(True,)]
+
+
+# the claim functions, by SQL
+
+
+def claim_v1(db: psycopg.Connection[Any], queue: str, limit: int = 10) -> list[tuple[Any, ...]]:
+    """The previous release's claim, ``claim_limited_jobs()``, as its workers call it."""
+    return rows(db, "SELECT id, free_in FROM pgjobs.claim_limited_jobs(%s, %s, gen_random_uuid())",
+                [queue], limit)  # fmt: skip
+
+
+def claim_v2(db: psycopg.Connection[Any], queue: str, limit: int = 10) -> list[tuple[Any, ...]]:
+    return rows(db, "SELECT id, free_in FROM pgjobs.claim_limited_jobs_v2(%s, %s, "
+                    "gen_random_uuid())", [queue], limit)  # fmt: skip
+
+
+def test_the_previous_releases_claim_still_works_beside_this_ones(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """Rolling upgrades: the previous release's workers claim by ``claim_limited_jobs()``, which
+    this schema keeps. Both count each other's starts in the same windows."""
+    app.set_queue_limits("api", rate=(3, 60))
+    app.enqueue_many(limits_app.api_call.options(queue="api").call() for _ in range(10))
+    old = claim_v1(db, "api")
+    assert len([i for i, _ in old if i is not None]) == 3
+    assert claim_v2(db, "api") == [(None, pytest.approx(60, abs=1))]  # full: the old ones count
+    app.set_queue_limits("other", rate=(2, 60))
+    app.enqueue_many(limits_app.api_call.options(queue="other").call() for _ in range(10))
+    new = claim_v2(db, "other")
+    assert len([i for i, _ in new if i is not None]) == 2
+    assert [i for i, _ in claim_v1(db, "other")] == [None]  # pending starts count for it too
+
+
+def test_pending_starts_count_until_confirmed_then_for_one_period(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """A claim's starts stay pending (whatever their age) until the worker confirms them, which
+    stamps them now; one whose job has ended unconfirmed is stamped by the next claim. The claim
+    that fills a window says when it frees."""
+    app.set_queue_limits("api", rate=(2, 1))
+    app.enqueue_many(limits_app.api_call.options(queue="api").call() for _ in range(10))
+    claimed = claim_v2(db, "api")
+    ids = [i for i, _ in claimed if i is not None]
+    assert len(ids) == 2
+    assert claimed[-1] == (None, pytest.approx(1.0, abs=0.5))  # this claim filled the window
+    pending = "SELECT count(*) FROM pgjobs.queue_starts WHERE job_id IS NOT NULL"
+    assert count(db, pending) == 2
+    db.execute("UPDATE pgjobs.queue_starts SET started_at = now() - interval '1 hour'")
+    assert [i for i, _ in claim_v2(db, "api")] == [None]  # pending: they count at any age
+
+    db.execute(app.queries.confirm_starts, {"ids": ids[:1]})
+    confirmed = value(db, "SELECT started_at FROM pgjobs.queue_starts WHERE job_id IS NULL")
+    assert confirmed > value(db, "SELECT max(attempted_at) FROM pgjobs.jobs")
+    db.execute("UPDATE pgjobs.jobs SET state = 'completed', worker_id = NULL, "
+               "finished_at = now() WHERE id = %s", (ids[1],))  # fmt: skip
+    assert [i for i, _ in claim_v2(db, "api")] == [None]  # stamped now: still full
+    assert count(db, pending) == 0
+    db.execute("UPDATE pgjobs.queue_starts SET started_at = started_at - interval '1 second'")
+    assert len([i for i, _ in claim_v2(db, "api") if i is not None]) == 2  # a period later

@@ -687,8 +687,10 @@ def test_a_queue_row_the_claim_chokes_on_stops_nothing(
     eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
                                  "AND state = 'completed'", others) == len(others),
                timeout=20)  # fmt: skip
-    # two poll intervals: the refused queue is tried again, and the worker says nothing more
-    time.sleep(2.5)
+    # the refused queue is tried again every poll interval (each try is a claim the database
+    # rolls back: 2 at the first, the whole and the queue alone), and the worker says no more
+    refused = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+    eventually(lambda: count(db, refused) >= 6, timeout=30)
     assert worker.process.poll() is None, worker.output()
     assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running'") == 0
     assert rows(db, "SELECT DISTINCT state, attempt FROM pgjobs.jobs WHERE id = ANY(%s)",

@@ -3,7 +3,7 @@
 The settings live in the ``queues`` table (docs/schema.md); this module checks them, parses the
 CLI's rate text, derives a run's partition key from its arguments, builds the admin operations
 and reads a worker's view of its queues. The limits themselves are enforced in the database, by
-``claim_limited_jobs()``, for every worker on every host at once.
+``claim_limited_jobs_v2()``, for every worker on every host at once.
 """
 
 from __future__ import annotations
@@ -29,6 +29,13 @@ MAX_PARTITION_KEY = 255
 
 MAX_LIMIT = 2**31 - 1
 """The largest concurrency or rate a column can hold."""
+
+MIN_RATE_PERIOD = 0.001
+"""The shortest period of a rate, in seconds (1 ms)."""
+
+MAX_RATE_PERIOD = 31 * 86400.0
+"""The longest period of a rate, in seconds (31 days): a window that a claim can always count
+(an endless one would make its interval arithmetic fail)."""
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*([smhd]?)\s*")
@@ -65,7 +72,9 @@ def check_limits(
     concurrency: int | None, rate: Rate | str | None, partition_by: str | None
 ) -> QueueLimits:
     """The limits to store; :class:`ValidationError` naming what to fix unless each is valid:
-    a concurrency and a rate of at least 1 in a positive period, and a known partition."""
+    a concurrency and a rate's starts from 1 to :data:`MAX_LIMIT`, a rate's period from
+    :data:`MIN_RATE_PERIOD` to :data:`MAX_RATE_PERIOD`, and a known partition. The ``queues``
+    table checks the same ranges, for plain SQL too."""
     if concurrency is not None and (
         isinstance(concurrency, bool)
         or not isinstance(concurrency, int)
@@ -104,8 +113,16 @@ def _rate(rate: Rate | str) -> tuple[int, float]:
     seconds = period.total_seconds() if isinstance(period, timedelta) else period
     if isinstance(starts, bool) or not isinstance(starts, int) or not 1 <= starts <= MAX_LIMIT:
         raise ValidationError("rate", f"starts must be a whole number from 1 to {MAX_LIMIT}")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-        raise ValidationError("rate", "the period must be a positive timedelta or seconds")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not MIN_RATE_PERIOD <= seconds <= MAX_RATE_PERIOD  # NaN fails too
+    ):
+        raise ValidationError(
+            "rate",
+            f"the period must be from 1 ms to 31 days ({MIN_RATE_PERIOD:g} to "
+            f"{MAX_RATE_PERIOD:.0f} seconds, or a timedelta), not {period!r}",
+        )
     return starts, float(seconds)
 
 
@@ -139,16 +156,20 @@ def partition_key_of(
 
 @dataclass(frozen=True)
 class QueueView:
-    """What a worker knows of its queues: which are limited (claimed by CLAIM_LIMITED_JOBS)."""
+    """What a worker knows of its queues: which are limited (claimed by CLAIM_LIMITED_JOBS), and
+    which of those have a rate (their starts are confirmed: CONFIRM_STARTS)."""
 
     limited: tuple[str, ...] = ()
+    rated: frozenset[str] = frozenset()
 
     @classmethod
     def from_rows(cls, order: Iterable[str], rows: Iterable[Sequence[Any]]) -> QueueView:
         """From QUEUE_SETTINGS rows; ``order`` is the worker's queues. Paused queues are
         skipped by both claims, so they count as neither."""
-        limited = {r[0] for r in rows if not r[1] and (r[2] is not None or r[3] is not None)}
-        return cls(tuple(q for q in order if q in limited))
+        active = [r for r in rows if not r[1]]
+        limited = {r[0] for r in active if r[2] is not None or r[3] is not None}
+        rated = frozenset(r[0] for r in active if r[3] is not None)
+        return cls(tuple(q for q in order if q in limited), rated)
 
 
 def split_limited_claim(

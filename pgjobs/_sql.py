@@ -694,12 +694,27 @@ running DDL statement), longest first: named in the error when pgjobs' bounded l
 table runs out."""
 
 CLAIM_LIMITED_JOBS = """
-SELECT * FROM {schema}.claim_limited_jobs(%(queues)s::text[], %(limit)s, %(worker_id)s::uuid)
+SELECT * FROM {schema}.claim_limited_jobs_v2(%(queues)s::text[], %(limit)s, %(worker_id)s::uuid)
 """
 """Claim up to ``limit`` jobs from those of ``queues`` that are limited and not paused, within
-their concurrency and rate limits (see ``claim_limited_jobs`` in docs/schema.md). Returns the
+their concurrency and rate limits (see ``claim_limited_jobs_v2`` in docs/schema.md). Returns the
 columns of CLAIM_JOBS and ``free_in``; one row per queue with a NULL id carries ``free_in``, the
-seconds until its first rate-limited partition may start a job again (NULL if none is held)."""
+seconds until its first rate-limited partition that is full, before or after this claim, may
+start a job again (NULL if none is). The starts of rate-limited queues are recorded pending,
+for CONFIRM_STARTS."""
+
+CONFIRM_STARTS = """
+WITH pending AS (
+    DELETE FROM {schema}.queue_starts WHERE job_id = ANY(%(ids)s::bigint[])
+    RETURNING queue, partition
+)
+INSERT INTO {schema}.queue_starts (queue, partition, started_at)
+SELECT queue, partition, clock_timestamp() FROM pending
+"""
+"""These rate-limited jobs have started (their code has begun): their pending starts are stamped
+now, on the database's clock, after each job's own start, and count for one period from here.
+A DELETE and an INSERT, which a worker role may do on ``queue_starts`` (no UPDATE); a start
+already stamped (its job ended first, and a claim stamped it) is not found again."""
 
 QUEUE_SETTINGS = """
 SELECT name, paused, concurrency, rate_limit, rate_period, partition
@@ -1096,6 +1111,7 @@ class Queries:
     get_batch: str
     list_batches: str
     claim_limited_jobs: str
+    confirm_starts: str
     queue_settings: str
     set_queue_limits: str
     pause_queue: str

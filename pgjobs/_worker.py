@@ -43,9 +43,11 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+import psycopg
 
 from ._acker import Acker, Claim
 from ._app import App
@@ -57,9 +59,11 @@ from ._link import LAST_TRY, Link
 from ._logs import job_ended, job_started
 from ._migrate import check_schema
 from ._queues import QueueView, split_limited_claim
+from ._refusals import Refusals
 from ._scheduler import Scheduler
 from ._session import Session, SessionEvents
 from ._stager import Stager
+from ._starts import Entering, Starts
 from ._stats import STATS_INTERVAL, STATS_LAST_TRY, STATS_SLOTS
 from ._vacuum import Vacuum
 from ._waits import wait_for_event
@@ -128,6 +132,9 @@ class Worker:
         self._view_read_at: float | None = None
         self._limited_ended: set[str] = set()
         """Limited queues whose jobs ended here since their workers were last woken."""
+        self._refusals = Refusals(self.settings.poll_interval)
+        """Queues whose claims the database refused: left out until their settings change or a
+        poll interval has passed."""
         self._rate_wake: asyncio.TimerHandle | None = None
         self._notifying: set[asyncio.Future[None]] = set()
         self._queries = app.queries
@@ -136,6 +143,7 @@ class Worker:
         )
         self._claim = Link(self.settings, self._application_name("claim"))
         self._ack = Link(self.settings, self._application_name("ack"))
+        self._starts = Starts(self._claim, self._queries)
         self._acker = Acker(
             self._ack,
             self._queries,
@@ -229,6 +237,7 @@ class Worker:
             await self._stager.stop()
             if self._scheduler is not None:
                 await self._scheduler.stop()
+            await self._starts.stop()
             await self._stop_acker()
             if self._counting is not None:
                 self._counted_all.set()  # the last outcomes' counts, if the database takes them
@@ -347,6 +356,7 @@ class Worker:
 
     def _on_queues_changed(self) -> None:
         self._view_read_at = None
+        self._refusals.retry()
         self._jobs_waiting.set()
 
     async def _apply_declared_limits(self) -> None:
@@ -466,19 +476,89 @@ class Worker:
         failures = self._claim.failures
         await self._read_view()
         order = self._queue_order()
-        rows: list[tuple[Any, ...]] = []
-        if len(self._view.limited) < len(order):  # a plain claim would find nothing otherwise
+        if self._refusals:
+            skipped = self._refusals.skipped(asyncio.get_running_loop().time())
+            order = [q for q in order if q not in skipped]
+        limited = [q for q in order if q in self._view.limited] if self._view.limited else []
+        claimed: list[ClaimedJob] = []
+        if len(limited) < len(order):  # a plain claim would find nothing otherwise
+            claimed += await self._claim_each(order, limit, limited=False)
+        if limited and len(claimed) < limit:
+            claimed += await self._claim_each(limited, limit - len(claimed), limited=True)
+        if self._claim.failures != failures:
+            await self._release_strays()
+        return claimed
+
+    async def _claim_each(
+        self, queues: list[str], limit: int, *, limited: bool
+    ) -> list[ClaimedJob]:
+        """Claim and start up to ``limit`` jobs from ``queues`` (CLAIM_LIMITED_JOBS if
+        ``limited``, else CLAIM_JOBS). When the database refuses the claim for what a row holds,
+        claim queue by queue instead: a queue refused on its own is set aside
+        (:class:`~pgjobs._refusals.Refusals`) and the others are claimed, so that no row can
+        stop the worker."""
+        q = self._queries
+        try:
             rows = await self._claim.fetch(
-                self._queries.claim_jobs, {"queues": order, "limit": limit, "worker_id": self.id}
+                q.claim_limited_jobs if limited else q.claim_jobs,
+                {"queues": queues, "limit": limit, "worker_id": self.id},
             )
-        if self._view.limited and len(rows) < limit:
-            rows += await self._claim_limited(order, limit - len(rows))
+        except psycopg.Error as exc:
+            if len(queues) == 1:
+                self._refuse(queues[0], exc)
+                return []
+            claimed: list[ClaimedJob] = []
+            for queue in queues:
+                if len(claimed) >= limit:
+                    break
+                claimed += await self._claim_each([queue], limit - len(claimed), limited=limited)
+            return claimed
+        if self._refusals:  # those claimed from (a plain claim skips the limited queues) are back
+            served = (queue for queue in queues if (queue in self._view.limited) == limited)
+            for queue in self._refusals.claimed(served):
+                log.info("queue %s: claimed again", queue)
+        return self._start_limited(rows) if limited else self._start_jobs(rows)
+
+    def _refuse(self, queue: str, exc: psycopg.Error) -> None:
+        problem = str(exc).strip().partition("\n")[0]
+        if self._refusals.refuse(queue, problem, asyncio.get_running_loop().time()):
+            log.warning(
+                "queue %s: the database refuses to claim from it (%s); its jobs wait and the "
+                "other queues run. Fix what it names (the queue's settings: pgjobs queue limit; "
+                "or its jobs); it is tried again when its settings change, and every %g s",
+                queue,
+                problem,
+                self.settings.poll_interval,
+            )
+
+    def _start_limited(self, rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
+        """Start the jobs of a CLAIM_LIMITED_JOBS claim; when a rate holds jobs back, look again
+        as its window frees (within the poll interval anyway)."""
+        jobs, free_in = split_limited_claim(rows)
+        if free_in is not None and free_in < self.settings.poll_interval:
+            loop = asyncio.get_running_loop()
+            at, wake = loop.time() + free_in, self._rate_wake
+            # the earliest wake-up still to come holds (claims queue by queue each give one)
+            if wake is None or wake.cancelled() or not loop.time() < wake.when() <= at:
+                if wake is not None:
+                    wake.cancel()
+                self._rate_wake = loop.call_at(at, self._jobs_waiting.set)
+        return self._start_jobs([tuple(job) for job in jobs])
+
+    def _start_jobs(self, rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
+        """A task for each claimed job (a job this worker still holds adopts its new claim);
+        the starts in rate-limited queues are confirmed once the jobs have begun."""
         claimed = [ClaimedJob._make(row) for row in rows]
+        rated = self._view.rated
+        watched = [job.id for job in claimed if job.queue in rated] if rated else []
+        begun = self._starts.watch(watched) if watched else None
         for job in claimed:
             running = self._running.get(job.id)
             held = running.claim if running is not None else self._acker.claim_of(job.id)
             if held is not None:
                 self._adopt(job, held, still_running=running is not None)
+                if begun is not None:
+                    begun(job.id)  # its run began already, under its earlier claim
                 continue
             claim = Claim(
                 job.id, job.attempt, job.max_attempts, job.claim_token, job.queue, job.name
@@ -495,28 +575,11 @@ class Worker:
                 batch_id=job.batch_id,
             )
             task = asyncio.create_task(
-                self._run_job(job, context, claim), name=f"pgjobs-job-{job.id}"
+                self._run_job(job, context, claim, begun if job.queue in rated else None),
+                name=f"pgjobs-job-{job.id}",
             )
             self._running[job.id] = Running(task, job, context, claim)
-        if self._claim.failures != failures:
-            await self._release_strays()
         return claimed
-
-    async def _claim_limited(self, order: list[str], limit: int) -> list[tuple[Any, ...]]:
-        """Claim from the limited queues, within their limits; when a rate holds jobs back,
-        look again as its window frees (within the poll interval anyway)."""
-        limited = [q for q in order if q in self._view.limited]
-        rows = await self._claim.fetch(
-            self._queries.claim_limited_jobs,
-            {"queues": limited, "limit": limit, "worker_id": self.id},
-        )
-        jobs, free_in = split_limited_claim(rows)
-        if free_in is not None and free_in < self.settings.poll_interval:
-            if self._rate_wake is not None:
-                self._rate_wake.cancel()
-            loop = asyncio.get_running_loop()
-            self._rate_wake = loop.call_later(free_in, self._jobs_waiting.set)
-        return [tuple(job) for job in jobs]
 
     def _adopt(self, job: ClaimedJob, claim: Claim, *, still_running: bool) -> None:
         """``job`` was claimed again while this worker still holds it: running, or its outcome
@@ -562,15 +625,26 @@ class Worker:
         }
         return sorted(spec.names, key=keys.__getitem__, reverse=True)
 
-    async def _run_job(self, job: ClaimedJob, context: JobContext, claim: Claim) -> None:
+    async def _run_job(
+        self,
+        job: ClaimedJob,
+        context: JobContext,
+        claim: Claim,
+        begun: Callable[[int], None] | None = None,
+    ) -> None:
+        """Run ``job`` to its outcome; ``begun(id)`` is called as its code begins (a rated
+        job's start is then confirmed), and once more at its end."""
         try:
             job_started(job.id, job.name, job.queue, job.attempt)
             started = time.perf_counter()
+            threads: Executor = self._threads
+            if begun is not None:
+                threads = self._entering(job, begun)
             tracing = self.app._client.tracing
             if tracing is None:
-                outcome = await execute(self.app, job, context, self._threads)
+                outcome = await execute(self.app, job, context, threads)
             else:
-                outcome = await tracing.process(self.app, job, context, self._threads)
+                outcome = await tracing.process(self.app, job, context, threads)
             claim.seconds = time.perf_counter() - started
             job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, claim.seconds)
             if job.queue in self._view.limited:
@@ -579,8 +653,26 @@ class Worker:
             if outcome.thread_overran:
                 self._retire(job)
         finally:
+            if begun is not None:
+                begun(job.id)  # it ended: it began, or never will
             del self._running[job.id]
             self._cancelled_ids.discard(job.id)
+
+    def _entering(self, job: ClaimedJob, begun: Callable[[int], None]) -> Executor:
+        """The thread pool that tells ``begun`` when ``job``'s ``def`` code begins. An ``async
+        def`` job begins as this task goes on, before the confirmation's task can run: it is
+        told now (as is a job this worker does not know, which never begins)."""
+        definition = self.app.jobs.get(job.name)
+        if definition is None or definition.is_async:
+            begun(job.id)
+            return self._threads
+        loop = asyncio.get_running_loop()
+
+        def entered() -> None:  # in the job's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(begun, job.id)
+
+        return Entering(self._threads, entered)
 
     async def _drain(self) -> None:
         """Let running jobs finish within the shutdown timeout, write their outcomes, then hand

@@ -489,7 +489,9 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
 @cli.command()
 @click.argument(
     "mode",
-    type=click.Choice(["enqueue", "bulk", "process", "latency", "steady", "scale", "pages"]),
+    type=click.Choice(
+        ["enqueue", "bulk", "process", "latency", "steady", "rate", "scale", "pages"]
+    ),
 )
 @click.option("--jobs", type=click.IntRange(1), help="Jobs to enqueue or process")
 @click.option("--processes", type=click.IntRange(1), default=2, show_default=True)
@@ -502,14 +504,16 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     "pages: requests of each dashboard page [20]",
 )
 @click.option(
-    "--rate", type=click.IntRange(1), default=5000, show_default=True, help="steady: jobs/s offered"
+    "--rate",
+    type=click.IntRange(1),
+    help="steady: jobs/s offered [5000]; rate: the queue's rate limit, starts/s [20]",
 )
 @click.option(
     "--duration",
     type=click.FloatRange(0, min_open=True),
     default=60.0,
     show_default=True,
-    help="steady: seconds of offered load",
+    help="steady: seconds of offered load; rate: seconds measured",
 )
 @click.option(
     "--available",
@@ -535,6 +539,13 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     is_flag=True,
     help="process: rounds with a concurrency limit that never binds, beside plain ones",
 )
+@click.option(
+    "--partitions",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="rate: the limit holds per partition key, for this many keys (0: the whole queue)",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -546,19 +557,22 @@ def bench(
     concurrency: int,
     async_jobs: bool,
     samples: int | None,
-    rate: int,
+    rate: int | None,
     duration: float,
     available: int,
     finished: int,
     unique: bool,
     limit: bool,
+    partitions: int,
     as_json: bool,
 ) -> None:
     """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
 
     MODE: enqueue (one job per transaction, beside bare INSERT+COMMIT), bulk (enqueue_many),
     process (a burst worker burns down no-op jobs), latency (commit to job start, idle worker),
-    steady (a worker under --rate jobs/s for --duration s: commit to job start, backlog), scale
+    steady (a worker under --rate jobs/s for --duration s: commit to job start, backlog), rate
+    (a backlog under a rate limit of --rate starts/s, per key with --partitions: the rate
+    sustained over --duration s, and the most starts in any second), scale
     (the claim statement on a table of --available and --finished jobs, and its plan), pages
     (the dashboard's server time per page on such a table; needs pgjobs[web]).
     """
@@ -572,12 +586,13 @@ def bench(
         concurrency=concurrency,
         async_jobs=async_jobs,
         samples=samples or {"scale": 2000, "pages": 20}.get(mode, 200),
-        rate=rate,
+        rate=rate or (20 if mode == "rate" else 5000),
         duration=duration,
         available=available,
         finished=finished,
         unique=unique,
         limit=limit,
+        partitions=partitions,
     )
     result = _bench.run(mode, settings, options)
     if as_json:

@@ -1,11 +1,12 @@
 """Jobs on limited and pausable queues, for tests/test_queues.py. An app of its own, so that its
 queue declarations and partition keys never reach the workers of other tests. Each job records
-its start and end in the ``ledger`` table through its own autocommit connection."""
+its start and end in the ``ledger`` table through its own autocommit connection; the paced jobs
+record the moment their own code started, on this host's clock, rather than when the row lands."""
 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pgjobs
 from tests.ledger import Ledger
@@ -16,10 +17,23 @@ app.queue("rated", rate=(10, timedelta(seconds=2)))
 app.queue("rated_full", rate=(100, timedelta(minutes=1)))
 app.queue("serial", concurrency=5)
 app.queue("roomy", concurrency=1_000_000)
+app.queue("paced", rate=(20, timedelta(seconds=1)))
+app.queue("paced_keys", rate=(10, timedelta(seconds=1)), partition_by="key")
 
 ledger = Ledger(app)
 record = ledger.record
 close_connections = ledger.close
+
+
+def record_start(label: str) -> None:
+    """A ``start`` row at the moment this is called, as the job's own code sees it."""
+    started = datetime.now(UTC)
+    job = pgjobs.current_job()
+    ledger.connection().execute(
+        "INSERT INTO ledger (job_id, attempt, pid, label, event, at) "
+        "VALUES (%s, %s, 0, %s, 'start', %s)",
+        (job.id, job.attempt, label, started),
+    )
 
 
 @app.job(name="limits.tenant_call", queue="tenants", partition_by="tenant")
@@ -57,3 +71,23 @@ def serial_call(seconds: float) -> None:
 @app.job(name="limits.roomy_call", queue="roomy")
 def roomy_call() -> None:
     record("roomy", "start")
+
+
+@app.job(name="limits.paced_call", queue="paced")
+def paced_call(label: str = "") -> None:
+    record_start(label)
+
+
+@app.job(name="limits.async_paced_call", queue="paced")
+async def async_paced_call(label: str = "") -> None:
+    record_start(label)
+
+
+@app.job(name="limits.paced_key_call", queue="paced_keys", partition_by="tenant")
+def paced_key_call(tenant: str) -> None:
+    record_start(tenant)
+
+
+@app.job(name="limits.busy_call", queue="busy")
+def busy_call() -> None:
+    """Nothing: a plain queue's jobs, claimed and acknowledged as fast as workers can."""

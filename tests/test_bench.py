@@ -46,6 +46,14 @@ ALSO_REPORTED = {
             {"offered_per_second", "completed_per_second", "p50_ms", "p95_ms", "p99_ms", "max_ms"},
         ),
         (
+            ["rate", "--rate", "10", "--duration", "2"],
+            {"configured_per_second", "sustained_per_second", "max_in_any_window"},
+        ),
+        (
+            ["rate", "--rate", "5", "--duration", "2", "--partitions", "2"],
+            {"partitions", "sustained_per_second", "ratio_to_configured", "max_in_any_window"},
+        ),
+        (
             ["scale", "--available", "2000", "--finished", "5000", "--samples", "20"],
             {
                 "fill_seconds",

@@ -12,17 +12,28 @@ import inspect
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 import pgjobs
 from pgjobs import _link
+from pgjobs._grants import grant_statements
+from pgjobs._migrate import _config
 from pgjobs._queues import (
+    MAX_LIMIT,
+    MAX_RATE_PERIOD,
+    MIN_RATE_PERIOD,
     QueueLimits,
     QueueView,
     check_limits,
@@ -30,6 +41,7 @@ from pgjobs._queues import (
     partition_key_of,
     split_limited_claim,
 )
+from pgjobs._refusals import Refusals
 from tests import limits_app
 from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
 
@@ -96,7 +108,11 @@ def test_parse_rate(text: str, expected: tuple[int, float]) -> None:
     assert parse_rate(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "abc", "10", "10/", "0/1m", "-1/1m", "10/0s", "10/1w", "x/m"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "abc", "10", "10/", "0/1m", "-1/1m", "10/0s", "10/1w", "x/m", "1/0.0009s", "1/32d",
+     "1/99999999999999999999999999999999999999d", "2147483648/1s"],
+)  # fmt: skip
 def test_parse_rate_refuses(text: str) -> None:
     with pytest.raises(pgjobs.ValidationError, match="rate"):
         parse_rate(text)
@@ -113,6 +129,12 @@ def test_parse_rate_refuses(text: str) -> None:
         (None, (10, timedelta(0)), None, "rate"),
         (None, (10, -1.0), None, "rate"),
         (None, (10,), None, "rate"),
+        (None, (1, float("inf")), None, "rate"),
+        (None, (1, float("nan")), None, "rate"),
+        (None, (1, 0.0009), None, "rate"),
+        (None, (1, timedelta(microseconds=999)), None, "rate"),
+        (None, (1, timedelta(days=31, microseconds=1)), None, "rate"),
+        (None, (2**31, 1), None, "rate"),
         (5, None, "tenant", "partition_by"),
         (5, None, "key,job", "partition_by"),
     ],
@@ -127,6 +149,9 @@ def test_check_limits() -> None:
         5, 100, 60.0, "job,key"
     )
     assert check_limits(None, "10/2s", None) == QueueLimits(None, 10, 2.0, None)
+    assert check_limits(None, (1, 0.001), None).rate_period == MIN_RATE_PERIOD
+    assert check_limits(None, "1/31d", None).rate_period == MAX_RATE_PERIOD
+    assert check_limits(MAX_LIMIT, (MAX_LIMIT, 1), None).limited
     assert not check_limits(None, None, "key").limited
 
 
@@ -154,12 +179,29 @@ def test_queue_view_and_claim_rows() -> None:
         ],
     )
     assert view.limited == ("b", "a")  # the worker's order; paused and unlimited ones are not
+    assert view.rated == {"b"}  # its starts are confirmed
     job = (1, "a", "n", [], {}, 0, 1, 25, "token")
     jobs, free_in = split_limited_claim(
         [(*job, None), (None, "a", *[None] * 7, None), (None, "b", *[None] * 7, 1.5)]
     )
     assert jobs == [job] and free_in == 1.5
     assert split_limited_claim([(None, "a", *[None] * 7, -0.1)]) == ([], 0.0)
+
+
+def test_refusals_set_queues_aside_and_log_once() -> None:
+    refusals = Refusals(retry_after=5.0)
+    assert not refusals
+    assert refusals.refuse("a", "interval out of range", now=100.0)  # news: logged
+    assert refusals.skipped(104.9) == {"a"}
+    assert refusals.skipped(105.0) == set()  # a poll interval later: tried again
+    assert not refusals.refuse("a", "interval out of range", now=105.0)  # the same: not again
+    assert refusals.refuse("a", "integer out of range", now=105.0)  # another problem: logged
+    assert refusals.refuse("b", "integer out of range", now=106.0)
+    refusals.retry()  # settings changed: every queue set aside is tried at once
+    assert refusals.skipped(106.0) == set()
+    assert refusals.claimed(["a", "c"]) == ["a"]
+    assert refusals.skipped(106.0) == set() and refusals
+    assert refusals.claimed(["b"]) == ["b"] and not refusals
 
 
 # declarations and bad input
@@ -171,6 +213,8 @@ def test_declarations_refuse_bad_limits() -> None:
         app.queue("api", concurrency=0)
     with pytest.raises(pgjobs.ConfigError, match="rate"):
         app.queue("api", rate=(100, timedelta(0)))
+    with pytest.raises(pgjobs.ConfigError, match="rate"):
+        app.queue("api", rate=(1, float("inf")))
     with pytest.raises(pgjobs.ConfigError, match="partition_by"):
         app.queue("api", concurrency=1, partition_by="tenant")
     with pytest.raises(pgjobs.ConfigError, match="queue"):
@@ -185,7 +229,13 @@ def test_declarations_refuse_bad_limits() -> None:
 
 def test_bad_limits_write_nothing(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
     with psycopg.connect(str(app.settings.database_url)) as conn:
-        for kwargs in ({"concurrency": -1}, {"rate": "10/0s"}, {"partition_by": "tenant"}):
+        bad: list[dict[str, Any]] = [
+            {"concurrency": -1},
+            {"rate": "10/0s"},
+            {"rate": (1, float("inf"))},
+            {"partition_by": "tenant"},
+        ]
+        for kwargs in bad:
             with pytest.raises(pgjobs.ValidationError):
                 app.set_queue_limits("api", conn=conn, **kwargs)
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the transaction is still usable
@@ -194,6 +244,8 @@ def test_bad_limits_write_nothing(app: pgjobs.App, db: psycopg.Connection[Any]) 
         ["--concurrency", "-1"],
         ["--rate", "abc"],
         ["--rate", "10/0s"],
+        ["--rate", "1/32d"],
+        ["--rate", "1/0.0001s"],
         ["--concurrency", "5", "--partition-by", "tenant"],
         ["--clear", "--concurrency", "5"],
         [],
@@ -389,6 +441,74 @@ def test_rate_limit_per_minute(
     check_rate(app, db, start_worker, limits_app.slow_api_call, 100, 60.0, 3)
 
 
+def job_side_starts(db: psycopg.Connection[Any], *labels: str) -> list[float]:
+    """The moments (epoch seconds) at which the jobs' own code started, optionally only of
+    these labels, in order."""
+    return [
+        t
+        for (t,) in rows(
+            db,
+            "SELECT extract(epoch FROM at)::float8 FROM ledger WHERE event = 'start' "
+            "AND (cardinality(%s::text[]) = 0 OR label = ANY(%s::text[])) ORDER BY at",
+            list(labels),
+            list(labels),
+        )
+    ]
+
+
+def test_a_rate_holds_at_the_edge_of_every_window_under_load(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """20 starts per second and a backlog of 6 seconds' worth, claimed by 3 workers while 2
+    more burn through a plain queue on the same 2 cores: in no second (any second, sliding) do
+    more than 20 jobs start, counted at the moments the jobs' own code started (sync and
+    async), however late each claim landed or each job started after it."""
+    app.enqueue_many(limits_app.busy_call.call() for _ in range(20_000))
+    app.enqueue_many(
+        (limits_app.paced_call if i % 2 else limits_app.async_paced_call).call(f"p{i}")
+        for i in range(120)
+    )
+    for _ in range(2):
+        start_worker("--queues", "busy", "--concurrency", "20")
+    for _ in range(3):
+        start_worker("--queues", "paced", "--concurrency", "20")
+    eventually(lambda: len(job_side_starts(db)) == 120, timeout=40)
+    times = job_side_starts(db)
+    assert busiest_window(times, 1.0) == 20
+    assert value(db, "SELECT max(attempt) FROM pgjobs.jobs WHERE queue = 'paced'") == 1
+
+
+@pytest.mark.parametrize("partitioned", [False, True], ids=["whole-queue", "per-key"])
+def test_a_rate_sustains_itself_without_waiting_for_polls(
+    app: pgjobs.App,
+    db: psycopg.Connection[Any],
+    start_worker: Callable[..., WorkerProcess],
+    partitioned: bool,
+) -> None:
+    """A backlog of 4 windows' worth under a rate (per key, for a partitioned queue), on workers
+    with more free slots than a window's starts that poll only every 30 s: a claim that fills the
+    window says when it frees, so each window's starts begin as the last one's end, not a poll
+    later. Close to the rate (within 10 %), never above it."""
+    if partitioned:
+        starts, labels = 10, ["acme", "globex"]
+        calls = [limits_app.paced_key_call.call(t) for _ in range(4 * starts) for t in labels]
+        queue = "paced_keys"
+    else:
+        starts, labels = 20, ["p"]
+        calls = [limits_app.paced_call.call("p") for _ in range(4 * starts)]
+        queue = "paced"
+    app.enqueue_many(calls)
+    for _ in range(2):
+        start_worker("--queues", queue, "--concurrency", "50", "--poll-interval", "30")
+    # a poll (30 s) between windows would take far longer than this
+    eventually(lambda: len(job_side_starts(db)) == len(calls), timeout=15)
+    for label in labels:
+        times = job_side_starts(db, label)
+        assert busiest_window(times, 1.0) == starts, label
+        # the fourth window's starts begin 3 periods after the first's, at 90 % of the rate
+        assert times[-1] - times[0] <= 3 / 0.9, (label, times[-1] - times[0])
+
+
 def test_pause_and_resume(
     app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -467,3 +587,245 @@ def test_a_limit_costs_at_most_one_round_trip_per_claim(
     asyncio.run(pgjobs.Worker(app, burst=True).run())
     assert statements.count(q.claim_limited_jobs) > 0
     assert statements.count(q.claim_jobs) == 0  # only limited queues: one statement per claim
+
+
+# queue rows that cannot stop a worker
+
+
+@pytest.fixture
+def worker_role(server_url: str, database_url: str, db: psycopg.Connection[Any]) -> Iterator[str]:
+    """A role with the worker's grants (and the ledger the tests' jobs write); its URL."""
+    name = f"pgjobs_worker_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{name}" LOGIN')
+    try:
+        db.execute(grant_statements("pgjobs", {"worker": [name]}).encode())
+        db.execute(f'GRANT INSERT ON ledger TO "{name}"')
+        parts = urlsplit(database_url)
+        yield urlunsplit(parts._replace(netloc=f"{name}@{parts.netloc.rpartition('@')[2]}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'REVOKE ALL ON DATABASE "{parts.path[1:]}" FROM "{name}"')
+        db.execute(f'DROP OWNED BY "{name}"')
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{name}"')
+
+
+@pytest.mark.parametrize("period", ["Infinity", "-Infinity", "NaN", "0.0009", "2678401", "1e300"])
+def test_the_table_refuses_a_period_out_of_range_from_a_worker_role(
+    worker_role: str, db: psycopg.Connection[Any], period: str
+) -> None:
+    """The checks hold for plain SQL as for pgjobs: a worker role may write ``queues``, and what
+    it writes must be a rate every claim can count."""
+    db.execute("INSERT INTO pgjobs.queues (name, rate_limit, rate_period) VALUES ('set', 1, 1)")
+    with psycopg.connect(worker_role, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="queues_rate_period"):
+            conn.execute(
+                "INSERT INTO pgjobs.queues (name, rate_limit, rate_period) VALUES ('api', 1, %s)",
+                (period,),
+            )
+        with pytest.raises(psycopg.errors.CheckViolation, match="queues_rate_period"):
+            conn.execute(
+                "UPDATE pgjobs.queues SET rate_period = %s::float8 WHERE name = 'set'", (period,)
+            )
+        for edge in (MIN_RATE_PERIOD, MAX_RATE_PERIOD):  # the range Python checks, no narrower
+            conn.execute(
+                "INSERT INTO pgjobs.queues (name, rate_limit, rate_period) VALUES ('edge', 1, %s)"
+                " ON CONFLICT (name) DO UPDATE SET rate_period = excluded.rate_period",
+                (edge,),
+            )
+    assert rows(db, "SELECT name, rate_period FROM pgjobs.queues ORDER BY name") == [
+        ("edge", MAX_RATE_PERIOD),
+        ("set", 1.0),
+    ]
+
+
+def test_a_worker_role_confirms_the_starts_of_a_rated_queue(
+    app: pgjobs.App, worker_role: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The worker's grants (no UPDATE on queue_starts) suffice: its starts are confirmed, and
+    none is left pending once its jobs have run."""
+    role = urlsplit(worker_role).username
+    assert not value(db, "SELECT has_table_privilege(%s, 'pgjobs.queue_starts', 'UPDATE')", role)
+    app.enqueue_many(limits_app.paced_call.call(f"p{i}") for i in range(30))
+    worker = WorkerProcess.start(
+        ["--app", "tests.limits_app:app", "worker", "--queues", "paced"],
+        database_url=worker_role,
+        log=tmp_path / "worker.log",
+    )
+    try:
+        eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'completed'")
+                   == 30, timeout=20)  # fmt: skip
+        eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.queue_starts "
+                                     "WHERE job_id IS NOT NULL") == 0)  # fmt: skip
+        assert busiest_window(job_side_starts(db), 1.0) == 20
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.output()
+        assert "permission denied" not in worker.output()
+    finally:
+        worker.kill()
+
+
+def test_a_queue_row_the_claim_chokes_on_stops_nothing(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A row from before the checks (or written past them) that the claim cannot count: the
+    worker says so once, leaves that queue's jobs waiting, runs every other queue's, strands
+    nothing; once the row is fixed, the queue's jobs run."""
+    db.execute("ALTER TABLE pgjobs.queues DROP CONSTRAINT IF EXISTS queues_rate_period_range_check")
+    db.execute("INSERT INTO pgjobs.queues (name, rate_limit, rate_period) "
+               "VALUES ('hostile', 1, 'Infinity')")  # fmt: skip
+    waiting = app.enqueue_many(
+        [limits_app.paced_call.options(queue="hostile").call(f"h{i}") for i in range(3)]
+    )
+    others = app.enqueue_many(
+        [limits_app.busy_call.call() for _ in range(50)]
+        + [limits_app.serial_call.call(0.01) for _ in range(10)]
+        + [limits_app.paced_call.call(f"p{i}") for i in range(10)]
+    )
+    worker = start_worker("--queues", "hostile,busy,serial,paced", "--concurrency", "10")
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
+                                 "AND state = 'completed'", others) == len(others),
+               timeout=20)  # fmt: skip
+    # the refused queue is tried again every poll interval (each try is a claim the database
+    # rolls back: 2 at the first, the whole and the queue alone), and the worker says no more
+    refused = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+    eventually(lambda: count(db, refused) >= 6, timeout=30)
+    assert worker.process.poll() is None, worker.output()
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running'") == 0
+    assert rows(db, "SELECT DISTINCT state, attempt FROM pgjobs.jobs WHERE id = ANY(%s)",
+                waiting) == [("available", 0)]  # fmt: skip
+    refusals = [line for line in worker.output().splitlines() if "refuse" in line]
+    assert len(refusals) == 1, worker.output()
+    assert "interval out of range" in refusals[0], refusals
+
+    db.execute("UPDATE pgjobs.queues SET rate_period = 60 WHERE name = 'hostile'")
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
+                                 "AND state = 'completed'", waiting) == 1, timeout=10)  # fmt: skip
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running'") == 0
+
+
+def test_a_job_row_the_plain_claim_chokes_on_stops_nothing(
+    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """No row of pgjobs' tables can stop a worker: a job whose attempt cannot be counted up
+    makes its queue's claim fail; the other queues run, and the fixed job runs."""
+    stuck = limits_app.paced_call.options(queue="odd").enqueue("odd")
+    db.execute("UPDATE pgjobs.jobs SET attempt = 2147483647, max_attempts = 2147483647 "
+               "WHERE id = %s", (stuck,))  # fmt: skip
+    others = app.enqueue_many([limits_app.busy_call.call() for _ in range(30)])
+    worker = start_worker("--queues", "odd,busy", "--concurrency", "10")
+    eventually(lambda: count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) "
+                                 "AND state = 'completed'", others) == len(others),
+               timeout=20)  # fmt: skip
+    assert worker.process.poll() is None, worker.output()
+    assert value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", stuck) == "available"
+    db.execute("UPDATE pgjobs.jobs SET attempt = 0 WHERE id = %s", (stuck,))
+    # a job's row changes without a notification: the queue is tried again at the next poll
+    eventually(lambda: value(db, "SELECT state FROM pgjobs.jobs WHERE id = %s", stuck)
+               == "completed", timeout=10)  # fmt: skip
+    refusals = [line for line in worker.output().splitlines() if "refuse" in line]
+    assert len(refusals) == 1, worker.output()
+    assert "integer out of range" in refusals[0], refusals
+
+
+def test_the_migration_brings_rates_out_of_range_into_it(database_url: str) -> None:
+    """Rows that the earlier checks let in are moved to the nearest period the new check allows
+    (an endless period becomes the longest), so the migration cannot fail on them, and the
+    check is then valid for every row."""
+    script = ScriptDirectory.from_config(_config("pgjobs"))
+    revision = next(r for r in script.walk_revisions() if r.path.endswith("_exact_rates.py"))
+    engine = create_engine(
+        database_url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool
+    )
+
+    def migrate_to(target: str, down: bool) -> None:
+        config = _config("pgjobs")
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection
+            (command.downgrade if down else command.upgrade)(config, target)
+
+    try:
+        migrate_to(str(revision.down_revision), down=True)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO pgjobs.queues (name, concurrency, rate_limit, rate_period) VALUES "
+                "('endless', NULL, 5, 'Infinity'), ('nan', NULL, 5, 'NaN'), "
+                "('tiny', NULL, 5, 1e-9), ('huge', NULL, 5, 1e12), ('fine', 3, 5, 60), "
+                "('unrated', 3, NULL, NULL)"
+            )
+        migrate_to("head", down=False)
+    finally:
+        engine.dispose()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert dict(rows(conn, "SELECT name, rate_period FROM pgjobs.queues")) == {
+            "endless": MAX_RATE_PERIOD,
+            "nan": MAX_RATE_PERIOD,
+            "tiny": MIN_RATE_PERIOD,
+            "huge": MAX_RATE_PERIOD,
+            "fine": 60.0,
+            "unrated": None,
+        }
+        check = "SELECT convalidated FROM pg_constraint WHERE conname = %s"
+        assert rows(conn, check, "queues_rate_period_range_check") == [(True,)]
+
+
+# the claim functions, by SQL
+
+
+def claim_v1(db: psycopg.Connection[Any], queue: str, limit: int = 10) -> list[tuple[Any, ...]]:
+    """The previous release's claim, ``claim_limited_jobs()``, as its workers call it."""
+    return rows(db, "SELECT id, free_in FROM pgjobs.claim_limited_jobs(%s, %s, gen_random_uuid())",
+                [queue], limit)  # fmt: skip
+
+
+def claim_v2(db: psycopg.Connection[Any], queue: str, limit: int = 10) -> list[tuple[Any, ...]]:
+    return rows(db, "SELECT id, free_in FROM pgjobs.claim_limited_jobs_v2(%s, %s, "
+                    "gen_random_uuid())", [queue], limit)  # fmt: skip
+
+
+def test_the_previous_releases_claim_still_works_beside_this_ones(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """Rolling upgrades: the previous release's workers claim by ``claim_limited_jobs()``, which
+    this schema keeps. Both count each other's starts in the same windows."""
+    app.set_queue_limits("api", rate=(3, 60))
+    app.enqueue_many(limits_app.api_call.options(queue="api").call() for _ in range(10))
+    old = claim_v1(db, "api")
+    assert len([i for i, _ in old if i is not None]) == 3
+    assert claim_v2(db, "api") == [(None, pytest.approx(60, abs=1))]  # full: the old ones count
+    app.set_queue_limits("other", rate=(2, 60))
+    app.enqueue_many(limits_app.api_call.options(queue="other").call() for _ in range(10))
+    new = claim_v2(db, "other")
+    assert len([i for i, _ in new if i is not None]) == 2
+    assert [i for i, _ in claim_v1(db, "other")] == [None]  # pending starts count for it too
+
+
+def test_pending_starts_count_until_confirmed_then_for_one_period(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """A claim's starts stay pending (whatever their age) until the worker confirms them, which
+    stamps them now; one whose job has ended unconfirmed is stamped by the next claim. The claim
+    that fills a window says when it frees."""
+    app.set_queue_limits("api", rate=(2, 1))
+    app.enqueue_many(limits_app.api_call.options(queue="api").call() for _ in range(10))
+    claimed = claim_v2(db, "api")
+    ids = [i for i, _ in claimed if i is not None]
+    assert len(ids) == 2
+    assert claimed[-1] == (None, pytest.approx(1.0, abs=0.5))  # this claim filled the window
+    pending = "SELECT count(*) FROM pgjobs.queue_starts WHERE job_id IS NOT NULL"
+    assert count(db, pending) == 2
+    db.execute("UPDATE pgjobs.queue_starts SET started_at = now() - interval '1 hour'")
+    assert [i for i, _ in claim_v2(db, "api")] == [None]  # pending: they count at any age
+
+    db.execute(app.queries.confirm_starts, {"ids": ids[:1]})
+    confirmed = value(db, "SELECT started_at FROM pgjobs.queue_starts WHERE job_id IS NULL")
+    assert confirmed > value(db, "SELECT max(attempted_at) FROM pgjobs.jobs")
+    db.execute("UPDATE pgjobs.jobs SET state = 'completed', worker_id = NULL, "
+               "finished_at = now() WHERE id = %s", (ids[1],))  # fmt: skip
+    assert [i for i, _ in claim_v2(db, "api")] == [None]  # stamped now: still full
+    assert count(db, pending) == 0
+    db.execute("UPDATE pgjobs.queue_starts SET started_at = started_at - interval '1 second'")
+    assert len([i for i, _ in claim_v2(db, "api") if i is not None]) == 2  # a period later

@@ -16,6 +16,11 @@ your jobs are never touched. The runs use the default, fenced, at-least-once con
   are committed at a fixed rate, a batch every 10 ms; latency as in ``latency``, for every job,
   read by a thread of its own so that no report waits in the socket buffer. The backlog is sampled
   once a second.
+* ``rate``: a backlog under a rate limit of ``--rate`` starts a second, for the whole queue or,
+  with ``--partitions K``, per each of K partition keys. Each job reports when its code started,
+  as in ``steady``; the figures are the starts a second sustained over ``--duration`` seconds
+  from the first start (the smallest over the keys) against the rate, and the most starts in any
+  one-second window, which the limit holds to the rate.
 * ``scale``: the claim statement on a big table. The table is filled with available and finished
   jobs by ``INSERT ... SELECT``, vacuumed and analyzed; then ``claim_jobs`` runs again and again on
   one connection, each claim followed by ``finish_jobs`` for its jobs, and only the claim is timed.

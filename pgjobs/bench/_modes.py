@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import re
 import socket
@@ -72,6 +73,9 @@ class BenchOptions:
     """Every job carries a unique key of its own (enqueue, bulk, process)."""
     limit: bool = False
     """``process``: time rounds with a concurrency limit that never binds beside plain ones."""
+    partitions: int = 0
+    """``rate``: the limit holds per partition key, for this many keys (0: for the whole
+    queue)."""
 
 
 def run(mode: str, settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -399,6 +403,101 @@ def _in_background(loop: Callable[[threading.Event], None]) -> Iterator[None]:
         running.result()
 
 
+RATE_PERIOD = 1.0
+"""Seconds of the ``rate`` mode's window: ``--rate`` starts per second."""
+RATE_BACKLOG = 1.25
+"""The ``rate`` mode's backlog, in ``--duration``s of starts at the rate: it never runs dry."""
+REPORT_GRACE = 0.5
+"""Seconds the ``rate`` mode waits for the reports of the last starts it counts."""
+
+
+def _rate(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    """A backlog under a rate limit of ``options.rate`` starts a second (per key, with
+    ``options.partitions``): the starts each second sustains over ``options.duration`` seconds,
+    and the most in any window, both from the moments the jobs' code started."""
+    keys: list[str | None] = [f"key{k}" for k in range(options.partitions)] or [None]
+    app.set_queue_limits(
+        "default",
+        rate=(options.rate, RATE_PERIOD),
+        partition_by="key" if options.partitions else None,
+    )
+    reporter = _reporter(options)
+    per_key = math.ceil(options.rate * options.duration * RATE_BACKLOG)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as inbox:
+        inbox.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        inbox.bind(("127.0.0.1", 0))
+        inbox.settimeout(0.1)
+        port = inbox.getsockname()[1]
+        key_of: dict[int, str | None] = {}
+        for start in range(0, per_key, BULK_CHUNK):
+            for key in keys:
+                calls = [reporter.options(partition_key=key).call(port)] * min(
+                    BULK_CHUNK, per_key - start
+                )
+                key_of.update(dict.fromkeys(app.enqueue_many(calls), key))
+        starts: dict[int, float] = {}
+        worker = _start_worker(settings, options)
+        try:
+            with _in_background(functools.partial(_receive_starts, inbox, starts)):
+                _wait_for_rate_run(worker, starts, options.duration + RATE_PERIOD)
+        finally:
+            worker.terminate()
+            worker.wait()
+    by_key: dict[str | None, list[float]] = {key: [] for key in keys}
+    for job_id, started in starts.items():
+        by_key[key_of[job_id]].append(started)
+    sustained = min(_sustained(times, options.duration, options.rate) for times in by_key.values())
+    return {
+        "partitions": options.partitions,
+        "configured_per_second": options.rate,
+        "seconds": options.duration,
+        "sustained_per_second": round(sustained, 2),
+        "ratio_to_configured": round(sustained / options.rate, 3),
+        "max_in_any_window": max(_busiest(times, RATE_PERIOD) for times in by_key.values()),
+    }
+
+
+def _wait_for_rate_run(
+    worker: subprocess.Popen[bytes], starts: dict[int, float], seconds: float
+) -> None:
+    """Until ``seconds`` (and a moment for the last reports) have passed since the first start,
+    which has 30 s to come."""
+    deadline = time.monotonic() + 30
+    while True:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the bench worker exited with status {worker.returncode}")
+        reported = list(starts.values())  # written by the receiving thread meanwhile
+        if reported and time.time() > min(reported) + seconds + REPORT_GRACE:
+            return
+        if not reported and time.monotonic() > deadline:
+            raise RuntimeError("no job started within 30 s")
+        time.sleep(0.1)
+
+
+def _sustained(times: list[float], seconds: float, limit: int) -> float:
+    """Starts per second over about ``seconds`` from the first start: the most starts before
+    ``first + seconds`` that are whole windows' worth (a multiple of ``limit``), over the time
+    from the first of them to the first start after them. Whole windows, because the starts of
+    a window come together: a rate held exactly gives the rate, never more."""
+    ordered = sorted(times)
+    within = sum(1 for t in ordered if t < ordered[0] + seconds)
+    counted = within // limit * limit
+    if counted == 0 or counted >= len(ordered):
+        return within / seconds
+    return counted / (ordered[counted] - ordered[0])
+
+
+def _busiest(times: list[float], period: float) -> int:
+    """The most starts in any window of ``period`` seconds (``[t, t + period)``)."""
+    ordered = sorted(times)
+    most = low = 0
+    for high, t in enumerate(ordered):
+        while ordered[low] <= t - period:
+            low += 1
+        most = max(most, high - low + 1)
+    return most
+
+
 def _scale(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     claims = {1: options.samples, 100: max(1, options.samples // 4)}
     needed = sum(limit * count for limit, count in claims.items()) + 100  # + the explained claim
@@ -481,6 +580,7 @@ MODES: dict[str, Callable[[Settings, BenchOptions], dict[str, Any]]] = {
     "process": _process,
     "latency": _latency,
     "steady": _steady,
+    "rate": _rate,
     "scale": _scale,
     "pages": lambda settings, options: pages(
         settings, options.available, options.finished, options.samples, _fill

@@ -9,11 +9,10 @@ second copy. Arguments are checked when the operation is built, before any SQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ._cron import CronEntry, encode_rows
 from ._errors import ValidationError
 from ._sql import Queries
 from ._validation import check_text
@@ -145,11 +144,6 @@ def list_cron(queries: Queries, describe: Callable[[Rows], Rows]) -> Operation[R
     return Operation(queries.list_cron, {}, describe)
 
 
-def register_cron(queries: Queries, entries: Sequence[CronEntry]) -> Operation[None]:
-    """Store the ``entries`` that have no row yet, as a worker's start would."""
-    return Operation(queries.register_cron_entries, encode_rows(entries), _nothing)
-
-
 def _texts(values: Iterable[str] | None, path: str) -> list[str] | None:
     """``values`` as a list (``None`` stays ``None``), each text one PostgreSQL can take."""
     if values is None:
@@ -167,10 +161,6 @@ def _found_entry(name: str) -> Callable[[Rows], None]:
             raise ValidationError("name", f"no cron entry named {name!r} (see `pgjobs cron`)")
 
     return result
-
-
-def _nothing(rows: Rows) -> None:
-    return None
 
 
 def _first(rows: Rows) -> dict[str, Any] | None:

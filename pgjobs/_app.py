@@ -661,12 +661,12 @@ class App:
         row yet: so that the CLI can pause or run it before any worker ran."""
         entry = self._cron.get(name)
         if entry is not None:
-            self._client.run(_admin.register_cron(self.queries, [entry]), conn)
+            self._client.run(_cron.register(self.queries, [entry]), conn)
 
     async def _register_cron_async(self, name: str, conn: Any) -> None:
         entry = self._cron.get(name)
         if entry is not None:
-            await self._client.run_async(_admin.register_cron(self.queries, [entry]), conn)
+            await self._client.run_async(_cron.register(self.queries, [entry]), conn)
 
     def _describe_cron(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return _cron.listing(rows, self._cron, datetime.now(UTC))

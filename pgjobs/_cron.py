@@ -26,7 +26,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ._admin import Operation, Rows
 from ._errors import ConfigError, ValidationError
+from ._sql import Queries
 from ._validation import encode_arguments
 
 if TYPE_CHECKING:
@@ -346,3 +348,12 @@ def _croniter() -> type[Croniter]:
     except ImportError:
         raise ConfigError("cron entries need croniter: pip install 'pgjobs[cron]'") from None
     return croniter
+
+
+def register(queries: Queries, entries: Sequence[CronEntry]) -> Operation[None]:
+    """Store the ``entries`` that have no row yet, as a worker's start would."""
+    return Operation(queries.register_cron_entries, encode_rows(entries), _nothing)
+
+
+def _nothing(rows: Rows) -> None:
+    return None

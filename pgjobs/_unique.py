@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ._admin import STATES
 from ._encoding import COPY_PIECE, insert_params, single
 from ._errors import ConfigError, DatabaseError, ValidationError
+from ._validation import MAX_DEPTH
 
 if TYPE_CHECKING:
     from ._job import JobCall
@@ -126,6 +127,11 @@ _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=F
 def canonical_json(value: Any) -> str:
     """``value`` as canonical JSON text (sorted keys, no spaces); :class:`ValidationError` naming
     ``unique_key`` when it is not JSON or is nested too deep to encode."""
+    if _deeper_than(value, MAX_DEPTH):
+        raise ValidationError(
+            "unique_key",
+            f"nested too deep to encode as JSON (over {MAX_DEPTH} levels); pass a flatter value",
+        )
     try:
         return _canonical(value)
     except (TypeError, ValueError) as exc:
@@ -133,10 +139,18 @@ def canonical_json(value: Any) -> str:
             "unique_key",
             f"{value!r} is not JSON ({exc}); pass str, int, float, bool, None, list or dict",
         ) from None
-    except RecursionError:
-        raise ValidationError(
-            "unique_key", "nested too deep to encode as JSON; pass a flatter value"
-        ) from None
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether lists, tuples and dicts nest in ``value`` deeper than ``levels`` (measured
+    without recursing past it, whatever the interpreter's recursion limit)."""
+    if isinstance(value, list | tuple):
+        items: Any = value
+    elif isinstance(value, dict):
+        items = value.values()
+    else:
+        return False
+    return levels == 0 or any(_deeper_than(item, levels - 1) for item in items)
 
 
 def key_value(

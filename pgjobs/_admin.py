@@ -102,6 +102,36 @@ def cancel(queries: Queries, job_id: int) -> Operation[str | None]:
     return Operation(queries.cancel_job, {"id": job_id}, result)
 
 
+def delete_job(queries: Queries, job_id: int) -> Operation[bool]:
+    def result(rows: Rows) -> bool:
+        if not rows:
+            return False
+        if not rows[0]["deleted"]:
+            raise ValueError(
+                f"job {job_id} is {rows[0]['state']}"
+                + (" in a batch that waits for it" if rows[0]["batch_id"] else "")
+                + ": cancel it instead"
+            )
+        return True
+
+    return Operation(queries.delete_job, {"id": job_id}, result)
+
+
+def run_job_now(queries: Queries, job_id: int) -> Operation[bool]:
+    def result(rows: Rows) -> bool:
+        if not rows:
+            return False
+        if not rows[0]["moved"]:
+            raise ValueError(
+                f"job {job_id} is {rows[0]['state']}: only a scheduled or retryable job can be "
+                "run now"
+            )
+        return True
+
+    params = {"id": job_id, "channel": queries.jobs_channel}
+    return Operation(queries.run_job_now, params, result)
+
+
 def list_workers(queries: Queries) -> Operation[Rows]:
     return Operation(queries.list_workers, {}, list)
 

@@ -479,6 +479,32 @@ class App:
         """:meth:`cancel` for async code."""
         return await self._client.run_async(_admin.cancel(self.queries, job_id), conn)
 
+    def delete_job(self, job_id: int, *, conn: Any = None) -> bool:
+        """Delete a job that is not running; ``False`` if there is no such job.
+
+        Raises:
+            ValueError: the job is running, or it belongs to a batch and has not ended (the
+                batch's counts wait for it): cancel it instead.
+        """
+        return self._client.run(_admin.delete_job(self.queries, job_id), conn)
+
+    async def delete_job_async(self, job_id: int, *, conn: Any = None) -> bool:
+        """:meth:`delete_job` for async code."""
+        return await self._client.run_async(_admin.delete_job(self.queries, job_id), conn)
+
+    def run_job_now(self, job_id: int, *, conn: Any = None) -> bool:
+        """Make a scheduled or retryable job available now (an idle worker starts it at once);
+        ``False`` if there is no such job. Its attempt is not changed.
+
+        Raises:
+            ValueError: the job is neither scheduled nor retryable.
+        """
+        return self._client.run(_admin.run_job_now(self.queries, job_id), conn)
+
+    async def run_job_now_async(self, job_id: int, *, conn: Any = None) -> bool:
+        """:meth:`run_job_now` for async code."""
+        return await self._client.run_async(_admin.run_job_now(self.queries, job_id), conn)
+
     def list_workers(self, *, conn: Any = None) -> list[dict[str, Any]]:
         """The registered workers, oldest first, with their heartbeat age, leadership and number
         of running jobs."""

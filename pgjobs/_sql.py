@@ -770,6 +770,37 @@ SELECT {schema}.wake_held_queues(%(queues)s::text[])
 for those whose latest claim held jobs back (``queues.held_back``), once the claims under way have
 committed, so a limit that does not bind wakes nobody."""
 
+DELETE_JOB = """
+WITH target AS (
+    SELECT id, state, batch_id FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
+), deleted AS (
+    DELETE FROM {schema}.jobs AS j USING target AS t
+    WHERE j.id = t.id AND t.state <> 'running'
+      AND (t.batch_id IS NULL OR t.state IN ('completed', 'discarded', 'cancelled'))
+    RETURNING j.id
+)
+SELECT t.state, t.batch_id, (SELECT count(*) FROM deleted) AS deleted FROM target AS t
+"""
+"""Delete a job that is not running, and that has ended if it belongs to a batch (whose counts
+wait for it). No row: there is no such job."""
+
+RUN_JOB_NOW = """
+WITH target AS (
+    SELECT id, state FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
+), moved AS (
+    UPDATE {schema}.jobs AS j SET state = 'available', scheduled_at = now()
+    FROM target AS t
+    WHERE j.id = t.id AND t.state IN ('scheduled', 'retryable')
+    RETURNING j.queue
+), notified AS (
+    SELECT pg_notify(%(channel)s, queue) FROM moved
+)
+SELECT t.state, (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM notified)
+FROM target AS t
+"""
+"""Make a scheduled or retryable job available now, and wake its queue's workers. No row:
+there is no such job."""
+
 SCHEMA_VERSION = """
 SELECT version_num FROM {schema}.alembic_version
 """
@@ -1103,6 +1134,8 @@ class Queries:
     queue_counts: str
     metrics: str
     lock_holders: str
+    delete_job: str
+    run_job_now: str
     schema_version: str
     oldest_served_revision: str
     insert_batch: str

@@ -426,6 +426,28 @@ def job_command(obj: dict[str, Any], job_id: int, as_json: bool) -> None:
             click.echo(f"  {line}")
 
 
+@cli.command("run-now")
+@click.argument("job_id", type=JOB_ID)
+@click.pass_obj
+@_handles_errors
+def run_now(obj: dict[str, Any], job_id: int) -> None:
+    """Make scheduled or retryable job JOB_ID available now (its attempt is not changed)."""
+    if not _load_app(obj).run_job_now(job_id):
+        raise click.UsageError(f"no job {job_id}")
+    click.echo(f"job {job_id} is available now")
+
+
+@cli.command()
+@click.argument("job_id", type=JOB_ID)
+@click.pass_obj
+@_handles_errors
+def delete(obj: dict[str, Any], job_id: int) -> None:
+    """Delete job JOB_ID, unless it is running or waited for by its batch (cancel it then)."""
+    if not _load_app(obj).delete_job(job_id):
+        raise click.UsageError(f"no job {job_id}")
+    click.echo(f"job {job_id} deleted")
+
+
 @cli.command()
 @click.argument("job_id", type=JOB_ID)
 @click.pass_obj

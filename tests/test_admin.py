@@ -182,6 +182,59 @@ def test_cancel_on_a_rolled_back_connection_changes_nothing_and_on_the_pool_comm
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_delete_job_and_run_job_now_refuse_what_they_must_and_join_the_callers_transaction(
+    app: pgjobs.App, database_url: str, db: psycopg.Connection[Any], mode: str
+) -> None:
+    """The operations the dashboard's buttons use, in Python: guarded on the job's state."""
+    later = jobs_app.noop.options(delay=3600).enqueue("later")
+    probe = f"SELECT count(*) FROM pgjobs.jobs WHERE id = {later}"
+    assert rolled_back(app, database_url, mode, "delete_job", later, probe=probe) == (True, 0)
+    assert state(db, later) == "scheduled"
+
+    assert on_pool(app, mode, "run_job_now", later) is True
+    assert state(db, later) == "available"
+    with pytest.raises(ValueError, match=f"job {later} is available: only a scheduled or retry"):
+        on_pool(app, mode, "run_job_now", later)
+    run(db, later)
+    with pytest.raises(ValueError, match=f"job {later} is running: cancel it instead"):
+        on_pool(app, mode, "delete_job", later)
+    assert state(db, later) == "running"
+
+    with app.batch() as batch:
+        member = batch.add(jobs_app.noop.call("member"))
+    with pytest.raises(ValueError, match="available in a batch that waits for it"):
+        on_pool(app, mode, "delete_job", member)
+    discard(db, member)
+    assert on_pool(app, mode, "delete_job", member) is True
+    assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = %s", member) == 0
+    assert on_pool(app, mode, "delete_job", member) is False
+    assert on_pool(app, mode, "run_job_now", member) is False
+
+
+def test_cli_run_now_and_delete(
+    database_url: str, db: psycopg.Connection[Any], app: pgjobs.App
+) -> None:
+    later = jobs_app.noop.options(delay=3600).enqueue("later")
+    ran = run_cli(database_url, "run-now", str(later))
+    assert (ran.returncode, ran.stdout) == (0, f"job {later} is available now\n"), ran.stderr
+    again = run_cli(database_url, "run-now", str(later))
+    assert again.returncode == 2 and "only a scheduled or retryable job" in again.stderr
+    run(db, later)
+    refused = run_cli(database_url, "delete", str(later))
+    assert refused.returncode == 2 and "is running: cancel it instead" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    db.execute(
+        "UPDATE pgjobs.jobs SET state = 'completed', finished_at = now(), worker_id = NULL "
+        "WHERE id = %s",
+        (later,),
+    )
+    deleted = run_cli(database_url, "delete", str(later))
+    assert (deleted.returncode, deleted.stdout) == (0, f"job {later} deleted\n"), deleted.stderr
+    missing = run_cli(database_url, "delete", str(later))
+    assert missing.returncode == 2 and f"no job {later}" in missing.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_retry_all_retries_exactly_the_matching_jobs_and_never_a_running_one(
     app: pgjobs.App, database_url: str, db: psycopg.Connection[Any], mode: str
 ) -> None:

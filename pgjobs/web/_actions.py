@@ -100,17 +100,8 @@ class Actions:
     async def delete(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
             job_id = path_job_id(request)
-            rows = await self._run(
-                Operation(self.site.web.delete_job, {"id": job_id}, lambda rows: rows)
-            )
-            if not rows:
+            if not await self._refused_as_conflict(self.site.app.delete_job_async(job_id)):
                 raise HTTPException(404, f"there is no job {job_id}")
-            if not rows[0]["deleted"]:
-                raise _Conflict(
-                    f"job {job_id} is {rows[0]['state']}"
-                    + (" in a batch that waits for it" if rows[0]["batch_id"] else "")
-                    + ": cancel it instead"
-                )
             return "delete", f"job {job_id}", f"job {job_id} deleted"
 
         return await self._change(request, change)
@@ -118,15 +109,8 @@ class Actions:
     async def run_now(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
             job_id = path_job_id(request)
-            params = {"id": job_id, "channel": self.site.app.queries.jobs_channel}
-            rows = await self._run(Operation(self.site.web.run_job_now, params, lambda r: r))
-            if not rows:
+            if not await self._refused_as_conflict(self.site.app.run_job_now_async(job_id)):
                 raise HTTPException(404, f"there is no job {job_id}")
-            if not rows[0]["moved"]:
-                raise _Conflict(
-                    f"job {job_id} is {rows[0]['state']}: only a scheduled or retryable job can "
-                    "be run now"
-                )
             return "run now", f"job {job_id}", f"job {job_id} is available now"
 
         return await self._change(request, change)

@@ -163,36 +163,6 @@ LIMIT %(limit)s
 """
 """The jobs running now, for the workers page."""
 
-DELETE_JOB = """
-WITH target AS (
-    SELECT id, state, batch_id FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
-), deleted AS (
-    DELETE FROM {schema}.jobs AS j USING target AS t
-    WHERE j.id = t.id AND t.state <> 'running'
-      AND (t.batch_id IS NULL OR t.state IN ('completed', 'discarded', 'cancelled'))
-    RETURNING j.id
-)
-SELECT t.state, t.batch_id, (SELECT count(*) FROM deleted) AS deleted FROM target AS t
-"""
-"""Delete a job that is not running, and that has ended if it belongs to a batch (whose counts
-wait for it). No row: there is no such job."""
-
-RUN_JOB_NOW = """
-WITH target AS (
-    SELECT id, state FROM {schema}.jobs WHERE id = %(id)s FOR UPDATE
-), moved AS (
-    UPDATE {schema}.jobs AS j SET state = 'available', scheduled_at = now()
-    FROM target AS t
-    WHERE j.id = t.id AND t.state IN ('scheduled', 'retryable')
-    RETURNING j.queue
-), notified AS (
-    SELECT pg_notify(%(channel)s, queue) FROM moved
-)
-SELECT t.state, (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM notified)
-FROM target AS t
-"""
-"""Make a scheduled or retryable job available now. No row: there is no such job."""
-
 
 @dataclass(frozen=True)
 class WebQueries:
@@ -214,8 +184,6 @@ class WebQueries:
     scan_finished_after: str
     jobs_by_id: str
     running_jobs: str
-    delete_job: str
-    run_job_now: str
 
 
 @functools.cache

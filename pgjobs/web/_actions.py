@@ -1,18 +1,17 @@
 """The dashboard's state changes: each a POST that passes authentication, the read-only switch
-and the CSRF checks, runs one statement (the same guarded statements as the CLI's), logs who did
-what, and returns to the page it came from with a notice."""
+and the CSRF checks, calls one of the app's admin operations (the ones the CLI calls, each one
+guarded statement), logs who did what, and returns to the page it came from with a notice."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qsl, quote
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from .._admin import Operation, cancel, retry, retry_all
 from .._settings import QUEUE_NAME
 from ._listing import BadRequest, filters
 from ._security import TOKEN_COOKIE, Forbidden, TokenAuth, check_state_change
@@ -58,7 +57,7 @@ class Actions:
     async def retry(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
             job_id = path_job_id(request)
-            if not await self._run(retry(self.site.app.queries, job_id)):
+            if not await self._refused_as_conflict(self.site.app.retry_async(job_id)):
                 raise HTTPException(404, f"there is no job {job_id}")
             return "retry", f"job {job_id}", f"job {job_id} will run again"
 
@@ -70,13 +69,13 @@ class Actions:
             if state not in RETRYABLE_STATES:
                 raise BadRequest(f"retry all takes one of {', '.join(RETRYABLE_STATES)}")
             queue, name = filters(form)
-            operation = retry_all(
-                self.site.app.queries,
-                [state],
-                None if queue is None else [queue],
-                None if name is None else [name],
+            count = await self._refused_as_conflict(
+                self.site.app.retry_all_async(
+                    states=[state],
+                    queues=None if queue is None else [queue],
+                    names=None if name is None else [name],
+                )
             )
-            count = await self._run(operation)
             target = f"{state} jobs" + (f" of queue {queue}" if queue else "")
             target += f" named {name}" if name else ""
             return "retry all", target, f"{count} {target} will run again"
@@ -86,7 +85,7 @@ class Actions:
     async def cancel(self, request: Request) -> Response:
         async def change(request: Request, form: dict[str, str]) -> tuple[str, object, str]:
             job_id = path_job_id(request)
-            outcome = await self._run(cancel(self.site.app.queries, job_id))
+            outcome = await self._refused_as_conflict(self.site.app.cancel_async(job_id))
             if outcome is None:
                 raise HTTPException(404, f"there is no job {job_id}")
             notices = {
@@ -184,9 +183,6 @@ class Actions:
             path=root(request),
         )
         return secured(response, request)
-
-    async def _run(self, operation: Operation[Any]) -> Any:
-        return await self._refused_as_conflict(self.site.run(operation))
 
     async def _refused_as_conflict(self, call: Awaitable[T]) -> T:
         try:

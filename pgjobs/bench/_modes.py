@@ -31,9 +31,9 @@ from .._link import CUSTOM_PLANS
 from .._migrate import migrate
 from .._outcome import COMPLETED
 from .._settings import Settings
-from .._sql import bench_queries_for
 from ._jobs import SCHEMA, app, async_noop, async_report_start, noop, report_start
 from ._pages import pages
+from ._sql import bench_queries_for
 
 BENCH = bench_queries_for(SCHEMA)
 

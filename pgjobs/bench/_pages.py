@@ -16,8 +16,8 @@ from typing import Any
 from .._connection import connect
 from .._errors import ConfigError
 from .._settings import Settings
-from .._sql import bench_queries_for
 from ._jobs import SCHEMA, app
+from ._sql import bench_queries_for
 
 BENCH = bench_queries_for(SCHEMA)
 

@@ -111,8 +111,8 @@ def test_an_outcome_in_flight_when_its_job_is_claimed_again_is_written_under_the
             lambda: (
                 count(
                     db,
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = %s AND wait_event_type = 'Lock'",
                     ACK_APPLICATION_NAME,
                 )
                 == 1

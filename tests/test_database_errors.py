@@ -145,8 +145,8 @@ def test_cli_behind_a_held_table_lock_exits_1_naming_the_holder_without_a_traceb
 def claim_lock_wait_began(db: psycopg.Connection[Any]) -> datetime | None:
     """When the worker's claim statement began, if it is waiting for a lock now."""
     row = db.execute(
-        "SELECT query_start FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        " AND application_name LIKE 'pgjobs-worker:%:claim'"
+        "SELECT query_start FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND application_name LIKE 'pgjobs-worker:%:claim'"
     ).fetchone()
     return None if row is None else row[0]
 

@@ -218,7 +218,8 @@ def test_claims_whose_answer_was_lost_are_handed_back(
         )
         # and the claim connection breaks, so the next claim runs on a new one
         db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
             (worker._application_name("claim"),),
         )
         try:

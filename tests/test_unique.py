@@ -220,7 +220,10 @@ def test_a_rolled_back_holder_passes_the_key_on(
 
         waiters = threading.Thread(target=run_threads, args=(9, enqueue))
         waiters.start()
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
         eventually(lambda: count(db, waiting) == 9)
         holder.rollback()
         waiters.join(timeout=60)

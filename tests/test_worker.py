@@ -176,8 +176,8 @@ def test_a_slot_stays_taken_until_its_outcome_is_written(
                 lambda: (
                     count(
                         db,
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE application_name LIKE '%%:ack' AND wait_event_type = 'Lock'",
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name LIKE '%%:ack' AND wait_event_type = 'Lock'",
                     )
                     == 1
                 )

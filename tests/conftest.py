@@ -1,7 +1,10 @@
-"""Real PostgreSQL for every test, cloned per test from a migrated template database.
+"""Real PostgreSQL for the tests that need it, isolated as cheaply as each test allows.
 
 The server is ``PGJOBS_TEST_DSN`` when set; otherwise a throwaway one: testcontainers when a
 Docker engine answers, else the embedded ``pgserver`` (PostgreSQL 16) in a temporary directory.
+Each test process (each pytest-xdist worker) migrates a template database once; ``database_url``
+is a clone of it from a pool (emptied and reused after each test, see ``tests/databases.py``),
+a new clone for tests marked ``fresh_database``. Tests of pure code ask for no database at all.
 """
 
 from __future__ import annotations
@@ -9,18 +12,18 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import pgjobs
 from tests import jobs_app
+from tests.databases import DatabasePool, database_url_for, unique_name
 from tests.helpers import LEDGER_DDL, WorkerProcess, worker_launcher
 
 
@@ -62,47 +65,72 @@ def server_url() -> Iterator[str]:
             server.cleanup()
 
 
-def database_url_for(server_url: str, dbname: str) -> str:
-    """``server_url`` (a postgresql:// URL) pointed at database ``dbname``."""
-    parts = urlsplit(server_url)
-    if parts.scheme not in {"postgresql", "postgres"}:
-        raise ValueError(f"PGJOBS_TEST_DSN must be a postgresql:// URL, not {server_url!r}")
-    return urlunsplit(parts._replace(path=f"/{dbname}"))
+def _create_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture(scope="session")
 def template_name(server_url: str) -> Iterator[str]:
-    name = f"pgjobs_template_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(server_url, name)
-    pgjobs.migrate(pgjobs.load_settings({"database_url": url}))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(LEDGER_DDL)
-    yield name
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A database migrated to the newest revision, with the ledger table: what tests clone."""
+    name = unique_name("pgjobs_template")
+    _create_database(server_url, name)
+    try:
+        url = database_url_for(server_url, name)
+        pgjobs.migrate(pgjobs.load_settings({"database_url": url}))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(LEDGER_DDL)
+        yield name
+    finally:
+        _drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+def databases(server_url: str, template_name: str) -> Iterator[DatabasePool]:
+    """Clones of the migrated template, reused from test to test."""
+    pool = DatabasePool(server_url, template_name, "pgjobs_test")
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def empty_databases(server_url: str) -> Iterator[DatabasePool]:
+    """Databases with no pgjobs tables at all, reused from test to test."""
+    template = unique_name("pgjobs_empty_template")
+    _create_database(server_url, template)
+    try:
+        pool = DatabasePool(server_url, template, "pgjobs_empty")
+        yield pool
+        pool.close()
+    finally:
+        _drop_database(server_url, template)
+
+
+def _database_for(request: pytest.FixtureRequest, pool: DatabasePool) -> Iterator[str]:
+    fresh = request.node.get_closest_marker("fresh_database") is not None
+    with pool.fresh() if fresh else pool.lease() as name:
+        yield pool.url(name)
 
 
 @pytest.fixture
-def database_url(server_url: str, template_name: str) -> Iterator[str]:
-    name = f"pgjobs_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
-    yield database_url_for(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def database_url(request: pytest.FixtureRequest, databases: DatabasePool) -> Iterator[str]:
+    """A migrated database with the ledger table, this test's alone."""
+    yield from _database_for(request, databases)
 
 
 @pytest.fixture
-def empty_database_url(server_url: str) -> Iterator[str]:
-    """A database with no pgjobs tables at all."""
-    name = f"pgjobs_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield database_url_for(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def empty_database_url(
+    request: pytest.FixtureRequest, empty_databases: DatabasePool
+) -> Iterator[str]:
+    """A database with no pgjobs tables at all, this test's alone."""
+    yield from _database_for(request, empty_databases)
 
 
 @pytest.fixture

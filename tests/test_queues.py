@@ -43,7 +43,7 @@ from pgjobs._queues import (
 )
 from pgjobs._refusals import Refusals
 from tests import limits_app
-from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
+from tests.helpers import WorkerProcess, count, eventually, invoke, rows, value
 
 FULL = os.environ.get("PGJOBS_FAULTS") == "full"
 
@@ -250,24 +250,24 @@ def test_bad_limits_write_nothing(app: pgjobs.App, db: psycopg.Connection[Any]) 
         ["--clear", "--concurrency", "5"],
         [],
     ):
-        result = run_cli(str(app.settings.database_url), "queue", "limit", "api", *args)
+        result = invoke(str(app.settings.database_url), "queue", "limit", "api", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("Error:"), result.stderr
-    assert run_cli(str(app.settings.database_url), "queue", "pause", "no spaces").returncode == 2
+    assert invoke(str(app.settings.database_url), "queue", "pause", "no spaces").returncode == 2
     assert count(db, "SELECT count(*) FROM pgjobs.queues") == 0
 
 
 def test_limits_through_the_cli(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
     url = str(app.settings.database_url)
-    result = run_cli(url, "queue", "limit", "api", "--concurrency", "3", "--rate", "100/1m",
+    result = invoke(url, "queue", "limit", "api", "--concurrency", "3", "--rate", "100/1m",
                      "--partition-by", "job,key")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert rows(
         db, "SELECT concurrency, rate_limit, rate_period, partition FROM pgjobs.queues"
     ) == [(3, 100, 60.0, "job,key")]
-    assert run_cli(url, "queue", "pause", "api").returncode == 0
-    listed = run_cli(url, "queues")
+    assert invoke(url, "queue", "pause", "api").returncode == 0
+    listed = invoke(url, "queues")
     assert listed.returncode == 0
     assert listed.stdout.splitlines()[1].split() == [
         "api",
@@ -279,7 +279,7 @@ def test_limits_through_the_cli(app: pgjobs.App, db: psycopg.Connection[Any]) ->
         "0",
     ]  # not held back: nothing waits
     db.execute("INSERT INTO pgjobs.queue_starts VALUES ('api', '', now()), ('other', '', now())")
-    assert run_cli(url, "queue", "limit", "api", "--clear").returncode == 0
+    assert invoke(url, "queue", "limit", "api", "--clear").returncode == 0
     assert rows(db, "SELECT queue FROM pgjobs.queue_starts") == [("other",)]  # api's window went
     assert app.list_queues()[0] | {"updated_at": None} == {
         "name": "api",
@@ -531,7 +531,7 @@ def test_pause_and_resume(
     assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) AND state = 'available'",
                   waiting) == 5  # fmt: skip
 
-    assert run_cli(url, "queue", "resume", "pausable").returncode == 0
+    assert invoke(url, "queue", "resume", "pausable").returncode == 0
     resumed = time.monotonic()
     eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE event = 'end'") == 6, timeout=5)
     assert time.monotonic() - resumed < 1.0  # woken by the change, not by a poll

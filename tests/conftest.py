@@ -5,6 +5,9 @@ Docker engine answers, else the embedded ``pgserver`` (PostgreSQL 16) in a tempo
 Each test process (each pytest-xdist worker) migrates a template database once; ``database_url``
 is a clone of it from a pool (emptied and reused after each test, see ``tests/databases.py``),
 a new clone for tests marked ``fresh_database``. Tests of pure code ask for no database at all.
+
+Tests marked ``faults``, ``browser`` or ``slow`` are left out unless ``PGJOBS_TEST_ALL=1`` or
+``CI=true`` (or ``-m`` picks tests by marker); under ``CI=true`` a skipped test fails.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import functools
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,48 @@ import pgjobs
 from tests import jobs_app
 from tests.databases import DatabasePool, database_url_for, unique_name
 from tests.helpers import LEDGER_DDL, WorkerProcess, worker_launcher
+
+OPT_IN_MARKERS = ("faults", "browser", "slow")
+"""Markers of the tests a default run leaves out."""
+
+RUN_ALL = "PGJOBS_TEST_ALL"
+"""Environment variable that selects the :data:`OPT_IN_MARKERS` tests too (``1``)."""
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def runs_everything(config: pytest.Config) -> bool:
+    """Whether this run keeps the opt-in tests: asked for, in CI, or ``-m`` chose by marker."""
+    return os.environ.get(RUN_ALL) == "1" or in_ci() or bool(config.option.markexpr)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if runs_everything(config):
+        return
+    left_out = [i for i in items if any(i.get_closest_marker(m) for m in OPT_IN_MARKERS)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [i for i in items if i not in set(left_out)]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if runs_everything(config):
+        return "opt-in tests (faults, browser, slow): selected"
+    return f"opt-in tests (faults, browser, slow): left out; {RUN_ALL}=1 runs them"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
+    return report
 
 
 def _docker_answers() -> bool:

@@ -427,18 +427,25 @@ def check_rate(
                == 0)  # fmt: skip
 
 
+RATES = [pytest.param(limits_app.api_call, 10, 2.0, 4, id="10-per-2s")] + (
+    [pytest.param(limits_app.slow_api_call, 100, 60.0, 3, id="100-per-minute")] if FULL else []
+)
+"""(job, starts, period, windows): 10 per 2 s over 4 windows; with ``PGJOBS_FAULTS=full`` also
+100 per minute over 3."""
+
+
+@pytest.mark.parametrize(("job", "starts", "period", "windows"), RATES)
 def test_rate_limit_sliding_window(
-    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
+    app: pgjobs.App,
+    db: psycopg.Connection[Any],
+    start_worker: Callable[..., WorkerProcess],
+    job: pgjobs.Job[..., None],
+    starts: int,
+    period: float,
+    windows: int,
 ) -> None:
-    """10 starts per 2 s, 40 jobs on 2 workers: no 2 s window holds more than 10 starts."""
-    check_rate(app, db, start_worker, limits_app.api_call, 10, 2.0, 4)
-
-
-@pytest.mark.skipif(not FULL, reason="PGJOBS_FAULTS=full: 100 per minute over 3 minutes")
-def test_rate_limit_per_minute(
-    app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
-) -> None:
-    check_rate(app, db, start_worker, limits_app.slow_api_call, 100, 60.0, 3)
+    """STARTS per PERIOD, on 2 workers: no window of PERIOD holds more than STARTS starts."""
+    check_rate(app, db, start_worker, job, starts, period, windows)
 
 
 def job_side_starts(db: psycopg.Connection[Any], *labels: str) -> list[float]:

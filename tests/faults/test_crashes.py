@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests import jobs_app
 from tests.faults.ledger import (
@@ -44,6 +45,8 @@ from tests.faults.ledger import (
     running_jobs,
 )
 from tests.helpers import WorkerProcess, count, eventually, process_state, rows, value
+
+pytestmark = pytest.mark.faults
 
 StartWorker = Callable[..., WorkerProcess]
 

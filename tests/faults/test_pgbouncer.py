@@ -24,11 +24,14 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests import jobs_app
 from tests.faults.cluster import Cluster
 from tests.faults.pgbouncer import PgBouncer
 from tests.helpers import WorkerProcess, eventually
+
+pytestmark = pytest.mark.faults
 
 StartWorker = Callable[..., WorkerProcess]
 

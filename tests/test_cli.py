@@ -593,6 +593,7 @@ def test_the_api_says_why_a_connection_is_refused_at_once(server_url: str) -> No
     registry.close()
 
 
+@pytest.mark.fresh_database
 def test_migrate_prints_its_summary_only(empty_database_url: str) -> None:
     from pgjobs._migrate import head_revision
 

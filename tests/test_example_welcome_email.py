@@ -15,6 +15,8 @@ from flask.testing import FlaskClient
 from docs.examples.welcome_email import app as example
 from tests.helpers import invoke, run_cli, run_program
 
+pytestmark = pytest.mark.fresh_database  # the example creates tables of its own
+
 WORKER_APP = "docs.examples.welcome_email.app:jobs"
 
 

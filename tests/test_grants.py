@@ -27,6 +27,8 @@ from pgjobs._grants import grant_statements
 from tests import jobs_app
 from tests.helpers import WorkerProcess, count, eventually, invoke, rows, run_cli, value
 
+pytestmark = pytest.mark.fresh_database  # each test grants to roles of its own in its database
+
 KINDS = ("enqueuer", "worker", "inspector")
 
 

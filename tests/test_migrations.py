@@ -104,6 +104,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.fresh_database
 def test_migrate_creates_the_schema_from_an_empty_database(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
@@ -121,6 +122,7 @@ def test_migrate_creates_the_schema_from_an_empty_database(
     assert [(n.channel, n.payload) for n in notices] == [("pgjobs.jobs", "mailers")]
 
 
+@pytest.mark.fresh_database
 def test_second_migrate_changes_nothing(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
@@ -137,6 +139,7 @@ def test_second_migrate_changes_nothing(
     assert empty_db.execute("SELECT name FROM pgjobs.jobs").fetchall() == [("kept",)]
 
 
+@pytest.mark.fresh_database
 def test_two_migrations_started_together_both_succeed(
     empty_database_url: str, empty_db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
@@ -174,6 +177,7 @@ def test_two_migrations_started_together_both_succeed(
     assert sorted(ran) == [False, True], "exactly one process should have applied the revisions"
 
 
+@pytest.mark.fresh_database
 @pytest.mark.parametrize(
     ("flags", "env"),
     [(["--schema", "other_jobs"], {}), ([], {"PGJOBS_SCHEMA": "other_jobs"})],
@@ -214,6 +218,7 @@ def test_non_default_schema(
     assert not schema_exists(empty_db, "pgjobs")
 
 
+@pytest.mark.fresh_database
 @pytest.mark.parametrize("schema", ["pgjobs", "other_jobs"])
 def test_migrate_sql_prints_ddl_without_a_database(
     schema: str, empty_database_url: str, empty_db: psycopg.Connection[Any]
@@ -236,6 +241,7 @@ def test_migrate_sql_prints_ddl_without_a_database(
     assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.fresh_database
 def test_migrate_check(empty_database_url: str, empty_db: psycopg.Connection[Any]) -> None:
     before = invoke(empty_database_url, "migrate", "--check")
     assert before.returncode == 1
@@ -259,6 +265,7 @@ def test_worker_refuses_an_unmigrated_database(
     assert not schema_exists(empty_db, "pgjobs")
 
 
+@pytest.mark.fresh_database
 def test_downgrade_to_base_then_upgrade_again(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
@@ -283,6 +290,7 @@ def test_downgrade_to_base_then_upgrade_again(
     assert invoke(empty_database_url, "migrate", "--check").returncode == 0
 
 
+@pytest.mark.fresh_database
 def test_application_tables_are_left_alone(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
@@ -318,6 +326,7 @@ def test_application_tables_are_left_alone(
     assert public_now() == public_before
 
 
+@pytest.mark.fresh_database
 def test_database_from_a_newer_pgjobs_is_refused_cleanly(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
@@ -344,6 +353,7 @@ def test_database_from_a_newer_pgjobs_is_refused_cleanly(
     assert catalog(empty_db, "pgjobs") == before
 
 
+@pytest.mark.fresh_database
 def test_newer_schema_that_still_serves_this_release_is_used(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
@@ -361,6 +371,7 @@ def test_newer_schema_that_still_serves_this_release_is_used(
     assert db.execute("SELECT state FROM pgjobs.jobs").fetchall() == [("completed",)]
 
 
+@pytest.mark.fresh_database
 @pytest.mark.slow
 def test_installed_wheel_migrates_an_empty_database(
     tmp_path: Path, empty_database_url: str, empty_db: psycopg.Connection[Any]

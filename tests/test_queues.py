@@ -618,6 +618,7 @@ def worker_role(server_url: str, database_url: str, db: psycopg.Connection[Any])
             admin.execute(f'DROP ROLE "{name}"')
 
 
+@pytest.mark.fresh_database
 @pytest.mark.parametrize("period", ["Infinity", "-Infinity", "NaN", "0.0009", "2678401", "1e300"])
 def test_the_table_refuses_a_period_out_of_range_from_a_worker_role(
     worker_role: str, db: psycopg.Connection[Any], period: str
@@ -647,6 +648,7 @@ def test_the_table_refuses_a_period_out_of_range_from_a_worker_role(
     ]
 
 
+@pytest.mark.fresh_database
 def test_a_worker_role_confirms_the_starts_of_a_rated_queue(
     app: pgjobs.App, worker_role: str, db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
@@ -673,6 +675,7 @@ def test_a_worker_role_confirms_the_starts_of_a_rated_queue(
         worker.kill()
 
 
+@pytest.mark.fresh_database
 def test_a_queue_row_the_claim_chokes_on_stops_nothing(
     app: pgjobs.App, db: psycopg.Connection[Any], start_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -738,6 +741,7 @@ def test_a_job_row_the_plain_claim_chokes_on_stops_nothing(
     assert "integer out of range" in refusals[0], refusals
 
 
+@pytest.mark.fresh_database
 def test_the_migration_brings_rates_out_of_range_into_it(database_url: str) -> None:
     """Rows that the earlier checks let in are moved to the nearest period the new check allows
     (an endless period becomes the longest), so the migration cannot fail on them, and the

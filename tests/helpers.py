@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -320,3 +321,24 @@ def process_state(pid: int) -> str:
     except (FileNotFoundError, ProcessLookupError):
         return "X"
     return stat.rpartition(")")[2].split()[0]
+
+
+def claimed_since(db: psycopg.Connection[Any], worker: WorkerProcess, since: datetime) -> bool:
+    """Whether ``worker`` (a ``pgjobs worker`` process, registered) has finished a claim that it
+    began after ``since`` (the database's clock): it looked for jobs, by a poll or a wake-up.
+
+    For tests that something did not run: wait for this, not for a time that seems enough.
+    """
+    return (
+        count(
+            db,
+            "SELECT count(*) FROM pg_stat_activity a"
+            " JOIN pgjobs.workers w"
+            "   ON a.application_name = 'pgjobs-worker:' || left(w.id::text, 8) || ':claim'"
+            " WHERE a.datname = current_database() AND w.pid = %s AND a.state = 'idle'"
+            "   AND a.query_start > %s AND a.query LIKE '%%claim%%'",
+            worker.process.pid,
+            since,
+        )
+        == 1
+    )

@@ -7,7 +7,8 @@ is a clone of it from a pool (emptied and reused after each test, see ``tests/da
 a new clone for tests marked ``fresh_database``. Tests of pure code ask for no database at all.
 
 Tests marked ``faults``, ``browser`` or ``slow`` are left out unless ``PGJOBS_TEST_ALL=1`` or
-``CI=true`` (or ``-m`` picks tests by marker); under ``CI=true`` a skipped test fails.
+``CI=true``, ``-m`` picks tests by marker, or their file is named on the command line; under
+``CI=true`` a skipped test fails.
 """
 
 from __future__ import annotations
@@ -45,19 +46,35 @@ def runs_everything(config: pytest.Config) -> bool:
     return os.environ.get(RUN_ALL) == "1" or in_ci() or bool(config.option.markexpr)
 
 
+def named_files(config: pytest.Config) -> set[Path]:
+    """The test files named on the command line (by path or by a test's id in them)."""
+    here = config.invocation_params.dir
+    paths = (here / str(arg).partition("::")[0] for arg in config.args)
+    return {path.resolve() for path in paths if path.is_file()}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if runs_everything(config):
         return
-    left_out = [i for i in items if any(i.get_closest_marker(m) for m in OPT_IN_MARKERS)]
+    named = named_files(config)
+    left_out = [
+        item
+        for item in items
+        if any(item.get_closest_marker(m) for m in OPT_IN_MARKERS) and item.path not in named
+    ]
     if left_out:
         config.hook.pytest_deselected(items=left_out)
-        items[:] = [i for i in items if i not in set(left_out)]
+        kept = set(items) - set(left_out)
+        items[:] = [item for item in items if item in kept]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     if runs_everything(config):
         return "opt-in tests (faults, browser, slow): selected"
-    return f"opt-in tests (faults, browser, slow): left out; {RUN_ALL}=1 runs them"
+    return (
+        f"opt-in tests (faults, browser, slow): left out unless their file is named; "
+        f"{RUN_ALL}=1 runs them all"
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -141,6 +141,7 @@ def round_done(db: psycopg.Connection[Any], label: str) -> bool:
     return started == upgrade_app.EXPECTED_STARTS
 
 
+@pytest.mark.fresh_database
 def test_previous_release_works_on_the_newest_schema(
     empty_database_url: str, previous: Path, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ from pgjobs._execution import ClaimedJob
 from pgjobs._link import Link
 from pgjobs._outcome import COMPLETED
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, eventually
+from tests.helpers import WorkerProcess, count, eventually, value
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -182,8 +182,10 @@ def test_a_slot_stays_taken_until_its_outcome_is_written(
                     == 1
                 )
             )
-            # nothing to await for an absence: give a wrong worker ample time to claim
-            db.execute("SELECT pg_sleep(0.5)")
+            # a wrong worker claims as its jobs end; a heartbeat begun later ran on its event
+            # loop after that moment: wait for one rather than for a time
+            since = value(db, "SELECT clock_timestamp()")
+            eventually(lambda: value(db, "SELECT max(heartbeat_at) FROM pgjobs.workers") > since)
             states = db.execute(
                 "SELECT state FROM pgjobs.jobs WHERE id = ANY(%s)", (later,)
             ).fetchall()

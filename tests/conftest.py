@@ -69,6 +69,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    if config.option.markexpr:
+        return "opt-in tests (faults, browser, slow): as -m selects"
     if runs_everything(config):
         return "opt-in tests (faults, browser, slow): selected"
     return (

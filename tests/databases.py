@@ -119,7 +119,7 @@ SELECT format('%I.%I', n.nspname, c.relname), coalesce(s.last_value, s.start_val
  ORDER BY 1
 """
 
-SETTLE_SECONDS = 5.0
+SETTLE_SECONDS = 2.0
 """How long a released database's last sessions get to end (a killed worker's backends notice
 at once; a backend still ending shows for a moment) before the database is dropped instead."""
 

@@ -1,7 +1,14 @@
-"""Real PostgreSQL for every test, cloned per test from a migrated template database.
+"""Real PostgreSQL for the tests that need it, isolated as cheaply as each test allows.
 
 The server is ``PGJOBS_TEST_DSN`` when set; otherwise a throwaway one: testcontainers when a
 Docker engine answers, else the embedded ``pgserver`` (PostgreSQL 16) in a temporary directory.
+Each test process (each pytest-xdist worker) migrates a template database once; ``database_url``
+is a clone of it from a pool (emptied and reused after each test, see ``tests/databases.py``),
+a new clone for tests marked ``fresh_database``. Tests of pure code ask for no database at all.
+
+Tests marked ``faults``, ``browser`` or ``slow`` are left out unless ``PGJOBS_TEST_ALL=1`` or
+``CI=true``, ``-m`` picks tests by marker, or their file is named on the command line; under
+``CI=true`` a skipped test fails.
 """
 
 from __future__ import annotations
@@ -9,19 +16,79 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import pgjobs
 from tests import jobs_app
+from tests.databases import DatabasePool, database_url_for, unique_name
 from tests.helpers import LEDGER_DDL, WorkerProcess, worker_launcher
+
+OPT_IN_MARKERS = ("faults", "browser", "slow")
+"""Markers of the tests a default run leaves out."""
+
+RUN_ALL = "PGJOBS_TEST_ALL"
+"""Environment variable that selects the :data:`OPT_IN_MARKERS` tests too (``1``)."""
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def runs_everything(config: pytest.Config) -> bool:
+    """Whether this run keeps the opt-in tests: asked for, in CI, or ``-m`` chose by marker."""
+    return os.environ.get(RUN_ALL) == "1" or in_ci() or bool(config.option.markexpr)
+
+
+def named_files(config: pytest.Config) -> set[Path]:
+    """The test files named on the command line (by path or by a test's id in them)."""
+    here = config.invocation_params.dir
+    paths = (here / str(arg).partition("::")[0] for arg in config.args)
+    return {path.resolve() for path in paths if path.is_file()}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if runs_everything(config):
+        return
+    named = named_files(config)
+    left_out = [
+        item
+        for item in items
+        if any(item.get_closest_marker(m) for m in OPT_IN_MARKERS) and item.path not in named
+    ]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        kept = set(items) - set(left_out)
+        items[:] = [item for item in items if item in kept]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if config.option.markexpr:
+        return "opt-in tests (faults, browser, slow): as -m selects"
+    if runs_everything(config):
+        return "opt-in tests (faults, browser, slow): selected"
+    return (
+        f"opt-in tests (faults, browser, slow): left out unless their file is named; "
+        f"{RUN_ALL}=1 runs them all"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
+    return report
 
 
 def _docker_answers() -> bool:
@@ -62,47 +129,72 @@ def server_url() -> Iterator[str]:
             server.cleanup()
 
 
-def database_url_for(server_url: str, dbname: str) -> str:
-    """``server_url`` (a postgresql:// URL) pointed at database ``dbname``."""
-    parts = urlsplit(server_url)
-    if parts.scheme not in {"postgresql", "postgres"}:
-        raise ValueError(f"PGJOBS_TEST_DSN must be a postgresql:// URL, not {server_url!r}")
-    return urlunsplit(parts._replace(path=f"/{dbname}"))
+def _create_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture(scope="session")
 def template_name(server_url: str) -> Iterator[str]:
-    name = f"pgjobs_template_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(server_url, name)
-    pgjobs.migrate(pgjobs.load_settings({"database_url": url}))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(LEDGER_DDL)
-    yield name
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A database migrated to the newest revision, with the ledger table: what tests clone."""
+    name = unique_name("pgjobs_template")
+    _create_database(server_url, name)
+    try:
+        url = database_url_for(server_url, name)
+        pgjobs.migrate(pgjobs.load_settings({"database_url": url}))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(LEDGER_DDL)
+        yield name
+    finally:
+        _drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+def databases(server_url: str, template_name: str) -> Iterator[DatabasePool]:
+    """Clones of the migrated template, reused from test to test."""
+    pool = DatabasePool(server_url, template_name, "pgjobs_test")
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def empty_databases(server_url: str) -> Iterator[DatabasePool]:
+    """Databases with no pgjobs tables at all, reused from test to test."""
+    template = unique_name("pgjobs_empty_template")
+    _create_database(server_url, template)
+    try:
+        pool = DatabasePool(server_url, template, "pgjobs_empty")
+        yield pool
+        pool.close()
+    finally:
+        _drop_database(server_url, template)
+
+
+def _database_for(request: pytest.FixtureRequest, pool: DatabasePool) -> Iterator[str]:
+    fresh = request.node.get_closest_marker("fresh_database") is not None
+    with pool.fresh() if fresh else pool.lease() as name:
+        yield pool.url(name)
 
 
 @pytest.fixture
-def database_url(server_url: str, template_name: str) -> Iterator[str]:
-    name = f"pgjobs_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
-    yield database_url_for(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def database_url(request: pytest.FixtureRequest, databases: DatabasePool) -> Iterator[str]:
+    """A migrated database with the ledger table, this test's alone."""
+    yield from _database_for(request, databases)
 
 
 @pytest.fixture
-def empty_database_url(server_url: str) -> Iterator[str]:
-    """A database with no pgjobs tables at all."""
-    name = f"pgjobs_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield database_url_for(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def empty_database_url(
+    request: pytest.FixtureRequest, empty_databases: DatabasePool
+) -> Iterator[str]:
+    """A database with no pgjobs tables at all, this test's alone."""
+    yield from _database_for(request, empty_databases)
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
-"""Test helpers: waiting on conditions, and running the real ``pgjobs worker``."""
+"""Test helpers: waiting on conditions, running the real ``pgjobs worker``, and the ``pgjobs``
+command, in a process of its own or in this one."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -11,13 +13,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 import pgjobs
+import pgjobs.cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PGJOBS = str(Path(sys.executable).parent / "pgjobs")
@@ -184,6 +189,98 @@ def run_cli(
     return run_program(database_url, [PGJOBS, *args], env, cwd)
 
 
+def invoke(
+    database_url: str | None, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """``pgjobs ARGS`` run in this process, as :func:`run_cli` runs it in a new one: the same
+    environment and directory, and the exit status, stdout and stderr that the ``pgjobs``
+    program would give (click's runner turns ``sys.exit`` into the status; an exception the
+    command does not handle is raised here, where the program would print a traceback).
+
+    As in a new process, the ``--app`` module is imported afresh, the command's logging goes to
+    its stderr, and the apps it loaded are closed at its end. Not for ``pgjobs worker``, which
+    ends its process, nor ``web`` and ``metrics``, which serve until stopped: :func:`run_cli`.
+    """
+    if {"worker", "web", "metrics"} & set(args) and "--help" not in args:
+        raise ValueError(f"pgjobs {' '.join(args)} runs on: start it with run_cli")
+    variables: dict[str, str | None] = {"DATABASE_URL": None, **(env or {})}
+    if database_url is not None:
+        variables["PGJOBS_DATABASE_URL"] = database_url
+    loaded: list[pgjobs.App] = []
+    load_app = pgjobs.cli._load_app
+
+    def loading(*load_args: Any, **load_kwargs: Any) -> pgjobs.App:
+        app = load_app(*load_args, **load_kwargs)
+        loaded.append(app)
+        return app
+
+    with (
+        _app_modules_imported_afresh(),
+        _logging_as_in_a_new_process(),
+        contextlib.chdir(cwd),
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setattr(pgjobs.cli, "_load_app", loading)
+        try:
+            result = CliRunner().invoke(
+                pgjobs.cli.cli,
+                list(args),
+                env=variables,
+                prog_name="pgjobs",
+                catch_exceptions=False,
+            )
+        finally:
+            for app in loaded:
+                app.close()
+    return subprocess.CompletedProcess(
+        ["pgjobs", *args], result.exit_code, result.stdout, result.stderr
+    )
+
+
+def _is_app_module(name: str) -> bool:
+    return name.startswith("tests.") and name.endswith("_app")
+
+
+@contextlib.contextmanager
+def _app_modules_imported_afresh() -> Iterator[None]:
+    """The tests' app modules (``tests.*_app``) import anew meanwhile; the old ones come back."""
+    import tests
+
+    kept = {name: sys.modules.pop(name) for name in list(sys.modules) if _is_app_module(name)}
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if _is_app_module(name)]:
+            del sys.modules[name]
+        sys.modules.update(kept)
+        for name, module in kept.items():
+            setattr(tests, name.removeprefix("tests."), module)
+
+
+@contextlib.contextmanager
+def _logging_as_in_a_new_process() -> Iterator[None]:
+    """The root logger without handlers meanwhile, so that the command sets up its own, as in a
+    new process; then the handlers and the levels of the loggers there were as they were (a
+    logger first made meanwhile keeps the level its module gave it on import)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    root.handlers = []
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers = handlers
+        root.setLevel(level)
+        for name, logger_level in levels.items():
+            logging.getLogger(name).setLevel(logger_level)
+
+
 def run_burst(app: pgjobs.App) -> None:
     """Run an in-process worker until the queues are empty."""
     asyncio.run(pgjobs.Worker(app, burst=True).run())
@@ -224,3 +321,24 @@ def process_state(pid: int) -> str:
     except (FileNotFoundError, ProcessLookupError):
         return "X"
     return stat.rpartition(")")[2].split()[0]
+
+
+def claimed_since(db: psycopg.Connection[Any], worker: WorkerProcess, since: datetime) -> bool:
+    """Whether ``worker`` (a ``pgjobs worker`` process, registered) has finished a claim that it
+    began after ``since`` (the database's clock): it looked for jobs, by a poll or a wake-up.
+
+    For tests that something did not run: wait for this, not for a time that seems enough.
+    """
+    return (
+        count(
+            db,
+            "SELECT count(*) FROM pg_stat_activity a"
+            " JOIN pgjobs.workers w"
+            "   ON a.application_name = 'pgjobs-worker:' || left(w.id::text, 8) || ':claim'"
+            " WHERE a.datname = current_database() AND w.pid = %s AND a.state = 'idle'"
+            "   AND a.query_start > %s AND a.query LIKE '%%claim%%'",
+            worker.process.pid,
+            since,
+        )
+        == 1
+    )

@@ -111,8 +111,8 @@ def test_an_outcome_in_flight_when_its_job_is_claimed_again_is_written_under_the
             lambda: (
                 count(
                     db,
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = %s AND wait_event_type = 'Lock'",
                     ACK_APPLICATION_NAME,
                 )
                 == 1
@@ -190,6 +190,7 @@ def test_a_row_the_database_refuses_is_stored_as_a_fallback_and_its_batch_is_wri
     assert acker.stale_acks == 0
 
 
+@pytest.mark.fresh_database
 def test_a_row_that_cannot_be_stored_at_all_is_retried_while_the_others_are_written(
     app: pgjobs.App, db: psycopg.Connection[Any]
 ) -> None:

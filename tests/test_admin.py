@@ -14,7 +14,7 @@ import pytest
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import count, eventually, run_cli, value
+from tests.helpers import count, eventually, invoke, value
 
 MODES = ["sync", "async"]
 
@@ -335,7 +335,7 @@ def test_cli_retry_all_and_job(
     for job_id in (*dead, kept):
         discard(db, job_id)
 
-    shown = run_cli(database_url, "job", str(dead[0]))
+    shown = invoke(database_url, "job", str(dead[0]))
     assert shown.returncode == 0, shown.stderr
     assert f"id:                  {dead[0]}" in shown.stdout.splitlines()
     assert "state:               discarded" in shown.stdout.splitlines()
@@ -344,10 +344,10 @@ def test_cli_retry_all_and_job(
         shown.stdout
     )
     assert shown.stdout.rstrip().endswith("  RuntimeError: boom")
-    as_json = run_cli(database_url, "job", str(dead[0]), "--json")
+    as_json = invoke(database_url, "job", str(dead[0]), "--json")
     assert json.loads(as_json.stdout)["errors"][0]["message"] == "boom"
 
-    retried = run_cli(database_url, "retry", "--all", "--state", "discarded", "--queue", "a")
+    retried = invoke(database_url, "retry", "--all", "--state", "discarded", "--queue", "a")
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.strip() == "2 jobs will run again"
     assert [state(db, i) for i in (*dead, kept)] == ["available", "available", "discarded"]
@@ -358,7 +358,7 @@ def test_cli_retry_all_and_job(
         (["retry", "1", "--all"], "give either JOB_ID or --all"),
         (["retry", str(kept), "--queue", "b"], "--state, --queue and --name go with --all"),
     ]:
-        refused = run_cli(database_url, *args)
+        refused = invoke(database_url, *args)
         assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
         assert message in refused.stderr
         assert "Traceback" not in refused.stderr

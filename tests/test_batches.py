@@ -16,7 +16,7 @@ import pytest
 import pgjobs
 from pgjobs._batches import added, callback_template
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, eventually, rows, run_burst, run_cli
+from tests.helpers import WorkerProcess, count, eventually, invoke, rows, run_burst
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -349,16 +349,16 @@ def test_plain_sql_cannot_add_a_job_to_a_batch_that_does_not_exist(
 def test_the_cli_shows_a_batch_and_lists_batches(app: pgjobs.App, database_url: str) -> None:
     with app.batch(on_complete=ON_COMPLETE, description="nightly import") as batch:
         batch.add(jobs_app.batch_member.call())
-    shown = run_cli(database_url, "batch", str(batch.id), "--json")
+    shown = invoke(database_url, "batch", str(batch.id), "--json")
     assert shown.returncode == 0, shown.stderr
     assert {k: v for k, v in json.loads(shown.stdout).items() if k in ("total", "pending")} == {
         "total": 1,
         "pending": 1,
     }
-    table = run_cli(database_url, "batches")
+    table = invoke(database_url, "batches")
     assert table.returncode == 0, table.stderr
     assert "nightly import" in table.stdout and "pending" in table.stdout.splitlines()[0]
-    missing = run_cli(database_url, "batch", "999")
+    missing = invoke(database_url, "batch", "999")
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == "Error: no batch 999"
     assert "Traceback" not in missing.stderr

@@ -34,7 +34,7 @@ ALSO_REPORTED = {
         ),
         (["bulk", "--jobs", "600", "--unique"], {"jobs_per_second"}),
         (["process", "--jobs", "50", "--processes", "1", "--unique"], {"ratio_unique_to_plain"}),
-        (["process", "--jobs", "600", "--processes", "2"], {"jobs_per_second"}),
+        (["process", "--jobs", "200", "--processes", "2"], {"jobs_per_second"}),
         (["process", "--jobs", "300", "--processes", "1", "--async-jobs"], {"jobs_per_second"}),
         (
             ["process", "--jobs", "100", "--processes", "1", "--limit", "--unique"],
@@ -54,7 +54,7 @@ ALSO_REPORTED = {
             {"partitions", "sustained_per_second", "ratio_to_configured", "max_in_any_window"},
         ),
         (
-            ["scale", "--available", "2000", "--finished", "5000", "--samples", "20"],
+            ["scale", "--available", "500", "--finished", "1000", "--samples", "8"],
             {
                 "fill_seconds",
                 *(

@@ -1,5 +1,8 @@
-"""The ``pgjobs`` command, run as a real subprocess: enqueue, jobs, stats, retry, and the
-promise that bad input exits 2 with a one-line message, no traceback and nothing written."""
+"""The ``pgjobs`` command: enqueue, jobs, stats, retry, and the promise that bad input exits 2
+with a one-line message, no traceback and nothing written.
+
+Commands run in this process (:func:`~tests.helpers.invoke`); the worker, and the exit statuses of
+the real program, run as subprocesses."""
 
 from __future__ import annotations
 
@@ -23,14 +26,14 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs.cli import STATES
 from tests import jobs_app, queues_app
-from tests.helpers import WorkerProcess, eventually, run_burst, run_cli
+from tests.helpers import WorkerProcess, eventually, invoke, run_burst, run_cli
 
 APP = ("--app", "tests.jobs_app:app")
 UNREACHABLE = "postgresql://nobody@127.0.0.1:9/nowhere"
 
 
 def enqueue(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(database_url, *APP, "enqueue", *args)
+    return invoke(database_url, *APP, "enqueue", *args)
 
 
 def job_row(db: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
@@ -240,7 +243,7 @@ BAD_ENQUEUES = [
 def test_bad_enqueue_exits_2_and_writes_nothing(
     database_url: str, db: psycopg.Connection[Any], args: list[str], fragment: str
 ) -> None:
-    result = run_cli(database_url, *args)
+    result = invoke(database_url, *args)
     assert job_count(db) == 0
     assert_usage_error(result, fragment)
 
@@ -261,15 +264,24 @@ def test_a_name_that_is_not_utf8_exits_2(
 ) -> None:
     """Bytes that are not UTF-8 on the command line (here 0xff) reach Python as lone
     surrogates, which no PostgreSQL text can hold."""
-    assert_usage_error(run_cli(database_url, *args), fragment)
+    assert_usage_error(invoke(database_url, *args), fragment)
 
 
 def test_database_url_flag_wins_over_the_environment(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    result = run_cli(UNREACHABLE, "--database-url", database_url, *APP, "enqueue", "noop")
+    result = invoke(UNREACHABLE, "--database-url", database_url, *APP, "enqueue", "noop")
     assert result.returncode == 0, result.stderr
     assert job_row(db, int(result.stdout))["name"] == "noop"
+
+
+def test_the_program_exits_2_on_bad_input_with_one_line(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """The installed ``pgjobs`` program itself, not the command run in this process."""
+    result = run_cli(database_url, *APP, "enqueue", "noop", "--in", "5x")
+    assert job_count(db) == 0
+    assert_usage_error(result, "--in")
 
 
 def test_unreachable_database_exits_1_without_a_traceback() -> None:
@@ -294,7 +306,7 @@ def three_jobs(app: pgjobs.App) -> dict[str, int]:
 
 
 def test_jobs_json(database_url: str, three_jobs: dict[str, int]) -> None:
-    everything = json_lines(run_cli(database_url, "jobs", "--json"))
+    everything = json_lines(invoke(database_url, "jobs", "--json"))
     assert [j["id"] for j in everything] == [
         three_jobs["scheduled"],
         three_jobs["available"],
@@ -302,32 +314,30 @@ def test_jobs_json(database_url: str, three_jobs: dict[str, int]) -> None:
     ]
     assert [j["state"] for j in everything] == ["scheduled", "available", "discarded"]
 
-    (dead,) = json_lines(run_cli(database_url, "jobs", "--json", "--state", "discarded"))
+    (dead,) = json_lines(invoke(database_url, "jobs", "--json", "--state", "discarded"))
     assert (dead["name"], dead["attempt"], dead["max_attempts"]) == ("always_fails", 3, 3)
     assert [e["message"] for e in dead["errors"]] == ["boom"] * 3
 
-    (mailer,) = json_lines(run_cli(database_url, "jobs", "--json", "--queue", "mailers"))
+    (mailer,) = json_lines(invoke(database_url, "jobs", "--json", "--queue", "mailers"))
     assert (mailer["id"], mailer["args"], mailer["queue"]) == (
         three_jobs["scheduled"],
         ["later"],
         "mailers",
     )
 
-    waiting = run_cli(
-        database_url, "jobs", "--json", "--state", "available", "--state", "scheduled"
-    )
+    waiting = invoke(database_url, "jobs", "--json", "--state", "available", "--state", "scheduled")
     assert [j["id"] for j in json_lines(waiting)] == [
         three_jobs["scheduled"],
         three_jobs["available"],
     ]
-    both = run_cli(database_url, "jobs", "--json", "--queue", "default", "--state", "scheduled")
+    both = invoke(database_url, "jobs", "--json", "--queue", "default", "--state", "scheduled")
     assert json_lines(both) == []
-    newest = run_cli(database_url, "jobs", "--json", "--limit", "1")
+    newest = invoke(database_url, "jobs", "--json", "--limit", "1")
     assert [j["id"] for j in json_lines(newest)] == [three_jobs["scheduled"]]
 
 
 def test_jobs_table(database_url: str, three_jobs: dict[str, int]) -> None:
-    lines = run_cli(database_url, "jobs")
+    lines = invoke(database_url, "jobs")
     assert lines.returncode == 0, lines.stderr
     header, *rows = lines.stdout.splitlines()
     assert header.split() == [
@@ -347,16 +357,16 @@ def test_jobs_table(database_url: str, three_jobs: dict[str, int]) -> None:
     assert dead[-1] == "boom"
     assert by_id[three_jobs["scheduled"]].split()[1:5] == ["mailers", "noop", "scheduled", "0/25"]
 
-    filtered = table(run_cli(database_url, "jobs", "--queue", "mailers", "--state", "scheduled"))
+    filtered = table(invoke(database_url, "jobs", "--queue", "mailers", "--state", "scheduled"))
     assert [row[0] for row in filtered] == ["id", str(three_jobs["scheduled"])]
 
 
 def test_jobs_refuses_an_unknown_state(database_url: str) -> None:
-    assert_usage_error(run_cli(database_url, "jobs", "--state", "finished"), "--state")
+    assert_usage_error(invoke(database_url, "jobs", "--state", "finished"), "--state")
 
 
 def test_stats(database_url: str, app: pgjobs.App) -> None:
-    empty = run_cli(database_url, "stats", "--json")
+    empty = invoke(database_url, "stats", "--json")
     assert empty.returncode == 0, empty.stderr
     assert json.loads(empty.stdout) == {}
 
@@ -366,14 +376,14 @@ def test_stats(database_url: str, app: pgjobs.App) -> None:
     jobs_app.noop.options(queue="mailers").enqueue_in(3600, "later")
     jobs_app.noop.options(queue="mailers").enqueue_in(3600, "later")
 
-    counts = run_cli(database_url, "stats", "--json")
+    counts = invoke(database_url, "stats", "--json")
     assert counts.returncode == 0, counts.stderr
     assert json.loads(counts.stdout) == {
         "default": {"available": 1, "discarded": 1},
         "mailers": {"scheduled": 2},
     }
 
-    header, *rows = table(run_cli(database_url, "stats"))
+    header, *rows = table(invoke(database_url, "stats"))
     assert header == ["queue", *STATES]
     by_queue = {row[0]: dict(zip(STATES, map(int, row[1:]), strict=True)) for row in rows}
     assert by_queue["default"] == {s: int(s in ("available", "discarded")) for s in STATES}
@@ -391,7 +401,7 @@ def test_retry_gives_a_discarded_job_one_more_attempt(
     run_burst(app)
     assert job_row(db, job_id)["state"] == "discarded"
 
-    result = run_cli(database_url, "retry", str(job_id))
+    result = invoke(database_url, "retry", str(job_id))
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"job {job_id} will run again"
@@ -406,7 +416,7 @@ def test_retry_gives_a_discarded_job_one_more_attempt(
 
 
 def test_retry_of_a_missing_job_exits_2(database_url: str, db: psycopg.Connection[Any]) -> None:
-    assert_usage_error(run_cli(database_url, "retry", "987654"), "no job 987654")
+    assert_usage_error(invoke(database_url, "retry", "987654"), "no job 987654")
     assert job_count(db) == 0
 
 
@@ -421,14 +431,14 @@ def test_retry_of_a_running_job_is_refused(
     )
     before = job_row(db, job_id)
 
-    result = run_cli(database_url, "retry", str(job_id))
+    result = invoke(database_url, "retry", str(job_id))
 
     assert_usage_error(result, f"job {job_id} is running")
     assert job_row(db, job_id) == before
 
 
 def test_worker_takes_app_after_the_command(database_url: str, db: psycopg.Connection[Any]) -> None:
-    enqueued = run_cli(database_url, *APP, "enqueue", "noop", "--args", '["after"]')
+    enqueued = invoke(database_url, *APP, "enqueue", "noop", "--args", '["after"]')
     assert enqueued.returncode == 0, enqueued.stderr
     result = run_cli(database_url, "worker", "--app", "tests.jobs_app:app", "--burst")
     assert result.returncode == 0, result.stderr
@@ -485,7 +495,7 @@ def test_a_worker_serves_every_queue_its_app_declares_unless_told(
 
 
 def test_worker_help_says_which_queues_it_serves_by_default() -> None:
-    result = run_cli(None, "worker", "--help")
+    result = invoke(None, "worker", "--help")
     assert result.returncode == 0, result.stderr
     assert "default: every queue the app declares" in " ".join(result.stdout.split())
 
@@ -503,7 +513,7 @@ def test_version() -> None:
 def test_app_paths_resolve_like_pkgutil(
     database_url: str, db: psycopg.Connection[Any], path: str
 ) -> None:
-    result = run_cli(database_url, "--app", path, "enqueue", "noop")
+    result = invoke(database_url, "--app", path, "enqueue", "noop")
     assert result.returncode == 0, result.stderr
     assert job_row(db, int(result.stdout))["name"] == "noop"
 
@@ -513,7 +523,7 @@ def test_app_paths_resolve_like_pkgutil(
 def test_job_ids_outside_bigint_are_refused(
     database_url: str, db: psycopg.Connection[Any], command: str, job_id: str
 ) -> None:
-    assert_usage_error(run_cli(database_url, command, job_id), "JOB_ID")
+    assert_usage_error(invoke(database_url, command, job_id), "JOB_ID")
     assert job_count(db) == 0
 
 
@@ -534,7 +544,7 @@ PASSWORD = "s3cr3t-Pw"
 def test_a_malformed_url_is_refused_without_its_password(
     database_url: str, db: psycopg.Connection[Any], url: str
 ) -> None:
-    result = run_cli(UNREACHABLE, "--database-url", url, *APP, "enqueue", "noop")
+    result = invoke(UNREACHABLE, "--database-url", url, *APP, "enqueue", "noop")
     assert PASSWORD not in result.stdout + result.stderr
     assert_usage_error(result, "database_url: ", "is not a PostgreSQL URL or DSN", "***")
     assert job_count(db) == 0
@@ -559,7 +569,7 @@ def test_a_refused_connection_says_why_at_once(
     else:
         url, reason = server_url_as(server_url, "no_such_role", "postgres"), 'role "no_such_role"'
     started = time.monotonic()
-    result = run_cli(url, *args)
+    result = invoke(url, *args)
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -583,10 +593,11 @@ def test_the_api_says_why_a_connection_is_refused_at_once(server_url: str) -> No
     registry.close()
 
 
+@pytest.mark.fresh_database
 def test_migrate_prints_its_summary_only(empty_database_url: str) -> None:
     from pgjobs._migrate import head_revision
 
-    result = run_cli(empty_database_url, "migrate")
+    result = invoke(empty_database_url, "migrate")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"schema 'pgjobs': empty -> {head_revision()}\n"
     assert "alembic" not in result.stderr and "Running upgrade" not in result.stderr
@@ -608,7 +619,7 @@ def test_migrate_as_a_role_that_does_not_own_the_schema(
     server_url: str, database_url: str, stranger: str, schema: str
 ) -> None:
     url = server_url_as(server_url, stranger, urlsplit(database_url).path.lstrip("/"))
-    result = run_cli(url, "--schema", schema, "migrate")
+    result = invoke(url, "--schema", schema, "migrate")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.splitlines()
@@ -616,14 +627,22 @@ def test_migrate_as_a_role_that_does_not_own_the_schema(
     assert "connect as the role that owns it" in line
 
 
-def test_supervised_workers_get_urls_in_their_environment_not_their_command_line(
-    database_url: str, db: psycopg.Connection[Any], tmp_path: Path
-) -> None:
+@pytest.fixture
+def secret_url(server_url: str, database_url: str) -> Iterator[str]:
+    """The test database's URL as a superuser whose password is :data:`PASSWORD`."""
+    name = f"pgjobs_secret_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE \"{name}\" LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
     parts = urlsplit(database_url)
-    if parts.password:
-        pytest.skip("the test server's URL carries a password of its own")
-    userinfo, _, host = parts.netloc.rpartition("@")
-    secret_url = urlunsplit(parts._replace(netloc=f"{userinfo}:{PASSWORD}@{host}"))
+    host = parts.netloc.rpartition("@")[2]
+    yield urlunsplit(parts._replace(netloc=f"{name}:{PASSWORD}@{host}"))
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP ROLE "{name}"')
+
+
+def test_supervised_workers_get_urls_in_their_environment_not_their_command_line(
+    database_url: str, db: psycopg.Connection[Any], secret_url: str, tmp_path: Path
+) -> None:
     supervisor = WorkerProcess.start(
         [
             "--database-url",
@@ -671,7 +690,7 @@ def test_supervised_workers_get_urls_in_their_environment_not_their_command_line
 def test_commands_before_migrating_say_to_migrate(
     empty_database_url: str, command: list[str]
 ) -> None:
-    result = run_cli(empty_database_url, *command)
+    result = invoke(empty_database_url, *command)
     assert result.returncode == 2, result.stderr
     assert "run `pgjobs migrate` first" in result.stderr
     assert "Traceback" not in result.stderr

@@ -25,7 +25,7 @@ import pgjobs
 import pgjobs._sql
 from pgjobs._cron import MAX_CATCH_UP, CatchUp, due, encode_rows, next_runs, parse, tick_text
 from tests import cron_app
-from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
+from tests.helpers import WorkerProcess, count, eventually, invoke, rows, run_cli, value
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -386,7 +386,7 @@ def test_pause_resume_and_run_now_from_python_cli_and_sql(
         == enqueued
     )
     # ...and run-now still enqueues one (CLI), with the current time as its tick
-    ran = run_cli(database_url, "cron", "run", "every.second")
+    ran = invoke(database_url, "cron", "run", "every.second")
     assert ran.returncode == 0, ran.stderr
     job = app.get_job(int(ran.stdout))
     assert (
@@ -407,7 +407,7 @@ def test_pause_resume_and_run_now_from_python_cli_and_sql(
     assert skipped == [], "ticks while paused are not replayed"
 
     # and the other ways round: CLI pause, SQL run, Python resume
-    assert run_cli(database_url, "cron", "pause", "every.second").returncode == 0
+    assert invoke(database_url, "cron", "pause", "every.second").returncode == 0
     assert value(db, "SELECT paused FROM pgjobs.cron_entries WHERE name = 'every.second'") is True
     job_id = value(db, "SELECT pgjobs.run_cron('every.second')")
     assert (
@@ -421,7 +421,7 @@ def test_pause_resume_and_run_now_from_python_cli_and_sql(
 
 def listing(database_url: str) -> dict[str, dict[str, Any]]:
     """``pgjobs --app tests.cron_app:app cron --json`` by entry name."""
-    result = run_cli(database_url, "--app", "tests.cron_app:app", "cron", "--json")
+    result = invoke(database_url, "--app", "tests.cron_app:app", "cron", "--json")
     assert result.returncode == 0, result.stderr
     return {entry["name"]: entry for entry in map(json.loads, result.stdout.splitlines())}
 
@@ -430,7 +430,7 @@ def last_run(database_url: str, name: str) -> tuple[int, str]:
     """Entry ``name``'s last job, and whether a tick or a run now enqueued it, as the CLI shows
     them in its table and in its JSON."""
     entry = listing(database_url)[name]
-    table = run_cli(database_url, "--app", "tests.cron_app:app", "cron")
+    table = invoke(database_url, "--app", "tests.cron_app:app", "cron")
     (line,) = [line for line in table.stdout.splitlines() if line.startswith(f"{name} ")]
     assert f"(job {entry['last_job_id']}, {entry['last_job_kind']})" in line, line
     return entry["last_job_id"], entry["last_job_kind"]
@@ -446,22 +446,22 @@ def test_the_cli_lists_and_runs_declared_entries_before_any_worker_ran(
     assert (nightly["job_name"], nightly["timezone"]) == ("cron.nightly", "Europe/Berlin")
     assert len(nightly["next_runs"]) == 3 and nightly["last_job_id"] is None
     assert entries["every.second"]["kwargs"] == {"entry": "every.second"}
-    table = run_cli(database_url, "--app", "tests.cron_app:app", "cron")
+    table = invoke(database_url, "--app", "tests.cron_app:app", "cron")
     assert "cron.nightly (not yet registered)" in table.stdout
     assert count(db, "SELECT count(*) FROM pgjobs.cron_entries") == 0  # listing writes nothing
 
-    ran = run_cli(database_url, "--app", "tests.cron_app:app", "cron", "run", "cron.nightly")
+    ran = invoke(database_url, "--app", "tests.cron_app:app", "cron", "run", "cron.nightly")
     assert ran.returncode == 0, ran.stderr
     job_id = int(ran.stdout)
     assert value(db, "SELECT name FROM pgjobs.jobs WHERE id = %s", job_id) == "cron.nightly"
     # registered as a worker's start would, with the run noted
     assert listing(database_url)["cron.nightly"]["registered"] is True
     assert last_run(database_url, "cron.nightly") == (job_id, "run now")
-    table = run_cli(database_url, "--app", "tests.cron_app:app", "cron")
+    table = invoke(database_url, "--app", "tests.cron_app:app", "cron")
     assert "cron.nightly (not yet registered)" not in table.stdout
     assert "every.second (not yet registered)" in table.stdout
 
-    paused = run_cli(database_url, "--app", "tests.cron_app:app", "cron", "pause", "catch.none")
+    paused = invoke(database_url, "--app", "tests.cron_app:app", "cron", "pause", "catch.none")
     assert paused.returncode == 0, paused.stderr
     assert value(db, "SELECT paused FROM pgjobs.cron_entries WHERE name = 'catch.none'") is True
     assert count(db, "SELECT count(*) FROM pgjobs.cron_entries") == 2
@@ -474,11 +474,11 @@ def test_unknown_entries_are_refused(
         with pytest.raises(pgjobs.ValidationError, match="no cron entry named 'nope'"):
             method("nope")
     for action in ("pause", "resume", "run"):
-        result = run_cli(database_url, "cron", action, "nope")
+        result = invoke(database_url, "cron", action, "nope")
         assert result.returncode == 2
         assert "no cron entry named 'nope'" in result.stderr
         assert "Traceback" not in result.stderr
-    listed = run_cli(database_url, "cron")  # listing needs the code, to mark removed entries
+    listed = invoke(database_url, "cron")  # listing needs the code, to mark removed entries
     assert listed.returncode == 2 and "needs --app" in listed.stderr
     assert value(db, "SELECT pgjobs.run_cron('nope')") is None
     assert value(db, "SELECT pgjobs.pause_cron('nope')") is None
@@ -497,7 +497,7 @@ def test_an_entry_removed_from_code_is_no_longer_enqueued_and_is_marked(
     eventually(lambda: len(jobs_per_tick(db, "smaller.second")) >= 3, timeout=15)
     assert jobs_per_tick(db, "every.second") == before
 
-    listed = run_cli(database_url, "--app", "tests.cron_app:smaller", "cron", "--json")
+    listed = invoke(database_url, "--app", "tests.cron_app:smaller", "cron", "--json")
     assert listed.returncode == 0, listed.stderr
     entries = {e["name"]: e for e in map(json.loads, listed.stdout.splitlines())}
     assert entries["every.second"]["in_code"] is False
@@ -505,7 +505,7 @@ def test_an_entry_removed_from_code_is_no_longer_enqueued_and_is_marked(
     assert entries["smaller.second"]["in_code"] is True
     assert len(entries["smaller.second"]["next_runs"]) == 3
     assert entries["cron.nightly"]["timezone"] == "Europe/Berlin"
-    table = run_cli(database_url, "--app", "tests.cron_app:smaller", "cron")
+    table = invoke(database_url, "--app", "tests.cron_app:smaller", "cron")
     assert "every.second (not in code)" in table.stdout
     assert table.stdout.splitlines()[0].split() == [
         "name",

@@ -42,6 +42,7 @@ def completed(db: psycopg.Connection[Any], job_id: int) -> bool:
     return count(db, query, job_id) == 1
 
 
+@pytest.mark.fresh_database
 def test_jobs_complete_and_sigterm_works_under_a_1ms_statement_timeout_on_the_database(
     database_url: str, db: psycopg.Connection[Any], app: pgjobs.App, worker_process: Any
 ) -> None:
@@ -145,8 +146,8 @@ def test_cli_behind_a_held_table_lock_exits_1_naming_the_holder_without_a_traceb
 def claim_lock_wait_began(db: psycopg.Connection[Any]) -> datetime | None:
     """When the worker's claim statement began, if it is waiting for a lock now."""
     row = db.execute(
-        "SELECT query_start FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        " AND application_name LIKE 'pgjobs-worker:%:claim'"
+        "SELECT query_start FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND application_name LIKE 'pgjobs-worker:%:claim'"
     ).fetchone()
     return None if row is None else row[0]
 
@@ -186,6 +187,7 @@ def test_worker_behind_a_held_table_lock_logs_the_holder_once_and_claims_after_i
     assert worker.process.poll() is None
 
 
+@pytest.mark.fresh_database
 def test_a_read_only_database_refuses_an_enqueue_with_a_pgjobs_error(
     app: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
 ) -> None:

@@ -204,7 +204,7 @@ def test_enqueue_after_the_server_ended_pooled_connections_gets_a_fresh_one(
     def terminate() -> None:
         ended = db.execute(
             "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
-            " WHERE application_name = 'pgjobs-client'"
+            " WHERE datname = current_database() AND application_name = 'pgjobs-client'"
         ).fetchone()
         assert ended is not None and ended[0] >= 1
 

@@ -13,7 +13,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from docs.examples.welcome_email import app as example
-from tests.helpers import run_cli, run_program
+from tests.helpers import invoke, run_cli, run_program
+
+pytestmark = pytest.mark.fresh_database  # the example creates tables of its own
 
 WORKER_APP = "docs.examples.welcome_email.app:jobs"
 
@@ -75,7 +77,7 @@ def test_running_the_job_again_sends_no_second_email(
     (job_id,) = db.execute("SELECT id FROM pgjobs.jobs").fetchone()  # type: ignore[misc]
 
     # at-least-once delivery: a job may run twice; the outbox still gets one email
-    again = run_cli(database_url, "retry", str(job_id))
+    again = invoke(database_url, "retry", str(job_id))
     assert again.returncode == 0, again.stderr
     second = run_cli(database_url, "--app", WORKER_APP, "worker", "--burst")
     assert second.returncode == 0, second.stderr

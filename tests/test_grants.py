@@ -25,7 +25,9 @@ from pgjobs._encoding import insert_params
 from pgjobs._errors import ConfigError
 from pgjobs._grants import grant_statements
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, eventually, rows, run_cli, value
+from tests.helpers import WorkerProcess, count, eventually, invoke, rows, run_cli, value
+
+pytestmark = pytest.mark.fresh_database  # each test grants to roles of its own in its database
 
 KINDS = ("enqueuer", "worker", "inspector")
 
@@ -47,7 +49,7 @@ class Roles:
 
 def apply(db: psycopg.Connection[Any], *args: str) -> str:
     """Run ``pgjobs grants ARGS`` and execute what it prints, as psql would; return the text."""
-    result = run_cli(None, *args)
+    result = invoke(None, *args)
     assert result.returncode == 0, result.stderr
     db.execute(result.stdout.encode())
     return result.stdout
@@ -104,7 +106,7 @@ def test_statements_quote_role_names_and_follow_the_schema() -> None:
 
 
 def test_grants_without_a_role_is_a_usage_error() -> None:
-    result = run_cli(None, "grants")
+    result = invoke(None, "grants")
     assert result.returncode == 2
     assert "name at least one role" in result.stderr
     assert "Traceback" not in result.stderr
@@ -258,13 +260,13 @@ def test_inspector_reads_through_the_cli_and_cannot_write(
         db, "INSERT INTO pgjobs.jobs (name, queue) VALUES ('noop', 'mailers') RETURNING id"
     )
     url = roles.url("inspector")
-    stats = run_cli(url, "stats", "--json")
+    stats = invoke(url, "stats", "--json")
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout) == {"mailers": {"available": 1}}
-    listed = run_cli(url, "jobs", "--json")
+    listed = invoke(url, "jobs", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [job_id]
-    workers = run_cli(url, "workers", "--json")
+    workers = invoke(url, "workers", "--json")
     assert workers.returncode == 0 and workers.stdout == "", workers.stderr
     with psycopg.connect(url, autocommit=True) as inspector:
         for statement in (
@@ -340,7 +342,7 @@ def test_batches_work_under_the_enqueuer_worker_and_inspector_grants(
         ("batch_callback:on_success", str(batch.id)),
         ("batch_callback:empty", str(empty.id)),
     ]
-    shown = run_cli(roles.url("inspector"), "batch", str(batch.id), "--json")
+    shown = invoke(roles.url("inspector"), "batch", str(batch.id), "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["succeeded"] == 4
     with (
@@ -584,7 +586,7 @@ def test_worker_role_schedules_cron_entries_and_the_inspector_lists_them(
     finally:
         worker.kill()
     assert "permission denied" not in worker.output()
-    listed = run_cli(roles.url("inspector"), "--app", "tests.cron_app:app", "cron", "--json")
+    listed = invoke(roles.url("inspector"), "--app", "tests.cron_app:app", "cron", "--json")
     assert listed.returncode == 0, listed.stderr
     names = {json.loads(line)["name"] for line in listed.stdout.splitlines()}
     assert "every.second" in names

@@ -72,7 +72,6 @@ def retry_delay(db: psycopg.Connection[Any], job_id: int) -> float:
     )
 
 
-@pytest.mark.slow
 def test_whatever_a_job_raises_its_attempt_ends_with_a_stored_outcome_and_the_worker_goes_on(
     app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import WorkerProcess, eventually, run_cli, value
+from tests.helpers import WorkerProcess, eventually, invoke, value
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -42,7 +42,7 @@ def test_cancelling_waiting_jobs_from_python_cli_and_sql_means_they_never_run(
     kept = jobs_app.noop.enqueue("kept")
 
     assert app.cancel(by_python) == "cancelled"
-    result = run_cli(database_url, "cancel", str(by_cli))
+    result = invoke(database_url, "cancel", str(by_cli))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"job {by_cli} cancelled"
     assert value(db, "SELECT pgjobs.cancel_job(%s)", by_sql) == "cancelled"
@@ -67,7 +67,7 @@ def test_cancel_of_an_ended_or_missing_job_changes_nothing_and_says_so(
     assert app.cancel(job_id) == "cancelled"
     assert app.cancel(job_id) == "already cancelled"
     assert app.cancel(10**12) is None
-    ended = run_cli(database_url, "cancel", str(job_id))
+    ended = invoke(database_url, "cancel", str(job_id))
     assert ended.returncode == 1
     assert ended.stderr.strip() == f"job {job_id}: already cancelled; nothing to cancel"
     completed = jobs_app.noop.enqueue("done")
@@ -77,7 +77,7 @@ def test_cancel_of_an_ended_or_missing_job_changes_nothing_and_says_so(
     )
     assert app.cancel(completed) == "already completed"
     assert state(db, completed) == "completed"
-    missing = run_cli(database_url, "cancel", str(10**12))
+    missing = invoke(database_url, "cancel", str(10**12))
     assert missing.returncode == 2
     assert "no job" in missing.stderr
 
@@ -129,7 +129,7 @@ def test_retrying_a_running_job_is_refused(
     eventually(lambda: ledger(db, job_id) == [(1, "start")])
     with pytest.raises(ValueError, match="is running"):
         app.retry(job_id)
-    refused = run_cli(database_url, "retry", str(job_id))
+    refused = invoke(database_url, "retry", str(job_id))
     assert refused.returncode == 2
     assert "is running" in refused.stderr
     assert state(db, job_id) == "running"

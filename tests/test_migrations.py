@@ -20,7 +20,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from pgjobs._migrate import _config, head_revision
-from tests.helpers import LEDGER_DDL, ROOT, WorkerProcess, eventually, run_cli, run_program
+from tests.helpers import LEDGER_DDL, ROOT, WorkerProcess, eventually, invoke, run_cli, run_program
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:9/nowhere"
 OWNED = [
@@ -104,11 +104,12 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.fresh_database
 def test_migrate_creates_the_schema_from_an_empty_database(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
     assert not schema_exists(empty_db, "pgjobs")
-    result = run_cli(empty_database_url, "migrate")
+    result = invoke(empty_database_url, "migrate")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"schema 'pgjobs': empty -> {head_revision()}"
     assert relations(empty_db, "pgjobs") == OWNED
@@ -121,14 +122,15 @@ def test_migrate_creates_the_schema_from_an_empty_database(
     assert [(n.channel, n.payload) for n in notices] == [("pgjobs.jobs", "mailers")]
 
 
+@pytest.mark.fresh_database
 def test_second_migrate_changes_nothing(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
-    assert run_cli(empty_database_url, "migrate").returncode == 0
+    assert invoke(empty_database_url, "migrate").returncode == 0
     empty_db.execute("INSERT INTO pgjobs.jobs (name) VALUES ('kept')")
     before = catalog(empty_db, "pgjobs")
 
-    again = run_cli(empty_database_url, "migrate")
+    again = invoke(empty_database_url, "migrate")
 
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == f"schema 'pgjobs': {head_revision()} -> {head_revision()}"
@@ -137,6 +139,7 @@ def test_second_migrate_changes_nothing(
     assert empty_db.execute("SELECT name FROM pgjobs.jobs").fetchall() == [("kept",)]
 
 
+@pytest.mark.fresh_database
 def test_two_migrations_started_together_both_succeed(
     empty_database_url: str, empty_db: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
@@ -174,6 +177,7 @@ def test_two_migrations_started_together_both_succeed(
     assert sorted(ran) == [False, True], "exactly one process should have applied the revisions"
 
 
+@pytest.mark.fresh_database
 @pytest.mark.parametrize(
     ("flags", "env"),
     [(["--schema", "other_jobs"], {}), ([], {"PGJOBS_SCHEMA": "other_jobs"})],
@@ -186,7 +190,7 @@ def test_non_default_schema(
     env: dict[str, str],
 ) -> None:
     empty_db.execute(LEDGER_DDL)
-    migrated = run_cli(empty_database_url, *flags, "migrate", env=env)
+    migrated = invoke(empty_database_url, *flags, "migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
     assert "schema 'other_jobs'" in migrated.stdout
 
@@ -196,7 +200,7 @@ def test_non_default_schema(
     assert relations(empty_db, "public") == [("ledger", "r")]
 
     app = ["--app", "tests.jobs_app:app"]
-    enqueued = run_cli(
+    enqueued = invoke(
         empty_database_url, *flags, *app, "enqueue", "noop", "--args", '["other"]', env=env
     )
     assert enqueued.returncode == 0, enqueued.stderr
@@ -209,16 +213,17 @@ def test_non_default_schema(
     ]
     assert empty_db.execute("SELECT job_id, label FROM ledger").fetchall() == [(job_id, "other")]
     # the default schema is still not migrated, and checking it does not create it
-    default = run_cli(empty_database_url, "migrate", "--check")
+    default = invoke(empty_database_url, "migrate", "--check")
     assert default.returncode == 1
     assert not schema_exists(empty_db, "pgjobs")
 
 
+@pytest.mark.fresh_database
 @pytest.mark.parametrize("schema", ["pgjobs", "other_jobs"])
 def test_migrate_sql_prints_ddl_without_a_database(
     schema: str, empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
-    result = run_cli(UNREACHABLE, "migrate", "--sql", env={"PGJOBS_SCHEMA": schema})
+    result = invoke(UNREACHABLE, "migrate", "--sql", env={"PGJOBS_SCHEMA": schema})
     assert result.returncode == 0, result.stderr
     ddl = result.stdout
     assert f'CREATE SCHEMA IF NOT EXISTS "{schema}"' in ddl
@@ -232,19 +237,20 @@ def test_migrate_sql_prints_ddl_without_a_database(
     # what a DBA would apply by hand gives the same schema `pgjobs migrate` would
     empty_db.execute(ddl)
     assert relations(empty_db, schema) == OWNED
-    check = run_cli(empty_database_url, "--schema", schema, "migrate", "--check")
+    check = invoke(empty_database_url, "--schema", schema, "migrate", "--check")
     assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.fresh_database
 def test_migrate_check(empty_database_url: str, empty_db: psycopg.Connection[Any]) -> None:
-    before = run_cli(empty_database_url, "migrate", "--check")
+    before = invoke(empty_database_url, "migrate", "--check")
     assert before.returncode == 1
     assert "pgjobs migrate" in before.stderr
     assert_clean_failure(before)
     assert not schema_exists(empty_db, "pgjobs")
 
-    assert run_cli(empty_database_url, "migrate").returncode == 0
-    after = run_cli(empty_database_url, "migrate", "--check")
+    assert invoke(empty_database_url, "migrate").returncode == 0
+    after = invoke(empty_database_url, "migrate", "--check")
     assert after.returncode == 0, after.stderr
     assert head_revision() in after.stdout
 
@@ -259,10 +265,11 @@ def test_worker_refuses_an_unmigrated_database(
     assert not schema_exists(empty_db, "pgjobs")
 
 
+@pytest.mark.fresh_database
 def test_downgrade_to_base_then_upgrade_again(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
-    assert run_cli(empty_database_url, "migrate").returncode == 0
+    assert invoke(empty_database_url, "migrate").returncode == 0
     empty_db.execute("INSERT INTO pgjobs.jobs (name) VALUES ('old')")
 
     downgrade_to_base(empty_database_url)
@@ -273,16 +280,17 @@ def test_downgrade_to_base_then_upgrade_again(
         "SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgjobs'::regnamespace"
     ).fetchone()
     assert functions == (0,)
-    assert run_cli(empty_database_url, "migrate", "--check").returncode == 1
+    assert invoke(empty_database_url, "migrate", "--check").returncode == 1
 
-    again = run_cli(empty_database_url, "migrate")
+    again = invoke(empty_database_url, "migrate")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == f"schema 'pgjobs': empty -> {head_revision()}"
     assert relations(empty_db, "pgjobs") == OWNED
     assert empty_db.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (0,)
-    assert run_cli(empty_database_url, "migrate", "--check").returncode == 0
+    assert invoke(empty_database_url, "migrate", "--check").returncode == 0
 
 
+@pytest.mark.fresh_database
 def test_application_tables_are_left_alone(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
@@ -303,10 +311,10 @@ def test_application_tables_are_left_alone(
         }
 
     # the application's alembic_version is not mistaken for pgjobs'
-    check = run_cli(empty_database_url, "migrate", "--check")
+    check = invoke(empty_database_url, "migrate", "--check")
     assert check.returncode == 1 and "pgjobs migrate" in check.stderr
 
-    migrated = run_cli(empty_database_url, "migrate")
+    migrated = invoke(empty_database_url, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert versions(empty_db) == [(head_revision(),)]
     assert public_now() == public_before
@@ -314,20 +322,21 @@ def test_application_tables_are_left_alone(
 
     downgrade_to_base(empty_database_url)
     assert public_now() == public_before
-    assert run_cli(empty_database_url, "migrate").returncode == 0
+    assert invoke(empty_database_url, "migrate").returncode == 0
     assert public_now() == public_before
 
 
+@pytest.mark.fresh_database
 def test_database_from_a_newer_pgjobs_is_refused_cleanly(
     empty_database_url: str, empty_db: psycopg.Connection[Any]
 ) -> None:
-    assert run_cli(empty_database_url, "migrate").returncode == 0
+    assert invoke(empty_database_url, "migrate").returncode == 0
     empty_db.execute("UPDATE pgjobs.alembic_version SET version_num = '9999'")
     # a newer schema that dropped what this release needs says so
     empty_db.execute("UPDATE pgjobs.schema_compatibility SET oldest_revision = '9998'")
     before = catalog(empty_db, "pgjobs")
 
-    result = run_cli(empty_database_url, "migrate")
+    result = invoke(empty_database_url, "migrate")
 
     assert catalog(empty_db, "pgjobs") == before
     assert result.returncode != 0
@@ -344,6 +353,7 @@ def test_database_from_a_newer_pgjobs_is_refused_cleanly(
     assert catalog(empty_db, "pgjobs") == before
 
 
+@pytest.mark.fresh_database
 def test_newer_schema_that_still_serves_this_release_is_used(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:
@@ -352,7 +362,7 @@ def test_newer_schema_that_still_serves_this_release_is_used(
     db.execute("UPDATE pgjobs.alembic_version SET version_num = '9999'")
     db.execute("INSERT INTO pgjobs.jobs (queue, name) VALUES ('default', 'noop')")
 
-    check = run_cli(database_url, "migrate", "--check")
+    check = invoke(database_url, "migrate", "--check")
     assert check.returncode == 0, check.stderr
     assert "at 9999, newer than this pgjobs" in check.stdout
     burst = run_cli(database_url, "--app", "tests.jobs_app:app", "worker", "--burst")
@@ -361,6 +371,7 @@ def test_newer_schema_that_still_serves_this_release_is_used(
     assert db.execute("SELECT state FROM pgjobs.jobs").fetchall() == [("completed",)]
 
 
+@pytest.mark.fresh_database
 @pytest.mark.slow
 def test_installed_wheel_migrates_an_empty_database(
     tmp_path: Path, empty_database_url: str, empty_db: psycopg.Connection[Any]

@@ -13,7 +13,7 @@ import psycopg
 
 import pgjobs
 from tests import jobs_app
-from tests.helpers import WorkerProcess, eventually, rows, run_cli, value
+from tests.helpers import WorkerProcess, eventually, invoke, rows, value
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -149,7 +149,7 @@ def test_when_the_leader_dies_another_worker_leads_and_sweeps_within_seconds(
     eventually(lambda: rows(db, "SELECT pid FROM ledger") == [(leader.process.pid,)])
     follower = worker_process("--concurrency", "4")
     follower.wait_for_log("listening on")
-    listed = run_cli(database_url, "workers", "--json")
+    listed = invoke(database_url, "workers", "--json")
     assert listed.returncode == 0, listed.stderr
     workers = {w["pid"]: w for w in map(json.loads, listed.stdout.splitlines())}
     assert workers.keys() == {leader.process.pid, follower.process.pid}
@@ -218,7 +218,8 @@ def test_claims_whose_answer_was_lost_are_handed_back(
         )
         # and the claim connection breaks, so the next claim runs on a new one
         db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
             (worker._application_name("claim"),),
         )
         try:

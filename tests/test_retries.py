@@ -10,7 +10,7 @@ import pytest
 import pgjobs
 from pgjobs._outcome import failure_outcome, sidekiq_backoff
 from tests import jobs_app
-from tests.helpers import run_burst, run_cli
+from tests.helpers import invoke, run_burst
 
 
 def job_row(db: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def test_exhausted_job_is_discarded_then_retried_from_the_cli(
     assert (row["state"], row["attempt"], len(row["errors"])) == ("discarded", 3, 3)
     assert row["finished_at"] is not None
 
-    result = run_cli(database_url, "retry", str(job_id))
+    result = invoke(database_url, "retry", str(job_id))
     assert result.returncode == 0, result.stderr
     row = job_row(db, job_id)
     assert (row["state"], row["max_attempts"]) == ("available", 4)

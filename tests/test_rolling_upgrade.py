@@ -29,8 +29,8 @@ from tests.helpers import (
     count,
     environment,
     eventually,
+    invoke,
     rows,
-    run_cli,
     value,
 )
 
@@ -141,6 +141,7 @@ def round_done(db: psycopg.Connection[Any], label: str) -> bool:
     return started == upgrade_app.EXPECTED_STARTS
 
 
+@pytest.mark.fresh_database
 def test_previous_release_works_on_the_newest_schema(
     empty_database_url: str, previous: Path, tmp_path: Path
 ) -> None:
@@ -159,7 +160,7 @@ def test_previous_release_works_on_the_newest_schema(
             eventually(lambda: round_done(db, "r1"), timeout=30)
 
             # migrate while it runs; it goes on with jobs from both releases' enqueuers
-            migrated = run_cli(url, "migrate")
+            migrated = invoke(url, "migrate")
             assert migrated.returncode == 0, migrated.stderr
             enqueue_round(previous, url, "r2")
             enqueue_round(None, url, "r3")

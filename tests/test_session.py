@@ -4,7 +4,6 @@ and the lease stays alive while a job blocks the event loop."""
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,13 +54,20 @@ def test_a_strangers_cancel_notification_cancels_nothing_and_a_real_cancel_is_pr
     stranger: psycopg.Connection[Any],
     worker_process: StartWorker,
 ) -> None:
-    worker = worker_process()
+    """A cancellation reaches a worker by its notification or by its heartbeat; with a beat
+    only every 60 s, the heartbeat cannot be what brings it here. The notifications of the
+    stranger, then of a real cancel, are handled in order: once the real one has cancelled its
+    job, the worker had looked at the table for the stranger's too."""
+    worker = worker_process("--heartbeat-interval", "60", "--lease-timeout", "300")
     worker.wait_for_log("listening on")
     key = int(uuid.uuid4().int % 2**31)
     value(db, "SELECT pg_advisory_lock(%s)", key)
     victim = jobs_app.waits_for_lock.enqueue(key)  # completes once the test lets the lock go
     target = jobs_app.until_cancelled.enqueue()  # ends only when it sees a cancellation
+    sentinel = jobs_app.until_cancelled.enqueue()
     eventually(lambda: len(ledger(db, victim)) == len(ledger(db, target)) == 1)
+    eventually(lambda: len(ledger(db, sentinel)) == 1)
+    beat = heartbeat_of(db, worker)
 
     channel = app.queries.cancel_channel
     assert channel == "pgjobs.cancel"
@@ -69,28 +75,23 @@ def test_a_strangers_cancel_notification_cancels_nothing_and_a_real_cancel_is_pr
         stranger.execute(
             sql.SQL("NOTIFY {}, {}").format(sql.Identifier(channel), sql.Literal(str(job_id)))
         )
-    # two heartbeats later: the worker had every chance to act on the notifications
-    notified = heartbeat_of(db, worker)
-    beat = eventually(lambda: heartbeat_of(db, worker) > notified and heartbeat_of(db, worker))
-    eventually(lambda: heartbeat_of(db, worker) > beat)
+    assert value(db, "SELECT pgjobs.cancel_job(%s)", sentinel) == "cancelling"
+    eventually(lambda: state(db, sentinel) == "cancelled")
     assert (state(db, victim), state(db, target)) == ("running", "running")
     assert ledger(db, target) == [(1, worker.process.pid, "start")]
-    assert "cancellation requested" not in worker.output()
+    assert worker.output().count("cancellation requested") == 1
 
     value(db, "SELECT pg_advisory_unlock(%s)", key)
     eventually(lambda: state(db, victim) == "completed")
 
-    asked = time.monotonic()
     assert value(db, "SELECT pgjobs.cancel_job(%s)", target) == "cancelling"
-    eventually(lambda: state(db, target) == "cancelled", timeout=5, interval=0.005)
-    took = time.monotonic() - asked
-    print(f"cancel_job -> cancelled: {took:.3f} s")
-    assert took < 1.0
+    eventually(lambda: state(db, target) == "cancelled")
     assert ledger(db, target) == [
         (1, worker.process.pid, "start"),
         (1, worker.process.pid, "saw-cancel"),
     ]
-    assert worker.output().count("cancellation requested") == 1
+    assert worker.output().count("cancellation requested") == 2
+    assert heartbeat_of(db, worker) == beat  # the notifications did it all
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 import pgjobs
 from pgjobs._unique import canonical_json, key_value, plan_batch, unique_key
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, eventually, rows, run_burst, run_cli, value
+from tests.helpers import WorkerProcess, count, eventually, invoke, rows, run_burst, value
 
 
 def f(x: int, y: str = "a", *, z: float = 1.0) -> None: ...
@@ -220,7 +220,10 @@ def test_a_rolled_back_holder_passes_the_key_on(
 
         waiters = threading.Thread(target=run_threads, args=(9, enqueue))
         waiters.start()
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
         eventually(lambda: count(db, waiting) == 9)
         holder.rollback()
         waiters.join(timeout=60)
@@ -370,12 +373,12 @@ def test_a_worker_runs_unique_jobs_and_a_refused_key_leaves_the_transaction_usab
 
 def test_cli_enqueue_with_a_unique_key(database_url: str, db: psycopg.Connection[Any]) -> None:
     args = ("--app", "tests.jobs_app:app", "enqueue", "noop", "--args", '["cli"]')
-    first = run_cli(database_url, *args, "--unique-key", '{"b": 1, "a": [2]}')
+    first = invoke(database_url, *args, "--unique-key", '{"b": 1, "a": [2]}')
     assert first.returncode == 0, first.stderr
     job_id = int(first.stdout)
-    again = run_cli(database_url, *args, "--unique-key", '{"a": [2], "b": 1}')
+    again = invoke(database_url, *args, "--unique-key", '{"a": [2], "b": 1}')
     assert (again.returncode, again.stdout.strip()) == (0, f"duplicate of job {job_id}")
-    bad = run_cli(database_url, *args, "--unique-key", "{nope")
+    bad = invoke(database_url, *args, "--unique-key", "{nope")
     assert bad.returncode == 2 and "--unique-key: not valid JSON" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 1
@@ -427,7 +430,7 @@ def test_retrying_a_unique_job_whose_key_is_held(
         with pytest.raises(ValueError, match=f"job {first} is unique and job {second} holds"):
             app.retry(first, conn=conn)
         assert conn.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (2,)  # usable
-    refused = run_cli(database_url, "retry", str(first))
+    refused = invoke(database_url, "retry", str(first))
     assert refused.returncode == 2
     assert f"job {second} holds its key" in refused.stderr and "Traceback" not in refused.stderr
     assert app.retry_all() == 0

@@ -79,6 +79,7 @@ def unprivileged_url(database_url: str, db: psycopg.Connection[Any]) -> Iterator
     db.execute(f'DROP ROLE "{role}"')
 
 
+@pytest.mark.fresh_database
 def test_a_role_that_may_not_vacuum_says_so_once_and_goes_on_working(
     app: pgjobs.App, db: psycopg.Connection[Any], unprivileged_url: str, tmp_path: Path
 ) -> None:

@@ -767,6 +767,7 @@ def test_a_name_that_merely_starts_like_loopback_is_refused(
     assert state(db, job_id) == "available"
 
 
+@pytest.mark.fresh_database
 def test_a_read_only_database_refuses_an_action_with_its_reason(
     app: pgjobs.App, db: psycopg.Connection[Any]
 ) -> None:

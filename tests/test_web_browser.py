@@ -16,6 +16,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from tests.browser import Dashboard
 
 pytest_plugins = ("tests.browser",)  # its fixtures: dashboards, workers, the browser
+
+pytestmark = pytest.mark.browser
 
 LOCK = 7_301
 """The advisory lock that ``web.held`` jobs wait on while the test holds it."""

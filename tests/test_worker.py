@@ -17,7 +17,7 @@ from pgjobs._execution import ClaimedJob
 from pgjobs._link import Link
 from pgjobs._outcome import COMPLETED
 from tests import jobs_app
-from tests.helpers import WorkerProcess, count, eventually
+from tests.helpers import WorkerProcess, count, eventually, value
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -38,44 +38,44 @@ def test_two_workers_run_each_of_10000_jobs_exactly_once(
     print(f"two workers: 10,000 jobs in {float(span[0]):.2f} s")  # type: ignore[index]
 
 
-def test_idle_worker_wakes_within_200ms_of_commit(
+def test_an_idle_worker_is_woken_by_the_commit_not_by_its_poll(
     app: pgjobs.App, database_url: str, db: psycopg.Connection[Any], worker_process: StartWorker
 ) -> None:
-    worker = worker_process("--poll-interval", "5")
+    """Each job starts within 10 s of its commit, on a worker that polls every 30 s: the commit's
+    notification woke it. (How soon: ``pgjobs bench latency``.)"""
+    worker = worker_process("--poll-interval", "30")
     worker.wait_for_log("listening on")
-    latencies = []
     for i in range(5):
         with psycopg.connect(database_url) as conn:
             job_id = jobs_app.noop.enqueue(f"wake-{i}", conn=conn)
-            # taken just before COMMIT, so the measured latency can only be longer than the truth
+            # taken just before COMMIT, so the measured wait can only be longer than the truth
             committed = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
         started = eventually(
             lambda job_id=job_id: db.execute(
                 "SELECT at FROM ledger WHERE job_id = %s", (job_id,)
             ).fetchone()
         )[0]
-        latencies.append((started - committed).total_seconds())
-    print("wake-up latencies (s):", ", ".join(f"{x:.4f}" for x in latencies))
-    assert max(latencies) <= 0.2, latencies
+        assert (started - committed).total_seconds() < 10.0
 
 
 def test_scheduled_jobs_start_on_time_never_early(
     app: pgjobs.App, db: psycopg.Connection[Any], worker_process: StartWorker
 ) -> None:
-    worker = worker_process("--poll-interval", "5", "--concurrency", "20")
+    """Jobs due in 2 s start at their time, not before, and not at the next poll (every 30 s):
+    the worker wakes for the earliest due job."""
+    worker = worker_process("--poll-interval", "30", "--concurrency", "20")
     worker.wait_for_log("listening on")
     app.enqueue_many(
         jobs_app.noop.options(delay=timedelta(seconds=2)).call(f"s{i}") for i in range(100)
     )
-    eventually(lambda: count(db, "SELECT count(*) FROM ledger") == 100, timeout=10)
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger") == 100, timeout=20)
     early, late = db.execute(
         "SELECT count(*) FILTER (WHERE l.at < j.scheduled_at),"
         "       max(extract(epoch FROM l.at - j.scheduled_at))"
         "  FROM ledger l JOIN pgjobs.jobs j ON j.id = l.job_id"
     ).fetchone()  # type: ignore[misc]
-    print(f"scheduled: latest start {float(late):.3f} s after its time")
     assert early == 0
-    assert float(late) <= 1.0
+    assert float(late) < 10.0
 
 
 def test_sigterm_lets_running_jobs_finish_and_exits_0(
@@ -176,14 +176,16 @@ def test_a_slot_stays_taken_until_its_outcome_is_written(
                 lambda: (
                     count(
                         db,
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE application_name LIKE '%%:ack' AND wait_event_type = 'Lock'",
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name LIKE '%%:ack' AND wait_event_type = 'Lock'",
                     )
                     == 1
                 )
             )
-            # nothing to await for an absence: give a wrong worker ample time to claim
-            db.execute("SELECT pg_sleep(0.5)")
+            # a wrong worker claims as its jobs end; a heartbeat begun later ran on its event
+            # loop after that moment: wait for one rather than for a time
+            since = value(db, "SELECT clock_timestamp()")
+            eventually(lambda: value(db, "SELECT max(heartbeat_at) FROM pgjobs.workers") > since)
             states = db.execute(
                 "SELECT state FROM pgjobs.jobs WHERE id = ANY(%s)", (later,)
             ).fetchall()

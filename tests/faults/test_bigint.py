@@ -23,6 +23,8 @@ StartWorker = Callable[..., WorkerProcess]
 
 INT4_LIMIT = 2**31
 START = INT4_LIMIT - 8
+LOCK = 31
+"""The advisory lock that the job lost in the rescue waits on while the test holds it."""
 
 
 def states(db: psycopg.Connection[Any], ids: list[int]) -> dict[int, str]:
@@ -104,7 +106,8 @@ def test_every_path_works_with_job_ids_crossing_2_to_the_31(
     finished = [*ran, failing, scheduled, available]
     doomed = worker_process("--concurrency", "2")
     doomed.wait_for_log("listening on")
-    lost = jobs_app.sleepy.enqueue(1, "lost")
+    value(db, "SELECT pg_advisory_lock(%s)", LOCK)  # the lost job runs until the kill, however late
+    lost = jobs_app.waits_for_lock.enqueue(LOCK)
     eventually(lambda: starts(db, lost) == [(1, doomed.process.pid)])
     retain = {f"PGJOBS_RETAIN_{kind}": "1s" for kind in ("COMPLETED", "DISCARDED", "CANCELLED")}
     rescuer = worker_process(
@@ -116,8 +119,9 @@ def test_every_path_works_with_job_ids_crossing_2_to_the_31(
     )  # so the new leader's first prune takes every one of them
     doomed.signal(signal.SIGKILL)
     doomed.wait()
+    eventually(lambda: starts(db, lost) == [(1, doomed.process.pid), (2, rescuer.process.pid)])
+    value(db, "SELECT pg_advisory_unlock(%s)", LOCK)
     eventually(lambda: states(db, [lost]) == {lost: "completed"})
-    assert starts(db, lost) == [(1, doomed.process.pid), (2, rescuer.process.pid)]
     reason = value(db, "SELECT errors -> 0 ->> 'message' FROM pgjobs.jobs WHERE id = %s", lost)
     assert "was lost while running this job" in reason
     eventually(lambda: states(db, finished) == {})  # pruned

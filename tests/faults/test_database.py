@@ -31,12 +31,15 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
+import pytest
 
 import pgjobs
 from tests import jobs_app
 from tests.faults.cluster import Cluster
 from tests.faults.proxy import FaultProxy
 from tests.helpers import WorkerProcess, eventually
+
+pytestmark = pytest.mark.faults
 
 StartWorker = Callable[..., WorkerProcess]
 

@@ -12,10 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests import jobs_app
 from tests.faults.cluster import Cluster
 from tests.helpers import STOP_TIMEOUT, WorkerProcess, eventually, stop_and_time
+
+pytestmark = pytest.mark.faults
 
 StartWorker = Callable[..., WorkerProcess]
 

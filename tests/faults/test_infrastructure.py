@@ -16,6 +16,8 @@ from tests.faults.pgbouncer import PgBouncer
 from tests.faults.proxy import FaultProxy
 from tests.helpers import eventually
 
+pytestmark = pytest.mark.faults
+
 
 def count_rows(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:

@@ -24,18 +24,22 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests import jobs_app
 from tests.faults.cluster import Cluster
 from tests.faults.pgbouncer import PgBouncer
 from tests.helpers import WorkerProcess, eventually
 
+pytestmark = pytest.mark.faults
+
 StartWorker = Callable[..., WorkerProcess]
 
 FULL = os.environ.get("PGJOBS_FAULTS") == "full"
 TRANSACTIONS = 10_000 if FULL else 1_000
 THREADS = 8
-LISTEN_LATENCY = 0.2
+WOKEN_WITHIN = 10.0
+"""Seconds from commit to start that only a wake-up meets, on a worker polling every 30 s."""
 PROBES = 3
 TX_POOLER = ("--poll-only", "--no-prepared-statements")
 
@@ -133,7 +137,8 @@ def test_poll_only_worker_through_pgbouncer_runs_jobs_within_the_poll_interval(
     cluster: Cluster, jobs_url: str, pgbouncer: PgBouncer, start_worker: StartWorker
 ) -> None:
     """P-02: behind a transaction pooler a poll-only worker trusts no session state (no LISTEN,
-    no advisory lock) and still starts each job within a poll interval."""
+    no advisory lock) and still starts each job by its polls: within a poll interval, and the
+    claim and the start (2 s of slack for a loaded machine)."""
     bouncer_url = pgbouncer.url_for("jobs")
     poll = 1.0
     worker = start_worker(bouncer_url, *TX_POOLER, "--poll-interval", str(poll))
@@ -146,7 +151,7 @@ def test_poll_only_worker_through_pgbouncer_runs_jobs_within_the_poll_interval(
         f"poll-only behind pgbouncer (poll {poll:g} s): probes "
         + ", ".join(f"{x:.3f} s" for x in latencies)
     )
-    assert max(latencies) <= poll + 0.5, latencies
+    assert max(latencies) <= poll + 2.0, latencies
     assert "listening on" not in worker.output()
     advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
     assert fetch_one(jobs_url, advisory) == (0,)
@@ -189,7 +194,8 @@ def test_sigkilled_poll_only_worker_is_rescued_through_pgbouncer_after_its_lease
         f"after the kill, {(first - expires_at).total_seconds():.2f} s after the lease expired"
     )
     assert first >= expires_at  # never before the lease expired
-    assert (last - expires_at).total_seconds() <= 0.5 + 0.5 + 1.0  # a beat, a poll, slack
+    # a beat, a poll and slack: a sweep one lease late would miss this
+    assert (last - expires_at).total_seconds() < lease
     completed = "SELECT count(*) FROM pgjobs.jobs WHERE id = ANY(%s) AND state = 'completed'"
     eventually(lambda: fetch_one(jobs_url, completed, ids) == (4,), timeout=15)
     runs = fetch_one(
@@ -219,18 +225,19 @@ def test_listen_database_url_gives_notification_wakeups_behind_pgbouncer(
     cluster: Cluster, jobs_url: str, pgbouncer: PgBouncer, start_worker: StartWorker
 ) -> None:
     """P-02: with ``--listen-database-url`` straight to PostgreSQL, a worker whose statements go
-    through the pooler still wakes on commits within milliseconds (polling alone takes 5 s)."""
+    through the pooler still wakes on commits: each job starts within 10 s, polling every 30 s.
+    (How soon: ``pgjobs bench latency``.)"""
     bouncer_url = pgbouncer.url_for("jobs")
     worker = start_worker(
-        bouncer_url, *TX_POOLER, "--listen-database-url", jobs_url, "--poll-interval", "5"
+        bouncer_url, *TX_POOLER, "--listen-database-url", jobs_url, "--poll-interval", "30"
     )
     worker.wait_for_log("listening on")
 
     latencies = [probe_latency(bouncer_url, jobs_url, f"probe-{i}") for i in range(PROBES)]
 
     print(
-        "behind pgbouncer with a direct listen URL (poll 5 s): probes "
+        "behind pgbouncer with a direct listen URL (poll 30 s): probes "
         + ", ".join(f"{x * 1000:.1f} ms" for x in latencies)
     )
-    assert max(latencies) <= LISTEN_LATENCY, latencies
+    assert max(latencies) < WOKEN_WITHIN, latencies
     assert worker.process.poll() is None

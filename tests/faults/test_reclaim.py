@@ -23,11 +23,14 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests import jobs_app
 from tests.faults.cluster import Cluster
 from tests.faults.ledger import log_transitions
 from tests.helpers import WorkerProcess, count, eventually, rows, value
+
+pytestmark = pytest.mark.faults
 
 StartWorker = Callable[..., WorkerProcess]
 

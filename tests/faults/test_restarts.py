@@ -101,6 +101,8 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
 
 
+@pytest.mark.fresh_database
+@pytest.mark.faults
 def test_jobs_of_a_child_killed_every_two_seconds_run_again_within_five_seconds(
     app: pgjobs.App, db: psycopg.Connection[Any], worker_process: Callable[..., WorkerProcess]
 ) -> None:

@@ -215,12 +215,12 @@ def test_cli_run_now_and_delete(
     database_url: str, db: psycopg.Connection[Any], app: pgjobs.App
 ) -> None:
     later = jobs_app.noop.options(delay=3600).enqueue("later")
-    ran = run_cli(database_url, "run-now", str(later))
+    ran = invoke(database_url, "run-now", str(later))
     assert (ran.returncode, ran.stdout) == (0, f"job {later} is available now\n"), ran.stderr
-    again = run_cli(database_url, "run-now", str(later))
+    again = invoke(database_url, "run-now", str(later))
     assert again.returncode == 2 and "only a scheduled or retryable job" in again.stderr
     run(db, later)
-    refused = run_cli(database_url, "delete", str(later))
+    refused = invoke(database_url, "delete", str(later))
     assert refused.returncode == 2 and "is running: cancel it instead" in refused.stderr
     assert "Traceback" not in refused.stderr
     db.execute(
@@ -228,9 +228,9 @@ def test_cli_run_now_and_delete(
         "WHERE id = %s",
         (later,),
     )
-    deleted = run_cli(database_url, "delete", str(later))
+    deleted = invoke(database_url, "delete", str(later))
     assert (deleted.returncode, deleted.stdout) == (0, f"job {later} deleted\n"), deleted.stderr
-    missing = run_cli(database_url, "delete", str(later))
+    missing = invoke(database_url, "delete", str(later))
     assert missing.returncode == 2 and f"no job {later}" in missing.stderr
 
 

@@ -137,7 +137,14 @@ def round_done(db: psycopg.Connection[Any], label: str) -> bool:
     started = count(
         db, "SELECT count(*) FROM ledger WHERE event = 'start' AND label LIKE %s", f"{label}/%"
     )
-    assert started <= upgrade_app.EXPECTED_STARTS, label
+    assert started <= upgrade_app.EXPECTED_STARTS, rows(
+        db,
+        "SELECT l.label, l.job_id, l.attempt, l.pid, l.at, j.state, j.errors FROM ledger AS l "
+        "JOIN pgjobs.jobs AS j ON j.id = l.job_id WHERE l.event = 'start' AND l.label IN "
+        "(SELECT label FROM ledger WHERE event = 'start' AND label LIKE %s GROUP BY label "
+        "HAVING count(*) > 1)",
+        f"{label}/%",
+    )
     return started == upgrade_app.EXPECTED_STARTS
 
 

@@ -44,7 +44,13 @@ def rated(label: str) -> None:
     record(label, "start")
 
 
-@app.job(name="upgrade.unique", unique=True)
+@app.job(
+    name="upgrade.unique",
+    # held until the end, so that the second enqueue of a round is a duplicate even when the
+    # first job has already completed (a key held only while waiting or running would let a
+    # fast worker free it between the two enqueues)
+    unique=pgjobs.Unique(states=("scheduled", "available", "running", "retryable", "completed")),
+)
 def unique(label: str) -> None:
     record(label, "start")
 

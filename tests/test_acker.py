@@ -279,14 +279,14 @@ def test_a_job_claimed_again_before_its_outcome_is_written_does_not_run_again(
     async def scenario() -> tuple[list[ClaimedJob], list[ClaimedJob], int]:
         worker = pgjobs.Worker(app)
         try:
-            first = await worker._claim_jobs(1)
+            first = await worker._producer.claim(1)
             await worker._running[job_id].task  # its outcome waits in the acker, not started yet
             db.execute(  # what the crash leaves: the claim undone
                 "UPDATE pgjobs.jobs SET state = 'available', attempt = 0, worker_id = NULL,"
                 " claim_token = NULL WHERE id = %s",
                 (job_id,),
             )
-            again = await worker._claim_jobs(1)
+            again = await worker._producer.claim(1)
             running = len(worker._running)
             worker._acker.start()
             async with asyncio.timeout(15):

@@ -223,7 +223,7 @@ def test_claims_whose_answer_was_lost_are_handed_back(
             (worker._application_name("claim"),),
         )
         try:
-            claimed = await worker._claim_jobs(0)
+            claimed = await worker._producer.claim(0)
         finally:
             await worker._claim.close()
         return [job.id for job in claimed]

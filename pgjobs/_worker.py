@@ -58,7 +58,7 @@ from ._leader import Leader
 from ._link import LAST_TRY, Link
 from ._logs import job_ended, job_started
 from ._migrate import check_schema
-from ._queues import QueueView, split_limited_claim
+from ._queues import QueueView, limits_params, split_limited_claim
 from ._refusals import Refusals
 from ._scheduler import Scheduler
 from ._session import Session, SessionEvents
@@ -137,7 +137,7 @@ class Worker:
         poll interval has passed."""
         self._rate_wake: asyncio.TimerHandle | None = None
         self._notifying: set[asyncio.Future[None]] = set()
-        self._queries = app.queries
+        self._queries = app._queries
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgjobs-job"
         )
@@ -363,7 +363,7 @@ class Worker:
         """Store the limits the app declares for this worker's queues (never their pause)."""
         for name, limits in self.app.queue_limits.items():
             if name in self.queues.names:
-                await self._claim.fetch(self._queries.set_queue_limits, limits.params(name))
+                await self._claim.fetch(self._queries.set_queue_limits, limits_params(name, limits))
 
     async def _check_counting(self) -> None:
         """Count outcomes in ``job_stats`` only if this role may: a role granted before the

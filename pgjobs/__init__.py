@@ -6,6 +6,7 @@ Define jobs on an :class:`App`, enqueue them inside your own transactions, run t
 
 from ._app import App
 from ._batch import AsyncBatch, Batch
+from ._connection import AsyncConnection, Connection
 from ._context import JobContext, current_job
 from ._errors import (
     ArgumentsMismatch,
@@ -30,10 +31,12 @@ __all__ = [
     "App",
     "ArgumentsMismatch",
     "AsyncBatch",
+    "AsyncConnection",
     "Batch",
     "BatchRecord",
     "BoundJob",
     "ConfigError",
+    "Connection",
     "CronRecord",
     "DatabaseError",
     "Job",

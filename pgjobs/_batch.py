@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._batches import seal
+from ._connection import AsyncConnection, Connection
 from ._sql import Queries
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ class Batch:
     callbacks never fire unless it is sealed later (:meth:`App.seal_batch`).
     """
 
-    def __init__(self, client: Client, queries: Queries, batch_id: int, conn: Any) -> None:
+    def __init__(self, client: Client, queries: Queries, batch_id: int, conn: Connection) -> None:
         self._client = client
         self._queries = queries
         self._conn = conn
@@ -64,7 +65,9 @@ class Batch:
 class AsyncBatch:
     """:class:`Batch` for async code, from :meth:`App.batch_async <pgjobs.App.batch_async>`."""
 
-    def __init__(self, client: Client, queries: Queries, batch_id: int, conn: Any) -> None:
+    def __init__(
+        self, client: Client, queries: Queries, batch_id: int, conn: AsyncConnection
+    ) -> None:
         self._client = client
         self._queries = queries
         self._conn = conn

@@ -177,7 +177,7 @@ class App:
                 Unique() if unique is True else unique if isinstance(unique, Unique) else None
             )
             if declared is not None:
-                declared.checked(job_name, inspect.signature(f))
+                declared._checked(job_name, inspect.signature(f))
             job = Job(
                 self._client,
                 f,

@@ -711,10 +711,6 @@ class App:
         App's admin calls do not give (metrics)."""
         return self._client.run(operation)
 
-    async def _run_async(self, operation: _admin.Operation[T]) -> T:
-        """:meth:`_run` for async code (the dashboard)."""
-        return await self._client.run_async(operation)
-
     async def _read_async(
         self, *statements: tuple[str, Mapping[str, Any]]
     ) -> list[list[dict[str, Any]]]:

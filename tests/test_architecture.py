@@ -1,6 +1,7 @@
 """The package's import graph, read from the source with ``ast`` (imports under ``if
 TYPE_CHECKING:`` and inside functions included, since each ties one module to another): no
-module imports one of a layer above it, and no circle of imports beyond the known one."""
+module imports one of a layer above it, no circle of imports beyond the known one, and only the
+App reaches its client."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ KNOWN_CIRCLES: list[frozenset[str]] = [
 ]
 """Circles of imports that are still to be untied. A circle found must lie within one of them;
 shrink this list as they are untied, down to nothing."""
+
+
+CLIENT_USERS = {"pgjobs._app", "pgjobs._client", "pgjobs._job"}
+"""The modules that may reach an object's ``_client`` (the App's, a Job's): the rest go through
+the App's methods."""
+
+KNOWN_CLIENT_USERS = {"pgjobs._worker", "pgjobs.tracing"}
+"""Modules that still reach ``app._client``; shrink to nothing."""
 
 
 def module_name(path: Path) -> str:
@@ -139,6 +148,21 @@ def test_the_graph_is_read() -> None:
 
 def test_no_module_imports_a_layer_above_its_own() -> None:
     assert list(upward(graph())) == []
+
+
+def reaches_client(path: Path) -> bool:
+    """Whether the module reads ``x._client`` of an object ``x`` other than ``self``."""
+    return any(
+        isinstance(node, ast.Attribute)
+        and node.attr == "_client"
+        and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+    )
+
+
+def test_only_the_app_reaches_its_client() -> None:
+    found = {name for name, path in modules().items() if reaches_client(path)}
+    assert found - CLIENT_USERS - KNOWN_CLIENT_USERS == set()
 
 
 def test_no_circle_of_imports_beyond_the_known_ones() -> None:

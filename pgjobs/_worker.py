@@ -52,6 +52,7 @@ from ._link import LAST_TRY, Link
 from ._logs import job_ended, job_started
 from ._migrate import check_schema
 from ._producer import Producer, ProducerConfig, Slots
+from ._queues import limits_params
 from ._scheduler import Scheduler
 from ._session import Session, SessionConfig, SessionEvents, session_link
 from ._stager import Stager
@@ -111,7 +112,7 @@ class Worker:
         """Set when an outcome is written or a stop is requested: a quiet worker looks again."""
         self._running: dict[int, Running] = {}
         self._cancelled_ids: set[int] = set()
-        self._queries = app.queries
+        self._queries = app._queries
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgjobs-job"
         )
@@ -343,7 +344,7 @@ class Worker:
         """Store the limits the app declares for this worker's queues (never their pause)."""
         for name, limits in self.app.queue_limits.items():
             if name in self.queues.names:
-                await self._claim.fetch(self._queries.set_queue_limits, limits.params(name))
+                await self._claim.fetch(self._queries.set_queue_limits, limits_params(name, limits))
 
     async def _check_counting(self) -> None:
         """Count outcomes in ``job_stats`` only if this role may: a role granted before the

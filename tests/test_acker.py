@@ -31,7 +31,7 @@ ACK_APPLICATION_NAME = "test-ack"
 def claim_jobs(app: pgjobs.App, db: psycopg.Connection[Any], limit: int) -> list[ClaimedJob]:
     """Claim up to ``limit`` jobs under :data:`WORKER`, by id."""
     rows = db.execute(
-        app.queries.claim_jobs, {"queues": ["default"], "limit": limit, "worker_id": WORKER}
+        app._queries.claim_jobs, {"queues": ["default"], "limit": limit, "worker_id": WORKER}
     ).fetchall()
     return sorted(map(ClaimedJob._make, rows))
 
@@ -51,7 +51,7 @@ def job_row(db: psycopg.Connection[Any], job_id: int) -> tuple[Any, ...]:
 
 def new_acker(app: pgjobs.App) -> tuple[Acker, Link]:
     link = Link(app.settings, ACK_APPLICATION_NAME)
-    acker = Acker(link, app.queries, WORKER, on_retry=lambda delay: None, on_written=lambda: None)
+    acker = Acker(link, app._queries, WORKER, on_retry=lambda delay: None, on_written=lambda: None)
     return acker, link
 
 
@@ -74,16 +74,16 @@ def test_a_write_under_another_claims_token_changes_nothing(
 
     def finish(token: uuid.UUID) -> list[tuple[Any, ...]]:
         rows = [(job.id, job.attempt, token, COMPLETED)]
-        return db.execute(app.queries.finish_jobs, finish_params(WORKER, rows)).fetchall()
+        return db.execute(app._queries.finish_jobs, finish_params(WORKER, rows)).fetchall()
 
     released = db.execute(
-        app.queries.release_jobs,
+        app._queries.release_jobs,
         {
             "ids": [job.id],
             "attempts": [job.attempt],
             "tokens": [undone],
             "worker_id": WORKER,
-            "channel": app.queries.jobs_channel,
+            "channel": app._queries.jobs_channel,
         },
     ).fetchall()
     assert released == []

@@ -1,4 +1,9 @@
-"""The tests' databases on the suite's server, each as cheap as its test allows.
+"""Test databases on a PostgreSQL server, each as cheap as its test allows.
+
+:func:`server` finds or starts the server: ``PGJOBS_TEST_DSN`` when set, else a testcontainers
+PostgreSQL where a Docker engine answers, else the embedded ``pgserver`` (``pgjobs[embedded]``) in
+a temporary directory. :func:`migrated_template` makes a database migrated to the newest
+revision, for a pool to clone.
 
 A :class:`DatabasePool` hands out clones of one template database (migrated, or empty). A clone a
 test has finished with goes back to the pool emptied: its tables truncated, its sequences and
@@ -8,20 +13,30 @@ truncation keeps (the catalog: tables, functions, grants, owners, the database's
 the rows the template itself holds, such as the migration's version). So a test that changes
 such things is isolated all the same; marking it ``fresh_database`` only spares the check.
 
-Each test process (each pytest-xdist worker) has pools of its own, named after it.
+Each test process (each pytest-xdist worker) has pools of its own: every name is random.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+
+from .. import _migrate, _settings
+from .._errors import ConfigError
+
+DSN_VARIABLE = "PGJOBS_TEST_DSN"
+"""The environment variable naming the test server (a ``postgresql://`` URL, a superuser's)."""
 
 USER_SCHEMAS = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
 """The schemas a test may create or change (a ``pg_namespace n`` condition)."""
@@ -128,13 +143,91 @@ def database_url_for(server_url: str, dbname: str) -> str:
     """``server_url`` (a postgresql:// URL) pointed at database ``dbname``."""
     parts = urlsplit(server_url)
     if parts.scheme not in {"postgresql", "postgres"}:
-        raise ValueError(f"PGJOBS_TEST_DSN must be a postgresql:// URL, not {server_url!r}")
+        raise ConfigError(f"{DSN_VARIABLE} must be a postgresql:// URL, not {server_url!r}")
     return urlunsplit(parts._replace(path=f"/{dbname}"))
 
 
 def unique_name(prefix: str) -> str:
     """A database name no other test process (nor other run on the server) uses."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def server() -> Iterator[str]:
+    """The URL of a PostgreSQL server for tests (see the module's text), stopped at the end
+    if it was started here."""
+    if os.environ.get(DSN_VARIABLE):
+        yield os.environ[DSN_VARIABLE]
+    elif _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+    else:
+        try:
+            import pgserver
+        except ImportError:
+            raise ConfigError(
+                f"no PostgreSQL for tests: set {DSN_VARIABLE}=postgresql://..., start Docker "
+                "(with testcontainers installed), or pip install 'pgjobs[embedded]'"
+            ) from None
+        with tempfile.TemporaryDirectory(prefix="pgjobs-test-") as directory:
+            embedded = pgserver.get_server(directory, cleanup_mode="delete")  # type: ignore[attr-defined]
+            yield embedded.get_uri()
+            embedded.cleanup()
+
+
+def _docker_answers() -> bool:
+    """Whether a Docker engine answers and testcontainers is installed."""
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
+    try:
+        import docker
+        import testcontainers  # noqa: F401
+    except ImportError:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            client = docker.from_env(timeout=2)
+        except Exception:
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+        finally:
+            client.close()
+
+
+def create_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@contextlib.contextmanager
+def migrated_template(
+    server_url: str, prefix: str = "pgjobs_template", then: Callable[[str], None] | None = None
+) -> Iterator[str]:
+    """The name of a new database on ``server_url`` migrated to the newest revision (and given
+    to ``then(url)``, to add tables of the tests' own), dropped at the end."""
+    name = unique_name(prefix)
+    create_database(server_url, name)
+    try:
+        url = database_url_for(server_url, name)
+        _migrate.migrate(_settings.load_settings({"database_url": url}))
+        if then is not None:
+            then(url)
+        yield name
+    finally:
+        drop_database(server_url, name)
 
 
 class DatabasePool:

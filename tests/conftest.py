@@ -175,3 +175,9 @@ def worker_process(database_url: str, tmp_path: Path) -> Iterator[Callable[..., 
     """Start ``pgjobs worker`` subprocesses on this test's database; all are killed at the end."""
     with worker_launcher(tmp_path) as start:
         yield functools.partial(start, database_url)
+
+
+@pytest.fixture
+def pgjobs_database(database_url: str) -> str:
+    """The pgjobs plugin's real-mode fixtures use this suite's pooled databases."""
+    return database_url

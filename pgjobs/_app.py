@@ -569,7 +569,9 @@ class App:
     ) -> AsyncBatch:
         """:meth:`batch` for async code: ``async with await app.batch_async(...) as batch:``."""
         if self._client.recorder is not None:
-            return self._client.recorder.batch_async(on_success, on_complete, description, conn)
+            return await self._client.recorder.batch_async(
+                on_success, on_complete, description, conn
+            )
         operation = self._create(on_success, on_complete, description)
         batch_id = await self._client.run_async(operation, conn)
         return AsyncBatch(self._client, self.queries, batch_id, conn)

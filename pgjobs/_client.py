@@ -63,7 +63,13 @@ class Recorder(Protocol):
 
     def enqueue(self, calls: list[JobCall], conn: Any) -> list[JobId]: ...
 
+    async def enqueue_async(self, calls: list[JobCall], conn: Any) -> list[JobId]: ...
+
     def add_to_batch(self, batch_id: int, calls: list[JobCall], conn: Any) -> list[int]: ...
+
+    async def add_to_batch_async(
+        self, batch_id: int, calls: list[JobCall], conn: Any
+    ) -> list[int]: ...
 
     def batch(
         self,
@@ -73,7 +79,7 @@ class Recorder(Protocol):
         conn: Any,
     ) -> Batch: ...
 
-    def batch_async(
+    async def batch_async(
         self,
         on_success: JobCall | None,
         on_complete: JobCall | None,
@@ -137,7 +143,7 @@ class Client:
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
         if self.recorder is not None:
-            return self.recorder.enqueue(list(calls), conn)
+            return await self.recorder.enqueue_async(list(calls), conn)
         batch = calls if isinstance(calls, list) else list(calls)
         tracing = self.tracing
         if tracing is None or not batch:
@@ -176,7 +182,7 @@ class Client:
     ) -> list[int]:
         """:meth:`add_to_batch` for async code."""
         if self.recorder is not None:
-            return self.recorder.add_to_batch(batch_id, list(calls), conn)
+            return await self.recorder.add_to_batch_async(batch_id, list(calls), conn)
         batch = list(calls)
         tracing = self.tracing
         if tracing is None or not batch:

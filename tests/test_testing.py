@@ -22,7 +22,9 @@ from pgjobs.testing import (
     Inline,
     JobsFailed,
     drain,
+    drain_async,
     fake,
+    inline,
 )
 from tests import testing_app
 from tests.helpers import rows
@@ -316,6 +318,28 @@ def test_inline_runs_on_a_sqlalchemy_commit_only(
         engine.dispose()
 
 
+def test_inline_in_async_code(
+    pgjobs_real: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    async def scenario() -> None:
+        async with inline(pgjobs_real) as runner:
+            await note.enqueue_async("own pool")  # committed: ran before enqueue returned
+            assert labels(db) == ["own pool"]
+            async with await psycopg.AsyncConnection.connect(database_url) as conn:
+                await note.using(conn).enqueue_async("rolled back")
+                await conn.rollback()
+                await note.using(conn).enqueue_async("committed")
+                await conn.commit()
+            await runner.wait_async()
+            assert labels(db) == ["own pool", "committed"]
+            async with await pgjobs_real.batch_async(on_complete=note.call("batch done")) as b:
+                await b.add(note.call("in batch"))
+        await pgjobs_real.aclose()
+
+    asyncio.run(scenario())
+    assert labels(db) == ["own pool", "committed", "in batch", "batch done"]
+
+
 # -- real mode -----------------------------------------------------------------------------
 
 
@@ -333,6 +357,20 @@ def test_drain_runs_due_jobs_through_the_worker_and_the_clock_moves_time(
     drain(pgjobs_real)
     assert labels(db) == ["now", "in two hours"]
     assert rows(db, "SELECT state FROM pgjobs.jobs") == [("completed",), ("completed",)]
+
+
+def test_drain_async_runs_jobs_on_the_tests_loop(
+    pgjobs_real: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    async def scenario() -> None:
+        await note.enqueue_async("async")
+        with pytest.raises(RuntimeError, match="drain_async"):
+            drain(pgjobs_real)
+        await drain_async(pgjobs_real)
+        await pgjobs_real.aclose()
+
+    asyncio.run(scenario())
+    assert labels(db) == ["async"]
 
 
 # -- crash runs ----------------------------------------------------------------------------

@@ -159,6 +159,9 @@ class FakeQueue:
     def enqueue(self, calls: list[JobCall], conn: Any) -> list[JobId]:
         return [self._record(call) for call in calls]
 
+    async def enqueue_async(self, calls: list[JobCall], conn: Any) -> list[JobId]:
+        return self.enqueue(calls, conn)
+
     def add_to_batch(self, batch_id: int, calls: list[JobCall], conn: Any) -> list[int]:
         batch = self._batches.get(batch_id)
         if batch is None:
@@ -174,6 +177,9 @@ class FakeQueue:
                 )
         return [int(self._record(call, batch_id=batch_id)) for call in calls]
 
+    async def add_to_batch_async(self, batch_id: int, calls: list[JobCall], conn: Any) -> list[int]:
+        return self.add_to_batch(batch_id, calls, conn)
+
     def batch(
         self,
         on_success: JobCall | None,
@@ -183,7 +189,7 @@ class FakeQueue:
     ) -> Batch:
         return FakeBatch(self, self._new_batch(on_success, on_complete))
 
-    def batch_async(
+    async def batch_async(
         self,
         on_success: JobCall | None,
         on_complete: JobCall | None,

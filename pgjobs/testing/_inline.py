@@ -42,10 +42,22 @@ class Inline:
         self._after_write(conn)
         return ids
 
+    async def enqueue_async(self, calls: list[JobCall], conn: Any) -> list[JobId]:
+        with self._writing():
+            ids = await self.app.enqueue_many_async(calls, conn=conn)
+        await self._after_write_async(conn)
+        return ids
+
     def add_to_batch(self, batch_id: int, calls: list[JobCall], conn: Any) -> list[int]:
         with self._writing():
             ids = self.app.add_to_batch(batch_id, calls, conn=conn)
         self._after_write(conn)
+        return ids
+
+    async def add_to_batch_async(self, batch_id: int, calls: list[JobCall], conn: Any) -> list[int]:
+        with self._writing():
+            ids = await self.app.add_to_batch_async(batch_id, calls, conn=conn)
+        await self._after_write_async(conn)
         return ids
 
     def batch(
@@ -60,14 +72,17 @@ class Inline:
                 on_success=on_success, on_complete=on_complete, description=description, conn=conn
             )
 
-    def batch_async(
+    async def batch_async(
         self,
         on_success: JobCall | None,
         on_complete: JobCall | None,
         description: str | None,
         conn: Any,
     ) -> AsyncBatch:
-        raise NotImplementedError("inline mode: use app.batch() (async batches: real mode)")
+        with self._writing():
+            return await self.app.batch_async(
+                on_success=on_success, on_complete=on_complete, description=description, conn=conn
+            )
 
     # -- running -----------------------------------------------------------------------------
 
@@ -98,6 +113,10 @@ class Inline:
             self.wait()
         elif isinstance(conn, Session):
             self._sessions.add(id(conn))
+
+    async def _after_write_async(self, conn: Any) -> None:
+        if conn is None:
+            await self.wait_async()
 
     def _after_commit(self, session: Session) -> None:
         if id(session) in self._sessions:

@@ -5,6 +5,7 @@ at a job's checkpoint."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -259,8 +260,9 @@ def test_an_app_leaves_fake_mode_at_the_end_of_the_block(database_url: str) -> N
 # -- inline mode ---------------------------------------------------------------------------
 
 
-def labels(db: psycopg.Connection[Any]) -> list[str]:
-    return [label for (label,) in rows(db, "SELECT label FROM ledger ORDER BY at")]
+def labels(db: psycopg.Connection[Any], event: str = "start") -> list[str]:
+    query = "SELECT label FROM ledger WHERE event = %s ORDER BY at"
+    return [label for (label,) in rows(db, query, event)]
 
 
 def test_inline_runs_a_job_once_its_transaction_commits(
@@ -356,7 +358,27 @@ def test_drain_runs_due_jobs_through_the_worker_and_the_clock_moves_time(
     pgjobs_clock.advance(timedelta(hours=1))
     drain(pgjobs_real)
     assert labels(db) == ["now", "in two hours"]
-    assert rows(db, "SELECT state FROM pgjobs.jobs") == [("completed",), ("completed",)]
+    states = rows(db, "SELECT state FROM pgjobs.jobs WHERE name = 'note'")
+    assert states == [("completed",), ("completed",)]
+
+
+def test_the_clock_enqueues_each_cron_tick_within_the_time_it_moves(
+    pgjobs_real: pgjobs.App, pgjobs_clock: Clock, db: psycopg.Connection[Any]
+) -> None:
+    start = pgjobs_clock.now()
+    pgjobs_clock.advance(timedelta(minutes=30))
+    drain(pgjobs_real)
+    ticks = sorted(datetime.fromisoformat(label) for label in labels(db, "tick"))
+    assert len(ticks) == 6
+    assert start < ticks[0] <= start + timedelta(minutes=5)
+    assert all(b - a == timedelta(minutes=5) for a, b in itertools.pairwise(ticks))
+
+    pgjobs_clock.advance(timedelta(minutes=10))
+    drain(pgjobs_real)
+    later = sorted(datetime.fromisoformat(label) for label in labels(db, "tick"))[6:]
+    assert later == [ticks[-1] + timedelta(minutes=5), ticks[-1] + timedelta(minutes=10)]
+    (last_tick,) = rows(db, "SELECT last_tick_at FROM pgjobs.cron_entries")[0]
+    assert last_tick == later[-1]
 
 
 def test_drain_async_runs_jobs_on_the_tests_loop(

@@ -92,3 +92,12 @@ def charge_once(label: str) -> None:
 def charge_naively(label: str) -> None:
     """Charges the card at every run: a retry after a crash charges twice."""
     _charge(label, idempotent=False)
+
+
+@app.job(name="ticked")
+def ticked(tick: str = "") -> None:
+    """A cron entry's job: a ledger row labelled with its tick (real modes)."""
+    ledger.record(tick, "tick", os.getpid())
+
+
+app.periodic(ticked, cron="*/5 * * * *", tick_kwarg="tick")

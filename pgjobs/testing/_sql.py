@@ -13,12 +13,10 @@ WHERE state IN ('scheduled', 'retryable')
 """
 """Move waiting jobs' due time back by ``delta``: start times, retries' back-off, snoozes."""
 
-ADVANCE_CRON = """
-UPDATE {schema}.cron_entries
-SET last_tick_at = last_tick_at - %(delta)s::interval
-WHERE last_tick_at IS NOT NULL
+CRON_LAST_TICKS = """
+SELECT name, last_tick_at FROM {schema}.cron_entries WHERE name = ANY (%(names)s::text[])
 """
-"""Move cron entries' last tick back by ``delta``: the ticks within it become due."""
+"""The last tick handled of each of the cron entries ``names``."""
 
 TERMINATE_WORKER_SESSIONS = """
 SELECT w.id, count(pg_terminate_backend(a.pid, %(wait_ms)s))
@@ -36,7 +34,7 @@ GROUP BY w.id
 @dataclass(frozen=True)
 class Queries:
     advance_jobs: str
-    advance_cron: str
+    cron_last_ticks: str
     terminate_worker_sessions: str
 
 

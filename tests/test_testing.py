@@ -421,6 +421,22 @@ def test_a_crash_at_the_checkpoint_catches_a_job_that_charges_twice(
     assert charges(db, job_id) == [(1, "charged"), (2, "charged"), (2, "receipt")]
 
 
+def test_cut_sessions_at_the_checkpoint_run_the_job_again_after_its_end(
+    pgjobs_crash: Any, db: psycopg.Connection[Any]
+) -> None:
+    once_id = charge_once.enqueue("order 3")
+    crash = pgjobs_crash(once_id, at="charged", how="disconnect")
+    assert charges(db, once_id) == [(1, "charged"), (1, "receipt"), (2, "receipt")]
+    assert rows(db, "SELECT state, attempt FROM pgjobs.jobs WHERE id = %s", once_id) == [
+        ("completed", 2)
+    ]
+    assert "reconnecting" in crash.output
+
+    twice_id = charge_naively.enqueue("order 4")
+    pgjobs_crash(twice_id, at="charged", how="disconnect")
+    assert charges(db, twice_id) == [(1, "charged"), (1, "receipt"), (2, "charged"), (2, "receipt")]
+
+
 def test_a_crash_run_whose_job_never_reaches_the_checkpoint_says_so(
     pgjobs_crash: Any,
 ) -> None:

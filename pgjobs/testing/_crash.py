@@ -1,5 +1,5 @@
-"""Crash tests: run a job in a real ``pgjobs worker`` process, SIGKILL it at a checkpoint the
-job marks, hand the job back at once, and run its retry here."""
+"""Crash tests: run a job in a real ``pgjobs worker`` process, SIGKILL it (or cut its database
+sessions) at a checkpoint the job marks, hand the job back at once, and run its retry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 
@@ -25,6 +26,16 @@ DEFAULT_TIMEOUT = 60.0
 
 SESSIONS_WAIT_MS = 10_000
 """Milliseconds the killed worker's database sessions get to end."""
+
+
+WORKER_ARGS = ("worker", "--burst", "--concurrency", "1")
+"""The crash test's worker: one job at a time (the retry waits for the interrupted attempt)."""
+
+REASONS = {
+    "kill": "its process was killed by pgjobs.testing (SIGKILL)",
+    "disconnect": "its database sessions were ended by pgjobs.testing",
+}
+"""Each crash's reason, in the error the interrupted attempt stores."""
 
 
 class CheckpointNotReached(AssertionError):
@@ -49,16 +60,24 @@ def run_until_killed(
     *,
     at: str,
     app_path: str,
+    how: Literal["kill", "disconnect"] = "kill",
     retry: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Crash:
     """Run job ``job_id`` of ``app`` (committed, due) in a ``pgjobs --app APP_PATH worker
-    --burst`` process until it reaches ``pgjobs.testing.checkpoint(at)``; SIGKILL the process
-    there; hand the job back as the leader's rescue sweep would (at once, instead of within a
-    heartbeat); then, with ``retry``, run it again here (:func:`~pgjobs.testing.drain`).
+    --burst --concurrency 1`` process until it reaches ``pgjobs.testing.checkpoint(at)``, and
+    there:
 
-    The killed attempt counts: a job on its last attempt ends ``discarded`` (its error names
-    the lost worker). Other due jobs may run in that worker too.
+    * ``how="kill"``: SIGKILL the process; end its database sessions and hand the job back as
+      the leader's rescue sweep would (at once, instead of within a heartbeat); then, with
+      ``retry``, run the job again here (:func:`~pgjobs.testing.drain`).
+    * ``how="disconnect"``: end the worker's database sessions and hand the job back likewise,
+      then let the job go on. The worker reconnects; the attempt runs to its end, but its
+      outcome is refused (the job is no longer its), and the worker then runs the retry itself
+      before it exits (with ``retry``, a drain here runs whatever is still due).
+
+    The interrupted attempt counts: a job on its last attempt ends ``discarded`` (its error
+    names the lost worker). Other due jobs may run in that worker too.
 
     Raises:
         CheckpointNotReached: the worker ended, or ``timeout`` passed, before the checkpoint;
@@ -71,6 +90,7 @@ def run_until_killed(
     with tempfile.TemporaryDirectory(prefix="pgjobs-crash-") as directory:
         fifo_path = Path(directory) / "checkpoint"
         os.mkfifo(fifo_path)
+        os.mkfifo(f"{fifo_path}.go")
         log_path = Path(directory) / "worker.log"
         env = {
             **os.environ,
@@ -84,15 +104,21 @@ def run_until_killed(
         try:
             with log_path.open("wb") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "pgjobs", "--app", app_path, "worker", "--burst"],
+                    [sys.executable, "-m", "pgjobs", "--app", app_path, *WORKER_ARGS],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
             try:
                 _await_checkpoint(fifo, process, at, timeout, log_path)
-                process.send_signal(signal.SIGKILL)
-                process.wait()
+                if how == "kill":
+                    process.send_signal(signal.SIGKILL)
+                    process.wait()
+                worker_id = _rescue(app, url, process.pid, how)
+                if how == "disconnect":
+                    with open(f"{fifo_path}.go", "w") as go:
+                        go.write("go\n")
+                    process.wait(timeout)
             finally:
                 if process.poll() is None:
                     process.kill()
@@ -101,7 +127,6 @@ def run_until_killed(
             os.close(keeper)
             os.close(fifo)
         output = log_path.read_text(errors="replace")
-    worker_id = _rescue(app, url, process.pid)
     if retry:
         drain(app)
     return Crash(job_id, at, process.pid, worker_id, output)
@@ -127,8 +152,8 @@ def _await_checkpoint(
             received += os.read(fifo, 4096)
 
 
-def _rescue(app: App, url: str, pid: int) -> str:
-    """End the killed worker's sessions, then give its jobs back as the rescue sweep does."""
+def _rescue(app: App, url: str, pid: int, how: str) -> str:
+    """End the worker's sessions, then give its jobs back as the rescue sweep does."""
     queries = app.queries
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
@@ -143,7 +168,7 @@ def _rescue(app: App, url: str, pid: int) -> str:
             {
                 "sweeper_id": None,
                 "worker_id": worker_id,
-                "reason": "its process was killed by pgjobs.testing (SIGKILL)",
+                "reason": REASONS[how],
                 "lock_namespace": queries.lock_namespace,
                 "channel": queries.jobs_channel,
             },

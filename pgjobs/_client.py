@@ -58,8 +58,8 @@ _unique_key = operator.attrgetter("unique_key")
 
 
 class Recorder(Protocol):
-    """Takes enqueues instead of the database (:mod:`pgjobs.testing`'s fake mode): set with
-    ``App._record_enqueues``; nothing is written while it is."""
+    """Takes enqueues instead of the client (:mod:`pgjobs.testing`: fake mode records them,
+    inline mode writes them and runs them): set with ``App._record_enqueues``."""
 
     def enqueue(self, calls: list[JobCall], conn: Any) -> list[JobId]: ...
 

@@ -37,8 +37,11 @@ from tests.testing_app import (
     flaky,
     forever,
     greet,
+    hangs,
+    hangs_async,
     note,
     once,
+    raises_base_exception,
     report,
 )
 
@@ -168,6 +171,26 @@ def test_a_job_calling_sys_exit_is_contained(jobs: FakeQueue) -> None:
     assert (summary.failed, summary.discarded) == (1, 1)
     assert testing_app.ran == [("exits", 1), ("exits", 2)]
     assert jobs.enqueued_jobs(exits)[0].errors[-1]["class"] == "builtins.SystemExit"
+
+
+def test_jobs_that_hang_past_their_timeout_do_not_hold_up_the_drain(jobs: FakeQueue) -> None:
+    testing_app.released.clear()
+    try:
+        hangs.enqueue()
+        hangs_async.enqueue()
+        raises_base_exception.enqueue()
+        greet.enqueue("after them")
+        summary = jobs.drain(raise_on_discard=False)
+    finally:
+        testing_app.released.set()  # the threads left running end
+    assert (summary.failed, summary.discarded, summary.completed) == (2, 3, 1)
+    errors = {r.name: r.errors[-1]["class"] for r in jobs.enqueued_jobs() if r.errors}
+    assert errors == {
+        "hangs": "pgjobs.JobTimeout",
+        "hangs_async": "pgjobs.JobTimeout",
+        "raises_base_exception": "builtins.KeyboardInterrupt",
+    }
+    assert ("greet", ("after them", "!", 4, 1)) in testing_app.ran  # on a thread of its own
 
 
 def test_a_job_that_enqueues_itself_forever_stops_at_the_limit(jobs: FakeQueue) -> None:

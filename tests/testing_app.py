@@ -3,8 +3,10 @@ real modes, and charges to prove a crash test catches a job that is not idempote
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import threading
 from typing import Any
 
 import pgjobs
@@ -43,6 +45,27 @@ def flaky(failures: int) -> None:
 def exits() -> None:
     ran.append(("exits", pgjobs.current_job().attempt))
     sys.exit(3)
+
+
+released = threading.Event()
+"""Set by a test to end the threads of :func:`hangs`."""
+
+
+@app.job(name="hangs", max_attempts=2, timeout=1)
+def hangs() -> None:
+    ran.append(("hangs", pgjobs.current_job().attempt))
+    released.wait()
+
+
+@app.job(name="hangs_async", max_attempts=2, timeout=1)
+async def hangs_async() -> None:
+    ran.append(("hangs_async", pgjobs.current_job().attempt))
+    await asyncio.Event().wait()
+
+
+@app.job(name="raises_base_exception", max_attempts=1)
+def raises_base_exception() -> None:
+    raise KeyboardInterrupt
 
 
 @app.job(name="forever")

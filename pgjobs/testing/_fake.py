@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import json
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -120,8 +120,8 @@ class FakeBatch(Batch):
         self._queue = queue
         self.id = batch_id
 
-    def enqueue_many(self, calls: Any) -> list[int]:
-        return list(self._queue.add_to_batch(self.id, list(calls), None))
+    def enqueue_many(self, calls: Iterable[JobCall]) -> list[int]:
+        return self._queue.add_to_batch(self.id, list(calls), None)
 
     def seal(self) -> None:
         self._queue.seal(self.id)
@@ -134,8 +134,8 @@ class FakeAsyncBatch(AsyncBatch):
         self._queue = queue
         self.id = batch_id
 
-    async def enqueue_many(self, calls: Any) -> list[int]:
-        return list(self._queue.add_to_batch(self.id, list(calls), None))
+    async def enqueue_many(self, calls: Iterable[JobCall]) -> list[int]:
+        return self._queue.add_to_batch(self.id, list(calls), None)
 
     async def seal(self) -> None:
         self._queue.seal(self.id)
@@ -307,7 +307,8 @@ class FakeQueue:
         """:meth:`drain` for async tests."""
         counts = dict.fromkeys(("completed", "failed", "discarded", "cancelled", "snoozed"), 0)
         discarded: list[EnqueuedJob] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgjobs-fake") as threads:
+        threads = _threads()
+        try:
             while (record := self._next(run_scheduled)) is not None:
                 if sum(counts.values()) >= max_runs:
                     waiting = [r for r in self._jobs if r.state in WAITING]
@@ -331,11 +332,16 @@ class FakeQueue:
                     batch_id=record.batch_id,
                     threads=threads,
                 )
+                if outcome.thread_overran:  # its thread runs on: the next job gets a new one
+                    threads.shutdown(wait=False)
+                    threads = _threads()
                 counts[self._apply(record, outcome)] += 1
                 if record.state == "discarded":
                     discarded.append(record)
                 if record.batch_id is not None and record.callback_of is None:
                     self._settle(record.batch_id)
+        finally:
+            threads.shutdown(wait=False)
         if discarded and raise_on_discard:
             lines = "\n".join(
                 f"  {record!r} after {record.attempt} attempt(s): "
@@ -471,6 +477,11 @@ class FakeQueue:
         if not self._jobs:
             return "nothing was enqueued"
         return "enqueued:\n" + "\n".join(f"  {record!r}" for record in self._jobs)
+
+
+def _threads() -> ThreadPoolExecutor:
+    """The thread that ``def`` jobs run in, one after the other."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgjobs-fake")
 
 
 def _as_stored(value: Any) -> Any:

@@ -23,14 +23,8 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs.testing import DatabasePool
-from pgjobs.testing._databases import (
-    create_database,
-    drop_database,
-    migrated_template,
-    server,
-    unique_name,
-)
+from pgjobs.testing import DatabasePool, migrated_template, server
+from pgjobs.testing._databases import create_database, drop_database, unique_name
 from tests import jobs_app
 from tests.helpers import LEDGER_DDL, WorkerProcess, worker_launcher
 

@@ -15,7 +15,7 @@ turns it off) provides the ``pgjobs_*`` fixtures. See docs/testing.md.
 from ._checkpoint import checkpoint
 from ._clock import Clock
 from ._crash import CheckpointNotReached, Crash, run_until_killed
-from ._databases import DatabasePool, migrated_template, server
+from ._databases import DatabasePool, migrated_template
 from ._fake import (
     DrainError,
     DrainLimitReached,
@@ -27,6 +27,7 @@ from ._fake import (
 )
 from ._inline import Inline, inline
 from ._real import drain, drain_async
+from ._server import server
 
 __all__ = [
     "CheckpointNotReached",

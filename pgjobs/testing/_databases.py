@@ -1,9 +1,6 @@
 """Test databases on a PostgreSQL server, each as cheap as its test allows.
 
-:func:`server` finds or starts the server: ``PGJOBS_TEST_DSN`` when set, else a testcontainers
-PostgreSQL where a Docker engine answers, else the embedded ``pgserver`` (``pgjobs[embedded]``) in
-a temporary directory. :func:`migrated_template` makes a database migrated to the newest
-revision, for a pool to clone.
+:func:`migrated_template` makes a database migrated to the newest revision, for a pool to clone.
 
 A :class:`DatabasePool` hands out clones of one template database (migrated, or empty). A clone a
 test has finished with goes back to the pool emptied: its tables truncated, its sequences and
@@ -11,7 +8,7 @@ statistics reset, about 0.06 s instead of a clone and a drop. It is dropped inst
 could not make it the template again: the test left a session connected, or changed what
 truncation keeps (the catalog: tables, functions, grants, owners, the database's settings; or
 the rows the template itself holds, such as the migration's version). So a test that changes
-such things is isolated all the same; marking it ``fresh_database`` only spares the check.
+such things is isolated all the same; :meth:`DatabasePool.fresh` only spares it the check.
 
 Each test process (each pytest-xdist worker) has pools of its own: every name is random.
 """
@@ -19,13 +16,9 @@ Each test process (each pytest-xdist worker) has pools of its own: every name is
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,9 +27,7 @@ from psycopg import sql
 
 from .. import _migrate, _settings
 from .._errors import ConfigError
-
-DSN_VARIABLE = "PGJOBS_TEST_DSN"
-"""The environment variable naming the test server (a ``postgresql://`` URL, a superuser's)."""
+from ._server import DSN_VARIABLE
 
 USER_SCHEMAS = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
 """The schemas a test may create or change (a ``pg_namespace n`` condition)."""
@@ -150,54 +141,6 @@ def database_url_for(server_url: str, dbname: str) -> str:
 def unique_name(prefix: str) -> str:
     """A database name no other test process (nor other run on the server) uses."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-@contextlib.contextmanager
-def server() -> Iterator[str]:
-    """The URL of a PostgreSQL server for tests (see the module's text), stopped at the end
-    if it was started here."""
-    if os.environ.get(DSN_VARIABLE):
-        yield os.environ[DSN_VARIABLE]
-    elif _docker_answers():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16", driver=None) as container:
-            yield container.get_connection_url()
-    else:
-        try:
-            import pgserver
-        except ImportError:
-            raise ConfigError(
-                f"no PostgreSQL for tests: set {DSN_VARIABLE}=postgresql://..., start Docker "
-                "(with testcontainers installed), or pip install 'pgjobs[embedded]'"
-            ) from None
-        with tempfile.TemporaryDirectory(prefix="pgjobs-test-") as directory:
-            embedded = pgserver.get_server(directory, cleanup_mode="delete")  # type: ignore[attr-defined]
-            yield embedded.get_uri()
-            embedded.cleanup()
-
-
-def _docker_answers() -> bool:
-    """Whether a Docker engine answers and testcontainers is installed."""
-    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
-        return False
-    try:
-        import docker
-        import testcontainers  # noqa: F401
-    except ImportError:
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            client = docker.from_env(timeout=2)
-        except Exception:
-            return False
-        try:
-            return bool(client.ping())
-        except Exception:
-            return False
-        finally:
-            client.close()
 
 
 def create_database(server_url: str, name: str) -> None:

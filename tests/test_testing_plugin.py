@@ -67,7 +67,77 @@ def test_fake_and_real_fixtures_in_a_users_project(shop: pytest.Pytester) -> Non
             assert pgjobs_real.list_jobs() == []
         """
     )
-    result = shop.runpytest("-p", "no:randomly")
+    result = shop.runpytest_subprocess()  # SQLAlchemy (the migration) imports once only
+    result.assert_outcomes(passed=3)
+
+
+LEDGER = """
+import os
+
+import psycopg
+
+import pgjobs
+from pgjobs.testing import checkpoint
+
+app = pgjobs.App()
+
+
+@app.job(name="ledger.charge")
+def charge(order_id: int) -> None:
+    url = os.environ.get("PGJOBS_DATABASE_URL") or str(app.settings.database_url)
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO charges VALUES (%s)", (order_id,))
+    checkpoint("charged")
+"""
+
+
+def test_inline_clock_and_crash_fixtures_in_a_users_project(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(ledger=LEDGER)
+    pytester.syspathinsert()
+    pytester.makeini("[pytest]\npgjobs_app = ledger:app\n")
+    pytester.makepyfile(
+        test_ledger="""
+        from datetime import timedelta
+
+        import psycopg
+        import pytest
+
+        import ledger
+        from pgjobs.testing import drain
+
+        @pytest.fixture
+        def db(pgjobs_database):
+            with psycopg.connect(pgjobs_database, autocommit=True) as conn:
+                conn.execute("CREATE TABLE charges (order_id int)")
+                yield conn
+
+        def charges(db):
+            return [row[0] for row in db.execute("SELECT order_id FROM charges")]
+
+        def test_inline(pgjobs_inline, db, pgjobs_database):
+            ledger.charge.enqueue(1)
+            assert charges(db) == [1]
+            with psycopg.connect(pgjobs_database) as conn:
+                ledger.charge.using(conn).enqueue(2)
+                conn.rollback()
+            pgjobs_inline.wait()
+            assert charges(db) == [1]
+
+        def test_clock(pgjobs_real, pgjobs_clock, db):
+            ledger.charge.enqueue_in(timedelta(days=1), 3)
+            drain(pgjobs_real)
+            assert charges(db) == []
+            pgjobs_clock.advance(timedelta(days=1))
+            drain(pgjobs_real)
+            assert charges(db) == [3]
+
+        def test_crash(pgjobs_crash, db):
+            job_id = ledger.charge.enqueue(4)
+            pgjobs_crash(job_id, at="charged")
+            assert charges(db) == [4, 4]  # not idempotent: charged again by the retry
+        """
+    )
+    result = pytester.runpytest_subprocess()  # SQLAlchemy (the migration) imports once only
     result.assert_outcomes(passed=3)
 
 

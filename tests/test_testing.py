@@ -32,6 +32,7 @@ from tests.helpers import rows
 from tests.testing_app import (
     charge_naively,
     charge_once,
+    debounced,
     exits,
     fan_out,
     flaky,
@@ -227,6 +228,16 @@ def test_a_unique_duplicate_returns_the_first_id(jobs: FakeQueue) -> None:
     assert other != first
     jobs.drain()
     assert not once.enqueue("k").duplicate  # the holder completed: the key is free
+
+
+def test_a_replacing_unique_duplicate_debounces_the_waiting_job(jobs: FakeQueue) -> None:
+    first = debounced.enqueue_in(timedelta(minutes=5), "k", "draft")
+    again = debounced.enqueue_in(timedelta(minutes=10), "k", "final")
+    assert (again, again.duplicate) == (first, True)
+    (record,) = jobs.enqueued_jobs(debounced)
+    assert record.args == ["k", "final"]
+    assert jobs.drain(run_scheduled=True).completed == 1
+    assert testing_app.ran == [("debounced", ("k", "final"))]
 
 
 def test_batch_callbacks_run_once_the_batch_ends(jobs: FakeQueue) -> None:

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pgjobs
+from pgjobs import Unique
 from pgjobs.testing import checkpoint
 from tests.ledger import Ledger
 
@@ -81,6 +82,11 @@ def report(label: str) -> None:
 @app.job(name="once", unique=True)
 def once(key: str) -> None:
     ran.append(("once", key))
+
+
+@app.job(name="debounced", unique=Unique(by=("key",), replace=True))
+def debounced(key: str, text: str) -> None:
+    ran.append(("debounced", (key, text)))
 
 
 @app.job(name="note")

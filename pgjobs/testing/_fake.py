@@ -357,13 +357,15 @@ class FakeQueue:
         self, call: JobCall, *, batch_id: int | None = None, callback_of: int | None = None
     ) -> JobId:
         job, options = call.job, call.options
+        now = self.now()
+        due = options.at or now + timedelta(seconds=options.delay or 0)
         if call.unique_key is not None:
             states = job.unique.states if job.unique is not None else DEFAULT_STATES
             for held in self._jobs:
                 if held.unique_key == call.unique_key and held.state in states:
+                    if job.unique is not None and job.unique.replace:
+                        self._replace(held, call, due, now)
                     return job_id(held.id, True)
-        now = self.now()
-        due = options.at or now + timedelta(seconds=options.delay or 0)
         record = EnqueuedJob(
             id=next(self._ids),
             name=job.name,
@@ -381,6 +383,18 @@ class FakeQueue:
         )
         self._jobs.append(record)
         return job_id(record.id, False)
+
+    def _replace(self, held: EnqueuedJob, call: JobCall, due: datetime, now: datetime) -> None:
+        """A debounce: a waiting holder takes the duplicate's arguments, priority and run time
+        (a running or retryable one is kept as it is)."""
+        if held.state not in ("scheduled", "available"):
+            return
+        held.args = json.loads(call.args_json)
+        held.kwargs = json.loads(call.kwargs_json)
+        if call.options.priority is not None:
+            held.priority = call.options.priority
+        held.scheduled_at, held.at = due, call.options.at
+        held.state = "scheduled" if due > now else "available"
 
     def _new_batch(self, on_success: JobCall | None, on_complete: JobCall | None) -> int:
         for name, call in (("on_success", on_success), ("on_complete", on_complete)):

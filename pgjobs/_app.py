@@ -10,7 +10,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _admin, _batches, _cron, _queues
 from ._batch import AsyncBatch, Batch
-from ._client import Client
+from ._client import Client, Recorder
 from ._connection import AsyncConnection, Connection
 from ._cron import CatchUp, CronEntry
 from ._errors import ConfigError, UnknownJobError, ValidationError
@@ -555,6 +555,8 @@ class App:
             ValidationError: a callback's job is not registered in this app, or has a start
                 time; nothing was written.
         """
+        if self._client.recorder is not None:
+            return self._client.recorder.batch(on_success, on_complete, description, conn)
         return Batch(
             self._client,
             self._queries,
@@ -571,6 +573,10 @@ class App:
         conn: AsyncConnection = None,
     ) -> AsyncBatch:
         """:meth:`batch` for async code: ``async with await app.batch_async(...) as batch:``."""
+        if self._client.recorder is not None:
+            return await self._client.recorder.batch_async(
+                on_success, on_complete, description, conn
+            )
         operation = self._create(on_success, on_complete, description)
         batch_id = await self._client.run_async(operation, conn)
         return AsyncBatch(self._client, self._queries, batch_id, conn)
@@ -718,6 +724,11 @@ class App:
         pool, never prepared: the dashboard's page reads (see :meth:`Client.read_async
         <pgjobs._client.Client.read_async>`)."""
         return await self._client.read_async(statements)
+
+    def _record_enqueues(self, recorder: Recorder | None) -> None:
+        """Hand every enqueue, batch and batch addition to ``recorder`` instead of the database
+        (``None``: write them again). For :mod:`pgjobs.testing`."""
+        self._client.recorder = recorder
 
     def close(self) -> None:
         """Close pgjobs' own connection pool (the async one must be closed with ``aclose``)."""

@@ -22,7 +22,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -47,6 +47,7 @@ from ._unique import (
 )
 
 if TYPE_CHECKING:
+    from ._batch import AsyncBatch, Batch
     from ._job import JobCall
     from .tracing import Tracing
 
@@ -54,6 +55,37 @@ T = TypeVar("T")
 
 _unique_key = operator.attrgetter("unique_key")
 """A call's unique key (a non-empty text) or ``None``, read for each call of a batch in C."""
+
+
+class Recorder(Protocol):
+    """Takes enqueues instead of the client (:mod:`pgjobs.testing`: fake mode records them,
+    inline mode writes them and runs them): set with ``App._record_enqueues``."""
+
+    def enqueue(self, calls: list[JobCall], conn: Any) -> list[JobId]: ...
+
+    async def enqueue_async(self, calls: list[JobCall], conn: Any) -> list[JobId]: ...
+
+    def add_to_batch(self, batch_id: int, calls: list[JobCall], conn: Any) -> list[int]: ...
+
+    async def add_to_batch_async(
+        self, batch_id: int, calls: list[JobCall], conn: Any
+    ) -> list[int]: ...
+
+    def batch(
+        self,
+        on_success: JobCall | None,
+        on_complete: JobCall | None,
+        description: str | None,
+        conn: Any,
+    ) -> Batch: ...
+
+    async def batch_async(
+        self,
+        on_success: JobCall | None,
+        on_complete: JobCall | None,
+        description: str | None,
+        conn: Any,
+    ) -> AsyncBatch: ...
 
 
 class Client:
@@ -71,6 +103,8 @@ class Client:
         self._pool_lock = threading.Lock()
         self.tracing: Tracing | None = None
         """Set by :func:`pgjobs.tracing.instrument`: enqueues and runs then make spans."""
+        self.recorder: Recorder | None = None
+        """Set by ``App._record_enqueues``: enqueues go to it, not to the database."""
 
     @property
     def settings(self) -> Settings:
@@ -87,6 +121,8 @@ class Client:
         return None if self.settings.prepared_statements else False
 
     def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
+        if self.recorder is not None:
+            return self.recorder.enqueue(list(calls), conn)
         batch = calls if isinstance(calls, list) else list(calls)
         tracing = self.tracing
         if tracing is None or not batch:
@@ -106,6 +142,8 @@ class Client:
             return list(map(JobId, _run_insert(driver, self.queries, params, self.prepare)))
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
+        if self.recorder is not None:
+            return await self.recorder.enqueue_async(list(calls), conn)
         batch = calls if isinstance(calls, list) else list(calls)
         tracing = self.tracing
         if tracing is None or not batch:
@@ -129,6 +167,8 @@ class Client:
 
     def add_to_batch(self, batch_id: int, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
         """Enqueue ``calls`` in batch ``batch_id`` (see :func:`._batches.add`)."""
+        if self.recorder is not None:
+            return self.recorder.add_to_batch(batch_id, list(calls), conn)
         batch = list(calls)
         tracing = self.tracing
         if tracing is None or not batch:
@@ -141,6 +181,8 @@ class Client:
         self, batch_id: int, calls: Iterable[JobCall], conn: Any = None
     ) -> list[int]:
         """:meth:`add_to_batch` for async code."""
+        if self.recorder is not None:
+            return await self.recorder.add_to_batch_async(batch_id, list(calls), conn)
         batch = list(calls)
         tracing = self.tracing
         if tracing is None or not batch:

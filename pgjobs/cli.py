@@ -11,13 +11,10 @@ import functools
 import json
 import logging
 import os
-import pkgutil
 import sys
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -30,6 +27,7 @@ from ._connection import one_line
 from ._embedded import embedded_database_url, stop_embedded_server
 from ._errors import ConfigError, DatabaseError, PgjobsError, SchemaError
 from ._grants import grant_statements
+from ._loading import import_app
 from ._logs import configure_cli_logging
 from ._migrate import check_schema, head_revision, migrate, migration_sql
 from ._outcome import MAX_DELAY
@@ -128,7 +126,7 @@ def _load_app(flags: dict[str, Any], *, require_app: bool = False) -> App:
     flags = _given(flags)
     path = load_settings(flags).app
     if path:
-        app = _import_app(path)
+        app = import_app(path, source="--app")
     elif require_app:
         raise ConfigError("this command needs --app MODULE:ATTR (or PGJOBS_APP) to know the jobs")
     else:
@@ -139,27 +137,6 @@ def _load_app(flags: dict[str, Any], *, require_app: bool = False) -> App:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if app.settings.database_url is None:
         app.configure(**flags, database_url=embedded_database_url())
-    return app
-
-
-def _import_app(path: str) -> App:
-    """The App at ``path``: ``MODULE:ATTR`` (``ATTR`` may be dotted) or ``MODULE.ATTR``, found
-    the way :func:`pkgutil.resolve_name` does, with the current directory importable."""
-    example = "expected MODULE:ATTRIBUTE, e.g. myproject.jobs:app"
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        app = pkgutil.resolve_name(path)
-    except ValueError:
-        raise ConfigError(f"--app {path!r}: {example}") from None
-    except ImportError as exc:
-        raise ConfigError(f"--app {path!r}: cannot import {exc.name or path!r}: {exc}") from None
-    except AttributeError as exc:
-        raise ConfigError(f"--app {path!r} is not a pgjobs.App: {exc}") from None
-    if isinstance(app, types.ModuleType):
-        raise ConfigError(f"--app {path!r} is a module, not a pgjobs.App; {example}")
-    if not isinstance(app, App):
-        raise ConfigError(f"--app {path!r} is not a pgjobs.App but a {type(app).__name__}")
     return app
 
 

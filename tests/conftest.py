@@ -3,7 +3,7 @@
 The server is ``PGJOBS_TEST_DSN`` when set; otherwise a throwaway one: testcontainers when a
 Docker engine answers, else the embedded ``pgserver`` (PostgreSQL 16) in a temporary directory.
 Each test process (each pytest-xdist worker) migrates a template database once; ``database_url``
-is a clone of it from a pool (emptied and reused after each test, see ``tests/databases.py``),
+is a clone of it from a pool (emptied and reused after each test: ``pgjobs.testing``'s own),
 a new clone for tests marked ``fresh_database``. Tests of pure code ask for no database at all.
 
 Tests marked ``faults``, ``browser`` or ``slow`` are left out unless ``PGJOBS_TEST_ALL=1`` or
@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
-import warnings
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 import pgjobs
+from pgjobs.testing import DatabasePool, migrated_template, server
+from pgjobs.testing._databases import create_database, drop_database, unique_name
 from tests import jobs_app
-from tests.databases import DatabasePool, database_url_for, unique_name
 from tests.helpers import LEDGER_DDL, WorkerProcess, worker_launcher
 
 OPT_IN_MARKERS = ("faults", "browser", "slow")
@@ -91,69 +89,22 @@ def pytest_runtest_makereport(
     return report
 
 
-def _docker_answers() -> bool:
-    """Whether a Docker engine answers, for testcontainers."""
-    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
-        return False
-    import docker
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            client = docker.from_env(timeout=2)
-        except Exception:
-            return False
-        try:
-            return bool(client.ping())
-        except Exception:
-            return False
-        finally:
-            client.close()
-
-
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
-    if os.environ.get("PGJOBS_TEST_DSN"):
-        yield os.environ["PGJOBS_TEST_DSN"]
-    elif _docker_answers():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16", driver=None) as container:
-            yield container.get_connection_url()
-    else:
-        import pgserver
-
-        with tempfile.TemporaryDirectory(prefix="pgjobs-test-") as directory:
-            server = pgserver.get_server(directory, cleanup_mode="delete")
-            yield server.get_uri()
-            server.cleanup()
+    with server() as url:
+        yield url
 
 
-def _create_database(server_url: str, name: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def _drop_database(server_url: str, name: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+def _add_ledger(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(LEDGER_DDL)
 
 
 @pytest.fixture(scope="session")
 def template_name(server_url: str) -> Iterator[str]:
     """A database migrated to the newest revision, with the ledger table: what tests clone."""
-    name = unique_name("pgjobs_template")
-    _create_database(server_url, name)
-    try:
-        url = database_url_for(server_url, name)
-        pgjobs.migrate(pgjobs.load_settings({"database_url": url}))
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(LEDGER_DDL)
+    with migrated_template(server_url, then=_add_ledger) as name:
         yield name
-    finally:
-        _drop_database(server_url, name)
 
 
 @pytest.fixture(scope="session")
@@ -168,13 +119,13 @@ def databases(server_url: str, template_name: str) -> Iterator[DatabasePool]:
 def empty_databases(server_url: str) -> Iterator[DatabasePool]:
     """Databases with no pgjobs tables at all, reused from test to test."""
     template = unique_name("pgjobs_empty_template")
-    _create_database(server_url, template)
+    create_database(server_url, template)
     try:
         pool = DatabasePool(server_url, template, "pgjobs_empty")
         yield pool
         pool.close()
     finally:
-        _drop_database(server_url, template)
+        drop_database(server_url, template)
 
 
 def _database_for(request: pytest.FixtureRequest, pool: DatabasePool) -> Iterator[str]:
@@ -218,3 +169,9 @@ def worker_process(database_url: str, tmp_path: Path) -> Iterator[Callable[..., 
     """Start ``pgjobs worker`` subprocesses on this test's database; all are killed at the end."""
     with worker_launcher(tmp_path) as start:
         yield functools.partial(start, database_url)
+
+
+@pytest.fixture
+def pgjobs_database(database_url: str) -> str:
+    """The pgjobs plugin's real-mode fixtures use this suite's pooled databases."""
+    return database_url

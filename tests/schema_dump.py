@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 import pgjobs
-from tests.databases import database_url_for
+from pgjobs.testing._databases import database_url_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = ROOT / "docs" / "schema.sql"

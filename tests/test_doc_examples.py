@@ -1,5 +1,5 @@
-"""The README's and the guide's Python examples, and docs/examples, type-check with
-``mypy --strict``.
+"""The Python examples of the README, the guide and the testing page, and docs/examples,
+type-check with ``mypy --strict``.
 
 Each document's ```python blocks become one module (a block whose first line is a comment naming a
 file, like ``# myproject/jobs.py``, becomes that file), after a preamble declaring the few names
@@ -16,7 +16,7 @@ import mypy.api
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ("README.md", "docs/guide.md")
+DOCUMENTS = ("README.md", "docs/guide.md", "docs/testing.md")
 EXAMPLES = (ROOT / "docs/examples/quickstart.py", ROOT / "docs/examples/welcome_email/app.py")
 """Runnable examples, checked as they are."""
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)

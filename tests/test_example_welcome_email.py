@@ -4,7 +4,7 @@ and a real ``pgjobs worker`` process sends exactly one email for it."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,9 @@ import psycopg
 import pytest
 from flask.testing import FlaskClient
 
+import pgjobs
 from docs.examples.welcome_email import app as example
+from pgjobs.testing import Crash, FakeQueue, Inline
 from tests.helpers import invoke, run_cli, run_program
 
 pytestmark = pytest.mark.fresh_database  # the example creates tables of its own
@@ -111,3 +113,49 @@ def test_flask_init_db_command_creates_the_tables(empty_database_url: str) -> No
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchall()
     assert sorted(tables) == [("outbox",), ("users",)]
+
+
+# -- the same example under pgjobs.testing's fixtures: fake, inline, real with a crash ----------
+
+
+@pytest.fixture
+def pgjobs_app() -> pgjobs.App:
+    return example.jobs
+
+
+def test_fake_mode_records_the_email_to_send(
+    pgjobs_fake: FakeQueue,
+    pgjobs_real: pgjobs.App,
+    client: FlaskClient,
+    db: psycopg.Connection[Any],
+) -> None:
+    ada = client.post("/users", json={"email": "ada@example.com"}).get_json()
+    pgjobs_fake.assert_enqueued(example.send_welcome_email, args=[ada["id"]])
+    assert rows(db, "SELECT count(*) FROM pgjobs.jobs") == [(0,)]  # recorded, not written
+
+    assert pgjobs_fake.drain().completed == 1  # runs the job here, on the real tables
+    assert rows(db, "SELECT user_id FROM outbox") == [(ada["id"],)]
+
+
+def test_inline_mode_sends_the_email_when_the_signup_commits(
+    pgjobs_inline: Inline, client: FlaskClient, db: psycopg.Connection[Any]
+) -> None:
+    ada = client.post("/users", json={"email": "ada@example.com"}).get_json()
+    assert rows(db, "SELECT user_id FROM outbox") == [(ada["id"],)]  # sent at the commit
+
+    failed = client.post("/users", json={"email": "bob@example.com", "fail": True})
+    assert failed.status_code == 500
+    pgjobs_inline.wait()
+    assert rows(db, "SELECT user_id FROM outbox") == [(ada["id"],)]  # none for bob
+
+
+def test_a_worker_killed_after_sending_sends_no_second_email(
+    pgjobs_crash: Callable[..., Crash], client: FlaskClient, db: psycopg.Connection[Any]
+) -> None:
+    ada = client.post("/users", json={"email": "ada@example.com"}).get_json()
+    (job_id,) = rows(db, "SELECT id FROM pgjobs.jobs")[0]
+
+    pgjobs_crash(job_id, at="sent")  # SIGKILL once the email is sent, then the retry
+
+    assert rows(db, "SELECT state, attempt FROM pgjobs.jobs") == [("completed", 2)]
+    assert rows(db, "SELECT user_id FROM outbox") == [(ada["id"],)]

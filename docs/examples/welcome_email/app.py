@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import pgjobs
+from pgjobs.testing import checkpoint
 
 jobs = pgjobs.App()
 """The job registry the worker loads: ``pgjobs --app docs.examples.welcome_email.app:jobs``."""
@@ -95,6 +96,7 @@ def send_welcome_email(user_id: int) -> None:
             .values(user_id=user.id, email=user.email)
             .on_conflict_do_nothing(index_elements=[OutboxEmail.user_id])
         )
+    checkpoint("sent")  # committed: a crash test kills the worker here (docs/testing.md)
 
 
 @functools.cache

@@ -1,4 +1,6 @@
-"""The tests' databases on the suite's server, each as cheap as its test allows.
+"""Test databases on a PostgreSQL server, each as cheap as its test allows.
+
+:func:`migrated_template` makes a database migrated to the newest revision, for a pool to clone.
 
 A :class:`DatabasePool` hands out clones of one template database (migrated, or empty). A clone a
 test has finished with goes back to the pool emptied: its tables truncated, its sequences and
@@ -6,9 +8,9 @@ statistics reset, about 0.06 s instead of a clone and a drop. It is dropped inst
 could not make it the template again: the test left a session connected, or changed what
 truncation keeps (the catalog: tables, functions, grants, owners, the database's settings; or
 the rows the template itself holds, such as the migration's version). So a test that changes
-such things is isolated all the same; marking it ``fresh_database`` only spares the check.
+such things is isolated all the same; :meth:`DatabasePool.fresh` only spares it the check.
 
-Each test process (each pytest-xdist worker) has pools of its own, named after it.
+Each test process (each pytest-xdist worker) has pools of its own: every name is random.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+
+from .. import _migrate, _settings
+from .._errors import ConfigError
+from ._server import DSN_VARIABLE
 
 USER_SCHEMAS = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
 """The schemas a test may create or change (a ``pg_namespace n`` condition)."""
@@ -128,13 +134,43 @@ def database_url_for(server_url: str, dbname: str) -> str:
     """``server_url`` (a postgresql:// URL) pointed at database ``dbname``."""
     parts = urlsplit(server_url)
     if parts.scheme not in {"postgresql", "postgres"}:
-        raise ValueError(f"PGJOBS_TEST_DSN must be a postgresql:// URL, not {server_url!r}")
+        raise ConfigError(f"{DSN_VARIABLE} must be a postgresql:// URL, not {server_url!r}")
     return urlunsplit(parts._replace(path=f"/{dbname}"))
 
 
 def unique_name(prefix: str) -> str:
     """A database name no other test process (nor other run on the server) uses."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def create_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@contextlib.contextmanager
+def migrated_template(
+    server_url: str, prefix: str = "pgjobs_template", then: Callable[[str], None] | None = None
+) -> Iterator[str]:
+    """The name of a new database on ``server_url`` migrated to the newest revision (and given
+    to ``then(url)``, to add tables of the tests' own), dropped at the end."""
+    name = unique_name(prefix)
+    create_database(server_url, name)
+    try:
+        url = database_url_for(server_url, name)
+        _migrate.migrate(_settings.load_settings({"database_url": url}))
+        if then is not None:
+            then(url)
+        yield name
+    finally:
+        drop_database(server_url, name)
 
 
 class DatabasePool:

@@ -18,6 +18,7 @@ from ._errors import (
     ValidationError,
 )
 from ._job import BoundJob, Job, JobCall
+from ._middleware import Enqueuing
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
 from ._queues import QueueLimits
@@ -36,6 +37,7 @@ __all__ = [
     "BoundJob",
     "ConfigError",
     "DatabaseError",
+    "Enqueuing",
     "Job",
     "JobCall",
     "JobContext",

@@ -29,11 +29,12 @@ import psycopg_pool
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from . import _batches, _connection
+from . import _batches, _connection, _middleware
 from ._admin import Operation
 from ._blockers import lock_wait_error
 from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
 from ._errors import DatabaseError, SchemaError
+from ._middleware import Seam
 from ._settings import Settings
 from ._sql import Queries, queries_for
 from ._unique import (
@@ -48,7 +49,6 @@ from ._unique import (
 
 if TYPE_CHECKING:
     from ._job import JobCall
-    from .tracing import Tracing
 
 T = TypeVar("T")
 
@@ -64,13 +64,13 @@ class Client:
     :meth:`close` / :meth:`aclose`.
     """
 
-    def __init__(self, settings: Callable[[], Settings]) -> None:
+    def __init__(self, settings: Callable[[], Settings], seam: Seam | None = None) -> None:
         self._settings = settings
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
-        self.tracing: Tracing | None = None
-        """Set by :func:`pgjobs.tracing.instrument`: enqueues and runs then make spans."""
+        self.seam = seam or Seam()
+        """The app's middleware and tracing, around every enqueue."""
 
     @property
     def settings(self) -> Settings:
@@ -88,7 +88,14 @@ class Client:
 
     def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
         batch = calls if isinstance(calls, list) else list(calls)
-        tracing = self.tracing
+        if self.seam.enqueue and batch:
+            return _middleware.around_enqueue(
+                self.seam, batch, lambda called: self._enqueue_traced(called, conn)
+            )
+        return self._enqueue_traced(batch, conn)
+
+    def _enqueue_traced(self, batch: list[JobCall], conn: Any) -> list[JobId]:
+        tracing = self.seam.tracing
         if tracing is None or not batch:
             return self._enqueue_many(batch, conn, None)
         with tracing.sending(batch) as trace_context:
@@ -107,7 +114,14 @@ class Client:
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
         batch = calls if isinstance(calls, list) else list(calls)
-        tracing = self.tracing
+        if self.seam.enqueue and batch:
+            return await _middleware.around_enqueue_async(
+                self.seam, batch, lambda called: self._enqueue_traced_async(called, conn)
+            )
+        return await self._enqueue_traced_async(batch, conn)
+
+    async def _enqueue_traced_async(self, batch: list[JobCall], conn: Any) -> list[JobId]:
+        tracing = self.seam.tracing
         if tracing is None or not batch:
             return await self._enqueue_many_async(batch, conn, None)
         with tracing.sending(batch) as trace_context:
@@ -128,9 +142,17 @@ class Client:
             return list(map(JobId, ids))
 
     def add_to_batch(self, batch_id: int, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
-        """Enqueue ``calls`` in batch ``batch_id`` (see :func:`._batches.add`)."""
+        """Enqueue ``calls`` in batch ``batch_id`` (see :func:`._batches.add`), inside the
+        enqueue middleware."""
         batch = list(calls)
-        tracing = self.tracing
+        if self.seam.enqueue and batch:
+            return _middleware.around_enqueue(
+                self.seam, batch, lambda called: self._add_traced(batch_id, called, conn)
+            )
+        return self._add_traced(batch_id, batch, conn)
+
+    def _add_traced(self, batch_id: int, batch: list[JobCall], conn: Any) -> list[Any]:
+        tracing = self.seam.tracing
         if tracing is None or not batch:
             return self.run(_batches.add(self.queries, batch_id, batch), conn)
         with tracing.sending(batch, batch_id) as trace_context:
@@ -142,7 +164,14 @@ class Client:
     ) -> list[int]:
         """:meth:`add_to_batch` for async code."""
         batch = list(calls)
-        tracing = self.tracing
+        if self.seam.enqueue and batch:
+            return await _middleware.around_enqueue_async(
+                self.seam, batch, lambda called: self._add_traced_async(batch_id, called, conn)
+            )
+        return await self._add_traced_async(batch_id, batch, conn)
+
+    async def _add_traced_async(self, batch_id: int, batch: list[JobCall], conn: Any) -> list[Any]:
+        tracing = self.seam.tracing
         if tracing is None or not batch:
             return await self.run_async(_batches.add(self.queries, batch_id, batch), conn)
         with tracing.sending(batch, batch_id) as trace_context:
@@ -152,7 +181,8 @@ class Client:
     def trace_context(self) -> str | None:
         """The caller's current trace context as JSON text, for jobs inserted later on its
         behalf (a batch's callbacks); ``None`` when not traced."""
-        return None if self.tracing is None else self.tracing.current()
+        tracing = self.seam.tracing
+        return None if tracing is None else tracing.current()
 
     def run(self, operation: Operation[T], conn: Any = None) -> T:
         """Run an admin operation on ``conn`` (the caller's transaction) or pgjobs' pool."""

@@ -34,6 +34,7 @@ def insert_params(calls: Iterable[JobCall], trace_context: str | None = None) ->
         "ats": [],
         "delays": [],
         "partition_keys": [],
+        "metas": [],
     }
     for call in calls:
         job, options = call.job, call.options
@@ -46,6 +47,7 @@ def insert_params(calls: Iterable[JobCall], trace_context: str | None = None) ->
         columns["ats"].append(options.at)
         columns["delays"].append(options.delay or 0.0)
         columns["partition_keys"].append(options.partition_key)
+        columns["metas"].append(call.meta)
     columns["trace_context"] = trace_context
     return columns
 
@@ -63,6 +65,7 @@ def single(params: Mapping[str, Any]) -> dict[str, Any]:
         "delay": params["delays"][0],
         "partition_key": params["partition_keys"][0],
         "trace_context": params["trace_context"],
+        "meta": params["metas"][0],
     }
 
 
@@ -70,6 +73,8 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 """The characters COPY's text format escapes, for job names."""
 _NULL = "\\N"
 """COPY's text for NULL: a job without a partition key."""
+_EMPTY = "{}"
+"""COPY's text for a job without meta (the column is NOT NULL)."""
 _BACKSLASH, _ESCAPED_BACKSLASH = "\\", "\\\\"
 """JSON text escapes every control character, so only its backslashes need escaping for COPY."""
 
@@ -87,7 +92,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
     trace_text = _NULL if trace is None else trace.replace(_BACKSLASH, _ESCAPED_BACKSLASH)
     names: dict[str, str] = {}
     lines = []
-    for job_id, queue, name, args, kwargs, priority, max_attempts, at, delay, key in zip(
+    for job_id, queue, name, args, kwargs, priority, max_attempts, at, delay, key, meta in zip(
         ids,
         params["queues"],
         params["names"],
@@ -98,6 +103,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         params["ats"],
         params["delays"],
         params["partition_keys"],
+        params["metas"],
         strict=True,
     ):
         start = start_times.get((at, delay))
@@ -111,7 +117,8 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         lines.append(
             f"{job_id}\t{queue}\t{escaped_name}\t{args.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t"
             f"{kwargs.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t{priority}\t{max_attempts}\t"
-            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\t{trace_text}\n"
+            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\t{trace_text}\t"
+            f"{_EMPTY if meta is None else meta.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\n"
         )
         if len(lines) == COPY_PIECE:
             yield "".join(lines).encode()

@@ -573,6 +573,9 @@ class Worker:
                 _stopping=self.stopping,
                 _cancelled_ids=self._cancelled_ids,
                 batch_id=job.batch_id,
+                _args=job.args,
+                _kwargs=job.kwargs,
+                _meta=job.meta,
             )
             task = asyncio.create_task(
                 self._run_job(job, context, claim, begun if job.queue in rated else None),
@@ -640,7 +643,7 @@ class Worker:
             threads: Executor = self._threads
             if begun is not None:
                 threads = self._entering(job, begun)
-            tracing = self.app._client.tracing
+            tracing = self.app.seam.tracing
             if tracing is None:
                 outcome = await execute(self.app, job, context, threads)
             else:

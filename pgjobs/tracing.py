@@ -69,12 +69,12 @@ def instrument(
         pgjobs.tracing.instrument(app, tracer_provider=provider)
     """
     tracer = trace.get_tracer("pgjobs", tracer_provider=tracer_provider)
-    app._client.tracing = Tracing(tracer, baggage=baggage)
+    app.seam.tracing = Tracing(tracer, baggage=baggage)
 
 
 def uninstrument(app: App) -> None:
     """Stop tracing ``app``: its enqueues store no context and its runs make no spans."""
-    app._client.tracing = None
+    app.seam.tracing = None
 
 
 class Tracing:

@@ -353,8 +353,9 @@ def _run_insert(
         row = cur.execute(queries.reserve_job_ids, {"count": count}, prepare=prepare).fetchone()
         assert row is not None
         now, ids = row
-        with cur.copy(queries.copy_jobs) as copy:
-            for data in copy_text(ids, now, params):
+        with_meta = any(params["metas"])
+        with cur.copy(queries.copy_jobs_with_meta if with_meta else queries.copy_jobs) as copy:
+            for data in copy_text(ids, now, params, with_meta):
                 copy.write(data)
         return list(ids)
 
@@ -379,8 +380,11 @@ async def _run_insert_async(
         row = await cur.fetchone()
         assert row is not None
         now, ids = row
-        async with cur.copy(queries.copy_jobs) as copy:
-            for data in copy_text(ids, now, params):
+        with_meta = any(params["metas"])
+        async with cur.copy(
+            queries.copy_jobs_with_meta if with_meta else queries.copy_jobs
+        ) as copy:
+            for data in copy_text(ids, now, params, with_meta):
                 await copy.write(data)
         return list(ids)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -73,14 +74,15 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 """The characters COPY's text format escapes, for job names."""
 _NULL = "\\N"
 """COPY's text for NULL: a job without a partition key."""
-_EMPTY = "{}"
-"""COPY's text for a job without meta (the column is NOT NULL)."""
 _BACKSLASH, _ESCAPED_BACKSLASH = "\\", "\\\\"
 """JSON text escapes every control character, so only its backslashes need escaping for COPY."""
 
 
-def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Iterator[bytes]:
-    """The COPY data for ``params`` in COPY's text format, :data:`COPY_PIECE` rows at a time (so
+def copy_text(
+    ids: list[int], now: datetime, params: Mapping[str, Any], with_meta: bool = False
+) -> Iterator[bytes]:
+    """The COPY data for ``params`` in COPY's text format (COPY_JOBS_WITH_META's columns if
+    ``with_meta``, else COPY_JOBS'), :data:`COPY_PIECE` rows at a time (so
     that the server stores one piece while the next is formatted): the columns INSERT_JOBS
     computes in SQL, computed here from the database's ``now``.
 
@@ -103,7 +105,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         params["ats"],
         params["delays"],
         params["partition_keys"],
-        params["metas"],
+        params["metas"] if with_meta else repeat(None, len(ids)),
         strict=True,
     ):
         start = start_times.get((at, delay))
@@ -117,11 +119,16 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         lines.append(
             f"{job_id}\t{queue}\t{escaped_name}\t{args.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t"
             f"{kwargs.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t{priority}\t{max_attempts}\t"
-            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\t{trace_text}\t"
-            f"{_EMPTY if meta is None else meta.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\n"
+            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\t{trace_text}"
+            f"{_meta_field(meta) if with_meta else ''}\n"
         )
         if len(lines) == COPY_PIECE:
             yield "".join(lines).encode()
             lines.clear()
     if lines:
         yield "".join(lines).encode()
+
+
+def _meta_field(meta: str | None) -> str:
+    """A job's meta column in COPY_JOBS_WITH_META's data (``{}`` for none: it is NOT NULL)."""
+    return "\t{}" if meta is None else "\t" + meta.replace(_BACKSLASH, _ESCAPED_BACKSLASH)

@@ -56,11 +56,18 @@ more than the ids themselves."""
 
 COPY_JOBS = """
 COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
-                  partition_key, trace_context, meta)
+                  partition_key, trace_context)
 FROM STDIN
 """
 """Large batches: several times faster than INSERT for thousands of rows. The insert trigger
-notifies for COPY too."""
+notifies for COPY too. Jobs without meta (most) leave the column to its default, ``{}``."""
+
+COPY_JOBS_WITH_META = """
+COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
+                  partition_key, trace_context, meta)
+FROM STDIN
+"""
+"""COPY_JOBS for a batch in which some job has meta."""
 
 _UNIQUE_ROWS = """
 SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at,
@@ -1045,6 +1052,7 @@ class Queries:
     insert_job: str
     reserve_job_ids: str
     copy_jobs: str
+    copy_jobs_with_meta: str
     claim_jobs: str
     finish_jobs: str
     add_job_stats: str

@@ -14,7 +14,7 @@ import dataclasses
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
 
@@ -80,10 +80,12 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
         )
         return await _failed(job, claimed, mismatch, outcome, context, threads, app.seam)
     seam = app.seam
-    failed_in: list[str] = []
+    failed_in: Sequence[str] = ()  # without middleware (most apps), nothing to allocate
     try:
         if seam.run:
-            await _call_within(job, claimed, context, threads, seam, failed_in)
+            named: list[str] = []
+            failed_in = named
+            await _call_within(job, claimed, context, threads, seam, named)
         else:
             await _call(
                 job.func,
@@ -146,7 +148,7 @@ async def _ended_by(
     context: JobContext,
     threads: Executor,
     seam: Seam,
-    failed_in: list[str],
+    failed_in: Sequence[str],
 ) -> Outcome:
     """The outcome of an attempt that raised ``exc``: a snooze, a cancel, or a failure."""
     if isinstance(exc, Snooze) and (snoozed := snooze_outcome(exc)) is not None:

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
 
-from ._app import App
 from ._context import JobContext, reset_current_job, set_current_job
 from ._errors import ArgumentsMismatch, JobTimeout, UnknownJobError
 from ._job import Job
@@ -60,14 +59,21 @@ class ClaimedJob(NamedTuple):
     """``jobs.meta``: what the enqueue's middleware or ``Job.options(meta=)`` stored."""
 
 
-async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: Executor) -> Outcome:
-    """Run ``claimed`` and decide what becomes of it.
+async def execute(
+    jobs: Callable[[str], Job[..., Any]],
+    seam: Seam,
+    claimed: ClaimedJob,
+    context: JobContext,
+    threads: Executor,
+) -> Outcome:
+    """Run ``claimed`` (its job found by ``jobs``, the app's lookup by name, which raises
+    :class:`UnknownJobError`) inside ``seam``'s run middleware, and decide what becomes of it.
 
     Never raises, except ``CancelledError`` when the worker (not a user's cancel) stops the job:
     whatever the job raises, ``BaseException`` included, ends the attempt with an outcome.
     """
     try:
-        job = app.get(claimed.name)
+        job = jobs(claimed.name)
     except UnknownJobError as exc:
         log.error("job %s: %s; it will be retried in case a newer worker knows it", claimed.id, exc)
         return deploy_skew_outcome(exc, attempt=claimed.attempt, max_attempts=claimed.max_attempts)
@@ -78,8 +84,7 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
         outcome = deploy_skew_outcome(
             mismatch, attempt=claimed.attempt, max_attempts=claimed.max_attempts
         )
-        return await _failed(job, claimed, mismatch, outcome, context, threads, app.seam)
-    seam = app.seam
+        return await _failed(job, claimed, mismatch, outcome, context, threads, seam)
     failed_in: Sequence[str] = ()  # without middleware (most apps), nothing to allocate
     try:
         if seam.run:

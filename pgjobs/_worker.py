@@ -645,9 +645,9 @@ class Worker:
                 threads = self._entering(job, begun)
             tracing = self.app.seam.tracing
             if tracing is None:
-                outcome = await execute(self.app, job, context, threads)
+                outcome = await execute(self.app.get, self.app.seam, job, context, threads)
             else:
-                outcome = await tracing.process(self.app, job, context, threads)
+                outcome = await tracing.process(self.app.get, self.app.seam, job, context, threads)
             claim.seconds = time.perf_counter() - started
             job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, claim.seconds)
             if job.queue in self._view.limited:

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 import pgjobs
-from pgjobs._middleware import Hook, run_chain
+from pgjobs._middleware import Hook, run_chain, run_chain_async
 from tests.helpers import count, rows, run_cli, value
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
@@ -291,6 +291,41 @@ def test_run_chain_skip_swallow_replace_and_name_the_failing_middleware() -> Non
     with pytest.raises(RuntimeError, match="twice yielded more than once"):
         run_chain((hook(twice),), context, lambda: None, failed_in)
     assert failed_in == ["twice"]
+
+
+def test_run_middleware_nest_in_registration_order_sync_and_async() -> None:
+    events: list[str] = []
+
+    def sync(name: str) -> Hook:
+        def middleware(job: Any) -> Iterator[None]:
+            events.append(f"{name} enters")
+            yield
+            events.append(f"{name} leaves")
+
+        return Hook(middleware, name, False)
+
+    def asynchronous(name: str) -> Hook:
+        async def middleware(job: Any) -> AsyncIterator[None]:
+            events.append(f"{name} enters")
+            yield
+            events.append(f"{name} leaves")
+
+        return Hook(middleware, name, True)
+
+    async def job() -> None:
+        events.append("job")
+
+    chain = (sync("outer"), asynchronous("middle"), sync("inner"))
+    asyncio.run(run_chain_async(chain, None, job, []))  # type: ignore[arg-type]
+    assert events == [
+        "outer enters",
+        "middle enters",
+        "inner enters",
+        "job",
+        "inner leaves",
+        "middle leaves",
+        "outer leaves",
+    ]
 
 
 # --- run: real workers -------------------------------------------------------------------------

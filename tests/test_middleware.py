@@ -164,6 +164,38 @@ def test_a_refusal_writes_nothing_and_leaves_the_callers_transaction_usable(
     assert rows(db, "SELECT args FROM pgjobs.jobs") == [(["kept"],)]
 
 
+def test_an_async_refusal_writes_nothing_and_leaves_the_callers_transaction_usable(
+    seamed: pgjobs.App, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    left: list[str] = []
+
+    @seamed.enqueue_middleware
+    async def guard(job: pgjobs.Enqueuing) -> AsyncIterator[None]:
+        if job.args == ("refused",):
+            raise PermissionError("no")
+        try:
+            yield
+        except PermissionError:
+            left.append("told")
+            raise
+
+    noop = noop_of(seamed)
+
+    async def enqueue() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await noop.using(conn).enqueue_async("kept")
+            with pytest.raises(PermissionError):
+                await seamed.enqueue_many_async(
+                    [noop.call("fine"), noop.call("refused")], conn=conn
+                )
+            await conn.execute("SELECT 1")  # still usable
+            await conn.commit()
+
+    asyncio.run(enqueue())
+    assert left == ["told"]  # the job that entered was told of the refusal
+    assert rows(db, "SELECT args FROM pgjobs.jobs") == [(["kept"],)]
+
+
 def test_middleware_run_in_registration_order_first_outermost(
     database_url: str, db: psycopg.Connection[Any]
 ) -> None:

@@ -49,6 +49,7 @@ from ._unique import (
 
 if TYPE_CHECKING:
     from ._job import JobCall
+    from .tracing import Tracing
 
 T = TypeVar("T")
 
@@ -73,6 +74,12 @@ class Client:
         """The app's middleware and tracing, around every enqueue."""
 
     @property
+    def tracing(self) -> Tracing | None:
+        """The app's tracing (:func:`pgjobs.tracing.instrument`), or ``None``."""
+        tracing: Tracing | None = self.seam.tracing
+        return tracing
+
+    @property
     def settings(self) -> Settings:
         return self._settings()
 
@@ -95,7 +102,7 @@ class Client:
         return self._enqueue_traced(batch, conn)
 
     def _enqueue_traced(self, batch: list[JobCall], conn: Any) -> list[JobId]:
-        tracing = self.seam.tracing
+        tracing = self.tracing
         if tracing is None or not batch:
             return self._enqueue_many(batch, conn, None)
         with tracing.sending(batch) as trace_context:
@@ -121,7 +128,7 @@ class Client:
         return await self._enqueue_traced_async(batch, conn)
 
     async def _enqueue_traced_async(self, batch: list[JobCall], conn: Any) -> list[JobId]:
-        tracing = self.seam.tracing
+        tracing = self.tracing
         if tracing is None or not batch:
             return await self._enqueue_many_async(batch, conn, None)
         with tracing.sending(batch) as trace_context:
@@ -152,7 +159,7 @@ class Client:
         return self._add_traced(batch_id, batch, conn)
 
     def _add_traced(self, batch_id: int, batch: list[JobCall], conn: Any) -> list[Any]:
-        tracing = self.seam.tracing
+        tracing = self.tracing
         if tracing is None or not batch:
             return self.run(_batches.add(self.queries, batch_id, batch), conn)
         with tracing.sending(batch, batch_id) as trace_context:
@@ -171,7 +178,7 @@ class Client:
         return await self._add_traced_async(batch_id, batch, conn)
 
     async def _add_traced_async(self, batch_id: int, batch: list[JobCall], conn: Any) -> list[Any]:
-        tracing = self.seam.tracing
+        tracing = self.tracing
         if tracing is None or not batch:
             return await self.run_async(_batches.add(self.queries, batch_id, batch), conn)
         with tracing.sending(batch, batch_id) as trace_context:
@@ -181,7 +188,7 @@ class Client:
     def trace_context(self) -> str | None:
         """The caller's current trace context as JSON text, for jobs inserted later on its
         behalf (a batch's callbacks); ``None`` when not traced."""
-        tracing = self.seam.tracing
+        tracing = self.tracing
         return None if tracing is None else tracing.current()
 
     def run(self, operation: Operation[T], conn: Any = None) -> T:
@@ -198,6 +205,23 @@ class Client:
         ):
             await cur.execute(operation.statement, operation.params, prepare=self.prepare)
             return operation.result(await cur.fetchall())
+
+    async def read_async(
+        self, statements: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[list[dict[str, Any]]]:
+        """The rows of each statement (none for one that returns none, such as a ``SET
+        LOCAL``), run one after another in one transaction on pgjobs' own pool, never prepared:
+        a generic plan could not use the partial index that a parameter selects."""
+        results: list[list[dict[str, Any]]] = []
+        async with (
+            self.connection_for_async(None) as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            for statement, params in statements:
+                await cur.execute(statement, params, prepare=False)
+                results.append(await cur.fetchall() if cur.description is not None else [])
+        return results
 
     def close(self) -> None:
         if self._pool is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -44,13 +45,26 @@ STATS_KEPT = 2 * 3600.0
 """Seconds of ``job_stats`` kept minute by minute; older minutes are folded into totals."""
 
 
+@dataclass(frozen=True)
+class Retention:
+    """Seconds finished jobs are kept, by state, before the leader prunes them."""
+
+    completed: float
+    cancelled: float
+    discarded: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Retention:
+        return cls(settings.retain_completed, settings.retain_cancelled, settings.retain_discarded)
+
+
 class Leader:
     """What the worker ``worker_id`` does while it holds the leader lease."""
 
     def __init__(
-        self, settings: Settings, queries: Queries, worker_id: str, vacuum: Vacuum
+        self, retention: Retention, queries: Queries, worker_id: str, vacuum: Vacuum
     ) -> None:
-        self._settings = settings
+        self._retention = retention
         self._queries = queries
         self._worker_id = worker_id
         self._vacuum = vacuum
@@ -96,9 +110,9 @@ class Leader:
             return
         self._next_prune = now + PRUNE_INTERVAL
         params = {
-            "completed": self._settings.retain_completed,
-            "cancelled": self._settings.retain_cancelled,
-            "discarded": self._settings.retain_discarded,
+            "completed": self._retention.completed,
+            "cancelled": self._retention.cancelled,
+            "discarded": self._retention.discarded,
             "limit": PRUNE_BATCH,
         }
         total = 0
@@ -129,7 +143,7 @@ class Leader:
 
     async def _prune_finished_batches(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Delete batches whose jobs are all pruned, one statement per prune run."""
-        params = {"retain": self._settings.retain_completed, "limit": PRUNE_BATCH}
+        params = {"retain": self._retention.completed, "limit": PRUNE_BATCH}
         try:
             cur = await conn.execute(self._queries.prune_finished_batches, params)
         except psycopg.errors.InsufficientPrivilege:

@@ -26,8 +26,6 @@ from ._validation import encode_meta
 
 if TYPE_CHECKING:
     from ._context import JobContext
-    from ._job import JobCall
-    from .tracing import Tracing
 
 Ids = TypeVar("Ids", bound=int)
 """The ids an insert returns: :class:`JobId` (enqueues) or ``int`` (a batch's additions)."""
@@ -111,8 +109,10 @@ class Seam:
         """The ``async def`` run middleware: on the loop, around a ``def`` job's thread."""
         self.on_error: tuple[Hook, ...] = ()
         self.on_death: tuple[Hook, ...] = ()
-        self.tracing: Tracing | None = None
-        """Set by :func:`pgjobs.tracing.instrument`: enqueues and runs then make spans."""
+        self.tracing: Any = None
+        """A :class:`pgjobs.tracing.Tracing`, set by :func:`pgjobs.tracing.instrument`: enqueues
+        and runs then make spans. (Not typed as one: this module stays below the modules that
+        tracing imports.)"""
 
     def add_run(self, hook: Hook) -> None:
         self.run += (hook,)
@@ -132,7 +132,8 @@ class Enqueuing:
 
     __slots__ = ("_args", "_by", "_call", "_current", "_kwargs", "_options", "meta")
 
-    def __init__(self, call: JobCall) -> None:
+    def __init__(self, call: Any) -> None:
+        """``call``: the :class:`~pgjobs.JobCall` being enqueued."""
         self._call = call
         job, options = call.job, call.options
         self._options: dict[str, Any] = {
@@ -154,7 +155,8 @@ class Enqueuing:
 
     @property
     def name(self) -> str:
-        return self._call.job.name
+        name: str = self._call.job.name
+        return name
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -223,7 +225,7 @@ class Enqueuing:
         self._options[option] = value
         self._by[option] = self._current
 
-    def _call_as_set(self, meta: str | None) -> JobCall:
+    def _call_as_set(self, meta: str | None) -> Any:
         """The call to insert: the options as set, checked, and ``meta`` (its JSON text)."""
         call = self._call
         if not self._by:
@@ -267,8 +269,12 @@ def refuse_async(seam: Seam) -> None:
             )
 
 
+# The calls are :class:`~pgjobs.JobCall` tuples, typed ``Any`` here: the job modules import
+# this one, which imports none of them.
+
+
 def around_enqueue(
-    seam: Seam, batch: list[JobCall], insert: Callable[[list[JobCall]], list[Ids]]
+    seam: Seam, batch: list[Any], insert: Callable[[list[Any]], list[Ids]]
 ) -> list[Ids]:
     """``insert(batch)`` with every job of ``batch`` inside the enqueue middleware: each enters
     them all before the one insert, and each is sent its job's id after it (innermost first).
@@ -301,7 +307,7 @@ def around_enqueue(
 
 
 async def around_enqueue_async(
-    seam: Seam, batch: list[JobCall], insert: Callable[[list[JobCall]], Awaitable[list[Ids]]]
+    seam: Seam, batch: list[Any], insert: Callable[[list[Any]], Awaitable[list[Ids]]]
 ) -> list[Ids]:
     """:func:`around_enqueue` for async code: async middleware are awaited, sync ones run as
     they are."""

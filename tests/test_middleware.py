@@ -57,7 +57,7 @@ def test_meta_is_stored_on_every_enqueue_path(
     unique = noop_of(seamed, name="unique", unique=True)
     REQUEST_ID.set("r1")
     one = noop.enqueue("single")
-    assert seamed.get_job(one) == {**(seamed.get_job(one) or {}), "meta": {"request_id": "r1"}}
+    assert (found := seamed.get_job(one)) is not None and found.meta == {"request_id": "r1"}
     seamed.enqueue_many([noop.call(str(i)) for i in range(3)])  # one INSERT
     seamed.enqueue_many([noop.call(str(i)) for i in range(600)])  # COPY
     unique.enqueue("u")
@@ -85,7 +85,7 @@ def test_a_job_without_meta_stores_an_empty_object(database_url: str) -> None:
     noop = noop_of(app)
     try:
         ids = [noop.enqueue(), *app.enqueue_many([noop.call() for _ in range(600)])]
-        assert {str((app.get_job(i) or {})["meta"]) for i in ids} == {"{}"}
+        assert {str(getattr(app.get_job(i), "meta", None)) for i in ids} == {"{}"}
     finally:
         app.close()
 
@@ -242,7 +242,7 @@ def test_an_async_enqueue_middleware_needs_an_async_enqueue(
         with pytest.raises(pgjobs.ConfigError, match=r"stamp is async: enqueue with enqueue_async"):
             noop.enqueue()
         job_id = asyncio.run(noop.enqueue_async())
-        assert (app.get_job(job_id) or {})["meta"] == {"stamped": True}
+        assert getattr(app.get_job(job_id), "meta", None) == {"stamped": True}
     finally:
         app.close()
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 1
@@ -399,7 +399,7 @@ def test_run_middleware_set_context_in_the_jobs_thread_and_meta_reaches_the_job(
         db, "SELECT event FROM ledger WHERE label = 'tenant_thread' AND job_id = %s", job_id
     )
     assert job_thread == middleware_thread  # the def middleware ran in the job's thread
-    assert (mw_app.app.get_job(job_id) or {})["meta"] == {"tenant": "acme"}
+    assert getattr(mw_app.app.get_job(job_id), "meta", None) == {"tenant": "acme"}
 
 
 def state_of(db: psycopg.Connection[Any], job_id: int) -> tuple[str, Any]:

@@ -19,6 +19,7 @@ from ._errors import (
     ValidationError,
 )
 from ._job import BoundJob, Job, JobCall
+from ._middleware import Enqueuing
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
 from ._queues import QueueLimits
@@ -39,6 +40,7 @@ __all__ = [
     "Connection",
     "CronRecord",
     "DatabaseError",
+    "Enqueuing",
     "Job",
     "JobCall",
     "JobContext",

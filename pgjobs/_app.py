@@ -8,13 +8,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _admin, _batches, _cron, _queues
+from . import _admin, _batches, _cron, _middleware, _queues
 from ._batch import AsyncBatch, Batch
 from ._client import Client, Recorder
 from ._connection import AsyncConnection, Connection
+from ._context import JobContext
 from ._cron import CatchUp, CronEntry
 from ._errors import ConfigError, UnknownJobError, ValidationError
-from ._job import EnqueueOptions, Job, JobCall
+from ._job import EnqueueOptions, ExhaustedHook, Job, JobCall
+from ._middleware import Seam
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._queues import QueueLimits, Rate
 from ._records import BatchRecord, CronRecord, JobRecord, QueueRecord, WorkerRecord
@@ -26,6 +28,9 @@ from ._validation import check_job_name
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+E = TypeVar("E", bound=Callable[[_middleware.Enqueuing], Any])
+M = TypeVar("M", bound=Callable[[JobContext], Any])
+H = TypeVar("H", bound=Callable[[JobContext, BaseException], Any])
 
 DEFAULT_MAX_ATTEMPTS = 25
 
@@ -55,7 +60,9 @@ class App:
         self._jobs: dict[str, Job[..., Any]] = {}
         self._cron: dict[str, CronEntry] = {}
         self._queue_limits: dict[str, QueueLimits] = {}
-        self._client = Client(lambda: self.settings)
+        self.seam = Seam()
+        """The middleware and error handlers registered on this app (and its tracing)."""
+        self._client = Client(lambda: self.settings, self.seam)
 
     @property
     def settings(self) -> Settings:
@@ -104,7 +111,7 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry: RetryPolicy = sidekiq_backoff,
         discard_on: tuple[type[BaseException], ...] = (),
-        on_exhausted: Callable[[BaseException], object] | None = None,
+        on_exhausted: ExhaustedHook | None = None,
         timeout: timedelta | float | None = None,
         cron: str | None = None,
         tz: str = "UTC",
@@ -123,7 +130,7 @@ class App:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry: RetryPolicy = sidekiq_backoff,
         discard_on: tuple[type[BaseException], ...] = (),
-        on_exhausted: Callable[[BaseException], object] | None = None,
+        on_exhausted: ExhaustedHook | None = None,
         timeout: timedelta | float | None = None,
         cron: str | None = None,
         tz: str = "UTC",
@@ -139,7 +146,8 @@ class App:
             retry: ``(attempt, exception) -> delay or None``; ``None`` discards. Defaults to
                 Sidekiq's exponential backoff.
             discard_on: exception types that discard the job at once, without retries.
-            on_exhausted: called with the last exception when the job is discarded.
+            on_exhausted: called when the job is discarded, with ``(job, exc)`` (the
+                :class:`JobContext` and the last exception) or with ``exc`` alone.
             timeout: seconds an attempt may run (default: no limit). An ``async def`` job is
                 cancelled at the deadline; a ``def`` job's thread cannot be stopped, so its
                 attempt fails at the deadline and the worker retires once its other jobs end (see
@@ -200,6 +208,49 @@ class App:
             return job
 
         return register(func) if func is not None else register
+
+    def enqueue_middleware(self, func: E, /) -> E:
+        """Register an enqueue middleware: a generator function of one parameter, an
+        :class:`Enqueuing`, called once for each job being enqueued; the insert happens at its
+        ``yield``, which returns the job's :class:`JobId`. It may set the job's ``meta`` and
+        options; raising before the yield refuses the whole enqueue call (nothing is written).
+        An ``async def`` one is allowed, but only ``enqueue_async`` paths can run it. The first
+        registered is the outermost (see the guide).
+
+        Raises:
+            ConfigError: ``func`` is not a generator function of exactly one positional
+                parameter.
+        """
+        self.seam.enqueue += (_middleware.middleware(func, "enqueue"),)
+        return func
+
+    def run_middleware(self, func: M, /) -> M:
+        """Register a run middleware: a generator function of one parameter, the running
+        job's :class:`JobContext`; the job runs at its ``yield``, where its exception is thrown
+        in. Returning before the yield skips the job (it completes without running); catching
+        the job's exception and ending normally completes the attempt; raising (say,
+        :class:`Snooze`) makes that the attempt's outcome. For a ``def`` job a ``def``
+        middleware runs in the job's thread; ``async def`` ones run on the event loop.
+
+        Raises:
+            ConfigError: ``func`` is not a generator function of exactly one positional
+                parameter.
+        """
+        self.seam.add_run(_middleware.middleware(func, "run"))
+        return func
+
+    def on_error(self, func: H, /) -> H:
+        """Register a handler ``(job, exc)`` (``def`` or ``async def``) called after every
+        failed attempt, retried or discarded (not a snooze or cancel). It runs within the job's
+        timeout, or 30 s; its failure is logged and never changes the outcome."""
+        self.seam.on_error += (_middleware.handler(func, "on_error"),)
+        return func
+
+    def on_death(self, func: H, /) -> H:
+        """Register a handler ``(job, exc)`` called once when a job is discarded, after its
+        ``on_exhausted`` hook; bounded and contained as :meth:`on_error`'s."""
+        self.seam.on_death += (_middleware.handler(func, "on_death"),)
+        return func
 
     def periodic(
         self,

@@ -29,11 +29,12 @@ import psycopg_pool
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from . import _batches, _connection
+from . import _batches, _connection, _middleware
 from ._admin import Operation
 from ._blockers import lock_wait_error
 from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
 from ._errors import DatabaseError, SchemaError
+from ._middleware import Seam
 from ._settings import Settings
 from ._sql import Queries, queries_for
 from ._unique import (
@@ -96,15 +97,22 @@ class Client:
     :meth:`close` / :meth:`aclose`.
     """
 
-    def __init__(self, settings: Callable[[], Settings]) -> None:
+    def __init__(self, settings: Callable[[], Settings], seam: Seam | None = None) -> None:
         self._settings = settings
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
-        self.tracing: Tracing | None = None
-        """Set by :func:`pgjobs.tracing.instrument`: enqueues and runs then make spans."""
+        self.seam = seam or Seam()
+        """The app's middleware and tracing, around every enqueue."""
         self.recorder: Recorder | None = None
-        """Set by ``App._record_enqueues``: enqueues go to it, not to the database."""
+        """Set by ``App._record_enqueues``: enqueues go to it (past the enqueue middleware),
+        not to the database."""
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """The app's tracing (:func:`pgjobs.tracing.instrument`), or ``None``."""
+        tracing: Tracing | None = self.seam.tracing
+        return tracing
 
     @property
     def settings(self) -> Settings:
@@ -121,9 +129,16 @@ class Client:
         return None if self.settings.prepared_statements else False
 
     def enqueue_many(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
-        if self.recorder is not None:
-            return self.recorder.enqueue(list(calls), conn)
         batch = calls if isinstance(calls, list) else list(calls)
+        if self.seam.enqueue and batch:
+            return _middleware.around_enqueue(
+                self.seam, batch, lambda called: self._enqueue_traced(called, conn)
+            )
+        return self._enqueue_traced(batch, conn)
+
+    def _enqueue_traced(self, batch: list[JobCall], conn: Any) -> list[JobId]:
+        if self.recorder is not None:
+            return self.recorder.enqueue(batch, conn)
         tracing = self.tracing
         if tracing is None or not batch:
             return self._enqueue_many(batch, conn, None)
@@ -142,9 +157,16 @@ class Client:
             return list(map(JobId, _run_insert(driver, self.queries, params, self.prepare)))
 
     async def enqueue_many_async(self, calls: Iterable[JobCall], conn: Any = None) -> list[JobId]:
-        if self.recorder is not None:
-            return await self.recorder.enqueue_async(list(calls), conn)
         batch = calls if isinstance(calls, list) else list(calls)
+        if self.seam.enqueue and batch:
+            return await _middleware.around_enqueue_async(
+                self.seam, batch, lambda called: self._enqueue_traced_async(called, conn)
+            )
+        return await self._enqueue_traced_async(batch, conn)
+
+    async def _enqueue_traced_async(self, batch: list[JobCall], conn: Any) -> list[JobId]:
+        if self.recorder is not None:
+            return await self.recorder.enqueue_async(batch, conn)
         tracing = self.tracing
         if tracing is None or not batch:
             return await self._enqueue_many_async(batch, conn, None)
@@ -166,10 +188,18 @@ class Client:
             return list(map(JobId, ids))
 
     def add_to_batch(self, batch_id: int, calls: Iterable[JobCall], conn: Any = None) -> list[int]:
-        """Enqueue ``calls`` in batch ``batch_id`` (see :func:`._batches.add`)."""
-        if self.recorder is not None:
-            return self.recorder.add_to_batch(batch_id, list(calls), conn)
+        """Enqueue ``calls`` in batch ``batch_id`` (see :func:`._batches.add`), inside the
+        enqueue middleware."""
         batch = list(calls)
+        if self.seam.enqueue and batch:
+            return _middleware.around_enqueue(
+                self.seam, batch, lambda called: self._add_traced(batch_id, called, conn)
+            )
+        return self._add_traced(batch_id, batch, conn)
+
+    def _add_traced(self, batch_id: int, batch: list[JobCall], conn: Any) -> list[Any]:
+        if self.recorder is not None:
+            return self.recorder.add_to_batch(batch_id, batch, conn)
         tracing = self.tracing
         if tracing is None or not batch:
             return self.run(_batches.add(self.queries, batch_id, batch), conn)
@@ -181,9 +211,16 @@ class Client:
         self, batch_id: int, calls: Iterable[JobCall], conn: Any = None
     ) -> list[int]:
         """:meth:`add_to_batch` for async code."""
-        if self.recorder is not None:
-            return await self.recorder.add_to_batch_async(batch_id, list(calls), conn)
         batch = list(calls)
+        if self.seam.enqueue and batch:
+            return await _middleware.around_enqueue_async(
+                self.seam, batch, lambda called: self._add_traced_async(batch_id, called, conn)
+            )
+        return await self._add_traced_async(batch_id, batch, conn)
+
+    async def _add_traced_async(self, batch_id: int, batch: list[JobCall], conn: Any) -> list[Any]:
+        if self.recorder is not None:
+            return await self.recorder.add_to_batch_async(batch_id, batch, conn)
         tracing = self.tracing
         if tracing is None or not batch:
             return await self.run_async(_batches.add(self.queries, batch_id, batch), conn)
@@ -194,7 +231,8 @@ class Client:
     def trace_context(self) -> str | None:
         """The caller's current trace context as JSON text, for jobs inserted later on its
         behalf (a batch's callbacks); ``None`` when not traced."""
-        return None if self.tracing is None else self.tracing.current()
+        tracing = self.tracing
+        return None if tracing is None else tracing.current()
 
     def run(self, operation: Operation[T], conn: Any = None) -> T:
         """Run an admin operation on ``conn`` (the caller's transaction) or pgjobs' pool."""
@@ -382,8 +420,9 @@ def _run_insert(
         row = cur.execute(queries.reserve_job_ids, {"count": count}, prepare=prepare).fetchone()
         assert row is not None
         now, ids = row
-        with cur.copy(queries.copy_jobs) as copy:
-            for data in copy_text(ids, now, params):
+        with_meta = any(params["metas"])
+        with cur.copy(queries.copy_jobs_with_meta if with_meta else queries.copy_jobs) as copy:
+            for data in copy_text(ids, now, params, with_meta):
                 copy.write(data)
         return list(ids)
 
@@ -408,8 +447,11 @@ async def _run_insert_async(
         row = await cur.fetchone()
         assert row is not None
         now, ids = row
-        async with cur.copy(queries.copy_jobs) as copy:
-            for data in copy_text(ids, now, params):
+        with_meta = any(params["metas"])
+        async with cur.copy(
+            queries.copy_jobs_with_meta if with_meta else queries.copy_jobs
+        ) as copy:
+            for data in copy_text(ids, now, params, with_meta):
                 await copy.write(data)
         return list(ids)
 

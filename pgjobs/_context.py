@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+def _nothing() -> Mapping[str, Any]:
+    return _NOTHING
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,25 @@ class JobContext:
     that starting a job allocates nothing for a rare event)."""
     batch_id: int | None = None
     """The batch the job belongs to (:meth:`App.batch`), ``None`` for a job of no batch."""
+    _args: Sequence[Any] = field(default=(), repr=False, compare=False)
+    _kwargs: Mapping[str, Any] = field(default_factory=_nothing, repr=False, compare=False)
+    _meta: Mapping[str, Any] = field(default_factory=_nothing, repr=False, compare=False)
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The job's positional arguments, as stored (JSON values)."""
+        return tuple(self._args)
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        """The job's keyword arguments, as stored (a read-only view)."""
+        return MappingProxyType(self._kwargs)
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """What its enqueue stored in ``jobs.meta`` (enqueue middleware, ``Job.options(meta=)``),
+        a read-only view; empty for a job enqueued without."""
+        return MappingProxyType(self._meta)
 
     @property
     def stopping(self) -> bool:

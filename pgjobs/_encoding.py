@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def insert_params(calls: Iterable[JobCall], trace_context: str | None = None) ->
         "ats": [],
         "delays": [],
         "partition_keys": [],
+        "metas": [],
     }
     for call in calls:
         job, options = call.job, call.options
@@ -46,6 +48,7 @@ def insert_params(calls: Iterable[JobCall], trace_context: str | None = None) ->
         columns["ats"].append(options.at)
         columns["delays"].append(options.delay or 0.0)
         columns["partition_keys"].append(options.partition_key)
+        columns["metas"].append(call.meta)
     columns["trace_context"] = trace_context
     return columns
 
@@ -63,6 +66,7 @@ def single(params: Mapping[str, Any]) -> dict[str, Any]:
         "delay": params["delays"][0],
         "partition_key": params["partition_keys"][0],
         "trace_context": params["trace_context"],
+        "meta": params["metas"][0],
     }
 
 
@@ -74,8 +78,11 @@ _BACKSLASH, _ESCAPED_BACKSLASH = "\\", "\\\\"
 """JSON text escapes every control character, so only its backslashes need escaping for COPY."""
 
 
-def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Iterator[bytes]:
-    """The COPY data for ``params`` in COPY's text format, :data:`COPY_PIECE` rows at a time (so
+def copy_text(
+    ids: list[int], now: datetime, params: Mapping[str, Any], with_meta: bool = False
+) -> Iterator[bytes]:
+    """The COPY data for ``params`` in COPY's text format (COPY_JOBS_WITH_META's columns if
+    ``with_meta``, else COPY_JOBS'), :data:`COPY_PIECE` rows at a time (so
     that the server stores one piece while the next is formatted): the columns INSERT_JOBS
     computes in SQL, computed here from the database's ``now``.
 
@@ -87,7 +94,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
     trace_text = _NULL if trace is None else trace.replace(_BACKSLASH, _ESCAPED_BACKSLASH)
     names: dict[str, str] = {}
     lines = []
-    for job_id, queue, name, args, kwargs, priority, max_attempts, at, delay, key in zip(
+    for job_id, queue, name, args, kwargs, priority, max_attempts, at, delay, key, meta in zip(
         ids,
         params["queues"],
         params["names"],
@@ -98,6 +105,7 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         params["ats"],
         params["delays"],
         params["partition_keys"],
+        params["metas"] if with_meta else repeat(None, len(ids)),
         strict=True,
     ):
         start = start_times.get((at, delay))
@@ -111,10 +119,16 @@ def copy_text(ids: list[int], now: datetime, params: Mapping[str, Any]) -> Itera
         lines.append(
             f"{job_id}\t{queue}\t{escaped_name}\t{args.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t"
             f"{kwargs.replace(_BACKSLASH, _ESCAPED_BACKSLASH)}\t{priority}\t{max_attempts}\t"
-            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\t{trace_text}\n"
+            f"{start}\t{_NULL if key is None else key.translate(_COPY_ESCAPES)}\t{trace_text}"
+            f"{_meta_field(meta) if with_meta else ''}\n"
         )
         if len(lines) == COPY_PIECE:
             yield "".join(lines).encode()
             lines.clear()
     if lines:
         yield "".join(lines).encode()
+
+
+def _meta_field(meta: str | None) -> str:
+    """A job's meta column in COPY_JOBS_WITH_META's data (``{}`` for none: it is NOT NULL)."""
+    return "\t{}" if meta is None else "\t" + meta.replace(_BACKSLASH, _ESCAPED_BACKSLASH)

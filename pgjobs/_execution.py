@@ -14,14 +14,14 @@ import dataclasses
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
 
-from ._app import App
 from ._context import JobContext, reset_current_job, set_current_job
 from ._errors import ArgumentsMismatch, JobTimeout, UnknownJobError
 from ._job import Job
+from ._middleware import HANDLER_TIMEOUT, Hook, Seam, run_chain, run_chain_async, takes_job
 from ._outcome import (
     CANCELLED,
     COMPLETED,
@@ -35,6 +35,9 @@ from ._outcome import (
 )
 
 log = logging.getLogger("pgjobs.worker")
+
+EXHAUSTED = "on_exhausted hook"
+"""The name a job's ``on_exhausted`` hook goes by in the log."""
 
 
 class ClaimedJob(NamedTuple):
@@ -52,16 +55,25 @@ class ClaimedJob(NamedTuple):
     batch_id: int | None
     trace_context: Any
     """The carrier its enqueue stored (``jobs.trace_context``): any JSON, or ``None``."""
+    meta: dict[str, Any]
+    """``jobs.meta``: what the enqueue's middleware or ``Job.options(meta=)`` stored."""
 
 
-async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: Executor) -> Outcome:
-    """Run ``claimed`` and decide what becomes of it.
+async def execute(
+    jobs: Callable[[str], Job[..., Any]],
+    seam: Seam,
+    claimed: ClaimedJob,
+    context: JobContext,
+    threads: Executor,
+) -> Outcome:
+    """Run ``claimed`` (its job found by ``jobs``, the app's lookup by name, which raises
+    :class:`UnknownJobError`) inside ``seam``'s run middleware, and decide what becomes of it.
 
     Never raises, except ``CancelledError`` when the worker (not a user's cancel) stops the job:
     whatever the job raises, ``BaseException`` included, ends the attempt with an outcome.
     """
     try:
-        job = app.get(claimed.name)
+        job = jobs(claimed.name)
     except UnknownJobError as exc:
         log.error("job %s: %s; it will be retried in case a newer worker knows it", claimed.id, exc)
         return deploy_skew_outcome(exc, attempt=claimed.attempt, max_attempts=claimed.max_attempts)
@@ -72,22 +84,66 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
         outcome = deploy_skew_outcome(
             mismatch, attempt=claimed.attempt, max_attempts=claimed.max_attempts
         )
-        return await _failed(job, claimed, mismatch, outcome, context, threads)
+        return await _failed(job, claimed, mismatch, outcome, context, threads, seam)
+    failed_in: Sequence[str] = ()  # without middleware (most apps), nothing to allocate
     try:
-        await _call(
-            job.func,
-            job.is_async,
-            claimed.args,
-            claimed.kwargs,
-            context,
-            threads,
-            timeout=job.timeout,
-        )
+        if seam.run:
+            named: list[str] = []
+            failed_in = named
+            await _call_within(job, claimed, context, threads, seam, named)
+        else:
+            await _call(
+                job.func,
+                job.is_async,
+                claimed.args,
+                claimed.kwargs,
+                context,
+                threads,
+                timeout=job.timeout,
+            )
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError) and _stopped_by_worker(context):
             raise
-        return await _ended_by(job, claimed, exc, context, threads)
+        return await _ended_by(job, claimed, exc, context, threads, seam, failed_in)
     return CANCELLED if context.cancelled else COMPLETED
+
+
+async def _call_within(
+    job: Job[..., Any],
+    claimed: ClaimedJob,
+    context: JobContext,
+    threads: Executor,
+    seam: Seam,
+    failed_in: list[str],
+) -> None:
+    """Run the job inside the app's run middleware, all within its timeout: for an ``async
+    def`` job every middleware runs on the loop; for a ``def`` job the ``def`` middleware run
+    in its thread around the function, inside the ``async def`` ones on the loop."""
+    args, kwargs = claimed.args, claimed.kwargs
+    token = set_current_job(context)
+    try:
+        if job.is_async:
+            call = _job_call(job.func, args, kwargs)
+            chain = run_chain_async(seam.run, context, call, failed_in)
+            await _within_timeout(chain, job.timeout, in_thread=False)
+            return
+        loop = asyncio.get_running_loop()
+
+        def in_thread() -> Awaitable[None]:
+            return loop.run_in_executor(
+                threads, _call_in_thread, job.func, args, kwargs, context, seam.run_sync, failed_in
+            )
+
+        chain = run_chain_async(seam.run_async, context, in_thread, failed_in)
+        await _within_timeout(chain, job.timeout, in_thread=True)
+    finally:
+        reset_current_job(token)
+
+
+def _job_call(
+    func: Callable[..., Awaitable[Any]], args: list[Any], kwargs: dict[str, Any]
+) -> Callable[[], Awaitable[Any]]:
+    return lambda: func(*args, **kwargs)
 
 
 async def _ended_by(
@@ -96,6 +152,8 @@ async def _ended_by(
     exc: BaseException,
     context: JobContext,
     threads: Executor,
+    seam: Seam,
+    failed_in: Sequence[str],
 ) -> Outcome:
     """The outcome of an attempt that raised ``exc``: a snooze, a cancel, or a failure."""
     if isinstance(exc, Snooze) and (snoozed := snooze_outcome(exc)) is not None:
@@ -112,7 +170,9 @@ async def _ended_by(
     )
     if isinstance(exc, JobTimeout) and exc.thread_running:
         outcome = dataclasses.replace(outcome, thread_overran=True)
-    return await _failed(job, claimed, exc, outcome, context, threads)
+    if failed_in and outcome.error is not None:
+        outcome.error["middleware"] = failed_in[-1]
+    return await _failed(job, claimed, exc, outcome, context, threads, seam)
 
 
 async def _failed(
@@ -122,22 +182,35 @@ async def _failed(
     outcome: Outcome,
     context: JobContext,
     threads: Executor,
+    seam: Seam,
 ) -> Outcome:
-    """Log a failed attempt, and run the job's ``on_exhausted`` hook if it is discarded."""
+    """Log a failed attempt and run the error handlers; if it is discarded, the job's
+    ``on_exhausted`` hook and the death handlers. None of them changes the outcome."""
     error = outcome.error or {}
     if log.isEnabledFor(logging.DEBUG):
         log.debug("job %s: the whole traceback:\n%s", claimed.id, whole_traceback(exc))
+    middleware = error.get("middleware")
     log.warning(
-        "job %s %s attempt %s failed: %s: %s (%s)",
+        "job %s %s attempt %s failed%s: %s: %s (%s)",
         claimed.id,
         claimed.name,
         claimed.attempt,
+        "" if middleware is None else f" in run middleware {middleware}",
         error.get("class"),
         error.get("message"),  # as stored: str(exc) may raise
         outcome.state,
     )
-    if outcome.state == "discarded" and job.on_exhausted is not None:
-        await _call_hook(job.on_exhausted, exc, context, threads)
+    timeout = job.timeout or HANDLER_TIMEOUT
+    for handler in seam.on_error:
+        await _call_hook(handler, (context, exc), context, threads, timeout)
+    if outcome.state == "discarded":
+        hook = job.on_exhausted
+        if hook is not None:
+            exhausted = Hook(hook, EXHAUSTED, inspect.iscoroutinefunction(hook))
+            args = (context, exc) if takes_job(hook) else (exc,)
+            await _call_hook(exhausted, args, context, threads, timeout)
+        for handler in seam.on_death:
+            await _call_hook(handler, (context, exc), context, threads, timeout)
     return outcome
 
 
@@ -203,27 +276,48 @@ async def _within_timeout(call: Awaitable[Any], timeout: float | None, *, in_thr
 
 
 def _call_in_thread(
-    func: Any, args: list[Any], kwargs: dict[str, Any], context: JobContext
+    func: Any,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    context: JobContext,
+    around: tuple[Hook, ...] = (),
+    failed_in: list[str] | None = None,
 ) -> None:
     token = set_current_job(context)
     try:
-        func(*args, **kwargs)
+        if around:
+            run_chain(
+                around,
+                context,
+                lambda: func(*args, **kwargs),
+                [] if failed_in is None else failed_in,
+            )
+        else:
+            func(*args, **kwargs)
     finally:
         reset_current_job(token)
 
 
-async def _call_hook(hook: Any, exc: BaseException, context: JobContext, threads: Executor) -> None:
-    """Run an ``on_exhausted`` hook like the job itself; its failure is logged, never raised."""
+async def _call_hook(
+    hook: Hook,
+    args: tuple[Any, ...],
+    context: JobContext,
+    threads: Executor,
+    timeout: float,
+) -> None:
+    """Run a handler or ``on_exhausted`` hook like the job itself, within ``timeout`` seconds;
+    its failure (a hang past it too) is logged with its name, never raised."""
     try:
-        await _call(hook, inspect.iscoroutinefunction(hook), [exc], {}, context, threads)
+        await _call(hook.func, hook.is_async, list(args), {}, context, threads, timeout=timeout)
     except BaseException as failure:
         if isinstance(failure, asyncio.CancelledError) and _stopped_by_worker(context):
             raise
         _uncancel()
         error = error_record(failure, context.attempt)
         log.error(
-            "job %s: on_exhausted hook failed: %s: %s\n%s",
+            "job %s: %s failed: %s: %s\n%s",
             context.id,
+            hook.name if hook.name == EXHAUSTED else f"handler {hook.name}",
             error["class"],
             error["message"],
             error["traceback"],

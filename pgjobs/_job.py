@@ -22,15 +22,19 @@ from ._outcome import MAX_DELAY, RetryPolicy
 from ._queues import check_partition_key, partition_key_of
 from ._settings import QUEUE_NAME
 from ._unique import JobId, Unique, canonical_json, key_value, unique_key
-from ._validation import MAX_ATTEMPTS, check_text, encode_arguments
+from ._validation import MAX_ATTEMPTS, check_text, encode_arguments, encode_meta
 
 if TYPE_CHECKING:
     from ._client import Client
+    from ._context import JobContext
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 PRIORITY_RANGE = range(-32768, 32768)
+
+ExhaustedHook = Callable[["JobContext", BaseException], object] | Callable[[BaseException], object]
+"""``on_exhausted``: ``(job, exc)`` or, as before, ``(exc)``."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class EnqueueOptions:
     unique_key: str | None = None
     """The canonical JSON of the unique key value given by the caller."""
     partition_key: str | None = None
+    meta: str | None = None
+    """The JSON text of the meta given by the caller (``None``: none)."""
 
     def checked(self) -> EnqueueOptions:
         if self.queue is not None and not QUEUE_NAME.fullmatch(self.queue):
@@ -81,6 +87,8 @@ class JobCall(NamedTuple):
     options: EnqueueOptions
     unique_key: str | None = None
     """``jobs.unique_key`` (before a period's bucket), for a unique job."""
+    meta: str | None = None
+    """``jobs.meta`` as JSON text; ``None`` stores ``{}``."""
 
 
 class Job(Generic[P, R]):
@@ -97,7 +105,7 @@ class Job(Generic[P, R]):
         max_attempts: int,
         retry: RetryPolicy,
         discard_on: tuple[type[BaseException], ...],
-        on_exhausted: Callable[[BaseException], object] | None,
+        on_exhausted: ExhaustedHook | None,
         timeout: float | None = None,
         options: EnqueueOptions | None = None,
         unique: Unique | None = None,
@@ -137,16 +145,20 @@ class Job(Generic[P, R]):
         delay: timedelta | float | None = None,
         unique_key: Any = None,
         partition_key: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> Job[P, R]:
         """A view of this job whose enqueues use these options instead of the defaults.
 
         ``unique_key`` is any JSON value to key the job on instead of its arguments; a job not
         declared unique is then unique with :class:`Unique`'s defaults. ``partition_key`` names
         the partition (a tenant, an account) that the limits of a queue partitioned by key count
-        this run in; it wins over the job's ``partition_by``.
+        this run in; it wins over the job's ``partition_by``. ``meta`` is a dict of JSON values
+        stored with each run (``jobs.meta``), that run middleware and the job read as
+        ``current_job().meta``; enqueue middleware may add to it.
 
         Raises:
-            ValidationError: an option is out of range, or ``unique_key`` is not JSON.
+            ValidationError: an option is out of range, or ``unique_key`` or ``meta`` is not
+                JSON.
         """
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
         changes = {
@@ -157,6 +169,7 @@ class Job(Generic[P, R]):
             "delay": seconds,
             "unique_key": None if unique_key is None else canonical_json(unique_key),
             "partition_key": partition_key,
+            "meta": None if meta is None else encode_meta(dict(meta)),
         }
         given: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
         merged = dataclasses.replace(self._options, **given).checked()
@@ -183,11 +196,12 @@ class Job(Generic[P, R]):
             key = partition_key_of(self._signature, self.partition_by, args, kwargs)
             options = dataclasses.replace(options, partition_key=key)
         if self.unique is None:
-            return JobCall(self, args_json, kwargs_json, options)
+            return JobCall(self, args_json, kwargs_json, options, None, options.meta)
         key_json = options.unique_key
         if key_json is None:
             key_json = canonical_json(key_value(self._signature, self.unique.by, args, kwargs))
-        return JobCall(self, args_json, kwargs_json, options, unique_key(self.name, key_json))
+        key = unique_key(self.name, key_json)
+        return JobCall(self, args_json, kwargs_json, options, key, options.meta)
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` (naming the job) unless the function accepts these arguments: at

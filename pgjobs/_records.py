@@ -76,7 +76,11 @@ class JobRecord:
     """The partition a queue's limits count it in, if it has one."""
     errors: list[dict[str, Any]]
     """One dict per failed attempt: ``attempt``, ``at``, ``class``, ``message``,
-    ``traceback``; oldest first."""
+    ``traceback`` (and ``middleware``, naming the run middleware that failed it); oldest
+    first."""
+    meta: dict[str, Any]
+    """What its enqueue stored for middleware and the job (``current_job().meta``); ``{}``
+    for none."""
 
 
 @dataclass(frozen=True)

@@ -14,28 +14,31 @@ from dataclasses import dataclass, fields
 
 INSERT_JOBS = """
 INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
-                        partition_key, trace_context)
+                        partition_key, trace_context, meta)
 SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
        CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, partition_key,
-       %(trace_context)s::jsonb
+       %(trace_context)s::jsonb, coalesce(meta::jsonb, '{{}}')
 FROM (
     SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at
     FROM unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
                 %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
-                %(delays)s::float8[], %(partition_keys)s::text[]) WITH ORDINALITY
-        AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, partition_key, position)
+                %(delays)s::float8[], %(partition_keys)s::text[], %(metas)s::text[])
+        WITH ORDINALITY
+        AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, partition_key, meta,
+             position)
     ORDER BY r.position
 ) AS rows
 RETURNING id
 """
-"""Every job of the batch carries the same ``trace_context``: its enqueue's (``NULL`` untraced)."""
+"""Every job of the batch carries the same ``trace_context``: its enqueue's (``NULL`` untraced).
+A ``NULL`` meta (a job without any, most) stores ``{}``."""
 
 INSERT_JOB = """
 INSERT INTO {schema}.jobs (queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
-                        partition_key, trace_context)
+                        partition_key, trace_context, meta)
 SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s, %(max_attempts)s,
        run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END, %(partition_key)s,
-       %(trace_context)s::jsonb
+       %(trace_context)s::jsonb, coalesce(%(meta)s::jsonb, '{{}}')
 FROM (SELECT coalesce(%(at)s::timestamptz, now() + make_interval(secs => %(delay)s)) AS run_at) AS t
 RETURNING id
 """
@@ -57,7 +60,14 @@ COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, sched
 FROM STDIN
 """
 """Large batches: several times faster than INSERT for thousands of rows. The insert trigger
-notifies for COPY too."""
+notifies for COPY too. Jobs without meta (most) leave the column to its default, ``{}``."""
+
+COPY_JOBS_WITH_META = """
+COPY {schema}.jobs (id, queue, name, args, kwargs, priority, max_attempts, scheduled_at, state,
+                  partition_key, trace_context, meta)
+FROM STDIN
+"""
+"""COPY_JOBS for a batch in which some job has meta."""
 
 _UNIQUE_ROWS = """
 SELECT r.*, coalesce(r.at, now() + make_interval(secs => r.delay)) AS run_at,
@@ -72,10 +82,11 @@ _UNIQUE_WRITE = """
 ), written AS (
     INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
                                     scheduled_at, state, unique_key, unique_states, partition_key,
-                                    trace_context)
+                                    trace_context, meta)
     SELECT queue, name, args::jsonb, kwargs::jsonb, priority, max_attempts, run_at,
            CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           held_key, string_to_array(states, ','), partition_key, %(trace_context)s::jsonb
+           held_key, string_to_array(states, ','), partition_key, %(trace_context)s::jsonb,
+           coalesce(meta::jsonb, '{{}}')
     FROM rows ORDER BY position
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
     DO NOTHING
@@ -92,9 +103,9 @@ INSERT_UNIQUE_JOBS = (
     + """unnest(%(queues)s::text[], %(names)s::text[], %(args)s::text[], %(kwargs)s::text[],
             %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
             %(delays)s::float8[], %(keys)s::text[], %(states)s::text[], %(periods)s::float8[],
-            %(partition_keys)s::text[])
+            %(partition_keys)s::text[], %(metas)s::text[])
     WITH ORDINALITY AS r(queue, name, args, kwargs, priority, max_attempts, at, delay, key,
-                         states, period, partition_key, position)"""
+                         states, period, partition_key, meta, position)"""
     + _UNIQUE_WRITE
 )
 """Unique jobs, one per key, where no job holds the key: the rows of held keys come back with a
@@ -110,10 +121,11 @@ WITH one AS (
 ), written AS (
     INSERT INTO {schema}.jobs AS j (queue, name, args, kwargs, priority, max_attempts,
                                     scheduled_at, state, unique_key, unique_states, partition_key,
-                                    trace_context)
+                                    trace_context, meta)
     SELECT %(queue)s, %(name)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(priority)s,
            %(max_attempts)s, run_at, CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           held_key, string_to_array(%(states)s, ','), %(partition_key)s, %(trace_context)s::jsonb
+           held_key, string_to_array(%(states)s, ','), %(partition_key)s, %(trace_context)s::jsonb,
+           coalesce(%(meta)s::jsonb, '{{}}')
     FROM one
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
     DO NOTHING
@@ -128,7 +140,7 @@ CREATE_UNIQUE_ROWS = """
 CREATE TEMP TABLE pgjobs_unique_rows (
     queue text, name text, args text, kwargs text, priority int, max_attempts int,
     at timestamptz, delay float8, key text, states text, period float8, partition_key text,
-    position bigint
+    meta text, position bigint
 ) ON COMMIT DROP;
 SELECT current_setting('jit'), set_config('jit', 'off', true)
 """
@@ -219,7 +231,7 @@ SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), worker_id 
 WHERE j.id = ANY(ARRAY(SELECT id FROM next))  -- an array: always the primary key, never a scan
   AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
 RETURNING j.id, j.queue, j.name, j.args, j.kwargs, j.priority, j.attempt, j.max_attempts,
-          j.claim_token, j.batch_id, j.trace_context
+          j.claim_token, j.batch_id, j.trace_context, j.meta
 """
 """Claim up to ``limit`` jobs, queue by queue in the given order.
 
@@ -617,7 +629,7 @@ retried."""
 GET_JOB = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
-       cancel_requested_at, unique_key, batch_id, partition_key, errors
+       cancel_requested_at, unique_key, batch_id, partition_key, errors, meta
 FROM {schema}.jobs
 WHERE id = %(id)s
 """
@@ -625,7 +637,7 @@ WHERE id = %(id)s
 LIST_JOBS = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
-       cancel_requested_at, unique_key, batch_id, partition_key, errors
+       cancel_requested_at, unique_key, batch_id, partition_key, errors, meta
 FROM {schema}.jobs
 WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -695,10 +707,10 @@ running DDL statement), longest first: named in the error when pgjobs' bounded l
 table runs out."""
 
 CLAIM_LIMITED_JOBS = """
-SELECT * FROM {schema}.claim_limited_jobs_v2(%(queues)s::text[], %(limit)s, %(worker_id)s::uuid)
+SELECT * FROM {schema}.claim_limited_jobs_v3(%(queues)s::text[], %(limit)s, %(worker_id)s::uuid)
 """
 """Claim up to ``limit`` jobs from those of ``queues`` that are limited and not paused, within
-their concurrency and rate limits (see ``claim_limited_jobs_v2`` in docs/schema.md). Returns the
+their concurrency and rate limits (see ``claim_limited_jobs_v3`` in docs/schema.md). Returns the
 columns of CLAIM_JOBS and ``free_in``; one row per queue with a NULL id carries ``free_in``, the
 seconds until its first rate-limited partition that is full, before or after this claim, may
 start a job again (NULL if none is). The starts of rate-limited queues are recorded pending,
@@ -825,7 +837,9 @@ GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 GRANT INSERT, SELECT (id) ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.add_batch_jobs(bigint, text[], text[], text[], text[],
-    integer[], integer[], timestamptz[], float8[], text[], jsonb), {schema}.seal_batch(bigint),
+    integer[], integer[], timestamptz[], float8[], text[], jsonb),
+    {schema}.add_batch_jobs_v2(bigint, text[], text[], text[], text[], integer[], integer[],
+    timestamptz[], float8[], text[], jsonb, text[]), {schema}.seal_batch(bigint),
     {schema}.lock_batch(bigint), {schema}.count_added_jobs(bigint, integer) TO {role};
 """
 """Insert jobs and read back their ids (``RETURNING id``); a COPY of many jobs reserves its ids
@@ -846,7 +860,9 @@ GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
 GRANT SELECT, INSERT, DELETE ON {schema}.batches TO {role};
 GRANT USAGE ON SEQUENCE {schema}.batches_id_seq TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.add_batch_jobs(bigint, text[], text[], text[], text[],
-    integer[], integer[], timestamptz[], float8[], text[], jsonb), {schema}.seal_batch(bigint),
+    integer[], integer[], timestamptz[], float8[], text[], jsonb),
+    {schema}.add_batch_jobs_v2(bigint, text[], text[], text[], text[], integer[], integer[],
+    timestamptz[], float8[], text[], jsonb, text[]), {schema}.seal_batch(bigint),
     {schema}.lock_batch(bigint), {schema}.count_added_jobs(bigint, integer) TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.queues TO {role};
 GRANT SELECT, INSERT, DELETE ON {schema}.queue_starts TO {role};
@@ -886,10 +902,10 @@ RETURNING id
 
 ADD_BATCH_JOBS = """
 SELECT batch_found AS found, batch_finished_at AS finished_at, job_ids AS ids
-FROM {schema}.add_batch_jobs(
+FROM {schema}.add_batch_jobs_v2(
     %(batch_id)s::bigint, %(queues)s::text[], %(names)s::text[], %(args)s::text[],
     %(kwargs)s::text[], %(priorities)s::int[], %(max_attempts)s::int[], %(ats)s::timestamptz[],
-    %(delays)s::float8[], %(partition_keys)s::text[], %(trace_context)s::jsonb)
+    %(delays)s::float8[], %(partition_keys)s::text[], %(trace_context)s::jsonb, %(metas)s::text[])
 """
 """Add jobs to a batch unless it has finished (its callbacks fired): nothing is inserted then,
 and ``finished_at`` says why. The function locks the batch row, which orders this against the
@@ -1037,6 +1053,7 @@ class Queries:
     insert_job: str
     reserve_job_ids: str
     copy_jobs: str
+    copy_jobs_with_meta: str
     claim_jobs: str
     finish_jobs: str
     add_job_stats: str

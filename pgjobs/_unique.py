@@ -263,12 +263,14 @@ def unique_copy_text(params: Mapping[str, Any]) -> Iterator[bytes]:
         params["states"],
         params["periods"],
         params["partition_keys"],
+        params["metas"],
         strict=True,
     )
     for position, row in enumerate(columns, 1):
         queue, name, args, kwargs, priority, max_attempts, at, delay, key, states, period, part = (
-            row
+            row[:-1]
         )
+        meta = row[-1]
         fields = (
             queue,
             name.translate(_COPY_ESCAPES),
@@ -282,6 +284,7 @@ def unique_copy_text(params: Mapping[str, Any]) -> Iterator[bytes]:
             states,
             "\\N" if period is None else repr(float(period)),
             "\\N" if part is None else part.translate(_COPY_ESCAPES),
+            "\\N" if meta is None else meta.translate(_COPY_ESCAPES),
             str(position),
         )
         lines.append("\t".join(fields) + "\n")

@@ -57,6 +57,25 @@ def encode_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[st
     return args_json, kwargs_json
 
 
+def encode_meta(meta: Any, path: str = "meta") -> str | None:
+    """Validate a job's ``meta`` (a dict with str keys, JSON inside, within the arguments' depth
+    and size limits) and return its JSON text; ``None`` for an empty one, which stores ``{}``."""
+    if not meta:
+        if type(meta) is not dict:
+            raise ValidationError(path, f"{type(meta).__name__} is not a dict; pass a dict")
+        return None
+    if type(meta) is not dict:
+        raise ValidationError(path, f"{type(meta).__name__} is not a dict; pass a dict")
+    _check(meta, path, 0)
+    text = _encode(meta)
+    size = len(_encode_as_printed(meta).encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValidationError(
+            path, f"is {size} bytes as JSON, over the {MAX_PAYLOAD_BYTES}-byte limit; keep it small"
+        )
+    return text
+
+
 def check_job_name(name: str) -> None:
     """Refuse a job name the ``jobs`` table cannot store, before any row is written."""
     if not 1 <= len(name) <= MAX_NAME_LENGTH:

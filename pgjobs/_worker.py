@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._acker import Acker, Claim
 from ._app import App
@@ -60,6 +60,9 @@ from ._starts import Entering, Starts
 from ._stats import STATS_INTERVAL, STATS_LAST_TRY, STATS_SLOTS
 from ._vacuum import Vacuum
 from ._waits import wait_for_event
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -436,6 +439,9 @@ class Worker:
                 _stopping=self.stopping,
                 _cancelled_ids=self._cancelled_ids,
                 batch_id=job.batch_id,
+                _args=job.args,
+                _kwargs=job.kwargs,
+                _meta=job.meta,
             )
             task = asyncio.create_task(
                 self._run_job(job, context, claim, begun if job.queue in rated else None),
@@ -477,11 +483,11 @@ class Worker:
             threads: Executor = self._threads
             if begun is not None:
                 threads = self._entering(job, begun)
-            tracing = self.app._client.tracing
+            tracing: Tracing | None = self.app.seam.tracing
             if tracing is None:
-                outcome = await execute(self.app, job, context, threads)
+                outcome = await execute(self.app.get, self.app.seam, job, context, threads)
             else:
-                outcome = await tracing.process(self.app, job, context, threads)
+                outcome = await tracing.process(self.app.get, self.app.seam, job, context, threads)
             claim.seconds = time.perf_counter() - started
             job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, claim.seconds)
             self._producer.ended(job.queue)

@@ -38,7 +38,8 @@ from ._stats import OUTCOMES
 
 if TYPE_CHECKING:
     from ._context import JobContext
-    from ._job import JobCall
+    from ._job import Job, JobCall
+    from ._middleware import Seam
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -69,12 +70,12 @@ def instrument(
         pgjobs.tracing.instrument(app, tracer_provider=provider)
     """
     tracer = trace.get_tracer("pgjobs", tracer_provider=tracer_provider)
-    app._client.tracing = Tracing(tracer, baggage=baggage)
+    app.seam.tracing = Tracing(tracer, baggage=baggage)
 
 
 def uninstrument(app: App) -> None:
     """Stop tracing ``app``: its enqueues store no context and its runs make no spans."""
-    app._client.tracing = None
+    app.seam.tracing = None
 
 
 class Tracing:
@@ -135,7 +136,12 @@ class Tracing:
         return json.dumps(carrier, separators=(",", ":")) if carrier else None
 
     async def process(
-        self, app: App, claimed: ClaimedJob, context: JobContext, threads: Executor
+        self,
+        jobs: Callable[[str], Job[..., Any]],
+        seam: Seam,
+        claimed: ClaimedJob,
+        context: JobContext,
+        threads: Executor,
     ) -> Outcome:
         """Run ``claimed`` (as :func:`~pgjobs._execution.execute` does) inside a ``CONSUMER``
         span whose parent is the context its enqueue stored; a context that cannot be read
@@ -161,7 +167,7 @@ class Tracing:
             set_status_on_exception=False,
         ) as span:
             try:
-                outcome = await execute(app, claimed, context, InContext(threads))
+                outcome = await execute(jobs, seam, claimed, context, InContext(threads))
             except asyncio.CancelledError:  # the worker stops: the job is handed back
                 span.set_attribute("pgjobs.job.outcome", "handed_back")
                 raise

@@ -47,7 +47,7 @@ CLIENT_USERS = {"pgjobs._app", "pgjobs._client", "pgjobs._job"}
 """The modules that may reach an object's ``_client`` (the App's, a Job's): the rest go through
 the App's methods."""
 
-KNOWN_CLIENT_USERS = {"pgjobs._worker", "pgjobs.tracing"}
+KNOWN_CLIENT_USERS: set[str] = set()
 """Modules that still reach ``app._client``; shrink to nothing."""
 
 

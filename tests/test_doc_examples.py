@@ -58,7 +58,7 @@ MYPY_CONFIG = """\
 strict = True
 disable_error_code = top-level-await
 
-[mypy-pgserver.*,testcontainers.*]
+[mypy-pgserver.*,testcontainers.*,sentry_sdk.*]
 ignore_missing_imports = True
 """
 """``--strict``; an example may ``await`` at the top level, as in a notebook or an async def."""

@@ -477,3 +477,33 @@ def test_a_crash_run_whose_job_never_reaches_the_checkpoint_says_so(
     job_id = note.enqueue("no checkpoint")
     with pytest.raises(AssertionError, match="before a job reached checkpoint\\('charged'\\)"):
         pgjobs_crash(job_id, at="charged")
+
+
+def test_fake_mode_runs_the_enqueue_and_run_middleware_and_keeps_the_meta() -> None:
+    """A fake enqueue passes the app's enqueue middleware (the meta it adds is recorded), and
+    drain() runs the job inside the run middleware, which sees that meta."""
+    app = pgjobs.App()
+    seen: list[Any] = []
+
+    @app.enqueue_middleware
+    def tag(job: pgjobs.Enqueuing) -> Iterator[None]:
+        job.meta["request_id"] = "r-1"
+        yield
+
+    @app.run_middleware
+    def look(job: pgjobs.JobContext) -> Iterator[None]:
+        seen.append(dict(job.meta))
+        yield
+
+    @app.job
+    def hello(name: str) -> None:
+        seen.append(pgjobs.current_job().meta["request_id"])
+
+    with fake(app) as queue:
+        hello.options(meta={"tenant": "acme"}).enqueue("ada")
+        assert queue.assert_enqueued(hello, args=["ada"]).meta == {
+            "tenant": "acme",
+            "request_id": "r-1",
+        }
+        assert queue.drain().completed == 1
+    assert seen == [{"tenant": "acme", "request_id": "r-1"}, "r-1"]

@@ -79,6 +79,8 @@ class EnqueuedJob:
     errors: list[dict[str, Any]] = field(default_factory=list)
     callback_of: int | None = None
     """The batch whose callback this job is (its ``batch_id`` too)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """What ``Job.options(meta=)`` and the enqueue middleware stored (``jobs.meta``)."""
 
     def __repr__(self) -> str:
         arguments = [repr(a) for a in self.args]
@@ -331,6 +333,7 @@ class FakeQueue:
                     attempt=record.attempt,
                     max_attempts=record.max_attempts,
                     batch_id=record.batch_id,
+                    meta=record.meta,
                     threads=threads,
                 )
                 if outcome.thread_overran:  # its thread runs on: the next job gets a new one
@@ -381,6 +384,7 @@ class FakeQueue:
             unique_key=call.unique_key,
             state="scheduled" if due > now else "available",
             callback_of=callback_of,
+            meta={} if call.meta is None else json.loads(call.meta),
         )
         self._jobs.append(record)
         return job_id(record.id, False)

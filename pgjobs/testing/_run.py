@@ -29,6 +29,7 @@ async def run_job(
     attempt: int,
     max_attempts: int,
     batch_id: int | None,
+    meta: dict[str, Any],
     threads: Executor,
 ) -> Outcome:
     """Run one attempt of job ``name`` (``def`` jobs in ``threads``) to its outcome; whatever
@@ -45,6 +46,7 @@ async def run_job(
         uuid.uuid4(),
         batch_id,
         None,
+        meta,
     )
     context = JobContext(
         id=job_id,
@@ -55,5 +57,8 @@ async def run_job(
         worker_id=WORKER_ID,
         _stopping=threading.Event(),
         batch_id=batch_id,
+        _args=args,
+        _kwargs=kwargs,
+        _meta=meta,
     )
-    return await execute(app, claimed, context, threads)
+    return await execute(app.get, app.seam, claimed, context, threads)

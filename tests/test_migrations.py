@@ -33,6 +33,7 @@ OWNED = [
     ("queue_counts", "v"),
     ("queue_starts", "r"),
     ("queues", "r"),
+    ("result_waiters", "r"),
     ("schema_compatibility", "r"),
     ("workers", "r"),
 ]

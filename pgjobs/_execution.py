@@ -33,6 +33,7 @@ from ._outcome import (
     snooze_outcome,
     whole_traceback,
 )
+from ._validation import encode_result
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -74,7 +75,7 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
         )
         return await _failed(job, claimed, mismatch, outcome, context, threads)
     try:
-        await _call(
+        returned = await _call(
             job.func,
             job.is_async,
             claimed.args,
@@ -83,11 +84,14 @@ async def execute(app: App, claimed: ClaimedJob, context: JobContext, threads: E
             threads,
             timeout=job.timeout,
         )
+        result = None if returned is None else encode_result(returned, claimed.name)
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError) and _stopped_by_worker(context):
             raise
         return await _ended_by(job, claimed, exc, context, threads)
-    return CANCELLED if context.cancelled else COMPLETED
+    if context.cancelled:
+        return CANCELLED
+    return COMPLETED if result is None else Outcome("completed", result=result)
 
 
 async def _ended_by(
@@ -162,8 +166,9 @@ async def _call(
     context: JobContext,
     threads: Executor,
     timeout: float | None = None,
-) -> None:
-    """Call ``func`` with ``context`` as the current job: on the loop if async, else in a thread.
+) -> Any:
+    """Call ``func`` with ``context`` as the current job: on the loop if async, else in a thread;
+    returns what it returns.
 
     Past ``timeout`` seconds an async call is cancelled; a thread cannot be, so it is left running.
     Both raise :class:`JobTimeout`.
@@ -171,26 +176,24 @@ async def _call(
     if is_async:
         token = set_current_job(context)
         try:
-            await _within_timeout(func(*args, **kwargs), timeout, in_thread=False)
+            return await _within_timeout(func(*args, **kwargs), timeout, in_thread=False)
         finally:
             reset_current_job(token)
-        return
     future = asyncio.get_running_loop().run_in_executor(
         threads, _call_in_thread, func, args, kwargs, context
     )
-    await _within_timeout(future, timeout, in_thread=True)  # cancelling it leaves the thread
+    return await _within_timeout(future, timeout, in_thread=True)  # cancelling leaves the thread
 
 
-async def _within_timeout(call: Awaitable[Any], timeout: float | None, *, in_thread: bool) -> None:
+async def _within_timeout(call: Awaitable[Any], timeout: float | None, *, in_thread: bool) -> Any:
     """Await ``call``; past ``timeout`` seconds, cancel it and raise :class:`JobTimeout`. A
     ``TimeoutError`` of the job's own passes through as itself. Without a timeout (most jobs) the
     hot path skips the timeout scope."""
     if timeout is None:
-        await call
-        return
+        return await call
     try:
         async with asyncio.timeout(timeout) as deadline:
-            await call
+            return await call
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -202,12 +205,10 @@ async def _within_timeout(call: Awaitable[Any], timeout: float | None, *, in_thr
         raise JobTimeout(f"cancelled after its {timeout:g} s timeout") from None
 
 
-def _call_in_thread(
-    func: Any, args: list[Any], kwargs: dict[str, Any], context: JobContext
-) -> None:
+def _call_in_thread(func: Any, args: list[Any], kwargs: dict[str, Any], context: JobContext) -> Any:
     token = set_current_job(context)
     try:
-        func(*args, **kwargs)
+        return func(*args, **kwargs)
     finally:
         reset_current_job(token)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -58,6 +59,7 @@ from ._leader import Leader
 from ._link import LAST_TRY, Link
 from ._logs import job_ended, job_started
 from ._migrate import check_schema
+from ._progress import ProgressWriter
 from ._queues import QueueView, split_limited_claim
 from ._refusals import Refusals
 from ._scheduler import Scheduler
@@ -151,6 +153,10 @@ class Worker:
             on_retry=self._retry_scheduled,
             on_written=self._free_slot,
         )
+        self._progress = ProgressWriter(
+            Link(self.settings, self._application_name("progress")), self._queries, self.id
+        )
+        """Writes the progress jobs report; connects on the first report."""
         self._stats_slot = random.randrange(STATS_SLOTS)
         self._counting: asyncio.Task[None] | None = None
         self._counted_all = asyncio.Event()
@@ -216,6 +222,7 @@ class Worker:
             await self._apply_declared_limits()
             await self._check_counting()
             self._acker.start()
+            self._progress.start()
             if self._acker.tally is not None:
                 self._counting = asyncio.create_task(self._count(), name="pgjobs-stats")
             if not self.burst:
@@ -239,6 +246,7 @@ class Worker:
                 await self._scheduler.stop()
             await self._starts.stop()
             await self._stop_acker()
+            await self._progress.stop()
             if self._counting is not None:
                 self._counted_all.set()  # the last outcomes' counts, if the database takes them
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -573,6 +581,7 @@ class Worker:
                 _stopping=self.stopping,
                 _cancelled_ids=self._cancelled_ids,
                 batch_id=job.batch_id,
+                _report=functools.partial(self._progress.report, claim),
             )
             task = asyncio.create_task(
                 self._run_job(job, context, claim, begun if job.queue in rated else None),

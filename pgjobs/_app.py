@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _admin, _batches, _cron, _queues
+from . import _admin, _batches, _cron, _queues, _waiting
 from ._batches import AsyncBatch, Batch
 from ._client import Client
 from ._cron import CatchUp, CronEntry
@@ -382,8 +382,8 @@ class App:
         return await self._client.enqueue_many_async(calls, conn)
 
     def get_job(self, job_id: int, *, conn: Any = None) -> dict[str, Any] | None:
-        """Job ``job_id`` as a dict of its columns (``errors`` included), ``None`` if there is
-        no such job.
+        """Job ``job_id`` as a dict of its columns (``errors``, ``result`` and ``progress``,
+        ``progress_message``, ``progress_at`` included), ``None`` if there is no such job.
 
         ``conn`` (here and in every admin method) is the caller's connection or session, as in
         :meth:`Job.using`: the call then sees and joins its transaction. Without it the call runs
@@ -394,6 +394,49 @@ class App:
     async def get_job_async(self, job_id: int, *, conn: Any = None) -> dict[str, Any] | None:
         """:meth:`get_job` for async code."""
         return await self._client.run_async(_admin.get_job(self.queries, job_id), conn)
+
+    def get_result(self, job_id: int, *, conn: Any = None) -> Any:
+        """What completed job ``job_id`` returned, as JSON gives it back (``None`` when it
+        returned ``None``, or once its result is past ``result_retention``).
+
+        Raises:
+            ValueError: there is no such job, or it has not completed (the message names its
+                state: wait for it with :meth:`wait_for`).
+        """
+        return self._client.run(_admin.get_result(self.queries, job_id), conn)
+
+    async def get_result_async(self, job_id: int, *, conn: Any = None) -> Any:
+        """:meth:`get_result` for async code."""
+        return await self._client.run_async(_admin.get_result(self.queries, job_id), conn)
+
+    def wait_for(self, job_id: int, timeout: float) -> dict[str, Any]:
+        """Wait until job ``job_id`` has ended (completed, discarded or cancelled) and return
+        its final record, as :meth:`get_job` gives it: ``state``, ``result``, ``errors``...
+
+        Woken by a notification as the job ends, on a connection of its own (behind a
+        transaction pooler, set ``listen_database_url``; else it reads the job every
+        ``poll_interval``). Blocks the calling thread: in async code use :meth:`wait_for_async`.
+
+        Example::
+
+            job_id = resize.enqueue(image_id)
+            record = app.wait_for(job_id, timeout=30)
+            if record["state"] == "completed":
+                print(record["result"])
+
+        Raises:
+            ValueError: there is no such job (at once), or it was deleted while waited for.
+            TimeoutError: it has not ended within ``timeout`` seconds; the message names its
+                state.
+            ValidationError: ``timeout`` is not a positive number of seconds.
+        """
+        with self._client.translated_errors():
+            return _waiting.wait_for(self.settings, self.queries, job_id, timeout)
+
+    async def wait_for_async(self, job_id: int, timeout: float) -> dict[str, Any]:
+        """:meth:`wait_for` for async code."""
+        with self._client.translated_errors():
+            return await _waiting.wait_for_async(self.settings, self.queries, job_id, timeout)
 
     def list_jobs(
         self,
@@ -617,6 +660,16 @@ class App:
     async def batch_status_async(self, batch_id: int, *, conn: Any = None) -> dict[str, Any] | None:
         """:meth:`batch_status` for async code."""
         return await self._client.run_async(_batches.status(self.queries, batch_id), conn)
+
+    def batch_results(self, batch_id: int, *, conn: Any = None) -> dict[int, Any]:
+        """``{job id: result}`` for every completed job of batch ``batch_id`` (its callbacks
+        left out), in id order: what its ``on_success`` callback gathers. Jobs that have not
+        completed are missing; an unknown batch gives ``{}``."""
+        return self._client.run(_admin.batch_results(self.queries, batch_id), conn)
+
+    async def batch_results_async(self, batch_id: int, *, conn: Any = None) -> dict[int, Any]:
+        """:meth:`batch_results` for async code."""
+        return await self._client.run_async(_admin.batch_results(self.queries, batch_id), conn)
 
     def list_batches(self, *, limit: int = 50, conn: Any = None) -> list[dict[str, Any]]:
         """Batches as :meth:`batch_status` gives them, newest first."""

@@ -111,10 +111,26 @@ class Leader:
                 break
         if total:
             log.info("pruned %s finished job(s) past their retention", total)
+        if self._settings.result_retention is not None:
+            await self._prune_results(conn, self._settings.result_retention)
         if self._prune_batches:
             await self._prune_finished_batches(conn)
         if self._fold_stats:
             await self._fold_job_stats(conn)
+
+    async def _prune_results(self, conn: psycopg.AsyncConnection[Any], retain: float) -> None:
+        """Clear the results stored more than ``retain`` seconds ago (``result_retention``)."""
+        params = {"retain": retain, "limit": PRUNE_BATCH}
+        total = 0
+        for _ in range(PRUNE_BATCHES):
+            cur = await conn.execute(self._queries.prune_results, params)
+            row = await cur.fetchone()
+            cleared = row[0] if row else 0
+            total += cleared
+            if cleared < PRUNE_BATCH:
+                break
+        if total:
+            log.info("cleared %s job result(s) past result_retention", total)
 
     async def _fold_job_stats(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Fold ``job_stats`` minutes past :data:`STATS_KEPT` into their totals."""

@@ -247,14 +247,35 @@ SET state = o.state,
                   ELSE j.errors || jsonb_build_array(o.error || jsonb_build_object('at', now()))
              END,
     worker_id = NULL,
-    claim_token = NULL
+    claim_token = NULL,
+    result = o.result,
+    progress = CASE WHEN o.state IN ('retryable', 'scheduled') THEN NULL ELSE j.progress END,
+    progress_message = CASE WHEN o.state IN ('retryable', 'scheduled') THEN NULL
+                            ELSE j.progress_message END,
+    progress_at = CASE WHEN o.state IN ('retryable', 'scheduled') THEN NULL ELSE j.progress_at END
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(tokens)s::uuid[], %(states)s::text[],
-            %(delays)s::float8[], %(errors)s::jsonb[]) AS o(id, attempt, token, state, delay, error)
+            %(delays)s::float8[], %(errors)s::jsonb[], %(results)s::jsonb[])
+     AS o(id, attempt, token, state, delay, error, result)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.attempt = o.attempt
   AND j.claim_token = o.token AND j.state = 'running' AND j.worker_id = %(worker_id)s
 RETURNING j.id
 """
-"""Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted."""
+"""Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted.
+``results`` is ``NULL`` when no job of the batch returned anything (the array is padded), else a
+completed job's return value as JSON text. An attempt that goes back to the queue loses its
+progress: the next one starts afresh."""
+
+REPORT_PROGRESS = """
+UPDATE {schema}.jobs AS j
+SET progress = p.progress, progress_message = p.message, progress_at = now()
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progress)s::real[], %(messages)s::text[])
+     AS p(id, token, progress, message)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = p.id AND j.claim_token = p.token
+  AND j.state = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.id
+"""
+"""Store the latest progress of running jobs, fenced on their claim: a report from a run whose
+claim was undone or rescued changes nothing."""
 
 DURATION_BUCKETS = (
     0.005,
@@ -342,7 +363,8 @@ GROUP BY s.queue, s.name, s.outcome
 RELEASE_JOBS = """
 WITH released AS (
     UPDATE {schema}.jobs AS j
-    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL, claim_token = NULL
+    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL, claim_token = NULL,
+        progress = NULL, progress_message = NULL, progress_at = NULL
     FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(tokens)s::uuid[]) AS r(id, attempt, token)
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = r.id AND j.attempt = r.attempt
       AND j.claim_token = r.token AND j.state = 'running'
@@ -477,7 +499,10 @@ WITH lost AS (
                                        %(reason)s, 'no worker is registered under its id')),
             'at', now())),
         worker_id = NULL,
-        claim_token = NULL
+        claim_token = NULL,
+        progress = CASE WHEN j.attempt >= j.max_attempts THEN j.progress END,
+        progress_message = CASE WHEN j.attempt >= j.max_attempts THEN j.progress_message END,
+        progress_at = CASE WHEN j.attempt >= j.max_attempts THEN j.progress_at END
     WHERE j.state = 'running'
       AND (j.worker_id IN (SELECT id FROM lost)
            OR CASE WHEN %(worker_id)s::uuid IS NOT NULL THEN j.worker_id = %(worker_id)s::uuid
@@ -568,7 +593,8 @@ WITH target AS (
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
-        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+        max_attempts = greatest(j.max_attempts, j.attempt + 1), result = NULL, progress = NULL,
+        progress_message = NULL, progress_at = NULL
     FROM target
     WHERE j.id = target.id AND target.state <> 'running' AND NOT EXISTS (SELECT FROM holder)
     RETURNING j.queue
@@ -601,7 +627,8 @@ WITH chosen AS (
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
-        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+        max_attempts = greatest(j.max_attempts, j.attempt + 1), result = NULL, progress = NULL,
+        progress_message = NULL, progress_at = NULL
     WHERE j.id = ANY(ARRAY(SELECT free.id FROM free)) AND j.state <> 'running'
     RETURNING j.queue
 ), notified AS (
@@ -617,10 +644,52 @@ retried."""
 GET_JOB = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
-       cancel_requested_at, unique_key, batch_id, partition_key, errors
+       cancel_requested_at, unique_key, batch_id, partition_key, errors, result, progress,
+       progress_message, progress_at
 FROM {schema}.jobs
 WHERE id = %(id)s
 """
+
+GET_RESULT = """
+SELECT state, result FROM {schema}.jobs WHERE id = %(id)s
+"""
+
+AWAIT_JOB = """
+SELECT {schema}.await_job(%(id)s, %(waiter)s) AS state
+"""
+"""Register a waiter for a job unless it has ended (migration 0020); its state, ``NULL`` for no
+such job. The caller listens on the results channel first."""
+
+FORGET_WAITER = """
+SELECT {schema}.forget_waiter(%(id)s, %(waiter)s)
+"""
+
+BATCH_RESULTS = """
+SELECT j.id, j.result
+FROM {schema}.jobs AS j
+WHERE j.batch_id = %(batch_id)s AND j.state = 'completed'
+  AND j.id <> ALL(ARRAY(SELECT c.id FROM {schema}.batches AS b,
+                        LATERAL (VALUES (b.success_job_id), (b.complete_job_id)) AS c(id)
+                        WHERE b.id = %(batch_id)s AND c.id IS NOT NULL))
+ORDER BY j.id
+"""
+"""The results of a batch's completed jobs (its callbacks left out), on the batch index."""
+
+PRUNE_RESULTS = """
+WITH cleared AS (
+    UPDATE {schema}.jobs AS j SET result = NULL
+    WHERE j.id = ANY(ARRAY(
+            SELECT r.id FROM {schema}.jobs AS r
+            WHERE r.result IS NOT NULL
+              AND r.finished_at < now() - make_interval(secs => %(retain)s)
+            LIMIT %(limit)s))
+      AND j.result IS NOT NULL
+    RETURNING 1
+)
+SELECT count(*) FROM cleared
+"""
+"""Clear results stored more than ``retain`` seconds ago, on the index of the rows that hold one
+(``jobs_result_finished_idx``)."""
 
 LIST_JOBS = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
@@ -853,6 +922,8 @@ GRANT SELECT, INSERT, DELETE ON {schema}.queue_starts TO {role};
 -- GRANT MAINTAIN ON {schema}.jobs TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.cron_entries TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.job_stats TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.await_job(bigint, uuid), {schema}.forget_waiter(bigint, uuid)
+    TO {role};
 """
 """Claim jobs and write their outcomes, promote due ones, rescue and prune (UPDATE, DELETE on
 jobs); register, heartbeat and deregister (workers), take the leader lease (leases); check the
@@ -864,7 +935,8 @@ batches once their jobs are pruned. ``cron_entries``: declare
 the app's cron entries and enqueue their ticks; the SQL functions ``pause_cron()``,
 ``resume_cron()`` and ``run_cron()`` need no more. ``queues``: apply the limits the app
 declares and pause or resume queues; ``queue_starts``: the sliding windows of rate-limited
-queues; ``job_stats``: count the outcomes written, and fold old minutes (the leader)."""
+queues; ``job_stats``: count the outcomes written, and fold old minutes (the leader).
+``await_job()`` and ``forget_waiter()``: jobs that wait for other jobs (``App.wait_for``)."""
 
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
@@ -872,8 +944,11 @@ GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue
     {schema}.alembic_version, {schema}.schema_compatibility, {schema}.batches,
     {schema}.cron_entries, {schema}.queues,
     {schema}.queue_starts, {schema}.job_stats TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.await_job(bigint, uuid), {schema}.forget_waiter(bigint, uuid)
+    TO {role};
 """
-"""Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards."""
+"""Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards, results;
+wait for jobs to end (``App.wait_for``: ``await_job()``, ``forget_waiter()``)."""
 
 
 INSERT_BATCH = """
@@ -1038,6 +1113,7 @@ class Queries:
     copy_jobs: str
     claim_jobs: str
     finish_jobs: str
+    report_progress: str
     add_job_stats: str
     can_count_jobs: str
     fold_job_stats: str
@@ -1058,6 +1134,11 @@ class Queries:
     retry_job: str
     retry_jobs: str
     get_job: str
+    get_result: str
+    await_job: str
+    forget_waiter: str
+    batch_results: str
+    prune_results: str
     list_jobs: str
     list_workers: str
     queue_counts: str
@@ -1107,6 +1188,9 @@ class Queries:
     restore_jit: str
     queues_channel: str = ""
     """Channel notified with a queue's name when its row in ``queues`` changes."""
+    results_channel: str = ""
+    """Channel notified with a job's id when a job somebody awaits ends (migration 0020). A
+    wake-up only: waiters read the table."""
 
 
 @functools.cache
@@ -1119,6 +1203,7 @@ def queries_for(schema: str) -> Queries:
         cancel_channel=f"{schema}.cancel",
         lock_namespace=f"pgjobs.workers:{schema}",
         queues_channel=f"{schema}.queues",
+        results_channel=f"{schema}.results",
     )
 
 

@@ -408,7 +408,8 @@ def retry(
 @click.pass_obj
 @_handles_errors
 def job_command(obj: dict[str, Any], job_id: int, as_json: bool) -> None:
-    """Show job JOB_ID: its columns, then each failed attempt's error with its traceback."""
+    """Show job JOB_ID: its columns (its result as JSON, its progress), then each failed
+    attempt's error with its traceback."""
     row = _load_app(obj).get_job(job_id)
     if row is None:
         raise click.UsageError(f"no job {job_id}")
@@ -416,7 +417,10 @@ def job_command(obj: dict[str, Any], job_id: int, as_json: bool) -> None:
         click.echo(json.dumps(row, default=str))
         return
     for key, value in row.items():
-        shown = json.dumps(value) if isinstance(value, list | dict) else value
+        json_column = isinstance(value, list | dict) or (key == "result" and value is not None)
+        shown = json.dumps(value) if json_column else value
+        if key == "progress" and value is not None:
+            shown = f"{value:.0%}"
         if key != "errors":
             click.echo(f"{key + ':':<20} {'' if shown is None else shown}")
     for error in row["errors"]:

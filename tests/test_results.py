@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -421,3 +422,15 @@ def test_result_retention_is_a_duration_or_unset() -> None:
         load_settings({"result_retention": 0}, environ={})
     with pytest.raises(pgjobs.ConfigError, match="result_retention: 'soon' is not a valid"):
         load_settings(environ={"PGJOBS_RESULT_RETENTION": "soon"})
+
+
+def test_pgjobs_job_shows_the_result_as_json(app: pgjobs.App, database_url: str) -> None:
+    text, nothing = jobs_app.returns.enqueue("42"), jobs_app.returns.enqueue(None)
+    run_burst(app)
+    shown = invoke(database_url, "job", str(text))
+    assert shown.returncode == 0, shown.stderr
+    assert 'result:              "42"' in shown.stdout  # the text "42", not the number
+    assert "progress:            \n" in shown.stdout
+    assert "result:              \n" in invoke(database_url, "job", str(nothing)).stdout
+    as_json = invoke(database_url, "job", str(text), "--json")
+    assert json.loads(as_json.stdout)["result"] == "42"

@@ -96,6 +96,13 @@ CREATE FUNCTION {s}.forget_waiter(awaited bigint, waiter uuid) RETURNS void LANG
 SECURITY DEFINER SET search_path = pg_catalog AS $$
 DELETE FROM {s}.result_waiters AS w WHERE w.job_id = awaited AND w.waiter = forget_waiter.waiter
 $$""")
+    # they run as the owner: `pgjobs grants` gives EXECUTE on the two meant to be called
+    for function in (
+        "notify_result_waiters()",
+        "await_job(bigint, uuid)",
+        "forget_waiter(bigint, uuid)",
+    ):
+        op.execute(f"REVOKE EXECUTE ON FUNCTION {s}.{function} FROM PUBLIC")
 
 
 def downgrade() -> None:

@@ -572,6 +572,9 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     show_default=True,
     help="rate: the limit holds per partition key, for this many keys (0: the whole queue)",
 )
+@click.option(
+    "--results", is_flag=True, help="process: the jobs return a small dict, stored as a result"
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -590,6 +593,7 @@ def bench(
     unique: bool,
     limit: bool,
     partitions: int,
+    results: bool,
     as_json: bool,
 ) -> None:
     """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
@@ -619,6 +623,7 @@ def bench(
         unique=unique,
         limit=limit,
         partitions=partitions,
+        results=results,
     )
     result = _bench.run(mode, settings, options)
     if as_json:

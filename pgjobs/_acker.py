@@ -296,7 +296,8 @@ def finish_params(worker_id: Any, rows: Iterable[FinishRow]) -> dict[str, Any]:
         "states": states,
         "delays": delays,
         "errors": errors,
-        "results": results if returned else None,  # no array to send when nothing returned
+        # one JSON array (its texts joined, not quoted again), or nothing when none returned
+        "results": f"[{','.join(r or 'null' for r in results)}]" if returned else None,
         "worker_id": worker_id,
     }
 

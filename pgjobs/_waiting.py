@@ -98,7 +98,7 @@ class Wait:
 def wait_for(settings: Settings, queries: Queries, job_id: int, timeout: float) -> dict[str, Any]:
     """Wait until job ``job_id`` has ended; its final record (:meth:`App.get_job`)."""
     wait = Wait(settings, queries, job_id, timeout)
-    with connect(wait.settings, "pgjobs-waiter") as conn:
+    with connect(wait.settings, "pgjobs-waiter", limits=True) as conn:
         if wait.listens:
             conn.execute(wait.listen)
         try:
@@ -124,7 +124,7 @@ async def wait_for_async(
 ) -> dict[str, Any]:
     """:func:`wait_for` for async code."""
     wait = Wait(settings, queries, job_id, timeout)
-    async with await connect_async(wait.settings, "pgjobs-waiter") as conn:
+    async with await connect_async(wait.settings, "pgjobs-waiter", limits=True) as conn:
         if wait.listens:
             await conn.execute(wait.listen)
         try:

@@ -3,7 +3,8 @@
 One process holds three connections: ``session`` (registration, heartbeat, leadership,
 LISTEN/NOTIFY: see :mod:`pgjobs._session`), ``claim`` (claims and promotions of due scheduled
 jobs, and the ticks of the app's cron entries, if it has any: :mod:`pgjobs._scheduler`) and
-``ack`` (batched outcome writes). The producer loop claims at most the free slots in one
+``ack`` (batched outcome writes), and a fourth, ``progress``, once a job reports its progress
+(:mod:`pgjobs._progress`). The producer loop claims at most the free slots in one
 ``FOR UPDATE SKIP LOCKED`` statement. A claim that filled every free slot may have left jobs
 behind, so the next one follows as slots free; a claim that found fewer jobs emptied the queues,
 and the producer waits for news of more (a notification, a promotion) or the poll interval. A

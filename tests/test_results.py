@@ -434,3 +434,31 @@ def test_pgjobs_job_shows_the_result_as_json(app: pgjobs.App, database_url: str)
     assert "result:              \n" in invoke(database_url, "job", str(nothing)).stdout
     as_json = invoke(database_url, "job", str(text), "--json")
     assert json.loads(as_json.stdout)["result"] == "42"
+
+
+def test_a_refused_progress_write_is_logged_and_the_writer_goes_on(
+    app: pgjobs.App, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = jobs_app.noop.enqueue()
+    worker_id = str(uuid.uuid4())
+    row = db.execute(
+        app.queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
+    ).fetchone()
+    assert row is not None
+    claim = Claim(job_id, 1, 25, row[8])
+
+    async def report() -> None:
+        writer = ProgressWriter(Link(app.settings, "test-progress"), app.queries, worker_id)
+        writer.start()
+        writer.report(claim, 2.0, "past the check")  # what the job's own check would refuse
+        while "could not store the progress" not in caplog.text:
+            await asyncio.sleep(0.02)
+        writer.report(claim, 0.5, "fine")
+        while column(db, "progress", job_id) is None:
+            await asyncio.sleep(0.02)
+        await writer.stop()
+
+    asyncio.run(asyncio.wait_for(report(), 20))
+    assert f"could not store the progress of job(s) {job_id}: new row" in caplog.text
+    assert "jobs_progress_range_check" in caplog.text
+    assert (column(db, "progress", job_id), column(db, "progress_message", job_id)) == (0.5, "fine")

@@ -5,7 +5,8 @@ Define jobs on an :class:`App`, enqueue them inside your own transactions, run t
 """
 
 from ._app import App
-from ._batches import AsyncBatch, Batch
+from ._batch import AsyncBatch, Batch
+from ._connection import AsyncConnection, Connection
 from ._context import JobContext, current_job
 from ._errors import (
     ArgumentsMismatch,
@@ -21,28 +22,32 @@ from ._job import BoundJob, Job, JobCall
 from ._migrate import migrate
 from ._outcome import Snooze, sidekiq_backoff
 from ._queues import QueueLimits
+from ._records import BatchRecord, CronRecord, JobRecord, QueueRecord, WorkerRecord
 from ._settings import Settings, load_settings
 from ._unique import JobId, Unique
-from ._validation import MAX_DEPTH, MAX_PAYLOAD_BYTES
 from ._worker import Worker
 
 __all__ = [
-    "MAX_DEPTH",
-    "MAX_PAYLOAD_BYTES",
     "App",
     "ArgumentsMismatch",
     "AsyncBatch",
+    "AsyncConnection",
     "Batch",
+    "BatchRecord",
     "BoundJob",
     "ConfigError",
+    "Connection",
+    "CronRecord",
     "DatabaseError",
     "Job",
     "JobCall",
     "JobContext",
     "JobId",
+    "JobRecord",
     "JobTimeout",
     "PgjobsError",
     "QueueLimits",
+    "QueueRecord",
     "SchemaError",
     "Settings",
     "Snooze",
@@ -50,6 +55,7 @@ __all__ = [
     "UnknownJobError",
     "ValidationError",
     "Worker",
+    "WorkerRecord",
     "current_job",
     "load_settings",
     "migrate",

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import ValidationError
+from ._records import CronRecord, JobRecord, WorkerRecord, from_row
 from ._sql import Queries
 from ._validation import check_text
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+R = TypeVar("R", bound="DataclassInstance")
 
 Rows = list[dict[str, Any]]
 
@@ -34,8 +39,11 @@ class Operation(Generic[T]):
     result: Callable[[Rows], T]
 
 
-def get_job(queries: Queries, job_id: int) -> Operation[dict[str, Any] | None]:
-    return Operation(queries.get_job, {"id": job_id}, _first)
+def get_job(queries: Queries, job_id: int) -> Operation[JobRecord | None]:
+    def result(rows: Rows) -> JobRecord | None:
+        return from_row(JobRecord, rows[0]) if rows else None
+
+    return Operation(queries.get_job, {"id": job_id}, result)
 
 
 def get_result(queries: Queries, job_id: int) -> Operation[Any]:
@@ -64,13 +72,13 @@ def list_jobs(
     states: Iterable[str] | None,
     queues: Iterable[str] | None,
     limit: int,
-) -> Operation[Rows]:
+) -> Operation[list[JobRecord]]:
     params = {
         "states": _texts(states, "states"),
         "queues": _texts(queues, "queues"),
         "limit": limit,
     }
-    return Operation(queries.list_jobs, params, list)
+    return Operation(queries.list_jobs, params, records_of(JobRecord))
 
 
 def retry(queries: Queries, job_id: int) -> Operation[bool]:
@@ -153,8 +161,8 @@ def run_job_now(queries: Queries, job_id: int) -> Operation[bool]:
     return Operation(queries.run_job_now, params, result)
 
 
-def list_workers(queries: Queries) -> Operation[Rows]:
-    return Operation(queries.list_workers, {}, list)
+def list_workers(queries: Queries) -> Operation[list[WorkerRecord]]:
+    return Operation(queries.list_workers, {}, records_of(WorkerRecord))
 
 
 def queue_counts(queries: Queries) -> Operation[dict[str, dict[str, int]]]:
@@ -188,7 +196,9 @@ def run_cron(queries: Queries, name: str) -> Operation[int]:
     return Operation(queries.run_cron, {"name": name}, result)
 
 
-def list_cron(queries: Queries, describe: Callable[[Rows], Rows]) -> Operation[Rows]:
+def list_cron(
+    queries: Queries, describe: Callable[[Rows], list[CronRecord]]
+) -> Operation[list[CronRecord]]:
     """Every row of ``cron_entries``, passed through ``describe`` (which adds what the app's
     code knows: the entries it declares that have no row yet, whether it declares each, their
     next runs)."""
@@ -214,5 +224,10 @@ def _found_entry(name: str) -> Callable[[Rows], None]:
     return result
 
 
-def _first(rows: Rows) -> dict[str, Any] | None:
-    return rows[0] if rows else None
+def records_of(record: type[R]) -> Callable[[Rows], list[R]]:
+    """The result of an operation that lists rows: a ``record`` of each."""
+
+    def result(rows: Rows) -> list[R]:
+        return [from_row(record, row) for row in rows]
+
+    return result

@@ -9,13 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _admin, _batches, _cron, _queues, _waiting
-from ._batches import AsyncBatch, Batch
+from ._batch import AsyncBatch, Batch
 from ._client import Client
+from ._connection import AsyncConnection, Connection
 from ._cron import CatchUp, CronEntry
 from ._errors import ConfigError, UnknownJobError, ValidationError
 from ._job import EnqueueOptions, Job, JobCall
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._queues import QueueLimits, Rate
+from ._records import BatchRecord, CronRecord, JobRecord, QueueRecord, WorkerRecord
 from ._settings import QueueSpec, Settings, load_settings
 from ._sql import Queries, queries_for
 from ._unique import JobId, Unique
@@ -23,6 +25,7 @@ from ._validation import check_job_name
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_MAX_ATTEMPTS = 25
 
@@ -71,7 +74,7 @@ class App:
         self._settings = None
 
     @property
-    def queries(self) -> Queries:
+    def _queries(self) -> Queries:
         return queries_for(self.settings.schema)
 
     @property
@@ -174,7 +177,7 @@ class App:
                 Unique() if unique is True else unique if isinstance(unique, Unique) else None
             )
             if declared is not None:
-                declared.checked(job_name, inspect.signature(f))
+                declared._checked(job_name, inspect.signature(f))
             job = Job(
                 self._client,
                 f,
@@ -295,24 +298,24 @@ class App:
         """The limits declared with :meth:`queue`, by queue name."""
         return dict(self._queue_limits)
 
-    def pause_queue(self, name: str, *, conn: Any = None) -> None:
+    def pause_queue(self, name: str, *, conn: Connection = None) -> None:
         """Pause queue ``name``: from the next claim on, no worker on any host starts its jobs;
         running ones finish. The state is stored, so it survives restarts. Same as
         ``SELECT pgjobs.pause_queue('name')``."""
-        self._client.run(_queues.pause(self.queries, name), conn)
+        self._client.run(_queues.pause(self._queries, name), conn)
 
-    async def pause_queue_async(self, name: str, *, conn: Any = None) -> None:
+    async def pause_queue_async(self, name: str, *, conn: AsyncConnection = None) -> None:
         """:meth:`pause_queue` for async code."""
-        await self._client.run_async(_queues.pause(self.queries, name), conn)
+        await self._client.run_async(_queues.pause(self._queries, name), conn)
 
-    def resume_queue(self, name: str, *, conn: Any = None) -> None:
+    def resume_queue(self, name: str, *, conn: Connection = None) -> None:
         """Resume a paused queue (nothing happens to one that is not paused); its workers are
         woken at once."""
-        self._client.run(_queues.resume(self.queries, name), conn)
+        self._client.run(_queues.resume(self._queries, name), conn)
 
-    async def resume_queue_async(self, name: str, *, conn: Any = None) -> None:
+    async def resume_queue_async(self, name: str, *, conn: AsyncConnection = None) -> None:
         """:meth:`resume_queue` for async code."""
-        await self._client.run_async(_queues.resume(self.queries, name), conn)
+        await self._client.run_async(_queues.resume(self._queries, name), conn)
 
     def set_queue_limits(
         self,
@@ -321,7 +324,7 @@ class App:
         concurrency: int | None = None,
         rate: Rate | str | None = None,
         partition_by: str | None = None,
-        conn: Any = None,
+        conn: Connection = None,
     ) -> None:
         """Set queue ``name``'s limits now, as :meth:`queue` declares them (``None`` clears
         one; a rate may also be text such as ``"100/1m"``). Workers learn of it at once. A
@@ -331,7 +334,7 @@ class App:
             ValidationError: a limit below 1, a bad rate or partition; nothing is written.
         """
         limits = _queues.check_limits(concurrency, rate, partition_by)
-        self._client.run(_queues.set_limits(self.queries, name, limits), conn)
+        self._client.run(_queues.set_limits(self._queries, name, limits), conn)
 
     async def set_queue_limits_async(
         self,
@@ -340,22 +343,21 @@ class App:
         concurrency: int | None = None,
         rate: Rate | str | None = None,
         partition_by: str | None = None,
-        conn: Any = None,
+        conn: AsyncConnection = None,
     ) -> None:
         """:meth:`set_queue_limits` for async code."""
         limits = _queues.check_limits(concurrency, rate, partition_by)
-        await self._client.run_async(_queues.set_limits(self.queries, name, limits), conn)
+        await self._client.run_async(_queues.set_limits(self._queries, name, limits), conn)
 
-    def list_queues(self, *, conn: Any = None) -> list[dict[str, Any]]:
-        """Every configured queue and every queue with waiting or running jobs: ``name``,
-        ``paused``, ``concurrency``, ``rate_limit``, ``rate_period`` (seconds), ``partition``,
-        ``held_back`` (the latest claim left jobs waiting for room under the concurrency
-        limit), ``available`` and ``running`` jobs."""
-        return self._client.run(_queues.list_queues(self.queries), conn)
+    def list_queues(self, *, conn: Connection = None) -> list[QueueRecord]:
+        """Every configured queue and every queue with waiting or running jobs, by name: its
+        settings (paused, limits), whether the latest claim held jobs back under its concurrency
+        limit, and its available and running jobs (see :class:`QueueRecord`)."""
+        return self._client.run(_queues.list_queues(self._queries), conn)
 
-    async def list_queues_async(self, *, conn: Any = None) -> list[dict[str, Any]]:
+    async def list_queues_async(self, *, conn: AsyncConnection = None) -> list[QueueRecord]:
         """:meth:`list_queues` for async code."""
-        return await self._client.run_async(_queues.list_queues(self.queries), conn)
+        return await self._client.run_async(_queues.list_queues(self._queries), conn)
 
     def get(self, name: str) -> Job[..., Any]:
         """The job registered as ``name``; :class:`UnknownJobError` if there is none."""
@@ -365,7 +367,7 @@ class App:
             known = ", ".join(sorted(self._jobs)) or "none"
             raise UnknownJobError(f"no job named {name!r} is registered (known: {known})") from None
 
-    def enqueue_many(self, calls: Iterable[JobCall], *, conn: Any = None) -> list[JobId]:
+    def enqueue_many(self, calls: Iterable[JobCall], *, conn: Connection = None) -> list[JobId]:
         """Enqueue many jobs in one statement; returns their ids in order.
 
         A unique job's id says whether it was a ``duplicate``: of a job that held its key, or of
@@ -376,26 +378,26 @@ class App:
         return self._client.enqueue_many(calls, conn)
 
     async def enqueue_many_async(
-        self, calls: Iterable[JobCall], *, conn: Any = None
+        self, calls: Iterable[JobCall], *, conn: AsyncConnection = None
     ) -> list[JobId]:
         """:meth:`enqueue_many` for async code."""
         return await self._client.enqueue_many_async(calls, conn)
 
-    def get_job(self, job_id: int, *, conn: Any = None) -> dict[str, Any] | None:
-        """Job ``job_id`` as a dict of its columns (``errors``, ``result`` and ``progress``,
-        ``progress_message``, ``progress_at`` included), ``None`` if there is no such job.
+    def get_job(self, job_id: int, *, conn: Connection = None) -> JobRecord | None:
+        """Job ``job_id`` as a :class:`JobRecord` of its columns (``errors``, ``result`` and
+        ``progress`` included), ``None`` if there is no such job.
 
         ``conn`` (here and in every admin method) is the caller's connection or session, as in
         :meth:`Job.using`: the call then sees and joins its transaction. Without it the call runs
         on pgjobs' own connection pool, and its change, if any, is committed at once.
         """
-        return self._client.run(_admin.get_job(self.queries, job_id), conn)
+        return self._client.run(_admin.get_job(self._queries, job_id), conn)
 
-    async def get_job_async(self, job_id: int, *, conn: Any = None) -> dict[str, Any] | None:
+    async def get_job_async(self, job_id: int, *, conn: AsyncConnection = None) -> JobRecord | None:
         """:meth:`get_job` for async code."""
-        return await self._client.run_async(_admin.get_job(self.queries, job_id), conn)
+        return await self._client.run_async(_admin.get_job(self._queries, job_id), conn)
 
-    def get_result(self, job_id: int, *, conn: Any = None) -> Any:
+    def get_result(self, job_id: int, *, conn: Connection = None) -> Any:
         """What completed job ``job_id`` returned, as JSON gives it back (``None`` when it
         returned ``None``, or once its result is past ``result_retention``).
 
@@ -403,15 +405,16 @@ class App:
             ValueError: there is no such job, or it has not completed (the message names its
                 state: wait for it with :meth:`wait_for`).
         """
-        return self._client.run(_admin.get_result(self.queries, job_id), conn)
+        return self._client.run(_admin.get_result(self._queries, job_id), conn)
 
-    async def get_result_async(self, job_id: int, *, conn: Any = None) -> Any:
+    async def get_result_async(self, job_id: int, *, conn: AsyncConnection = None) -> Any:
         """:meth:`get_result` for async code."""
-        return await self._client.run_async(_admin.get_result(self.queries, job_id), conn)
+        return await self._client.run_async(_admin.get_result(self._queries, job_id), conn)
 
-    def wait_for(self, job_id: int, timeout: float) -> dict[str, Any]:
+    def wait_for(self, job_id: int, timeout: float) -> JobRecord:
         """Wait until job ``job_id`` has ended (completed, discarded or cancelled) and return
-        its final record, as :meth:`get_job` gives it: ``state``, ``result``, ``errors``...
+        its final :class:`JobRecord`, as :meth:`get_job` gives it: ``state``, ``result``,
+        ``errors``...
 
         Woken by a notification as the job ends, on a connection of its own (behind a
         transaction pooler, set ``listen_database_url``; else it reads the job every
@@ -421,8 +424,8 @@ class App:
 
             job_id = resize.enqueue(image_id)
             record = app.wait_for(job_id, timeout=30)
-            if record["state"] == "completed":
-                print(record["result"])
+            if record.state == "completed":
+                print(record.result)
 
         Raises:
             ValueError: there is no such job (at once), or it was deleted while waited for.
@@ -431,12 +434,12 @@ class App:
             ValidationError: ``timeout`` is not a positive number of seconds.
         """
         with self._client.translated_errors():
-            return _waiting.wait_for(self.settings, self.queries, job_id, timeout)
+            return _waiting.wait_for(self.settings, self._queries, job_id, timeout)
 
-    async def wait_for_async(self, job_id: int, timeout: float) -> dict[str, Any]:
+    async def wait_for_async(self, job_id: int, timeout: float) -> JobRecord:
         """:meth:`wait_for` for async code."""
         with self._client.translated_errors():
-            return await _waiting.wait_for_async(self.settings, self.queries, job_id, timeout)
+            return await _waiting.wait_for_async(self.settings, self._queries, job_id, timeout)
 
     def list_jobs(
         self,
@@ -444,10 +447,11 @@ class App:
         states: Iterable[str] | None = None,
         queues: Iterable[str] | None = None,
         limit: int = 50,
-        conn: Any = None,
-    ) -> list[dict[str, Any]]:
-        """Jobs, newest first, optionally only in some states and queues."""
-        return self._client.run(_admin.list_jobs(self.queries, states, queues, limit), conn)
+        conn: Connection = None,
+    ) -> list[JobRecord]:
+        """Jobs (:class:`JobRecord`), newest first, optionally only in some states and
+        queues."""
+        return self._client.run(_admin.list_jobs(self._queries, states, queues, limit), conn)
 
     async def list_jobs_async(
         self,
@@ -455,24 +459,24 @@ class App:
         states: Iterable[str] | None = None,
         queues: Iterable[str] | None = None,
         limit: int = 50,
-        conn: Any = None,
-    ) -> list[dict[str, Any]]:
+        conn: AsyncConnection = None,
+    ) -> list[JobRecord]:
         """:meth:`list_jobs` for async code."""
-        operation = _admin.list_jobs(self.queries, states, queues, limit)
+        operation = _admin.list_jobs(self._queries, states, queues, limit)
         return await self._client.run_async(operation, conn)
 
-    def retry(self, job_id: int, *, conn: Any = None) -> bool:
+    def retry(self, job_id: int, *, conn: Connection = None) -> bool:
         """Put a finished, discarded or waiting job back to run now; ``False`` if it does not exist.
 
         Raises:
             ValueError: the job is running (wait for it to finish), or it is unique and another
                 job holds its key now.
         """
-        return self._client.run(_admin.retry(self.queries, job_id), conn)
+        return self._client.run(_admin.retry(self._queries, job_id), conn)
 
-    async def retry_async(self, job_id: int, *, conn: Any = None) -> bool:
+    async def retry_async(self, job_id: int, *, conn: AsyncConnection = None) -> bool:
         """:meth:`retry` for async code."""
-        return await self._client.run_async(_admin.retry(self.queries, job_id), conn)
+        return await self._client.run_async(_admin.retry(self._queries, job_id), conn)
 
     def retry_all(
         self,
@@ -480,7 +484,7 @@ class App:
         states: Iterable[str] = ("discarded",),
         queues: Iterable[str] | None = None,
         names: Iterable[str] | None = None,
-        conn: Any = None,
+        conn: Connection = None,
     ) -> int:
         """Put every job in ``states`` (by default the discarded ones), optionally only of some
         queues and job names, back to run now; returns how many.
@@ -492,7 +496,7 @@ class App:
         Raises:
             ValidationError: no state, an unknown one, or ``running``.
         """
-        operation = _admin.retry_all(self.queries, states, queues, names)
+        operation = _admin.retry_all(self._queries, states, queues, names)
         return self._client.run(operation, conn)
 
     async def retry_all_async(
@@ -501,13 +505,13 @@ class App:
         states: Iterable[str] = ("discarded",),
         queues: Iterable[str] | None = None,
         names: Iterable[str] | None = None,
-        conn: Any = None,
+        conn: AsyncConnection = None,
     ) -> int:
         """:meth:`retry_all` for async code."""
-        operation = _admin.retry_all(self.queries, states, queues, names)
+        operation = _admin.retry_all(self._queries, states, queues, names)
         return await self._client.run_async(operation, conn)
 
-    def cancel(self, job_id: int, *, conn: Any = None) -> str | None:
+    def cancel(self, job_id: int, *, conn: Connection = None) -> str | None:
         """Cancel a job; returns what became of it, ``None`` if there is no such job.
 
         ``"cancelled"``: it was waiting (scheduled, available or retryable) and will never run.
@@ -516,54 +520,56 @@ class App:
         ``"already completed"``, ``"already discarded"``, ``"already cancelled"``: it had ended
         and is left as it is. The same as ``SELECT pgjobs.cancel_job(id)`` in SQL.
         """
-        return self._client.run(_admin.cancel(self.queries, job_id), conn)
+        return self._client.run(_admin.cancel(self._queries, job_id), conn)
 
-    async def cancel_async(self, job_id: int, *, conn: Any = None) -> str | None:
+    async def cancel_async(self, job_id: int, *, conn: AsyncConnection = None) -> str | None:
         """:meth:`cancel` for async code."""
-        return await self._client.run_async(_admin.cancel(self.queries, job_id), conn)
+        return await self._client.run_async(_admin.cancel(self._queries, job_id), conn)
 
-    def delete_job(self, job_id: int, *, conn: Any = None) -> bool:
+    def delete_job(self, job_id: int, *, conn: Connection = None) -> bool:
         """Delete a job that is not running; ``False`` if there is no such job.
 
         Raises:
             ValueError: the job is running, or it belongs to a batch and has not ended (the
                 batch's counts wait for it): cancel it instead.
         """
-        return self._client.run(_admin.delete_job(self.queries, job_id), conn)
+        return self._client.run(_admin.delete_job(self._queries, job_id), conn)
 
-    async def delete_job_async(self, job_id: int, *, conn: Any = None) -> bool:
+    async def delete_job_async(self, job_id: int, *, conn: AsyncConnection = None) -> bool:
         """:meth:`delete_job` for async code."""
-        return await self._client.run_async(_admin.delete_job(self.queries, job_id), conn)
+        return await self._client.run_async(_admin.delete_job(self._queries, job_id), conn)
 
-    def run_job_now(self, job_id: int, *, conn: Any = None) -> bool:
+    def run_job_now(self, job_id: int, *, conn: Connection = None) -> bool:
         """Make a scheduled or retryable job available now (an idle worker starts it at once);
         ``False`` if there is no such job. Its attempt is not changed.
 
         Raises:
             ValueError: the job is neither scheduled nor retryable.
         """
-        return self._client.run(_admin.run_job_now(self.queries, job_id), conn)
+        return self._client.run(_admin.run_job_now(self._queries, job_id), conn)
 
-    async def run_job_now_async(self, job_id: int, *, conn: Any = None) -> bool:
+    async def run_job_now_async(self, job_id: int, *, conn: AsyncConnection = None) -> bool:
         """:meth:`run_job_now` for async code."""
-        return await self._client.run_async(_admin.run_job_now(self.queries, job_id), conn)
+        return await self._client.run_async(_admin.run_job_now(self._queries, job_id), conn)
 
-    def list_workers(self, *, conn: Any = None) -> list[dict[str, Any]]:
-        """The registered workers, oldest first, with their heartbeat age, leadership and number
-        of running jobs."""
-        return self._client.run(_admin.list_workers(self.queries), conn)
+    def list_workers(self, *, conn: Connection = None) -> list[WorkerRecord]:
+        """The registered workers (:class:`WorkerRecord`), oldest first, with their heartbeat
+        age, leadership and number of running jobs."""
+        return self._client.run(_admin.list_workers(self._queries), conn)
 
-    async def list_workers_async(self, *, conn: Any = None) -> list[dict[str, Any]]:
+    async def list_workers_async(self, *, conn: AsyncConnection = None) -> list[WorkerRecord]:
         """:meth:`list_workers` for async code."""
-        return await self._client.run_async(_admin.list_workers(self.queries), conn)
+        return await self._client.run_async(_admin.list_workers(self._queries), conn)
 
-    def queue_counts(self, *, conn: Any = None) -> dict[str, dict[str, int]]:
+    def queue_counts(self, *, conn: Connection = None) -> dict[str, dict[str, int]]:
         """``{queue: {state: jobs}}`` from the ``queue_counts`` view."""
-        return self._client.run(_admin.queue_counts(self.queries), conn)
+        return self._client.run(_admin.queue_counts(self._queries), conn)
 
-    async def queue_counts_async(self, *, conn: Any = None) -> dict[str, dict[str, int]]:
+    async def queue_counts_async(
+        self, *, conn: AsyncConnection = None
+    ) -> dict[str, dict[str, int]]:
         """:meth:`queue_counts` for async code."""
-        return await self._client.run_async(_admin.queue_counts(self.queries), conn)
+        return await self._client.run_async(_admin.queue_counts(self._queries), conn)
 
     def batch(
         self,
@@ -571,7 +577,7 @@ class App:
         on_success: JobCall | None = None,
         on_complete: JobCall | None = None,
         description: str | None = None,
-        conn: Any = None,
+        conn: Connection = None,
     ) -> Batch:
         """Create a batch: a group of jobs with callback jobs enqueued once all have ended.
 
@@ -595,7 +601,7 @@ class App:
         """
         return Batch(
             self._client,
-            self.queries,
+            self._queries,
             self._client.run(self._create(on_success, on_complete, description), conn),
             conn,
         )
@@ -606,26 +612,26 @@ class App:
         on_success: JobCall | None = None,
         on_complete: JobCall | None = None,
         description: str | None = None,
-        conn: Any = None,
+        conn: AsyncConnection = None,
     ) -> AsyncBatch:
         """:meth:`batch` for async code: ``async with await app.batch_async(...) as batch:``."""
         operation = self._create(on_success, on_complete, description)
         batch_id = await self._client.run_async(operation, conn)
-        return AsyncBatch(self._client, self.queries, batch_id, conn)
+        return AsyncBatch(self._client, self._queries, batch_id, conn)
 
     def _create(
         self, on_success: JobCall | None, on_complete: JobCall | None, description: str | None
     ) -> _admin.Operation[int]:
         trace_context = self._client.trace_context()
         return _batches.create(
-            self.queries,
+            self._queries,
             description,
             _batches.callback_template(self._jobs, "on_success", on_success, trace_context),
             _batches.callback_template(self._jobs, "on_complete", on_complete, trace_context),
         )
 
     def add_to_batch(
-        self, batch_id: int, calls: Iterable[JobCall], *, conn: Any = None
+        self, batch_id: int, calls: Iterable[JobCall], *, conn: Connection = None
     ) -> list[int]:
         """Enqueue jobs in batch ``batch_id``, sealed or not (e.g. from a job of the batch, with
         ``pgjobs.current_job().batch_id``); returns their ids. Its callbacks wait for them.
@@ -637,65 +643,71 @@ class App:
         return self._client.add_to_batch(batch_id, calls, conn)
 
     async def add_to_batch_async(
-        self, batch_id: int, calls: Iterable[JobCall], *, conn: Any = None
+        self, batch_id: int, calls: Iterable[JobCall], *, conn: AsyncConnection = None
     ) -> list[int]:
         """:meth:`add_to_batch` for async code."""
         return await self._client.add_to_batch_async(batch_id, calls, conn)
 
-    def seal_batch(self, batch_id: int, *, conn: Any = None) -> None:
+    def seal_batch(self, batch_id: int, *, conn: Connection = None) -> None:
         """Seal batch ``batch_id`` (as :meth:`Batch.seal`): for a batch whose creating code
         failed before sealing it. The same as ``SELECT pgjobs.seal_batch(id)`` in SQL."""
-        self._client.run(_batches.seal(self.queries, batch_id), conn)
+        self._client.run(_batches.seal(self._queries, batch_id), conn)
 
-    async def seal_batch_async(self, batch_id: int, *, conn: Any = None) -> None:
+    async def seal_batch_async(self, batch_id: int, *, conn: AsyncConnection = None) -> None:
         """:meth:`seal_batch` for async code."""
-        await self._client.run_async(_batches.seal(self.queries, batch_id), conn)
+        await self._client.run_async(_batches.seal(self._queries, batch_id), conn)
 
-    def batch_status(self, batch_id: int, *, conn: Any = None) -> dict[str, Any] | None:
-        """Batch ``batch_id``: its counters (``total``, ``pending``, ``succeeded``, ``failed``),
-        ``sealed``, its callback jobs' ids once enqueued, ``created_at``, ``sealed_at`` and
-        ``finished_at``; ``None`` if there is no such batch."""
-        return self._client.run(_batches.status(self.queries, batch_id), conn)
+    def batch_status(self, batch_id: int, *, conn: Connection = None) -> BatchRecord | None:
+        """Batch ``batch_id`` (:class:`BatchRecord`): its counters (``total``, ``pending``,
+        ``succeeded``, ``failed``), ``sealed``, its callback jobs' ids once enqueued,
+        ``created_at``, ``sealed_at`` and ``finished_at``; ``None`` if there is no such
+        batch."""
+        return self._client.run(_batches.status(self._queries, batch_id), conn)
 
-    async def batch_status_async(self, batch_id: int, *, conn: Any = None) -> dict[str, Any] | None:
+    async def batch_status_async(
+        self, batch_id: int, *, conn: AsyncConnection = None
+    ) -> BatchRecord | None:
         """:meth:`batch_status` for async code."""
-        return await self._client.run_async(_batches.status(self.queries, batch_id), conn)
+        return await self._client.run_async(_batches.status(self._queries, batch_id), conn)
 
-    def batch_results(self, batch_id: int, *, conn: Any = None) -> dict[int, Any]:
+    def batch_results(self, batch_id: int, *, conn: Connection = None) -> dict[int, Any]:
         """``{job id: result}`` for every completed job of batch ``batch_id`` (its callbacks
         left out), in id order: what its ``on_success`` callback gathers. Jobs that have not
         completed are missing; an unknown batch gives ``{}``."""
-        return self._client.run(_admin.batch_results(self.queries, batch_id), conn)
+        return self._client.run(_admin.batch_results(self._queries, batch_id), conn)
 
-    async def batch_results_async(self, batch_id: int, *, conn: Any = None) -> dict[int, Any]:
+    async def batch_results_async(
+        self, batch_id: int, *, conn: AsyncConnection = None
+    ) -> dict[int, Any]:
         """:meth:`batch_results` for async code."""
-        return await self._client.run_async(_admin.batch_results(self.queries, batch_id), conn)
+        return await self._client.run_async(_admin.batch_results(self._queries, batch_id), conn)
 
-    def list_batches(self, *, limit: int = 50, conn: Any = None) -> list[dict[str, Any]]:
+    def list_batches(self, *, limit: int = 50, conn: Connection = None) -> list[BatchRecord]:
         """Batches as :meth:`batch_status` gives them, newest first."""
-        return self._client.run(_batches.list_batches(self.queries, limit), conn)
+        return self._client.run(_batches.list_batches(self._queries, limit), conn)
 
     async def list_batches_async(
-        self, *, limit: int = 50, conn: Any = None
-    ) -> list[dict[str, Any]]:
+        self, *, limit: int = 50, conn: AsyncConnection = None
+    ) -> list[BatchRecord]:
         """:meth:`list_batches` for async code."""
-        return await self._client.run_async(_batches.list_batches(self.queries, limit), conn)
+        return await self._client.run_async(_batches.list_batches(self._queries, limit), conn)
 
-    def list_cron(self, *, conn: Any = None) -> list[dict[str, Any]]:
-        """Every row of ``cron_entries`` and every entry this app declares, by name, with
+    def list_cron(self, *, conn: Connection = None) -> list[CronRecord]:
+        """Every row of ``cron_entries`` and every entry this app declares
+        (:class:`CronRecord`), by name, with
         ``in_code`` (this app declares it: entries no running code declares are never
         enqueued), ``registered`` (it has a row: a worker, or a call below, stored it; a worker
         schedules the entries of its code at start) and ``next_runs`` (its next three ticks).
         ``last_job_kind`` says whether a ``"tick"`` or a ``"run now"`` enqueued the last job
         (``None``: no job yet, or it was deleted since). Reads only."""
-        return self._client.run(_admin.list_cron(self.queries, self._describe_cron), conn)
+        return self._client.run(_admin.list_cron(self._queries, self._describe_cron), conn)
 
-    async def list_cron_async(self, *, conn: Any = None) -> list[dict[str, Any]]:
+    async def list_cron_async(self, *, conn: AsyncConnection = None) -> list[CronRecord]:
         """:meth:`list_cron` for async code."""
-        operation = _admin.list_cron(self.queries, self._describe_cron)
+        operation = _admin.list_cron(self._queries, self._describe_cron)
         return await self._client.run_async(operation, conn)
 
-    def pause_cron(self, name: str, *, conn: Any = None) -> None:
+    def pause_cron(self, name: str, *, conn: Connection = None) -> None:
         """Stop enqueuing cron entry ``name``: its ticks pass without a job, and resuming does
         not replay them. The same as ``SELECT pgjobs.pause_cron(name)``. An entry this app
         declares is stored first if no worker has yet (here and in :meth:`resume_cron` and
@@ -705,50 +717,63 @@ class App:
             ValidationError: there is no such entry.
         """
         self._register_cron(name, conn)
-        self._client.run(_admin.pause_cron(self.queries, name), conn)
+        self._client.run(_admin.pause_cron(self._queries, name), conn)
 
-    async def pause_cron_async(self, name: str, *, conn: Any = None) -> None:
+    async def pause_cron_async(self, name: str, *, conn: AsyncConnection = None) -> None:
         """:meth:`pause_cron` for async code."""
         await self._register_cron_async(name, conn)
-        await self._client.run_async(_admin.pause_cron(self.queries, name), conn)
+        await self._client.run_async(_admin.pause_cron(self._queries, name), conn)
 
-    def resume_cron(self, name: str, *, conn: Any = None) -> None:
+    def resume_cron(self, name: str, *, conn: Connection = None) -> None:
         """Enqueue cron entry ``name`` again from its next tick on
         (``SELECT pgjobs.resume_cron(name)``)."""
         self._register_cron(name, conn)
-        self._client.run(_admin.resume_cron(self.queries, name), conn)
+        self._client.run(_admin.resume_cron(self._queries, name), conn)
 
-    async def resume_cron_async(self, name: str, *, conn: Any = None) -> None:
+    async def resume_cron_async(self, name: str, *, conn: AsyncConnection = None) -> None:
         """:meth:`resume_cron` for async code."""
         await self._register_cron_async(name, conn)
-        await self._client.run_async(_admin.resume_cron(self.queries, name), conn)
+        await self._client.run_async(_admin.resume_cron(self._queries, name), conn)
 
-    def run_cron(self, name: str, *, conn: Any = None) -> int:
+    def run_cron(self, name: str, *, conn: Connection = None) -> int:
         """Enqueue cron entry ``name``'s job now, paused or not, outside its ticks; returns the
         job's id (``SELECT pgjobs.run_cron(name)``). A ``tick_kwarg`` gets the current time. The
         entry's last run is then this job, a ``"run now"`` (see :meth:`list_cron`)."""
         self._register_cron(name, conn)
-        return self._client.run(_admin.run_cron(self.queries, name), conn)
+        return self._client.run(_admin.run_cron(self._queries, name), conn)
 
-    async def run_cron_async(self, name: str, *, conn: Any = None) -> int:
+    async def run_cron_async(self, name: str, *, conn: AsyncConnection = None) -> int:
         """:meth:`run_cron` for async code."""
         await self._register_cron_async(name, conn)
-        return await self._client.run_async(_admin.run_cron(self.queries, name), conn)
+        return await self._client.run_async(_admin.run_cron(self._queries, name), conn)
 
-    def _register_cron(self, name: str, conn: Any) -> None:
+    def _register_cron(self, name: str, conn: Connection) -> None:
         """Store entry ``name`` as a worker's start would, if this app declares it and it has no
         row yet: so that the CLI can pause or run it before any worker ran."""
         entry = self._cron.get(name)
         if entry is not None:
-            self._client.run(_cron.register(self.queries, [entry]), conn)
+            self._client.run(_cron.register(self._queries, [entry]), conn)
 
-    async def _register_cron_async(self, name: str, conn: Any) -> None:
+    async def _register_cron_async(self, name: str, conn: AsyncConnection) -> None:
         entry = self._cron.get(name)
         if entry is not None:
-            await self._client.run_async(_cron.register(self.queries, [entry]), conn)
+            await self._client.run_async(_cron.register(self._queries, [entry]), conn)
 
-    def _describe_cron(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _describe_cron(self, rows: list[dict[str, Any]]) -> list[CronRecord]:
         return _cron.listing(rows, self._cron, datetime.now(UTC))
+
+    def _run(self, operation: _admin.Operation[T]) -> T:
+        """Run ``operation`` on pgjobs' own pool: for the modules of pgjobs that read what the
+        App's admin calls do not give (metrics)."""
+        return self._client.run(operation)
+
+    async def _read_async(
+        self, *statements: tuple[str, Mapping[str, Any]]
+    ) -> list[list[dict[str, Any]]]:
+        """The rows of each statement, run one after another in one transaction on pgjobs' own
+        pool, never prepared: the dashboard's page reads (see :meth:`Client.read_async
+        <pgjobs._client.Client.read_async>`)."""
+        return await self._client.read_async(statements)
 
     def close(self) -> None:
         """Close pgjobs' own connection pool (the async one must be closed with ``aclose``)."""

@@ -1,25 +1,25 @@
-"""Batches: groups of jobs whose callback jobs are enqueued once all of them have ended.
+"""Batches' operations: groups of jobs whose callback jobs are enqueued once all of them have
+ended.
 
 The database does the counting and fires the callbacks (migration 0008: triggers on ``jobs`` and
 ``settle_batch()``), so they are exact under any number of workers. This module holds the pure
-part (checking callbacks and building each statement's parameters, as :class:`Operation` values)
-and the :class:`Batch` / :class:`AsyncBatch` handles that run them through the client.
+part: checking callbacks and building each statement's parameters, as :class:`Operation` values.
+The handles that run them through the client are in :mod:`._batch`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._admin import Operation, Rows
+from ._admin import Operation, Rows, records_of
 from ._encoding import insert_params
 from ._errors import ValidationError
+from ._records import BatchRecord, from_row
 from ._sql import Queries
 
 if TYPE_CHECKING:
-    from ._client import Client
     from ._job import Job, JobCall
 
 
@@ -114,93 +114,14 @@ def seal(queries: Queries, batch_id: int) -> Operation[None]:
     return Operation(queries.seal_batch, {"id": batch_id}, result)
 
 
-def status(queries: Queries, batch_id: int) -> Operation[dict[str, Any] | None]:
-    return Operation(queries.get_batch, {"id": batch_id}, lambda rows: rows[0] if rows else None)
+def status(queries: Queries, batch_id: int) -> Operation[BatchRecord | None]:
+    def result(rows: Rows) -> BatchRecord | None:
+        return from_row(BatchRecord, rows[0]) if rows else None
+
+    return Operation(queries.get_batch, {"id": batch_id}, result)
 
 
-def list_batches(queries: Queries, limit: int) -> Operation[Rows]:
+def list_batches(queries: Queries, limit: int) -> Operation[list[BatchRecord]]:
     if limit < 1:
         raise ValidationError("limit", "must be at least 1")
-    return Operation(queries.list_batches, {"limit": limit}, list)
-
-
-class Batch:
-    """A batch being built, from :meth:`App.batch <pgjobs.App.batch>`: add jobs, then seal it.
-
-    Every call runs on the connection the batch was created with (``conn=``), so with a caller's
-    connection the batch, its jobs and its sealing commit or roll back together; with ``None``
-    each call commits at once on pgjobs' own pool. As a context manager it seals the batch when
-    the block ends without an exception; after an exception it is left unsealed, and its
-    callbacks never fire unless it is sealed later (:meth:`App.seal_batch`).
-    """
-
-    def __init__(self, client: Client, queries: Queries, batch_id: int, conn: Any) -> None:
-        self._client = client
-        self._queries = queries
-        self._conn = conn
-        self.id = batch_id
-
-    def __repr__(self) -> str:
-        return f"<pgjobs.Batch {self.id}>"
-
-    def add(self, call: JobCall) -> int:
-        """Enqueue one job in this batch (``job.call(...)``); returns its id."""
-        return self.enqueue_many([call])[0]
-
-    def enqueue_many(self, calls: Iterable[JobCall]) -> list[int]:
-        """Enqueue jobs in this batch in one statement; returns their ids in order."""
-        return self._client.add_to_batch(self.id, calls, self._conn)
-
-    def seal(self) -> None:
-        """No more jobs from the creating code: the callbacks fire once none is pending (at once
-        if none is). Jobs of the batch may still add to it (:meth:`App.add_to_batch`)."""
-        self._client.run(seal(self._queries, self.id), self._conn)
-
-    def __enter__(self) -> Batch:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.seal()
-
-
-class AsyncBatch:
-    """:class:`Batch` for async code, from :meth:`App.batch_async <pgjobs.App.batch_async>`."""
-
-    def __init__(self, client: Client, queries: Queries, batch_id: int, conn: Any) -> None:
-        self._client = client
-        self._queries = queries
-        self._conn = conn
-        self.id = batch_id
-
-    def __repr__(self) -> str:
-        return f"<pgjobs.AsyncBatch {self.id}>"
-
-    async def add(self, call: JobCall) -> int:
-        """:meth:`Batch.add` for async code."""
-        return (await self.enqueue_many([call]))[0]
-
-    async def enqueue_many(self, calls: Iterable[JobCall]) -> list[int]:
-        """:meth:`Batch.enqueue_many` for async code."""
-        return await self._client.add_to_batch_async(self.id, calls, self._conn)
-
-    async def seal(self) -> None:
-        """:meth:`Batch.seal` for async code."""
-        await self._client.run_async(seal(self._queries, self.id), self._conn)
-
-    async def __aenter__(self) -> AsyncBatch:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            await self.seal()
+    return Operation(queries.list_batches, {"limit": limit}, records_of(BatchRecord))

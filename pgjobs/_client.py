@@ -169,6 +169,23 @@ class Client:
             await cur.execute(operation.statement, operation.params, prepare=self.prepare)
             return operation.result(await cur.fetchall())
 
+    async def read_async(
+        self, statements: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[list[dict[str, Any]]]:
+        """The rows of each statement (none for one that returns none, such as a ``SET
+        LOCAL``), run one after another in one transaction on pgjobs' own pool, never prepared:
+        a generic plan could not use the partial index that a parameter selects."""
+        results: list[list[dict[str, Any]]] = []
+        async with (
+            self.connection_for_async(None) as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            for statement, params in statements:
+                await cur.execute(statement, params, prepare=False)
+                results.append(await cur.fetchall() if cur.description is not None else [])
+        return results
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

@@ -7,13 +7,30 @@ for workers), turns on TCP keepalives, and can skip prepared statements for tran
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psycopg
 import psycopg.conninfo
 
 from ._errors import ConfigError, DatabaseError
 from ._settings import Settings, mask_password
+
+if TYPE_CHECKING:  # SQLAlchemy is imported only where a caller's object is unwrapped
+    from sqlalchemy.engine import Connection as SQLAlchemyConnection
+    from sqlalchemy.ext.asyncio import AsyncConnection as SQLAlchemyAsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+Connection: TypeAlias = "psycopg.Connection[Any] | Session | SQLAlchemyConnection | None"
+"""What ``conn=`` (and :meth:`Job.using <pgjobs.Job.using>`) takes in sync code: a psycopg 3
+``Connection``, or a SQLAlchemy ``Session`` or ``Connection`` on the psycopg 3 driver, whose
+transaction the call joins; ``None`` for pgjobs' own pool, where each call commits at once."""
+
+AsyncConnection: TypeAlias = (
+    "psycopg.AsyncConnection[Any] | AsyncSession | SQLAlchemyAsyncConnection | None"
+)
+"""What ``conn=`` takes in async code (the ``_async`` methods): a psycopg 3 ``AsyncConnection``
+or a SQLAlchemy ``AsyncSession`` or ``AsyncConnection``; ``None`` for pgjobs' own pool."""
 
 KEEPALIVES = {
     "keepalives": 1,

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ._admin import Operation, Rows
 from ._errors import ConfigError, ValidationError
+from ._records import CronRecord, from_row
 from ._sql import Queries
 from ._validation import encode_arguments
 
@@ -297,7 +298,7 @@ def describe(row: dict[str, Any], in_code: bool, now: datetime, count: int = 3) 
 
 def listing(
     rows: Sequence[dict[str, Any]], declared: Mapping[str, CronEntry], now: datetime
-) -> list[dict[str, Any]]:
+) -> list[CronRecord]:
     """The ``cron_entries`` rows and the ``declared`` entries that have none yet (no worker
     registered them), by name, each :func:`describe`-d and marked ``registered`` or not."""
     stored = {row["name"] for row in rows}
@@ -307,7 +308,7 @@ def listing(
         for name, entry in declared.items()
         if name not in stored
     ]
-    return sorted(entries, key=lambda entry: str(entry["name"]))
+    return sorted((from_row(CronRecord, entry) for entry in entries), key=lambda entry: entry.name)
 
 
 def _unregistered(entry: CronEntry) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
+from ._connection import AsyncConnection, Connection
 from ._errors import ValidationError
 from ._outcome import MAX_DELAY, RetryPolicy
 from ._queues import check_partition_key, partition_key_of
@@ -197,7 +198,7 @@ class Job(Generic[P, R]):
             except TypeError as exc:
                 raise TypeError(f"{self.name}: {exc}") from None
 
-    def using(self, conn: Any) -> BoundJob[P, R]:
+    def using(self, conn: Connection | AsyncConnection) -> BoundJob[P, R]:
         """This job bound to the caller's connection: ``job.using(conn).enqueue(...)`` enqueues
         inside ``conn``'s transaction, with the job's arguments type-checked as for
         :meth:`enqueue`.
@@ -226,11 +227,13 @@ class Job(Generic[P, R]):
         still works but does not type-check, and it is why a job function cannot take a
         parameter called ``conn``.
         """
-        return self.using(kwargs.pop("conn", None)).enqueue(*args, **kwargs)
+        conn: Any = kwargs.pop("conn", None)  # unchecked: the older spelling
+        return self.using(conn).enqueue(*args, **kwargs)
 
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """:meth:`enqueue` for async code, on pgjobs' own async pool."""
-        return await self.using(kwargs.pop("conn", None)).enqueue_async(*args, **kwargs)
+        conn: Any = kwargs.pop("conn", None)
+        return await self.using(conn).enqueue_async(*args, **kwargs)
 
     def enqueue_in(self, delay: timedelta | float, *args: P.args, **kwargs: P.kwargs) -> JobId:
         """Enqueue to run ``delay`` (a timedelta or seconds) from now, by the database clock."""
@@ -248,7 +251,7 @@ class BoundJob(Generic[P, R]):
 
     __slots__ = ("_conn", "_job")
 
-    def __init__(self, job: Job[P, R], conn: Any) -> None:
+    def __init__(self, job: Job[P, R], conn: Connection | AsyncConnection) -> None:
         self._job = job
         self._conn = conn
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -44,13 +45,33 @@ STATS_KEPT = 2 * 3600.0
 """Seconds of ``job_stats`` kept minute by minute; older minutes are folded into totals."""
 
 
+@dataclass(frozen=True)
+class Retention:
+    """Seconds finished jobs are kept, by state, before the leader prunes them; and completed
+    jobs' results, before it clears them (``None``: as long as the job)."""
+
+    completed: float
+    cancelled: float
+    discarded: float
+    results: float | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Retention:
+        return cls(
+            settings.retain_completed,
+            settings.retain_cancelled,
+            settings.retain_discarded,
+            settings.result_retention,
+        )
+
+
 class Leader:
     """What the worker ``worker_id`` does while it holds the leader lease."""
 
     def __init__(
-        self, settings: Settings, queries: Queries, worker_id: str, vacuum: Vacuum
+        self, retention: Retention, queries: Queries, worker_id: str, vacuum: Vacuum
     ) -> None:
-        self._settings = settings
+        self._retention = retention
         self._queries = queries
         self._worker_id = worker_id
         self._vacuum = vacuum
@@ -96,9 +117,9 @@ class Leader:
             return
         self._next_prune = now + PRUNE_INTERVAL
         params = {
-            "completed": self._settings.retain_completed,
-            "cancelled": self._settings.retain_cancelled,
-            "discarded": self._settings.retain_discarded,
+            "completed": self._retention.completed,
+            "cancelled": self._retention.cancelled,
+            "discarded": self._retention.discarded,
             "limit": PRUNE_BATCH,
         }
         total = 0
@@ -111,8 +132,8 @@ class Leader:
                 break
         if total:
             log.info("pruned %s finished job(s) past their retention", total)
-        if self._settings.result_retention is not None:
-            await self._prune_results(conn, self._settings.result_retention)
+        if self._retention.results is not None:
+            await self._prune_results(conn, self._retention.results)
         if self._prune_batches:
             await self._prune_finished_batches(conn)
         if self._fold_stats:
@@ -145,7 +166,7 @@ class Leader:
 
     async def _prune_finished_batches(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Delete batches whose jobs are all pruned, one statement per prune run."""
-        params = {"retain": self._settings.retain_completed, "limit": PRUNE_BATCH}
+        params = {"retain": self._retention.completed, "limit": PRUNE_BATCH}
         try:
             cur = await conn.execute(self._queries.prune_finished_batches, params)
         except psycopg.errors.InsufficientPrivilege:

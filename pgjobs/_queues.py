@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ._admin import Operation, Rows
+from ._admin import Operation, Rows, records_of
 from ._errors import ValidationError
+from ._records import QueueRecord
 from ._settings import QUEUE_NAME
 from ._sql import Queries
 
@@ -58,14 +59,16 @@ class QueueLimits:
     def limited(self) -> bool:
         return self.concurrency is not None or self.rate_limit is not None
 
-    def params(self, name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "concurrency": self.concurrency,
-            "rate_limit": self.rate_limit,
-            "rate_period": self.rate_period,
-            "partition": self.partition,
-        }
+
+def limits_params(name: str, limits: QueueLimits) -> dict[str, Any]:
+    """SET_QUEUE_LIMITS' parameters: queue ``name`` gets ``limits``."""
+    return {
+        "name": name,
+        "concurrency": limits.concurrency,
+        "rate_limit": limits.rate_limit,
+        "rate_period": limits.rate_period,
+        "partition": limits.partition,
+    }
 
 
 def check_limits(
@@ -196,11 +199,12 @@ def resume(queries: Queries, name: str) -> Operation[None]:
 
 
 def set_limits(queries: Queries, name: str, limits: QueueLimits) -> Operation[None]:
-    return Operation(queries.set_queue_limits, limits.params(check_queue_name(name)), _nothing)
+    params = limits_params(check_queue_name(name), limits)
+    return Operation(queries.set_queue_limits, params, _nothing)
 
 
-def list_queues(queries: Queries) -> Operation[Rows]:
-    return Operation(queries.list_queues, {}, list)
+def list_queues(queries: Queries) -> Operation[list[QueueRecord]]:
+    return Operation(queries.list_queues, {}, records_of(QueueRecord))
 
 
 def describe_rate(limit: int | None, period: float | None) -> str:

@@ -89,27 +89,60 @@ class SessionEvents:
     """A queue's settings changed (a pause, a limit): re-read them."""
 
 
+@dataclass(frozen=True)
+class SessionConfig:
+    """What a worker's session needs of its settings."""
+
+    worker_id: str
+    queues: str
+    """The worker's queues as given (shown by ``pgjobs workers``)."""
+    concurrency: int
+    heartbeat_interval: float
+    lease_timeout: float
+    vacuum_threshold: int
+    trusted: bool
+    """Whether the session is direct, so the lock and LISTEN can be relied on: a
+    ``listen_database_url`` is given, or the database URL is not a pooler's (``poll_only``)."""
+
+    @classmethod
+    def of(cls, settings: Settings, worker_id: str) -> SessionConfig:
+        return cls(
+            worker_id,
+            settings.queues,
+            settings.concurrency,
+            settings.heartbeat_interval,
+            settings.lease_timeout,
+            settings.vacuum_threshold,
+            settings.listen_database_url is not None or not settings.poll_only,
+        )
+
+
+def session_link(settings: Settings, application_name: str) -> Link:
+    """The session's connection: to ``listen_database_url`` when given (a direct one beside a
+    pooler), else to the database URL."""
+    if settings.listen_database_url is not None:
+        settings = dataclasses.replace(settings, database_url=settings.listen_database_url)
+    return Link(settings, application_name)
+
+
 class Session:
     """Keeps a worker registered and alive in the database, from its own thread, until
     :meth:`stop`."""
 
     def __init__(
         self,
-        settings: Settings,
+        config: SessionConfig,
+        link: Link,
         queries: Queries,
-        worker_id: str,
-        application_name: str,
         events: SessionEvents,
         leader: Leader,
     ) -> None:
-        self.trusted = settings.listen_database_url is not None or not settings.poll_only
+        self.trusted = config.trusted
         """Whether this is a direct session, so the lock and LISTEN can be relied on."""
-        if settings.listen_database_url is not None:
-            settings = dataclasses.replace(settings, database_url=settings.listen_database_url)
-        self._link = Link(settings, application_name)
-        self._settings = settings
+        self._link = link
+        self._config = config
+        self._worker_id = config.worker_id
         self._queries = queries
-        self._worker_id = worker_id
         self._events = events
         self._leader = leader
         self._lock_key: int | None = None
@@ -194,7 +227,7 @@ class Session:
                     if self._leading:
                         lead = self._leader.lead(conn, sweep_due, vacuum_due)
                         await within(conn, lead, STATEMENT_TIMEOUT)
-                    await self._wait_for_notifications(conn, self._settings.heartbeat_interval)
+                    await self._wait_for_notifications(conn, self._config.heartbeat_interval)
             except Exception as exc:  # never let the heartbeat die: a live worker needs it
                 if isinstance(exc, psycopg.OperationalError | TimeoutError):
                     problem = f"session connection lost ({str(exc).strip() or 'no answer'})"
@@ -220,10 +253,10 @@ class Session:
                 "worker_id": self._worker_id,
                 "hostname": socket.gethostname(),
                 "pid": os.getpid(),
-                "queues": self._settings.queues,
-                "concurrency": self._settings.concurrency,
+                "queues": self._config.queues,
+                "concurrency": self._config.concurrency,
                 "lock_key": self._lock_key,
-                "lease": self._settings.lease_timeout,
+                "lease": self._config.lease_timeout,
             },
         )
         if self.trusted:
@@ -264,9 +297,9 @@ class Session:
             self._queries.heartbeat,
             {
                 "worker_id": self._worker_id,
-                "lease": self._settings.lease_timeout,
+                "lease": self._config.lease_timeout,
                 "lock_namespace": self._queries.lock_namespace,
-                "vacuum_threshold": self._settings.vacuum_threshold,
+                "vacuum_threshold": self._config.vacuum_threshold,
             },
         )
         row = await cur.fetchone()
@@ -276,7 +309,7 @@ class Session:
             log.warning(
                 "this worker was presumed lost (no heartbeat within %s s) and its jobs went "
                 "back to the queue; registering again",
-                self._settings.lease_timeout,
+                self._config.lease_timeout,
             )
             await self._open(conn)
         if leading != self._leading:

@@ -694,7 +694,9 @@ SELECT count(*) FROM cleared
 
 LIST_JOBS = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
-       scheduled_at, inserted_at, attempted_at, finished_at, errors
+       scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
+       cancel_requested_at, unique_key, batch_id, partition_key, errors, result, progress,
+       progress_message, progress_at
 FROM {schema}.jobs
 WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))

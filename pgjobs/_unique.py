@@ -65,7 +65,7 @@ class Unique:
             return self.period.total_seconds()
         return self.period
 
-    def checked(self, job_name: str, signature: inspect.Signature) -> Unique:
+    def _checked(self, job_name: str, signature: inspect.Signature) -> Unique:
         """Raise :class:`ConfigError` (naming the job and what to fix) unless this fits the job."""
         if not self.states:
             raise ConfigError(f"{job_name}: Unique(states=...) needs at least one state")

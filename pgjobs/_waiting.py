@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from ._connection import connect, connect_async
 from ._errors import ValidationError
+from ._records import JobRecord, from_row
 from ._settings import Settings
 from ._sql import Queries
 
@@ -95,7 +96,7 @@ class Wait:
         return {"id": self.job_id, "waiter": self.waiter}
 
 
-def wait_for(settings: Settings, queries: Queries, job_id: int, timeout: float) -> dict[str, Any]:
+def wait_for(settings: Settings, queries: Queries, job_id: int, timeout: float) -> JobRecord:
     """Wait until job ``job_id`` has ended; its final record (:meth:`App.get_job`)."""
     wait = Wait(settings, queries, job_id, timeout)
     with connect(wait.settings, "pgjobs-waiter", limits=True) as conn:
@@ -121,7 +122,7 @@ def wait_for(settings: Settings, queries: Queries, job_id: int, timeout: float) 
 
 async def wait_for_async(
     settings: Settings, queries: Queries, job_id: int, timeout: float
-) -> dict[str, Any]:
+) -> JobRecord:
     """:func:`wait_for` for async code."""
     wait = Wait(settings, queries, job_id, timeout)
     async with await connect_async(wait.settings, "pgjobs-waiter", limits=True) as conn:
@@ -146,7 +147,7 @@ async def wait_for_async(
     return _final(wait, record)
 
 
-def _final(wait: Wait, record: dict[str, Any] | None) -> dict[str, Any]:
-    if record is None:  # deleted in the moment since it ended
+def _final(wait: Wait, row: dict[str, Any] | None) -> JobRecord:
+    if row is None:  # deleted in the moment since it ended
         raise ValueError(f"job {wait.job_id} ended {wait.state} and was deleted at once")
-    return record
+    return from_row(JobRecord, row)

@@ -4,14 +4,9 @@ One process holds three connections: ``session`` (registration, heartbeat, leade
 LISTEN/NOTIFY: see :mod:`pgjobs._session`), ``claim`` (claims and promotions of due scheduled
 jobs, and the ticks of the app's cron entries, if it has any: :mod:`pgjobs._scheduler`) and
 ``ack`` (batched outcome writes), and a fourth, ``progress``, once a job reports its progress
-(:mod:`pgjobs._progress`). The producer loop claims at most the free slots in one
-``FOR UPDATE SKIP LOCKED`` statement. A claim that filled every free slot may have left jobs
-behind, so the next one follows as slots free; a claim that found fewer jobs emptied the queues,
-and the producer waits for news of more (a notification, a promotion) or the poll interval. A
-finished job then wakes nothing: under a steady trickle, a worker would otherwise claim again at
-every job's end and mostly find nothing. A slot is free once its job's outcome is written: a
-worker whose writes lag claims nothing more, so its outcomes never pile up into one huge
-statement.
+(:mod:`pgjobs._progress`). Its :class:`~pgjobs._producer.Producer` claims jobs into the
+free slots; the worker runs each in a task of its own and hands its outcome to the
+:class:`~pgjobs._acker.Acker`. A slot is free once its job's outcome is written.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming and gives running jobs ``shutdown_timeout``
 seconds to finish; jobs still running then are handed back to the queue (their attempt is not
@@ -44,27 +39,25 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-
-import psycopg
 
 from ._acker import Acker, Claim
 from ._app import App
 from ._context import JobContext
 from ._errors import DatabaseError
 from ._execution import ClaimedJob, execute
-from ._leader import Leader
+from ._leader import Leader, Retention
 from ._link import LAST_TRY, Link
 from ._logs import job_ended, job_started
 from ._migrate import check_schema
+from ._producer import Producer, ProducerConfig, Slots
 from ._progress import ProgressWriter
-from ._queues import QueueView, split_limited_claim
-from ._refusals import Refusals
+from ._queues import limits_params
 from ._scheduler import Scheduler
-from ._session import Session, SessionEvents
+from ._session import Session, SessionConfig, SessionEvents, session_link
 from ._stager import Stager
 from ._starts import Entering, Starts
 from ._stats import STATS_INTERVAL, STATS_LAST_TRY, STATS_SLOTS
@@ -72,9 +65,6 @@ from ._vacuum import Vacuum
 from ._waits import wait_for_event
 
 log = logging.getLogger("pgjobs.worker")
-
-CLAIM_LINGER = 0.005
-"""Seconds the producer waits for more free slots when fewer than half are free."""
 
 EXIT_RETIRED = 3
 """Exit status of a worker that retired because a job's thread overran its timeout."""
@@ -121,26 +111,11 @@ class Worker:
         self.quiet = False
         """Set by SIGTSTP (:meth:`request_quiet`): no new jobs, but no stop either."""
         self._force = asyncio.Event()
-        self._jobs_waiting = asyncio.Event()
-        """Set when jobs may have become available: a notification, a promotion, a stop."""
-        self._slot_freed = asyncio.Event()
-        """Set when job outcomes are written, freeing their slots (a job's end frees none: its
-        outcome holds the slot until written)."""
+        self._settled = asyncio.Event()
+        """Set when an outcome is written or a stop is requested: a quiet worker looks again."""
         self._running: dict[int, Running] = {}
         self._cancelled_ids: set[int] = set()
-        self._claim_floor = max(1, self.settings.concurrency // 2)
-        self._view = QueueView()
-        """Which of this worker's queues are limited: read at start, on a notification on the
-        queues channel, and at least every poll interval (the claims are authoritative)."""
-        self._view_read_at: float | None = None
-        self._limited_ended: set[str] = set()
-        """Limited queues whose jobs ended here since their workers were last woken."""
-        self._refusals = Refusals(self.settings.poll_interval)
-        """Queues whose claims the database refused: left out until their settings change or a
-        poll interval has passed."""
-        self._rate_wake: asyncio.TimerHandle | None = None
-        self._notifying: set[asyncio.Future[None]] = set()
-        self._queries = app.queries
+        self._queries = app._queries
         self._threads = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="pgjobs-job"
         )
@@ -152,7 +127,7 @@ class Worker:
             self._queries,
             self.id,
             on_retry=self._retry_scheduled,
-            on_written=self._free_slot,
+            on_written=self._written,
         )
         self._progress = ProgressWriter(
             Link(self.settings, self._application_name("progress")), self._queries, self.id
@@ -166,21 +141,35 @@ class Worker:
             self._claim,
             self._queries,
             self.settings.poll_interval,
-            on_promoted=self._jobs_waiting.set,
+            on_promoted=self._promoted,
+        )
+        self._producer = Producer(
+            ProducerConfig(
+                self.id,
+                self.queues,
+                self.settings.concurrency,
+                self.settings.poll_interval,
+                burst,
+            ),
+            self._queries,
+            self._claim,
+            self._ack,
+            self._stager,
+            Slots(self._free_slots, self._start_jobs, self._held, self._settled_now),
+            after_wait=self._check_supervisor,
         )
         self._session = Session(
-            self.settings,
+            SessionConfig.of(self.settings, self.id),
+            session_link(self.settings, self._application_name("session")),
             self._queries,
-            self.id,
-            self._application_name("session"),
             SessionEvents(
-                on_jobs=self._on_notification,
+                on_jobs=self._producer.notified,
                 on_scheduled=self._stager.wake,
                 on_cancel=self._cancel,
-                on_queues=self._on_queues_changed,
+                on_queues=self._producer.queues_changed,
             ),
             Leader(
-                self.settings,
+                Retention.of(self.settings),
                 self._queries,
                 self.id,
                 Vacuum(self.settings, self._queries, self._application_name("vacuum")),
@@ -231,7 +220,7 @@ class Worker:
             if self._scheduler is not None:
                 self._scheduler.start()
             try:
-                await self._produce()
+                await self._producer.run()
             except DatabaseError:
                 if not self.stopping.is_set():
                     raise
@@ -277,8 +266,8 @@ class Worker:
             # after the drain's wait for the last outcomes: that wait reports what is unwritten
             self._ack.give_up_at(self._deadline + LAST_TRY)
             self._stop_requested.set()
-        self._jobs_waiting.set()
-        self._slot_freed.set()
+        self._producer.stop()
+        self._settled.set()
 
     async def _unless_stopped(self, work: Awaitable[object]) -> bool:
         """Await ``work`` unless a stop comes first (then cancel it); True if it completed."""
@@ -309,8 +298,8 @@ class Worker:
             return
         log.info("quiet: no new jobs; %s running go on; stop with SIGTERM", len(self._running))
         self.quiet = True
-        self._jobs_waiting.set()
-        self._slot_freed.set()
+        self._producer.stop()
+        self._settled.set()
 
     def _handle_quiet(self, loop: asyncio.AbstractEventLoop) -> None:
         """SIGTSTP quiets the worker; a supervised one unblocks it now (its supervisor blocked it
@@ -330,8 +319,9 @@ class Worker:
         """A quiet worker runs its jobs to their end and waits for the stop (a quiet burst worker
         stops once they have ended)."""
         while self.quiet and not self.stopping.is_set() and (self._running or not self.burst):
-            self._jobs_waiting.clear()
-            await self._wait(self._jobs_waiting)
+            self._settled.clear()
+            await wait_for_event(self._settled, self.settings.poll_interval)
+            self._check_supervisor()
 
     def _cancel(self, job_id: int) -> None:
         """Cancel a job this worker runs: flag it, and cancel its task if it is async."""
@@ -359,20 +349,11 @@ class Worker:
         if not self.stopping.is_set():
             self.request_stop()
 
-    def _on_notification(self, queue: str) -> None:
-        if not queue or queue in self.queues.names:
-            self._jobs_waiting.set()
-
-    def _on_queues_changed(self) -> None:
-        self._view_read_at = None
-        self._refusals.retry()
-        self._jobs_waiting.set()
-
     async def _apply_declared_limits(self) -> None:
         """Store the limits the app declares for this worker's queues (never their pause)."""
         for name, limits in self.app.queue_limits.items():
             if name in self.queues.names:
-                await self._claim.fetch(self._queries.set_queue_limits, limits.params(name))
+                await self._claim.fetch(self._queries.set_queue_limits, limits_params(name, limits))
 
     async def _check_counting(self) -> None:
         """Count outcomes in ``job_stats`` only if this role may: a role granted before the
@@ -404,161 +385,43 @@ class Worker:
         except DatabaseError:
             tally.merge(taken)
 
-    async def _read_view(self) -> None:
-        """Re-read which queues are limited, at most once per poll interval unless told of a
-        change: a worker whose queues have no settings pays one small query per interval."""
-        now = asyncio.get_running_loop().time()
-        if (
-            self._view_read_at is not None
-            and now - self._view_read_at < self.settings.poll_interval
-        ):
-            return
-        self._view_read_at = now
-        names = list(self.queues.names)
-        rows = await self._claim.fetch(self._queries.queue_settings, {"queues": names})
-        self._view = QueueView.from_rows(names, rows)
-
-    def _free_slot(self) -> None:
-        self._slot_freed.set()
-        if self._limited_ended:
-            # a slot under a limit is free: wake the workers of those queues, on every host.
-            # Outcomes still unwritten may be of those queues: wake them again after each write
-            # until none is left, so no wake-up comes before the slot it announces
-            queues = sorted(self._limited_ended)
-            if not self._acker.backlog:
-                self._limited_ended.clear()
-            task = asyncio.ensure_future(self._wake_held_queues(queues))
-            self._notifying.add(task)
-            task.add_done_callback(self._notifying.discard)
-        if self.burst:
-            self._jobs_waiting.set()  # a burst worker looks again, to learn when it is done
-
-    async def _wake_held_queues(self, queues: list[str]) -> None:
-        with contextlib.suppress(DatabaseError):  # a missed wake-up costs a poll interval
-            await self._ack.fetch(self._queries.wake_held_queues, {"queues": queues})
-
     def _retry_scheduled(self, delay: float) -> None:
         if delay < self.settings.poll_interval:
             self._stager.wake()
 
-    async def _produce(self) -> None:
-        while not self.stopping.is_set() and not self.quiet:
-            free = self.settings.concurrency - len(self._running) - self._acker.backlog
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._wait(self._slot_freed)
-                continue
-            if free < self._claim_floor and await self._more_slots_soon():
-                continue
-            self._jobs_waiting.clear()  # before the claim: news during it means claim again
-            claimed = await self._claim_jobs(free)
-            if len(claimed) == free:
-                continue  # there may be more: claim again as slots free
-            if self.burst and not claimed and await self._burst_done():
-                return
-            await self._wait(self._jobs_waiting)
+    def _written(self) -> None:
+        """Outcomes were written: their slots are free."""
+        self._producer.written(self._acker.backlog)
+        self._settled.set()
 
-    async def _more_slots_soon(self) -> bool:
-        """Wait up to :data:`CLAIM_LINGER` for another slot to free; True if one did.
+    def _promoted(self) -> None:
+        self._producer.wake()
 
-        Claiming one slot at a time as short jobs finish costs a round trip per job; lingering
-        a few milliseconds lets one claim fill many slots. Long jobs lose at most the linger.
-        """
-        self._slot_freed.clear()
-        return await wait_for_event(self._slot_freed, CLAIM_LINGER) and not self.stopping.is_set()
-
-    async def _burst_done(self) -> bool:
-        """True once nothing runs, nothing is due and every outcome is written."""
-        if self._running:
-            return False
-        await self._acker.flush()
-        promoted, _ = await self._stager.promote_due()
-        return promoted == 0 and not self._jobs_waiting.is_set()
-
-    async def _wait(self, event: asyncio.Event) -> None:
-        await wait_for_event(event, self.settings.poll_interval)
+    def _check_supervisor(self) -> None:
+        """Stop if the supervisor that started this worker is gone (checked after each wait)."""
         if self._supervisor_pid is not None and os.getppid() != self._supervisor_pid:
             log.warning("the supervisor is gone; stopping")
             self.request_stop()
 
-    async def _claim_jobs(self, limit: int) -> list[ClaimedJob]:
-        failures = self._claim.failures
-        await self._read_view()
-        order = self._queue_order()
-        if self._refusals:
-            skipped = self._refusals.skipped(asyncio.get_running_loop().time())
-            order = [q for q in order if q not in skipped]
-        limited = [q for q in order if q in self._view.limited] if self._view.limited else []
-        claimed: list[ClaimedJob] = []
-        if len(limited) < len(order):  # a plain claim would find nothing otherwise
-            claimed += await self._claim_each(order, limit, limited=False)
-        if limited and len(claimed) < limit:
-            claimed += await self._claim_each(limited, limit - len(claimed), limited=True)
-        if self._claim.failures != failures:
-            await self._release_strays()
-        return claimed
+    def _free_slots(self) -> int:
+        """Slots without a job or an unwritten outcome."""
+        return self.settings.concurrency - len(self._running) - self._acker.backlog
 
-    async def _claim_each(
-        self, queues: list[str], limit: int, *, limited: bool
-    ) -> list[ClaimedJob]:
-        """Claim and start up to ``limit`` jobs from ``queues`` (CLAIM_LIMITED_JOBS if
-        ``limited``, else CLAIM_JOBS). When the database refuses the claim for what a row holds,
-        claim queue by queue instead: a queue refused on its own is set aside
-        (:class:`~pgjobs._refusals.Refusals`) and the others are claimed, so that no row can
-        stop the worker."""
-        q = self._queries
-        try:
-            rows = await self._claim.fetch(
-                q.claim_limited_jobs if limited else q.claim_jobs,
-                {"queues": queues, "limit": limit, "worker_id": self.id},
-            )
-        except psycopg.Error as exc:
-            if len(queues) == 1:
-                self._refuse(queues[0], exc)
-                return []
-            claimed: list[ClaimedJob] = []
-            for queue in queues:
-                if len(claimed) >= limit:
-                    break
-                claimed += await self._claim_each([queue], limit - len(claimed), limited=limited)
-            return claimed
-        if self._refusals:  # those claimed from (a plain claim skips the limited queues) are back
-            served = (queue for queue in queues if (queue in self._view.limited) == limited)
-            for queue in self._refusals.claimed(served):
-                log.info("queue %s: claimed again", queue)
-        return self._start_limited(rows) if limited else self._start_jobs(rows)
+    def _held(self) -> list[int]:
+        """The jobs this worker runs, or whose outcome it has not written yet."""
+        return [*self._running, *self._acker.unwritten()]
 
-    def _refuse(self, queue: str, exc: psycopg.Error) -> None:
-        problem = str(exc).strip().partition("\n")[0]
-        if self._refusals.refuse(queue, problem, asyncio.get_running_loop().time()):
-            log.warning(
-                "queue %s: the database refuses to claim from it (%s); its jobs wait and the "
-                "other queues run. Fix what it names (the queue's settings: pgjobs queue limit; "
-                "or its jobs); it is tried again when its settings change, and every %g s",
-                queue,
-                problem,
-                self.settings.poll_interval,
-            )
+    async def _settled_now(self) -> bool:
+        """Whether nothing runs and, once what can be written is, every outcome is written."""
+        if self._running:
+            return False
+        await self._acker.flush()
+        return True
 
-    def _start_limited(self, rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
-        """Start the jobs of a CLAIM_LIMITED_JOBS claim; when a rate holds jobs back, look again
-        as its window frees (within the poll interval anyway)."""
-        jobs, free_in = split_limited_claim(rows)
-        if free_in is not None and free_in < self.settings.poll_interval:
-            loop = asyncio.get_running_loop()
-            at, wake = loop.time() + free_in, self._rate_wake
-            # the earliest wake-up still to come holds (claims queue by queue each give one)
-            if wake is None or wake.cancelled() or not loop.time() < wake.when() <= at:
-                if wake is not None:
-                    wake.cancel()
-                self._rate_wake = loop.call_at(at, self._jobs_waiting.set)
-        return self._start_jobs([tuple(job) for job in jobs])
-
-    def _start_jobs(self, rows: list[tuple[Any, ...]]) -> list[ClaimedJob]:
+    def _start_jobs(self, rows: Sequence[Sequence[Any]], rated: frozenset[str]) -> list[ClaimedJob]:
         """A task for each claimed job (a job this worker still holds adopts its new claim);
-        the starts in rate-limited queues are confirmed once the jobs have begun."""
+        the starts in queues of ``rated`` are confirmed once the jobs have begun."""
         claimed = [ClaimedJob._make(row) for row in rows]
-        rated = self._view.rated
         watched = [job.id for job in claimed if job.queue in rated] if rated else []
         begun = self._starts.watch(watched) if watched else None
         for job in claimed:
@@ -609,32 +472,6 @@ class Worker:
         claim.attempt = job.attempt
         claim.token = job.claim_token
 
-    async def _release_strays(self) -> None:
-        """After a claim was retried on a new connection, the lost try may have claimed jobs
-        that this worker never heard of: hand them back. Jobs it runs, and jobs it finished
-        whose outcome is not written yet, are its own."""
-        rows = await self._claim.fetch(
-            self._queries.release_stray_jobs,
-            {
-                "worker_id": self.id,
-                "known": [*self._running, *self._acker.unwritten()],
-                "channel": self._queries.jobs_channel,
-            },
-        )
-        if rows:
-            log.warning("handed back %s job(s) claimed by a lost connection", len(rows))
-
-    def _queue_order(self) -> list[str]:
-        """The queues to claim from, in order: as given (strict) or a weighted shuffle."""
-        spec = self.queues
-        if not spec.weighted:
-            return list(spec.names)
-        # Efraimidis-Spirakis: sorting by U^(1/w) draws an order weighted by w
-        keys = {
-            n: random.random() ** (1 / w) for n, w in zip(spec.names, spec.weights, strict=True)
-        }
-        return sorted(spec.names, key=keys.__getitem__, reverse=True)
-
     async def _run_job(
         self,
         job: ClaimedJob,
@@ -657,8 +494,7 @@ class Worker:
                 outcome = await tracing.process(self.app, job, context, threads)
             claim.seconds = time.perf_counter() - started
             job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, claim.seconds)
-            if job.queue in self._view.limited:
-                self._limited_ended.add(job.queue)
+            self._producer.ended(job.queue)
             self._acker.add(claim, outcome)
             if outcome.thread_overran:
                 self._retire(job)

@@ -15,9 +15,10 @@ import pkgutil
 import sys
 import types
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
@@ -33,10 +34,14 @@ from ._logs import configure_cli_logging
 from ._migrate import check_schema, head_revision, migrate, migration_sql
 from ._outcome import MAX_DELAY
 from ._queues import PARTITIONS, check_limits, describe_rate
+from ._records import CronRecord
 from ._settings import load_settings, parse_duration
 from ._supervisor import Supervisor, supervised_worker_id
 from ._validation import MAX_DEPTH
 from ._worker import EXIT_RETIRED, Worker
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -347,13 +352,13 @@ def jobs(
     rows = app.list_jobs(states=states or None, queues=queues or None, limit=limit)
     table = [
         [
-            str(r["id"]),
-            r["queue"],
-            r["name"],
-            r["state"],
-            f"{r['attempt']}/{r['max_attempts']}",
-            f"{r['scheduled_at']:%Y-%m-%d %H:%M:%S%z}",
-            (r["errors"][-1]["message"] if r["errors"] else "")[:60],
+            str(r.id),
+            r.queue,
+            r.name,
+            r.state,
+            f"{r.attempt}/{r.max_attempts}",
+            f"{r.scheduled_at:%Y-%m-%d %H:%M:%S%z}",
+            (r.errors[-1]["message"] if r.errors else "")[:60],
         ]
         for r in rows
     ]
@@ -414,16 +419,16 @@ def job_command(obj: dict[str, Any], job_id: int, as_json: bool) -> None:
     if row is None:
         raise click.UsageError(f"no job {job_id}")
     if as_json:
-        click.echo(json.dumps(row, default=str))
+        click.echo(json.dumps(asdict(row), default=str))
         return
-    for key, value in row.items():
+    for key, value in asdict(row).items():
         json_column = isinstance(value, list | dict) or (key == "result" and value is not None)
         shown = json.dumps(value) if json_column else value
         if key == "progress" and value is not None:
             shown = f"{value:.0%}"
         if key != "errors":
             click.echo(f"{key + ':':<20} {'' if shown is None else shown}")
-    for error in row["errors"]:
+    for error in row.errors:
         click.echo(f"\nattempt {error.get('attempt')} at {error.get('at')}: {error.get('class')}")
         click.echo(f"  {error.get('message')}")
         for line in (error.get("traceback") or "").rstrip().splitlines():
@@ -481,13 +486,13 @@ def workers(obj: dict[str, Any], as_json: bool) -> None:
     rows = app.list_workers()
     table = [
         [
-            r["id"],
-            r["hostname"],
-            str(r["pid"]),
-            r["queues"],
-            f"{r['running']}/{r['concurrency']}",
-            f"{r['heartbeat_age']:.1f}s ago",
-            "yes" if r["leader"] else "",
+            r.id,
+            r.hostname,
+            str(r.pid),
+            r.queues,
+            f"{r.running}/{r.concurrency}",
+            f"{r.heartbeat_age:.1f}s ago",
+            "yes" if r.leader else "",
         ]
         for r in rows
     ]
@@ -667,9 +672,9 @@ def batch_command(obj: dict[str, Any], batch_id: int, as_json: bool) -> None:
     if row is None:
         raise click.UsageError(f"no batch {batch_id}")
     if as_json:
-        click.echo(json.dumps(row, default=str))
+        click.echo(json.dumps(asdict(row), default=str))
         return
-    for key, value in row.items():
+    for key, value in asdict(row).items():
         click.echo(f"{key + ':':<17} {'' if value is None else value}")
 
 
@@ -683,14 +688,14 @@ def batches(obj: dict[str, Any], limit: int, as_json: bool) -> None:
     rows = _load_app(obj).list_batches(limit=limit)
     table = [
         [
-            str(r["id"]),
-            r["description"] or "",
-            str(r["total"]),
-            str(r["pending"]),
-            str(r["succeeded"]),
-            str(r["failed"]),
-            "yes" if r["sealed"] else "no",
-            "" if r["finished_at"] is None else f"{r['finished_at']:%Y-%m-%d %H:%M:%S%z}",
+            str(r.id),
+            r.description or "",
+            str(r.total),
+            str(r.pending),
+            str(r.succeeded),
+            str(r.failed),
+            "yes" if r.sealed else "no",
+            "" if r.finished_at is None else f"{r.finished_at:%Y-%m-%d %H:%M:%S%z}",
         ]
         for r in rows
     ]
@@ -699,14 +704,14 @@ def batches(obj: dict[str, Any], limit: int, as_json: bool) -> None:
 
 
 def _print_rows(
-    rows: list[dict[str, Any]], as_json: bool, header: list[str], table: list[list[str]]
+    rows: Sequence[DataclassInstance], as_json: bool, header: list[str], table: list[list[str]]
 ) -> None:
-    """``rows`` as one JSON object per line, or ``table`` under ``header``."""
+    """``rows`` (records) as one JSON object per line, or ``table`` under ``header``."""
     if not as_json:
         _print_table(header, table)
         return
     for row in rows:
-        click.echo(json.dumps(row, default=str))
+        click.echo(json.dumps(asdict(row), default=str))
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -765,12 +770,12 @@ def cron(ctx: click.Context, as_json: bool, app_path: str | None) -> None:
     table = [
         [
             _cron_name(r),
-            r["job_name"],
-            r["expression"],
-            r["timezone"],
-            "yes" if r["paused"] else "",
+            r.job_name,
+            r.expression,
+            r.timezone,
+            "yes" if r.paused else "",
             _cron_last_run(r),
-            ", ".join(_local_time(t, r["timezone"]) for t in r["next_runs"]),
+            ", ".join(_local_time(t, r.timezone) for t in r.next_runs),
         ]
         for r in rows
     ]
@@ -808,21 +813,21 @@ def cron_run(obj: dict[str, Any], name: str) -> None:
     click.echo(_load_app(obj).run_cron(name))
 
 
-def _cron_name(row: dict[str, Any]) -> str:
-    if not row["in_code"]:
-        return f"{row['name']} (not in code)"
-    if not row["registered"]:
-        return f"{row['name']} (not yet registered)"
-    return str(row["name"])
+def _cron_name(row: CronRecord) -> str:
+    if not row.in_code:
+        return f"{row.name} (not in code)"
+    if not row.registered:
+        return f"{row.name} (not yet registered)"
+    return str(row.name)
 
 
-def _cron_last_run(row: dict[str, Any]) -> str:
+def _cron_last_run(row: CronRecord) -> str:
     """When the last job was enqueued, its id, and whether a tick or a run now enqueued it."""
-    if row["last_enqueued_at"] is None:
+    if row.last_enqueued_at is None:
         return "never"
-    kind = f", {row['last_job_kind']}" if row["last_job_kind"] else ""
-    when = _local_time(row["last_enqueued_at"], row["timezone"])
-    return f"{when} (job {row['last_job_id']}{kind})"
+    kind = f", {row.last_job_kind}" if row.last_job_kind else ""
+    when = _local_time(row.last_enqueued_at, row.timezone)
+    return f"{when} (job {row.last_job_id}{kind})"
 
 
 def _local_time(moment: datetime, zone: str) -> str:
@@ -839,14 +844,14 @@ def queues_command(obj: dict[str, Any], as_json: bool) -> None:
     rows = _load_app(obj).list_queues()
     table = [
         [
-            r["name"],
-            "yes" if r["paused"] else "",
-            "-" if r["concurrency"] is None else str(r["concurrency"]),
-            describe_rate(r["rate_limit"], r["rate_period"]),
-            r["partition"] or "-",
-            str(r["available"]),
-            str(r["running"]),
-            "yes" if r["held_back"] else "",
+            r.name,
+            "yes" if r.paused else "",
+            "-" if r.concurrency is None else str(r.concurrency),
+            describe_rate(r.rate_limit, r.rate_period),
+            r.partition or "-",
+            str(r.available),
+            str(r.running),
+            "yes" if r.held_back else "",
         ]
         for r in rows
     ]

@@ -172,10 +172,10 @@ class DatabaseCollector(Collector):
         self._failing = False
 
     def collect(self) -> Iterator[Metric]:
-        queries = self._app.queries
+        queries = self._app._queries
         try:
-            rows = self._app._client.run(Operation(queries.metrics, {}, _rows))
-            counted = self._app._client.run(Operation(queries.job_totals, {}, _totals))
+            rows = self._app._run(Operation(queries.metrics, {}, _rows))
+            counted = self._app._run(Operation(queries.job_totals, {}, _totals))
         except (DatabaseError, psycopg.Error) as exc:  # reported as pgjobs_up 0
             if not self._failing:
                 log.warning("metrics: cannot read the database: %s", exc)

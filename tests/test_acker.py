@@ -31,7 +31,7 @@ ACK_APPLICATION_NAME = "test-ack"
 def claim_jobs(app: pgjobs.App, db: psycopg.Connection[Any], limit: int) -> list[ClaimedJob]:
     """Claim up to ``limit`` jobs under :data:`WORKER`, by id."""
     rows = db.execute(
-        app.queries.claim_jobs, {"queues": ["default"], "limit": limit, "worker_id": WORKER}
+        app._queries.claim_jobs, {"queues": ["default"], "limit": limit, "worker_id": WORKER}
     ).fetchall()
     return sorted(map(ClaimedJob._make, rows))
 
@@ -51,7 +51,7 @@ def job_row(db: psycopg.Connection[Any], job_id: int) -> tuple[Any, ...]:
 
 def new_acker(app: pgjobs.App) -> tuple[Acker, Link]:
     link = Link(app.settings, ACK_APPLICATION_NAME)
-    acker = Acker(link, app.queries, WORKER, on_retry=lambda delay: None, on_written=lambda: None)
+    acker = Acker(link, app._queries, WORKER, on_retry=lambda delay: None, on_written=lambda: None)
     return acker, link
 
 
@@ -74,16 +74,16 @@ def test_a_write_under_another_claims_token_changes_nothing(
 
     def finish(token: uuid.UUID) -> list[tuple[Any, ...]]:
         rows = [(job.id, job.attempt, token, COMPLETED)]
-        return db.execute(app.queries.finish_jobs, finish_params(WORKER, rows)).fetchall()
+        return db.execute(app._queries.finish_jobs, finish_params(WORKER, rows)).fetchall()
 
     released = db.execute(
-        app.queries.release_jobs,
+        app._queries.release_jobs,
         {
             "ids": [job.id],
             "attempts": [job.attempt],
             "tokens": [undone],
             "worker_id": WORKER,
-            "channel": app.queries.jobs_channel,
+            "channel": app._queries.jobs_channel,
         },
     ).fetchall()
     assert released == []
@@ -279,14 +279,14 @@ def test_a_job_claimed_again_before_its_outcome_is_written_does_not_run_again(
     async def scenario() -> tuple[list[ClaimedJob], list[ClaimedJob], int]:
         worker = pgjobs.Worker(app)
         try:
-            first = await worker._claim_jobs(1)
+            first = await worker._producer.claim(1)
             await worker._running[job_id].task  # its outcome waits in the acker, not started yet
             db.execute(  # what the crash leaves: the claim undone
                 "UPDATE pgjobs.jobs SET state = 'available', attempt = 0, worker_id = NULL,"
                 " claim_token = NULL WHERE id = %s",
                 (job_id,),
             )
-            again = await worker._claim_jobs(1)
+            again = await worker._producer.claim(1)
             running = len(worker._running)
             worker._acker.start()
             async with asyncio.timeout(15):

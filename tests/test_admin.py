@@ -104,21 +104,22 @@ def test_get_job_returns_one_job_with_its_errors_or_none(
     row = on_pool(app, mode, "get_job", job_id)
 
     assert row is not None
-    assert (row["id"], row["name"], row["queue"], row["state"]) == (
+    assert isinstance(row, pgjobs.JobRecord)
+    assert (row.id, row.name, row.queue, row.state) == (
         job_id,
         "noop",
         "mailers",
         "discarded",
     )
-    assert (row["args"], row["kwargs"], row["attempt"], row["worker_id"]) == (["x"], {}, 3, None)
-    assert [(e["class"], e["message"], e["traceback"]) for e in row["errors"]] == [
+    assert (row.args, row.kwargs, row.attempt, row.worker_id) == (["x"], {}, 3, None)
+    assert [(e["class"], e["message"], e["traceback"]) for e in row.errors] == [
         ("RuntimeError", "boom", TRACEBACK)
     ]
     assert on_pool(app, mode, "get_job", job_id + 1000) is None
 
     moved = f"UPDATE pgjobs.jobs SET queue = 'moved' WHERE id = {job_id}"
     seen, _ = rolled_back(app, database_url, mode, "get_job", job_id, setup=moved, probe="SELECT 1")
-    assert seen["queue"] == "moved"  # it read inside the caller's transaction
+    assert seen.queue == "moved"  # it read inside the caller's transaction
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -129,15 +130,16 @@ def test_list_jobs_on_the_pool_and_inside_the_callers_transaction(
     other = jobs_app.noop.options(queue="other").enqueue("other")
 
     listed = on_pool(app, mode, "list_jobs", queues=["default"], limit=2)
-    assert [r["id"] for r in listed] == [ids[2], ids[1]]
+    assert [r.id for r in listed] == [ids[2], ids[1]]
+    assert all(isinstance(r, pgjobs.JobRecord) for r in listed)
 
     moved = f"UPDATE pgjobs.jobs SET queue = 'moved' WHERE id = {ids[0]}"
     inside, _ = rolled_back(
         app, database_url, mode, "list_jobs", queues=["moved"], setup=moved, probe="SELECT 1"
     )
-    assert [r["id"] for r in inside] == [ids[0]]
+    assert [r.id for r in inside] == [ids[0]]
     assert on_pool(app, mode, "list_jobs", queues=["moved"]) == []
-    assert [r["id"] for r in on_pool(app, mode, "list_jobs", queues=["other"])] == [other]
+    assert [r.id for r in on_pool(app, mode, "list_jobs", queues=["other"])] == [other]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -188,14 +188,15 @@ def test_a_discarded_job_fires_on_complete_and_its_successful_retry_on_success(
     assert callbacks(db) == [("on_complete", str(batch.id), 1)]
     before = app.batch_status(batch.id)
     assert before is not None
-    assert (before["total"], before["pending"], before["succeeded"], before["failed"]) == (
+    assert (before.total, before.pending, before.succeeded, before.failed) == (
         3,
         0,
         2,
         1,
     )
-    assert before["description"] == "import" and before["success_job_id"] is None
-    assert (app.get_job(failing) or {})["batch_id"] == batch.id  # as `pgjobs job ID` shows it
+    assert before.description == "import" and before.success_job_id is None
+    member = app.get_job(failing)
+    assert member is not None and member.batch_id == batch.id  # as `pgjobs job ID` shows it
 
     assert app.retry(failing)
     assert status(db, batch.id)[:3] == (3, 1, 0)  # back from the dead set: pending again
@@ -272,7 +273,7 @@ def test_a_rolled_back_batch_leaves_no_batch_and_no_jobs(
         with app.batch(on_success=ON_SUCCESS, on_complete=ON_COMPLETE, conn=conn) as batch:
             batch.enqueue_many([jobs_app.batch_member.call()] * 3)
         inside = app.batch_status(batch.id, conn=conn)
-        assert inside is not None and (inside["total"], inside["sealed"]) == (3, True)
+        assert inside is not None and (inside.total, inside.sealed) == (3, True)
         conn.rollback()
     assert count(db, "SELECT count(*) FROM pgjobs.batches") == 0
     assert count(db, "SELECT count(*) FROM pgjobs.jobs") == 0
@@ -289,8 +290,8 @@ def test_async_batches_commit_with_the_callers_transaction(
                 await app.add_to_batch_async(batch.id, [jobs_app.batch_member.call()], conn=conn)
             await conn.commit()
         found = await app.batch_status_async(batch.id)
-        assert found is not None and found["total"] == 2
-        assert [b["id"] for b in await app.list_batches_async(limit=1)] == [batch.id]
+        assert found is not None and found.total == 2
+        assert [b.id for b in await app.list_batches_async(limit=1)] == [batch.id]
         await app.aclose()
         return batch.id
 

@@ -44,7 +44,7 @@ def test_strict_queue_order(app: pgjobs.App, db: psycopg.Connection[Any]) -> Non
 def test_weighted_queues_share_claims_by_weight(app: pgjobs.App) -> None:
     app.configure(database_url=app.settings.database_url, queues="a:3,b:1")
     worker = pgjobs.Worker(app)
-    firsts = Counter(worker._queue_order()[0] for _ in range(4000))
+    firsts = Counter(worker._producer.queue_order()[0] for _ in range(4000))
     assert 2800 <= firsts["a"] <= 3200, firsts
 
 

@@ -389,19 +389,17 @@ def test_pause_resume_and_run_now_from_python_cli_and_sql(
     ran = invoke(database_url, "cron", "run", "every.second")
     assert ran.returncode == 0, ran.stderr
     job = app.get_job(int(ran.stdout))
-    assert (
-        job is not None and job["name"] == "cron.tick" and job["kwargs"]["entry"] == "every.second"
-    )
-    eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE job_id = %s", job["id"]) == 1)
+    assert job is not None and job.name == "cron.tick" and job.kwargs["entry"] == "every.second"
+    eventually(lambda: count(db, "SELECT count(*) FROM ledger WHERE job_id = %s", job.id) == 1)
     # its last run is that job, shown as a run now, not as a tick
-    assert last_run(database_url, "every.second") == (job["id"], "run now")
+    assert last_run(database_url, "every.second") == (job.id, "run now")
 
     resumed_at = value(db, "SELECT now() FROM pgjobs.resume_cron('every.second')")  # SQL
     eventually(lambda: max(jobs_per_tick(db, "every.second")) > resumed_at, timeout=15)
     eventually(lambda: last_run(database_url, "every.second")[1] == "tick")
     skipped = [
         t
-        for t in jobs_per_tick(db, "every.second", besides=[job["id"]])
+        for t in jobs_per_tick(db, "every.second", besides=[job.id])
         if paused_at + timedelta(seconds=1) < t < resumed_at
     ]
     assert skipped == [], "ticks while paused are not replayed"

@@ -144,3 +144,38 @@ def test_a_misused_api_in_an_example_fails_the_check(
     report, status = type_check({"README.md": readme.replace(example, misuse)}, examples_dir)
     assert status == 1
     assert complaint in report
+
+
+@pytest.mark.parametrize(
+    ("example", "misuse", "complaint"),
+    [
+        (
+            "print(source, status.succeeded,",
+            'print(source, status["succeeded"],',
+            'Value of type "BatchRecord" is not indexable',
+        ),
+        (
+            'print(job.name, job.attempt, job.errors[-1]["message"])',
+            "print(job.name, job.attempts)",
+            '"JobRecord" has no attribute "attempts"',
+        ),
+        (
+            "send_welcome_email.using(conn).enqueue(user_id)",
+            'send_welcome_email.using("postgresql://").enqueue(user_id)',
+            'Argument 1 to "using" of "Job" has incompatible type "str"',
+        ),
+        (
+            "app.enqueue_many([resize.call(i) for i in ids], conn=session)",
+            "app.enqueue_many([resize.call(i) for i in ids], conn=async_session)",
+            'Argument "conn" to "enqueue_many" of "App" has incompatible type "AsyncSession"',
+        ),
+    ],
+)
+def test_records_and_connections_in_the_guide_are_type_checked(
+    examples_dir: Path, example: str, misuse: str, complaint: str
+) -> None:
+    guide = documents()["docs/guide.md"]
+    assert example in guide
+    report, status = type_check({"docs/guide.md": guide.replace(example, misuse)}, examples_dir)
+    assert status == 1
+    assert complaint in report

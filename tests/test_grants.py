@@ -24,6 +24,7 @@ import pgjobs
 from pgjobs._encoding import insert_params
 from pgjobs._errors import ConfigError
 from pgjobs._grants import grant_statements
+from pgjobs._validation import MAX_PAYLOAD_BYTES
 from tests import jobs_app
 from tests.helpers import WorkerProcess, count, eventually, invoke, rows, run_cli, value
 
@@ -209,7 +210,7 @@ def test_enqueuer_cannot_change_delete_or_read_jobs_nor_read_workers(
     assert rows(db, "SELECT state, finished_at FROM pgjobs.jobs") == [("available", None)]
 
 
-LIMIT = pgjobs.MAX_PAYLOAD_BYTES
+LIMIT = MAX_PAYLOAD_BYTES
 """``args`` and ``kwargs`` together, as PostgreSQL prints them."""
 
 
@@ -737,7 +738,7 @@ def test_the_worker_role_stores_results_and_progress_and_the_enqueuer_cannot(
     inspector = pgjobs.App(database_url=roles.url("inspector"))
     try:
         assert inspector.get_result(returned) == {"rows": 3}
-        assert inspector.wait_for(returned, timeout=5)["result"] == {"rows": 3}
+        assert inspector.wait_for(returned, timeout=5).result == {"rows": 3}
         waiting = value(db, "INSERT INTO pgjobs.jobs (name) VALUES ('noop') RETURNING id")
         with pytest.raises(TimeoutError, match=f"job {waiting} is still available"):
             inspector.wait_for(waiting, timeout=1)

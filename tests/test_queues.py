@@ -280,17 +280,17 @@ def test_limits_through_the_cli(app: pgjobs.App, db: psycopg.Connection[Any]) ->
     db.execute("INSERT INTO pgjobs.queue_starts VALUES ('api', '', now()), ('other', '', now())")
     assert invoke(url, "queue", "limit", "api", "--clear").returncode == 0
     assert rows(db, "SELECT queue FROM pgjobs.queue_starts") == [("other",)]  # api's window went
-    assert app.list_queues()[0] | {"updated_at": None} == {
-        "name": "api",
-        "paused": True,  # limits never touch the pause
-        "concurrency": None,
-        "rate_limit": None,
-        "rate_period": None,
-        "partition": None,
-        "held_back": False,
-        "available": 0,
-        "running": 0,
-    } | {"updated_at": None}
+    assert app.list_queues()[0] == pgjobs.QueueRecord(
+        name="api",
+        paused=True,  # limits never touch the pause
+        concurrency=None,
+        rate_limit=None,
+        rate_period=None,
+        partition=None,
+        held_back=False,
+        available=0,
+        running=0,
+    )
 
 
 def test_enqueue_stores_the_partition_key(app: pgjobs.App, db: psycopg.Connection[Any]) -> None:
@@ -307,8 +307,8 @@ def test_enqueue_stores_the_partition_key(app: pgjobs.App, db: psycopg.Connectio
         None,
     )
     assert {keys[i] for i in copied} == {"c\\d\te"}
-    assert app.get_job(explicit) is not None
-    assert app.get_job(explicit)["partition_key"] == "vip"  # as `pgjobs job ID` shows it
+    shown = app.get_job(explicit)
+    assert shown is not None and shown.partition_key == "vip"  # as `pgjobs job ID` shows it
     with pytest.raises(pgjobs.ValidationError, match="partition_key"):
         limits_app.tenant_call.options(partition_key="")
 
@@ -533,7 +533,7 @@ def test_pause_and_resume(
                == "completed")  # fmt: skip
     # wake the worker as an enqueue does, and wait for the claim that sets off: it looked
     woken = value(db, "SELECT clock_timestamp()")
-    db.execute("SELECT pg_notify(%s, 'pausable')", (app.queries.jobs_channel,))
+    db.execute("SELECT pg_notify(%s, 'pausable')", (app._queries.jobs_channel,))
     eventually(lambda: claimed_since(db, worker, woken))
     assert (
         count(db, "SELECT count(*) FROM ledger WHERE at > %s AND event = 'start'", paused_at) == 0
@@ -573,7 +573,7 @@ def test_a_limit_costs_at_most_one_round_trip_per_claim(
         return await fetch(self, statement, params)
 
     monkeypatch.setattr(_link.Link, "fetch", counting)
-    q = app.queries
+    q = app._queries
     app.enqueue_many([limits_app.tenant_call.call(t, 0.0) for t in "abcdefgh" for _ in range(5)])
     app.configure(database_url=app.settings.database_url, queues="pausable,tenants",
                   poll_interval=60.0)  # fmt: skip
@@ -835,7 +835,7 @@ def test_pending_starts_count_until_confirmed_then_for_one_period(
     db.execute("UPDATE pgjobs.queue_starts SET started_at = now() - interval '1 hour'")
     assert [i for i, _ in claim_v2(db, "api")] == [None]  # pending: they count at any age
 
-    db.execute(app.queries.confirm_starts, {"ids": ids[:1]})
+    db.execute(app._queries.confirm_starts, {"ids": ids[:1]})
     confirmed = value(db, "SELECT started_at FROM pgjobs.queue_starts WHERE job_id IS NULL")
     assert confirmed > value(db, "SELECT max(attempted_at) FROM pgjobs.jobs")
     db.execute("UPDATE pgjobs.jobs SET state = 'completed', worker_id = NULL, "

@@ -214,7 +214,7 @@ def test_claims_whose_answer_was_lost_are_handed_back(
         worker = pgjobs.Worker(app)
         # what a lost answer leaves behind: rows claimed under this worker, unknown to it
         await worker._claim.fetch(
-            app.queries.claim_jobs, {"queues": ["default"], "limit": 3, "worker_id": worker.id}
+            app._queries.claim_jobs, {"queues": ["default"], "limit": 3, "worker_id": worker.id}
         )
         # and the claim connection breaks, so the next claim runs on a new one
         db.execute(
@@ -223,7 +223,7 @@ def test_claims_whose_answer_was_lost_are_handed_back(
             (worker._application_name("claim"),),
         )
         try:
-            claimed = await worker._claim_jobs(0)
+            claimed = await worker._producer.claim(0)
         finally:
             await worker._claim.close()
         return [job.id for job in claimed]

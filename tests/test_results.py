@@ -70,7 +70,7 @@ def test_a_completed_jobs_return_value_is_its_result(
     run_burst(app)
     record = app.get_job(job_id)
     assert record is not None
-    assert (record["state"], record["result"]) == ("completed", returned)
+    assert (record.state, record.result) == ("completed", returned)
     assert app.get_result(job_id) == returned
     assert asyncio.run(_get_result_async(app, job_id)) == returned
 
@@ -139,7 +139,7 @@ def test_wait_for_is_woken_by_a_notification_as_the_job_ends(
     waiter.join(timeout=25)
     assert time.monotonic() - released < 10  # a poll would take 30 s
     [record] = ended
-    assert (record["id"], record["state"], record["result"]) == (job_id, "completed", 10)
+    assert (record.id, record.state, record.result) == (job_id, "completed", 10)
     assert value(db, "SELECT count(*) FROM pgjobs.result_waiters") == 0
 
 
@@ -161,7 +161,7 @@ def test_wait_for_async_is_woken_when_a_waiting_job_is_cancelled(
         return record, time.monotonic() - cancelled
 
     record, took = asyncio.run(wait_and_cancel())
-    assert record["state"] == "cancelled"
+    assert record.state == "cancelled"
     assert took < 10
 
 
@@ -189,9 +189,9 @@ def test_wait_for_an_unknown_job_or_with_a_bad_timeout_raises_at_once(app: pgjob
 def test_wait_for_a_job_that_ended_already_returns_its_record(app: pgjobs.App) -> None:
     job_id = jobs_app.returns.enqueue({"done": True})
     run_burst(app)
-    assert app.wait_for(job_id, timeout=5)["result"] == {"done": True}
+    assert app.wait_for(job_id, timeout=5).result == {"done": True}
     record = asyncio.run(app.wait_for_async(job_id, timeout=5))
-    assert (record["state"], record["result"]) == ("completed", {"done": True})
+    assert (record.state, record.result) == ("completed", {"done": True})
 
 
 def test_wait_for_a_job_deleted_meanwhile_says_so(
@@ -237,23 +237,23 @@ def test_progress_is_visible_while_the_job_runs(
 
     def reported() -> dict[str, Any]:
         record = app.get_job(job_id)
-        assert record is not None and record["progress"] is not None
+        assert record is not None and record.progress is not None
         return record
 
     record = eventually(reported)
-    assert record["state"] == "running"
-    assert (record["progress"], record["progress_message"]) == (
+    assert record.state == "running"
+    assert (record.progress, record.progress_message) == (
         pytest.approx(expected[0]),
         expected[1],
     )
-    assert record["progress_at"] is not None
+    assert record.progress_at is not None
     shown = invoke(database_url, "job", str(job_id))
     assert shown.returncode == 0, shown.stderr
     assert f"progress:            {expected[0]:.0%}" in shown.stdout
     db.execute("SELECT pg_advisory_unlock_all()")
     final = app.wait_for(job_id, timeout=25)
-    assert final["state"] == "completed"
-    assert final["progress"] == pytest.approx(expected[0])  # an ended job keeps its last report
+    assert final.state == "completed"
+    assert final.progress == pytest.approx(expected[0])  # an ended job keeps its last report
 
 
 @pytest.mark.parametrize(
@@ -334,7 +334,7 @@ def test_a_late_progress_report_from_a_rescued_run_changes_nothing(
 ) -> None:
     job_id = jobs_app.noop.enqueue()
     worker_id = str(uuid.uuid4())
-    claim = app.queries.claim_jobs
+    claim = app._queries.claim_jobs
     params = {"queues": ["default"], "limit": 1, "worker_id": worker_id}
     first = db.execute(claim, params).fetchone()
     assert first is not None
@@ -348,7 +348,7 @@ def test_a_late_progress_report_from_a_rescued_run_changes_nothing(
     assert second is not None and second[8] != first[8]
 
     async def report(token: uuid.UUID, fraction: float) -> None:
-        writer = ProgressWriter(Link(app.settings, "test-progress"), app.queries, worker_id)
+        writer = ProgressWriter(Link(app.settings, "test-progress"), app._queries, worker_id)
         writer.start()
         writer.report(Claim(job_id, 1, 25, token), fraction, "late")
         await asyncio.sleep(0.3)  # the write goes out at once; the writer then rests
@@ -366,7 +366,7 @@ def test_progress_resets_when_the_job_goes_back_for_another_attempt(
     job_id = jobs_app.noop.enqueue()
     worker_id = str(uuid.uuid4())
     row = db.execute(
-        app.queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
+        app._queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
     ).fetchone()
     assert row is not None
     db.execute(
@@ -375,7 +375,7 @@ def test_progress_resets_when_the_job_goes_back_for_another_attempt(
         (job_id,),
     )
     outcome = Outcome("retryable", delay=3600, error={"attempt": 1, "class": "E", "message": ""})
-    db.execute(app.queries.finish_jobs, finish_params(worker_id, [(job_id, 1, row[8], outcome)]))
+    db.execute(app._queries.finish_jobs, finish_params(worker_id, [(job_id, 1, row[8], outcome)]))
     assert rows(db, "SELECT state, progress, progress_message, progress_at FROM pgjobs.jobs") == [
         ("retryable", None, None, None)
     ]
@@ -388,7 +388,7 @@ def test_a_batch_callback_reads_its_jobs_results(app: pgjobs.App) -> None:
     status = app.batch_status(batch.id)
     assert status is not None
     expected = {job_id: {"n": n} for n, job_id in enumerate(ids)}
-    assert app.get_result(status["success_job_id"]) == {str(k): v for k, v in expected.items()}
+    assert app.get_result(status.success_job_id) == {str(k): v for k, v in expected.items()}
     assert app.batch_results(batch.id) == expected
     assert asyncio.run(_batch_results_async(app, batch.id)) == expected
     assert app.batch_results(987654) == {}
@@ -442,13 +442,13 @@ def test_a_refused_progress_write_is_logged_and_the_writer_goes_on(
     job_id = jobs_app.noop.enqueue()
     worker_id = str(uuid.uuid4())
     row = db.execute(
-        app.queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
+        app._queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
     ).fetchone()
     assert row is not None
     claim = Claim(job_id, 1, 25, row[8])
 
     async def report() -> None:
-        writer = ProgressWriter(Link(app.settings, "test-progress"), app.queries, worker_id)
+        writer = ProgressWriter(Link(app.settings, "test-progress"), app._queries, worker_id)
         writer.start()
         writer.report(claim, 2.0, "past the check")  # what the job's own check would refuse
         while "could not store the progress" not in caplog.text:

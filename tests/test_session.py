@@ -69,7 +69,7 @@ def test_a_strangers_cancel_notification_cancels_nothing_and_a_real_cancel_is_pr
     eventually(lambda: len(ledger(db, sentinel)) == 1)
     beat = heartbeat_of(db, worker)
 
-    channel = app.queries.cancel_channel
+    channel = app._queries.cancel_channel
     assert channel == "pgjobs.cancel"
     for job_id in (victim, target):
         stranger.execute(

@@ -420,10 +420,11 @@ def test_retrying_a_unique_job_whose_key_is_held(
     discard(first)
     second = jobs_app.unique_noop.enqueue("dead")
     assert not second.duplicate
-    shown = [app.get_job(i) or {} for i in (first, second)]  # as `pgjobs job ID` shows them
+    shown = [app.get_job(i) for i in (first, second)]  # as `pgjobs job ID` shows them
+    assert shown[0] is not None and shown[1] is not None
     assert (
-        shown[0]["unique_key"]
-        == shown[1]["unique_key"]
+        shown[0].unique_key
+        == shown[1].unique_key
         == unique_key("unique_noop", canonical_json({"label": "dead", "extra": 0}))
     )
     with psycopg.connect(database_url) as conn:

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 import pgjobs
+from pgjobs._validation import MAX_DEPTH, MAX_PAYLOAD_BYTES
 from tests import jobs_app, limits_app
 
 
@@ -31,8 +32,8 @@ BAD_ARGUMENTS = [
     pytest.param(({1, 2},), {}, "args[0]", id="set"),
     pytest.param((b"bytes",), {}, "args[0]", id="bytes"),
     pytest.param((object(),), {}, "args[0]", id="object"),
-    pytest.param((nested(pgjobs.MAX_DEPTH + 1),), {}, "args[0]", id="too-deep"),
-    pytest.param(("x" * (pgjobs.MAX_PAYLOAD_BYTES + 1),), {}, "args", id="too-large"),
+    pytest.param((nested(MAX_DEPTH + 1),), {}, "args[0]", id="too-deep"),
+    pytest.param(("x" * (MAX_PAYLOAD_BYTES + 1),), {}, "args", id="too-large"),
     pytest.param((), {"label": {"deep": [b"x"]}}, 'kwargs["label"]["deep"][0]', id="kwargs-path"),
 ]
 
@@ -71,7 +72,7 @@ def test_bulk_enqueue_with_one_bad_call_writes_nothing(
 def test_edge_values_that_are_valid_round_trip(
     app: pgjobs.App, db: psycopg.Connection[Any]
 ) -> None:
-    value = {"big": 10**30, "unicode": "żółw 🐢", "nested": nested(pgjobs.MAX_DEPTH - 2), "n": None}
+    value = {"big": 10**30, "unicode": "żółw 🐢", "nested": nested(MAX_DEPTH - 2), "n": None}
     job_id = jobs_app.anything.enqueue(value)
     stored = db.execute("SELECT args FROM pgjobs.jobs WHERE id = %s", (job_id,)).fetchone()
     assert stored == ([value],)
@@ -128,20 +129,20 @@ def test_the_size_limit_counts_arguments_as_the_database_prints_them(
 ) -> None:
     # compact JSON under 1 MiB, but over it with the space jsonb prints after each comma: the
     # database's check (migration 0006) would refuse it, so Python refuses it before any SQL
-    items = pgjobs.MAX_PAYLOAD_BYTES // 5 - 10  # '"ab",' compact, '"ab", ' printed
+    items = MAX_PAYLOAD_BYTES // 5 - 10  # '"ab",' compact, '"ab", ' printed
     with pytest.raises(pgjobs.ValidationError, match="over the 1048576-byte limit"):
         jobs_app.anything.enqueue(["ab"] * items)
     assert db.execute("SELECT count(*) FROM pgjobs.jobs").fetchone() == (0,)
     # the largest payload Python accepts is what the database measures, to the byte
-    fitting = (pgjobs.MAX_PAYLOAD_BYTES - len('[[""]]') - len("{}")) // len('"ab", ')
+    fitting = (MAX_PAYLOAD_BYTES - len('[[""]]') - len("{}")) // len('"ab", ')
     job_id = jobs_app.anything.enqueue(["ab"] * fitting)
     measured = db.execute(
         "SELECT octet_length(args::text) + octet_length(kwargs::text) FROM pgjobs.jobs"
         " WHERE id = %s",
         (job_id,),
     ).fetchone()
-    assert measured is not None and measured[0] <= pgjobs.MAX_PAYLOAD_BYTES
-    assert measured[0] >= pgjobs.MAX_PAYLOAD_BYTES - len('"ab", ')
+    assert measured is not None and measured[0] <= MAX_PAYLOAD_BYTES
+    assert measured[0] >= MAX_PAYLOAD_BYTES - len('"ab", ')
 
 
 BAD_TEXTS = [

@@ -134,7 +134,7 @@ def test_late_acknowledgement_changes_nothing(
 
     def claim(worker_id: str) -> Any:
         return db.execute(
-            app.queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
+            app._queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
         ).fetchone()
 
     zombie_claim = ClaimedJob._make(claim(zombie))
@@ -144,7 +144,7 @@ def test_late_acknowledgement_changes_nothing(
     async def late_ack() -> int:
         link = Link(app.settings, "test-ack")
         acker = Acker(
-            link, app.queries, zombie, on_retry=lambda delay: None, on_written=lambda: None
+            link, app._queries, zombie, on_retry=lambda delay: None, on_written=lambda: None
         )
         acker.start()
         acker.add(Claim(job_id, 1, 25, zombie_claim.claim_token), COMPLETED)

@@ -559,10 +559,10 @@ def _claim_params(limit: int, worker_id: uuid.UUID) -> dict[str, Any]:
 def _timed_claim(conn: psycopg.Connection[Any], limit: int, worker_id: uuid.UUID) -> float:
     """Milliseconds of one claim; its jobs are then completed, as a worker would."""
     started = time.perf_counter()
-    rows = conn.execute(app.queries.claim_jobs, _claim_params(limit, worker_id)).fetchall()
+    rows = conn.execute(app._queries.claim_jobs, _claim_params(limit, worker_id)).fetchall()
     seconds = time.perf_counter() - started
     batch = [(j.id, j.attempt, j.claim_token, COMPLETED) for j in map(ClaimedJob._make, rows)]
-    conn.execute(app.queries.finish_jobs, finish_params(worker_id, batch))
+    conn.execute(app._queries.finish_jobs, finish_params(worker_id, batch))
     return seconds * 1000
 
 

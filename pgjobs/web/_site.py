@@ -13,13 +13,11 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from psycopg.rows import dict_row
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
 
-from .._admin import Operation
 from .._app import App
 from ._counts import CAP, Count, counted, plan_rows
 from ._listing import job_id
@@ -67,16 +65,7 @@ class Site:
         pool, never prepared (a generic plan could not use the partial index that each page's
         state selects) and never compiled by JIT (whose start-up, tens of milliseconds, the
         planner's guesses about small tables can set off for statements that take one)."""
-        results = []
-        async with (
-            self.app._client.connection_for_async(None) as conn,
-            conn.transaction(),
-            conn.cursor(row_factory=dict_row) as cur,
-        ):
-            await cur.execute(NO_JIT)
-            for statement, params in statements:
-                await cur.execute(statement, params, prepare=False)
-                results.append(await cur.fetchall())
+        _, *results = await self.app._read_async((NO_JIT, {}), *statements)
         return results
 
     async def count(self, exact: int, state: str, queue: str | None = None) -> Count:
@@ -86,9 +75,6 @@ class Site:
             return counted(exact)
         (rows,) = await self.rows((self.web.estimate_jobs, {"state": state, "queue": queue}))
         return counted(exact, plan_rows(rows[0]["QUERY PLAN"]))
-
-    async def run(self, operation: Operation[Any]) -> Any:
-        return await self.app._client.run_async(operation)
 
     def shown(self, job: Mapping[str, Any]) -> dict[str, Any]:
         """``job`` as the redact hooks let it be seen: its arguments, and its errors and other

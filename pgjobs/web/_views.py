@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,8 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._admin import STATES, get_job
-from .._batches import status as batch_status
+from .._admin import STATES
 from ._counts import CAP
 from ._graph import graph
 from ._listing import ORDERS, SCAN, listing, page
@@ -102,19 +102,19 @@ class Views:
     async def job(self, request: Request) -> Response:
         await self.site.user(request)
         job_id = path_job_id(request)
-        row = await self.site.run(get_job(self.site.app.queries, job_id))
+        app = self.site.app
+        row = await app.get_job_async(job_id)
         if row is None:
             raise HTTPException(404, f"there is no job {job_id} (it may have been pruned)")
-        batch = None
-        if row["batch_id"] is not None:
-            batch = await self.site.run(batch_status(self.site.app.queries, row["batch_id"]))
-        return await self.site.render(request, "job.html", job=self.site.shown(row), batch=batch)
+        batch = None if row.batch_id is None else await app.batch_status_async(row.batch_id)
+        shown = self.site.shown(asdict(row))
+        return await self.site.render(request, "job.html", job=shown, batch=batch)
 
     async def workers(self, request: Request) -> Response:
         await self.site.user(request)
         site = self.site
         workers, running = await site.rows(
-            (site.app.queries.list_workers, {}), (site.web.running_jobs, {"limit": 1000})
+            (site.app._queries.list_workers, {}), (site.web.running_jobs, {"limit": 1000})
         )
         by_worker: dict[str, list[dict[str, Any]]] = {}
         for job in running:

@@ -83,7 +83,8 @@ CREATE TABLE pgjobs.jobs (
     result jsonb,
     progress real,
     progress_message text,
-    progress_at timestamp with time zone
+    progress_at timestamp with time zone,
+    awaited boolean
 );
 
 CREATE TABLE pgjobs.leases (
@@ -109,12 +110,6 @@ CREATE TABLE pgjobs.queues (
     partition text,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     held_back boolean DEFAULT false NOT NULL
-);
-
-CREATE UNLOGGED TABLE pgjobs.result_waiters (
-    job_id bigint NOT NULL,
-    waiter uuid NOT NULL,
-    registered_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 CREATE TABLE pgjobs.schema_compatibility (
@@ -193,8 +188,6 @@ ALTER TABLE pgjobs.queues ADD CONSTRAINT queues_rate_limit_check CHECK ((rate_li
 ALTER TABLE pgjobs.queues ADD CONSTRAINT queues_rate_period_check CHECK ((rate_period > (0)::double precision));
 
 ALTER TABLE pgjobs.queues ADD CONSTRAINT queues_rate_period_range_check CHECK (((rate_period >= (0.001)::double precision) AND (rate_period <= (2678400)::double precision)));
-
-ALTER TABLE pgjobs.result_waiters ADD CONSTRAINT result_waiters_pkey PRIMARY KEY (job_id, waiter);
 
 ALTER TABLE pgjobs.schema_compatibility ADD CONSTRAINT schema_compatibility_oldest_revision_check CHECK ((oldest_revision ~ '^[0-9]{4}$'::text));
 
@@ -290,7 +283,7 @@ BEGIN
 END
 $function$;
 
-CREATE OR REPLACE FUNCTION pgjobs.await_job(awaited bigint, waiter uuid)
+CREATE OR REPLACE FUNCTION pgjobs.await_job(awaited_id bigint)
  RETURNS text
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -299,13 +292,10 @@ AS $function$
 DECLARE
     found_state text;
 BEGIN
-    -- the share lock waits for a statement that is changing the row to commit, so the state
-    -- read is final or the waiter is visible to the trigger of the statement that ends the job
-    SELECT j.state INTO found_state FROM "pgjobs".jobs AS j WHERE j.id = awaited FOR SHARE;
-    IF found_state IS NOT NULL AND found_state NOT IN ('completed', 'discarded', 'cancelled') THEN
-        INSERT INTO "pgjobs".result_waiters (job_id, waiter) VALUES (awaited, waiter)
-        ON CONFLICT DO NOTHING;
-    END IF;
+    -- the UPDATE waits for a statement changing the row to commit, and then sees what it left
+    UPDATE "pgjobs".jobs AS j SET awaited = true
+     WHERE j.id = awaited_id AND j.state NOT IN ('completed', 'discarded', 'cancelled') AND j.awaited IS NOT TRUE;
+    SELECT j.state INTO found_state FROM "pgjobs".jobs AS j WHERE j.id = awaited_id;
     RETURN found_state;
 END
 $function$;
@@ -777,15 +767,6 @@ BEGIN
 END
 $function$;
 
-CREATE OR REPLACE FUNCTION pgjobs.forget_waiter(awaited bigint, waiter uuid)
- RETURNS void
- LANGUAGE sql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog'
-AS $function$
-DELETE FROM "pgjobs".result_waiters AS w WHERE w.job_id = awaited AND w.waiter = forget_waiter.waiter
-$function$;
-
 CREATE OR REPLACE FUNCTION pgjobs.guard_inserted_jobs()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -838,6 +819,16 @@ AS $function$
     SELECT b.finished_at FROM "pgjobs".batches AS b WHERE b.id = locked FOR UPDATE
 $function$;
 
+CREATE OR REPLACE FUNCTION pgjobs.notify_awaited_job()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    PERFORM pg_notify('pgjobs.results', OLD.id::text);
+    RETURN NULL;
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION pgjobs.notify_inserted_jobs()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -859,29 +850,6 @@ AS $function$
 BEGIN
     PERFORM pg_notify(TG_TABLE_SCHEMA || '.queues', coalesce(NEW.name, OLD.name));
     PERFORM pg_notify(TG_TABLE_SCHEMA || '.jobs', coalesce(NEW.name, OLD.name));
-    RETURN NULL;
-END
-$function$;
-
-CREATE OR REPLACE FUNCTION pgjobs.notify_result_waiters()
- RETURNS trigger
- LANGUAGE plpgsql
- SECURITY DEFINER
- SET search_path TO 'pg_catalog'
-AS $function$
-DECLARE
-    gone bigint;
-BEGIN
-    IF NOT EXISTS (SELECT FROM "pgjobs".result_waiters) THEN
-        RETURN NULL;
-    END IF;
-    FOR gone IN DELETE FROM "pgjobs".result_waiters AS w
-                 WHERE NOT EXISTS (SELECT FROM "pgjobs".jobs AS j
-                                    WHERE j.id = w.job_id AND j.state NOT IN ('completed', 'discarded', 'cancelled'))
-                RETURNING w.job_id
-    LOOP
-        PERFORM pg_notify('pgjobs.results', gone::text);
-    END LOOP;
     RETURN NULL;
 END
 $function$;
@@ -1010,7 +978,7 @@ $function$;
 
 REVOKE EXECUTE ON FUNCTION pgjobs.add_batch_jobs(bigint,text[],text[],text[],text[],integer[],integer[],timestamp with time zone[],double precision[],text[],jsonb) FROM PUBLIC;
 
-REVOKE EXECUTE ON FUNCTION pgjobs.await_job(bigint,uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgjobs.await_job(bigint) FROM PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION pgjobs.count_added_jobs(bigint,integer) FROM PUBLIC;
 
@@ -1018,15 +986,17 @@ REVOKE EXECUTE ON FUNCTION pgjobs.count_batch_job(bigint,bigint,integer,integer,
 
 REVOKE EXECUTE ON FUNCTION pgjobs.count_batch_jobs() FROM PUBLIC;
 
-REVOKE EXECUTE ON FUNCTION pgjobs.forget_waiter(bigint,uuid) FROM PUBLIC;
-
 REVOKE EXECUTE ON FUNCTION pgjobs.lock_batch(bigint) FROM PUBLIC;
 
-REVOKE EXECUTE ON FUNCTION pgjobs.notify_result_waiters() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgjobs.notify_awaited_job() FROM PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION pgjobs.seal_batch(bigint) FROM PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION pgjobs.settle_batch(bigint) FROM PUBLIC;
+
+CREATE TRIGGER jobs_awaited_deleted AFTER DELETE ON pgjobs.jobs FOR EACH ROW WHEN (old.awaited) EXECUTE FUNCTION pgjobs.notify_awaited_job();
+
+CREATE TRIGGER jobs_awaited_ended AFTER UPDATE OF state ON pgjobs.jobs FOR EACH ROW WHEN (new.awaited AND (new.state = ANY (ARRAY['completed'::text, 'discarded'::text, 'cancelled'::text])) AND old.state IS DISTINCT FROM new.state) EXECUTE FUNCTION pgjobs.notify_awaited_job();
 
 CREATE TRIGGER jobs_batch_deleted AFTER DELETE ON pgjobs.jobs FOR EACH ROW WHEN (old.batch_id IS NOT NULL AND (old.state <> ALL (ARRAY['completed'::text, 'discarded'::text, 'cancelled'::text]))) EXECUTE FUNCTION pgjobs.count_batch_jobs();
 
@@ -1037,8 +1007,6 @@ CREATE TRIGGER jobs_batch_inserted AFTER INSERT ON pgjobs.jobs FOR EACH ROW WHEN
 CREATE TRIGGER jobs_guard_inserted AFTER INSERT ON pgjobs.jobs REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION pgjobs.guard_inserted_jobs();
 
 CREATE TRIGGER jobs_notify_inserted AFTER INSERT ON pgjobs.jobs REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION pgjobs.notify_inserted_jobs();
-
-CREATE TRIGGER jobs_notify_result_waiters AFTER DELETE OR UPDATE ON pgjobs.jobs FOR EACH STATEMENT EXECUTE FUNCTION pgjobs.notify_result_waiters();
 
 CREATE TRIGGER queues_notify_changed AFTER INSERT OR DELETE OR UPDATE OF paused, concurrency, rate_limit, rate_period, partition ON pgjobs.queues FOR EACH ROW EXECUTE FUNCTION pgjobs.notify_queue_change();
 
@@ -1052,8 +1020,8 @@ batch waits, or has finished it. Returns whether the batch exists, its finished_
 added if set) and the new jobs'' ids in order. Arguments over the insert guard''s size limit are
 refused.';
 
-COMMENT ON FUNCTION pgjobs.await_job(bigint,uuid) IS 'Register waiter for job awaited, unless it has ended; returns its state (NULL: no such job).
-Listen on the <schema>.results channel first: the job''s id is notified there once it ends.';
+COMMENT ON FUNCTION pgjobs.await_job(bigint) IS 'Mark job awaited_id as awaited unless it has ended, and return its state (NULL: no such job).
+LISTEN on the <schema>.results channel first: the job''s id is notified there once it ends.';
 
 COMMENT ON FUNCTION pgjobs.cancel_job(bigint) IS 'Cancel a job. A waiting one is cancelled at once and never runs: returns ''cancelled''.
 A running one is asked to stop and ends cancelled: returns ''cancelling''. One that had ended is

@@ -248,11 +248,7 @@ SET state = o.state,
              END,
     worker_id = NULL,
     claim_token = NULL,
-    result = nullif(%(results)s::jsonb -> (o.n::int - 1), 'null'),
-    progress = CASE WHEN o.state IN ('retryable', 'scheduled') THEN NULL ELSE j.progress END,
-    progress_message = CASE WHEN o.state IN ('retryable', 'scheduled') THEN NULL
-                            ELSE j.progress_message END,
-    progress_at = CASE WHEN o.state IN ('retryable', 'scheduled') THEN NULL ELSE j.progress_at END
+    result = nullif(%(results)s::jsonb -> (o.n::int - 1), 'null')
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(tokens)s::uuid[], %(states)s::text[],
             %(delays)s::float8[], %(errors)s::jsonb[]) WITH ORDINALITY
      AS o(id, attempt, token, state, delay, error, n)
@@ -263,8 +259,9 @@ RETURNING j.id
 """Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted.
 ``results`` is ``NULL`` when no job of the batch returned anything, else one JSON array with an
 element per row (``null`` for none): one text to send and parse, where an array of JSON texts
-costs the client a millisecond of quoting per hundred rows. An attempt that goes back to the
-queue loses its progress: the next one starts afresh."""
+costs the client a millisecond of quoting per hundred rows. Progress is left as it is: a report
+older than the job's latest claim is an earlier attempt's, and readers leave it out
+(:data:`_PROGRESS`), which costs this statement nothing."""
 
 REPORT_PROGRESS = """
 UPDATE {schema}.jobs AS j
@@ -364,8 +361,7 @@ GROUP BY s.queue, s.name, s.outcome
 RELEASE_JOBS = """
 WITH released AS (
     UPDATE {schema}.jobs AS j
-    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL, claim_token = NULL,
-        progress = NULL, progress_message = NULL, progress_at = NULL
+    SET state = 'available', attempt = j.attempt - 1, worker_id = NULL, claim_token = NULL
     FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(tokens)s::uuid[]) AS r(id, attempt, token)
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = r.id AND j.attempt = r.attempt
       AND j.claim_token = r.token AND j.state = 'running'
@@ -500,10 +496,7 @@ WITH lost AS (
                                        %(reason)s, 'no worker is registered under its id')),
             'at', now())),
         worker_id = NULL,
-        claim_token = NULL,
-        progress = CASE WHEN j.attempt >= j.max_attempts THEN j.progress END,
-        progress_message = CASE WHEN j.attempt >= j.max_attempts THEN j.progress_message END,
-        progress_at = CASE WHEN j.attempt >= j.max_attempts THEN j.progress_at END
+        claim_token = NULL
     WHERE j.state = 'running'
       AND (j.worker_id IN (SELECT id FROM lost)
            OR CASE WHEN %(worker_id)s::uuid IS NOT NULL THEN j.worker_id = %(worker_id)s::uuid
@@ -594,8 +587,7 @@ WITH target AS (
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
-        max_attempts = greatest(j.max_attempts, j.attempt + 1), result = NULL, progress = NULL,
-        progress_message = NULL, progress_at = NULL
+        max_attempts = greatest(j.max_attempts, j.attempt + 1), result = NULL
     FROM target
     WHERE j.id = target.id AND target.state <> 'running' AND NOT EXISTS (SELECT FROM holder)
     RETURNING j.queue
@@ -628,8 +620,7 @@ WITH chosen AS (
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
-        max_attempts = greatest(j.max_attempts, j.attempt + 1), result = NULL, progress = NULL,
-        progress_message = NULL, progress_at = NULL
+        max_attempts = greatest(j.max_attempts, j.attempt + 1), result = NULL
     WHERE j.id = ANY(ARRAY(SELECT free.id FROM free)) AND j.state <> 'running'
     RETURNING j.queue
 ), notified AS (
@@ -645,25 +636,27 @@ retried."""
 GET_JOB = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
-       cancel_requested_at, unique_key, batch_id, partition_key, errors, result, progress,
-       progress_message, progress_at
+       cancel_requested_at, unique_key, batch_id, partition_key, errors, result, {progress}
 FROM {schema}.jobs
 WHERE id = %(id)s
 """
+
+_PROGRESS = """CASE WHEN progress_at >= attempted_at THEN progress END AS progress,
+       CASE WHEN progress_at >= attempted_at THEN progress_message END AS progress_message,
+       CASE WHEN progress_at >= attempted_at THEN progress_at END AS progress_at"""
+"""The progress columns as of the job's latest attempt: a report stored before that attempt was
+claimed (``attempted_at``) is an earlier attempt's. A report is fenced on its claim, so none can
+be stored after a later claim."""
 
 GET_RESULT = """
 SELECT state, result FROM {schema}.jobs WHERE id = %(id)s
 """
 
 AWAIT_JOB = """
-SELECT {schema}.await_job(%(id)s, %(waiter)s) AS state
+SELECT {schema}.await_job(%(id)s) AS state
 """
-"""Register a waiter for a job unless it has ended (migration 0020); its state, ``NULL`` for no
-such job. The caller listens on the results channel first."""
-
-FORGET_WAITER = """
-SELECT {schema}.forget_waiter(%(id)s, %(waiter)s)
-"""
+"""Mark a job awaited unless it has ended (migration 0020); its state, ``NULL`` for no such
+job. The caller listens on the results channel first."""
 
 BATCH_RESULTS = """
 SELECT j.id, j.result
@@ -695,8 +688,7 @@ SELECT count(*) FROM cleared
 LIST_JOBS = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
-       cancel_requested_at, unique_key, batch_id, partition_key, errors, result, progress,
-       progress_message, progress_at
+       cancel_requested_at, unique_key, batch_id, partition_key, errors, result, {progress}
 FROM {schema}.jobs
 WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -925,8 +917,7 @@ GRANT SELECT, INSERT, DELETE ON {schema}.queue_starts TO {role};
 -- GRANT MAINTAIN ON {schema}.jobs TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.cron_entries TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.job_stats TO {role};
-GRANT EXECUTE ON FUNCTION {schema}.await_job(bigint, uuid), {schema}.forget_waiter(bigint, uuid)
-    TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.await_job(bigint) TO {role};
 """
 """Claim jobs and write their outcomes, promote due ones, rescue and prune (UPDATE, DELETE on
 jobs); register, heartbeat and deregister (workers), take the leader lease (leases); check the
@@ -939,7 +930,7 @@ the app's cron entries and enqueue their ticks; the SQL functions ``pause_cron()
 ``resume_cron()`` and ``run_cron()`` need no more. ``queues``: apply the limits the app
 declares and pause or resume queues; ``queue_starts``: the sliding windows of rate-limited
 queues; ``job_stats``: count the outcomes written, and fold old minutes (the leader).
-``await_job()`` and ``forget_waiter()``: jobs that wait for other jobs (``App.wait_for``)."""
+``await_job()``: jobs that wait for other jobs (``App.wait_for``)."""
 
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
@@ -947,11 +938,10 @@ GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue
     {schema}.alembic_version, {schema}.schema_compatibility, {schema}.batches,
     {schema}.cron_entries, {schema}.queues,
     {schema}.queue_starts, {schema}.job_stats TO {role};
-GRANT EXECUTE ON FUNCTION {schema}.await_job(bigint, uuid), {schema}.forget_waiter(bigint, uuid)
-    TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.await_job(bigint) TO {role};
 """
 """Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards, results;
-wait for jobs to end (``App.wait_for``: ``await_job()``, ``forget_waiter()``)."""
+wait for jobs to end (``App.wait_for``: ``await_job()``)."""
 
 
 INSERT_BATCH = """
@@ -1139,7 +1129,6 @@ class Queries:
     get_job: str
     get_result: str
     await_job: str
-    forget_waiter: str
     batch_results: str
     prune_results: str
     list_jobs: str
@@ -1214,7 +1203,10 @@ def _texts(statements: type[Queries], schema: str) -> dict[str, str]:
     """The statements named by the fields of ``statements``, for ``schema``."""
     return {
         f.name: globals()[f.name.upper()].format(
-            schema=f'"{schema}"', lost_worker=LOST_WORKER, cancel_requested=CANCEL_REQUESTED
+            schema=f'"{schema}"',
+            lost_worker=LOST_WORKER,
+            cancel_requested=CANCEL_REQUESTED,
+            progress=_PROGRESS,
         )
         for f in fields(statements)
         if f.name.upper() in globals()

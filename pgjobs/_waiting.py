@@ -1,12 +1,12 @@
 """Waiting for a job to end (:meth:`App.wait_for`), woken by a notification, not by polling.
 
-The waiter opens a connection of its own, LISTENs on the schema's results channel, then registers
-with ``await_job()``, which returns the job's state (migration 0020 explains why no wake-up can
-be lost in between). Until the job has ended it waits for a notification carrying the job's id,
-and reads the state again: a notification is anyone's word, so only the table is believed. It
-also reads the state every ``poll_interval`` whatever it hears, and behind a transaction pooler
-(``poll_only`` without ``listen_database_url``) that is all it does. Its registration is removed
-at the end, whatever ended the wait.
+The waiter opens a connection of its own, LISTENs on the schema's results channel, then marks
+the job awaited with ``await_job()``, which returns the job's state (migration 0020 explains why
+no wake-up can be lost in between). Until the job has ended it waits for a notification carrying
+the job's id, and reads the state again: a notification is anyone's word, so only the table is
+believed. It also reads the state every ``poll_interval`` whatever it hears, and behind a
+transaction pooler (``poll_only`` without ``listen_database_url``) that is all it does. The mark
+stays when a wait times out: the job's end then notifies nobody in particular, once.
 
 :class:`Wait` holds the decisions; :func:`wait_for` and :func:`wait_for_async` only do the I/O.
 """
@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import math
 import time
-import uuid
 from typing import Any
 
 import psycopg
@@ -44,7 +43,6 @@ class Wait:
             raise ValidationError("timeout", f"{timeout!r} is not a positive number of seconds")
         self.job_id = job_id
         self.timeout = float(timeout)
-        self.waiter = uuid.uuid4()
         self.queries = queries
         self.listens = settings.listen_database_url is not None or not settings.poll_only
         """Whether notifications can be relied on (not behind a transaction pooler)."""
@@ -93,7 +91,7 @@ class Wait:
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"id": self.job_id, "waiter": self.waiter}
+        return {"id": self.job_id}
 
 
 def wait_for(settings: Settings, queries: Queries, job_id: int, timeout: float) -> JobRecord:
@@ -102,20 +100,16 @@ def wait_for(settings: Settings, queries: Queries, job_id: int, timeout: float) 
     with connect(wait.settings, "pgjobs-waiter", limits=True) as conn:
         if wait.listens:
             conn.execute(wait.listen)
-        try:
-            state = conn.execute(queries.await_job, wait.params).fetchone()
-            while not wait.ended(state[0] if state else None):
-                pause = wait.pause()
-                if wait.listens:
-                    for notify in conn.notifies(timeout=pause):
-                        if wait.woken(notify):
-                            break
-                else:
-                    time.sleep(pause)
-                state = conn.execute(queries.get_result, wait.params).fetchone()
-        finally:
-            if not conn.closed and wait.state not in ENDED:
-                conn.execute(queries.forget_waiter, wait.params)
+        state = conn.execute(queries.await_job, wait.params).fetchone()
+        while not wait.ended(state[0] if state else None):
+            pause = wait.pause()
+            if wait.listens:
+                for notify in conn.notifies(timeout=pause):
+                    if wait.woken(notify):
+                        break
+            else:
+                time.sleep(pause)
+            state = conn.execute(queries.get_result, wait.params).fetchone()
         record = conn.cursor(row_factory=dict_row).execute(queries.get_job, wait.params).fetchone()
     return _final(wait, record)
 
@@ -128,20 +122,16 @@ async def wait_for_async(
     async with await connect_async(wait.settings, "pgjobs-waiter", limits=True) as conn:
         if wait.listens:
             await conn.execute(wait.listen)
-        try:
-            state = await (await conn.execute(queries.await_job, wait.params)).fetchone()
-            while not wait.ended(state[0] if state else None):
-                pause = wait.pause()
-                if wait.listens:
-                    async for notify in conn.notifies(timeout=pause):
-                        if wait.woken(notify):
-                            break
-                else:
-                    await asyncio.sleep(pause)
-                state = await (await conn.execute(queries.get_result, wait.params)).fetchone()
-        finally:
-            if not conn.closed and wait.state not in ENDED:
-                await conn.execute(queries.forget_waiter, wait.params)
+        state = await (await conn.execute(queries.await_job, wait.params)).fetchone()
+        while not wait.ended(state[0] if state else None):
+            pause = wait.pause()
+            if wait.listens:
+                async for notify in conn.notifies(timeout=pause):
+                    if wait.woken(notify):
+                        break
+            else:
+                await asyncio.sleep(pause)
+            state = await (await conn.execute(queries.get_result, wait.params)).fetchone()
         cur = conn.cursor(row_factory=dict_row)
         record = await (await cur.execute(queries.get_job, wait.params)).fetchone()
     return _final(wait, record)

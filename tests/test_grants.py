@@ -729,8 +729,8 @@ def test_the_worker_role_stores_results_and_progress_and_the_enqueuer_cannot(
             "UPDATE pgjobs.jobs SET result = '1'",
             "UPDATE pgjobs.jobs SET progress = 0.5, progress_message = 'forged'",
             "SELECT result FROM pgjobs.jobs",
-            "SELECT pgjobs.await_job(1, gen_random_uuid())",
-            "DELETE FROM pgjobs.result_waiters",
+            "SELECT pgjobs.await_job(1)",
+            "UPDATE pgjobs.jobs SET awaited = true",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
                 enqueuer.execute(statement)
@@ -744,4 +744,4 @@ def test_the_worker_role_stores_results_and_progress_and_the_enqueuer_cannot(
             inspector.wait_for(waiting, timeout=1)
     finally:
         inspector.close()
-    assert value(db, "SELECT count(*) FROM pgjobs.result_waiters") == 0
+    assert value(db, "SELECT awaited FROM pgjobs.jobs WHERE id = %s", waiting) is True

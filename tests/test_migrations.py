@@ -33,7 +33,6 @@ OWNED = [
     ("queue_counts", "v"),
     ("queue_starts", "r"),
     ("queues", "r"),
-    ("result_waiters", "r"),
     ("schema_compatibility", "r"),
     ("workers", "r"),
 ]

@@ -133,14 +133,13 @@ def test_wait_for_is_woken_by_a_notification_as_the_job_ends(
     ended: list[Any] = []
     waiter = threading.Thread(target=lambda: ended.append(app.wait_for(job_id, timeout=25)))
     waiter.start()
-    eventually(lambda: value(db, "SELECT count(*) FROM pgjobs.result_waiters") == 1)
+    eventually(lambda: column(db, "awaited", job_id) is True)
     released = time.monotonic()
     db.execute("SELECT pg_advisory_unlock_all()")
     waiter.join(timeout=25)
     assert time.monotonic() - released < 10  # a poll would take 30 s
     [record] = ended
     assert (record.id, record.state, record.result) == (job_id, "completed", 10)
-    assert value(db, "SELECT count(*) FROM pgjobs.result_waiters") == 0
 
 
 def test_wait_for_async_is_woken_when_a_waiting_job_is_cancelled(
@@ -152,7 +151,7 @@ def test_wait_for_async_is_woken_when_a_waiting_job_is_cancelled(
 
     async def wait_and_cancel() -> tuple[dict[str, Any], float]:
         waiting = asyncio.create_task(app.wait_for_async(job_id, timeout=25))
-        while not value(db, "SELECT count(*) FROM pgjobs.result_waiters"):
+        while not column(db, "awaited", job_id):
             await asyncio.sleep(0.02)
         cancelled = time.monotonic()
         assert await app.cancel_async(job_id) == "cancelled"
@@ -171,7 +170,6 @@ def test_wait_for_times_out_naming_the_job_and_its_state(
     job_id = jobs_app.noop.enqueue()
     with pytest.raises(TimeoutError, match=rf"^job {job_id} is still available after 1 s"):
         app.wait_for(job_id, timeout=1)
-    assert value(db, "SELECT count(*) FROM pgjobs.result_waiters") == 0  # it cleaned up
 
 
 def test_wait_for_an_unknown_job_or_with_a_bad_timeout_raises_at_once(app: pgjobs.App) -> None:
@@ -209,7 +207,7 @@ def test_wait_for_a_job_deleted_meanwhile_says_so(
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    eventually(lambda: value(db, "SELECT count(*) FROM pgjobs.result_waiters") == 1)
+    eventually(lambda: column(db, "awaited", job_id) is True)
     assert app.delete_job(job_id)
     waiter.join(timeout=10)
     assert [str(e) for e in failed] == [f"job {job_id} was deleted while waited for"]
@@ -360,25 +358,30 @@ def test_a_late_progress_report_from_a_rescued_run_changes_nothing(
     assert column(db, "progress", job_id) == pytest.approx(0.3)
 
 
-def test_progress_resets_when_the_job_goes_back_for_another_attempt(
+def test_a_new_attempt_shows_no_progress_of_the_one_before(
     app: pgjobs.App, db: psycopg.Connection[Any]
 ) -> None:
     job_id = jobs_app.noop.enqueue()
     worker_id = str(uuid.uuid4())
-    row = db.execute(
-        app._queries.claim_jobs, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
-    ).fetchone()
+    claim = {"queues": ["default"], "limit": 1, "worker_id": worker_id}
+    row = db.execute(app._queries.claim_jobs, claim).fetchone()
     assert row is not None
     db.execute(
         "UPDATE pgjobs.jobs SET progress = 0.7, progress_message = 'm', progress_at = now()"
         " WHERE id = %s",
         (job_id,),
     )
-    outcome = Outcome("retryable", delay=3600, error={"attempt": 1, "class": "E", "message": ""})
+    outcome = Outcome("retryable", delay=0, error={"attempt": 1, "class": "E", "message": ""})
     db.execute(app._queries.finish_jobs, finish_params(worker_id, [(job_id, 1, row[8], outcome)]))
-    assert rows(db, "SELECT state, progress, progress_message, progress_at FROM pgjobs.jobs") == [
-        ("retryable", None, None, None)
-    ]
+    retrying = app.get_job(job_id)
+    assert retrying is not None  # between attempts, the last one's report still shows
+    assert (retrying.state, retrying.progress) == ("retryable", pytest.approx(0.7))
+    db.execute("UPDATE pgjobs.jobs SET state = 'available' WHERE id = %s", (job_id,))
+    assert db.execute(app._queries.claim_jobs, claim).fetchone() is not None
+    second = app.get_job(job_id)
+    assert second is not None and second.attempt == 2
+    assert (second.progress, second.progress_message, second.progress_at) == (None, None, None)
+    assert [r.progress for r in app.list_jobs()] == [None]
 
 
 def test_a_batch_callback_reads_its_jobs_results(app: pgjobs.App) -> None:

@@ -4,17 +4,16 @@
 index on ``finished_at`` of the rows with a result lets the leader clear results past their
 retention without reading the rows that have none.
 
-``jobs.progress`` (0 to 1), ``progress_message`` and ``progress_at`` are what the running attempt
-last reported; they are cleared when the job goes back for another attempt.
+``jobs.progress`` (0 to 1), ``progress_message`` and ``progress_at`` are what a running attempt
+last reported. They are never cleared: a report older than the job's latest claim
+(``attempted_at``) is an earlier attempt's, and readers leave it out.
 
-``result_waiters`` (UNLOGGED: a waiter lost with a server crash has lost its connection too)
-holds one row per caller waiting for a job to end (``App.wait_for``). A statement-level trigger
-on ``jobs`` (after any UPDATE or DELETE, whoever runs it: the previous release's workers too)
-notifies ``<schema>.results`` with the id of each awaited job that has ended or is gone, and
-deletes those rows. With no waiter it costs one look at an empty table per statement, and takes
-no notification lock. ``await_job()`` registers a waiter and returns the job's state, the row
-share-locked, so either the trigger of the statement that ends the job sees the waiter, or the
-waiter sees the job ended: no wake-up is lost in between.
+``jobs.awaited`` is set by ``await_job()`` when somebody waits for the job (``App.wait_for``).
+Row triggers notify ``<schema>.results`` with the id of an awaited job as it ends or is deleted,
+whoever ends it (the previous release's workers too). Their ``WHEN`` tests the row itself, so a
+job nobody waits for pays no function call and no notification lock. ``await_job()`` sets the
+flag with an UPDATE, which waits for a statement that is changing the row: either that
+statement sees the flag (and notifies), or the waiter then reads the state it left.
 
 Revision ID: 0020
 Revises: 0018
@@ -39,80 +38,54 @@ ALTER TABLE {s}.jobs
     ADD COLUMN progress real CONSTRAINT jobs_progress_range_check
         CHECK (progress >= 0 AND progress <= 1),
     ADD COLUMN progress_message text,
-    ADD COLUMN progress_at timestamptz""")
+    ADD COLUMN progress_at timestamptz,
+    ADD COLUMN awaited boolean""")
     op.execute(f"""
 CREATE INDEX jobs_result_finished_idx ON {s}.jobs (finished_at) WHERE result IS NOT NULL""")
     op.execute(f"""
-CREATE UNLOGGED TABLE {s}.result_waiters (
-    job_id         bigint      NOT NULL,
-    waiter         uuid        NOT NULL,
-    registered_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (job_id, waiter)
-)""")
-    op.execute(f"""
-CREATE FUNCTION {s}.notify_result_waiters() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog AS $$
-DECLARE
-    gone bigint;
+CREATE FUNCTION {s}.notify_awaited_job() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM {s}.result_waiters) THEN
-        RETURN NULL;
-    END IF;
-    FOR gone IN DELETE FROM {s}.result_waiters AS w
-                 WHERE NOT EXISTS (SELECT FROM {s}.jobs AS j
-                                    WHERE j.id = w.job_id AND j.state NOT IN {ENDED})
-                RETURNING w.job_id
-    LOOP
-        PERFORM pg_notify('{schema}.results', gone::text);
-    END LOOP;
+    PERFORM pg_notify('{schema}.results', OLD.id::text);
     RETURN NULL;
 END
 $$""")
     op.execute(f"""
-CREATE TRIGGER jobs_notify_result_waiters AFTER UPDATE OR DELETE ON {s}.jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_result_waiters()""")
+CREATE TRIGGER jobs_awaited_ended AFTER UPDATE OF state ON {s}.jobs
+    FOR EACH ROW WHEN (NEW.awaited AND NEW.state IN {ENDED}
+                       AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION {s}.notify_awaited_job()""")
     op.execute(f"""
-CREATE FUNCTION {s}.await_job(awaited bigint, waiter uuid) RETURNS text LANGUAGE plpgsql
+CREATE TRIGGER jobs_awaited_deleted AFTER DELETE ON {s}.jobs
+    FOR EACH ROW WHEN (OLD.awaited) EXECUTE FUNCTION {s}.notify_awaited_job()""")
+    op.execute(f"""
+CREATE FUNCTION {s}.await_job(awaited_id bigint) RETURNS text LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
     found_state text;
 BEGIN
-    -- the share lock waits for a statement that is changing the row to commit, so the state
-    -- read is final or the waiter is visible to the trigger of the statement that ends the job
-    SELECT j.state INTO found_state FROM {s}.jobs AS j WHERE j.id = awaited FOR SHARE;
-    IF found_state IS NOT NULL AND found_state NOT IN {ENDED} THEN
-        INSERT INTO {s}.result_waiters (job_id, waiter) VALUES (awaited, waiter)
-        ON CONFLICT DO NOTHING;
-    END IF;
+    -- the UPDATE waits for a statement changing the row to commit, and then sees what it left
+    UPDATE {s}.jobs AS j SET awaited = true
+     WHERE j.id = awaited_id AND j.state NOT IN {ENDED} AND j.awaited IS NOT TRUE;
+    SELECT j.state INTO found_state FROM {s}.jobs AS j WHERE j.id = awaited_id;
     RETURN found_state;
 END
 $$""")
     op.execute(f"""
-COMMENT ON FUNCTION {s}.await_job(bigint, uuid) IS
-'Register waiter for job awaited, unless it has ended; returns its state (NULL: no such job).
-Listen on the <schema>.results channel first: the job''s id is notified there once it ends.'""")
-    op.execute(f"""
-CREATE FUNCTION {s}.forget_waiter(awaited bigint, waiter uuid) RETURNS void LANGUAGE sql
-SECURITY DEFINER SET search_path = pg_catalog AS $$
-DELETE FROM {s}.result_waiters AS w WHERE w.job_id = awaited AND w.waiter = forget_waiter.waiter
-$$""")
-    # they run as the owner: `pgjobs grants` gives EXECUTE on the two meant to be called
-    for function in (
-        "notify_result_waiters()",
-        "await_job(bigint, uuid)",
-        "forget_waiter(bigint, uuid)",
-    ):
+COMMENT ON FUNCTION {s}.await_job(bigint) IS
+'Mark job awaited_id as awaited unless it has ended, and return its state (NULL: no such job).
+LISTEN on the <schema>.results channel first: the job''s id is notified there once it ends.'""")
+    # await_job runs as the owner: `pgjobs grants` gives EXECUTE to the roles that may wait
+    for function in ("notify_awaited_job()", "await_job(bigint)"):
         op.execute(f"REVOKE EXECUTE ON FUNCTION {s}.{function} FROM PUBLIC")
 
 
 def downgrade() -> None:
     s = '"{}"'.format(context.config.attributes["schema"])
-    op.execute(f"DROP FUNCTION {s}.forget_waiter(bigint, uuid)")
-    op.execute(f"DROP FUNCTION {s}.await_job(bigint, uuid)")
-    op.execute(f"DROP TRIGGER jobs_notify_result_waiters ON {s}.jobs")
-    op.execute(f"DROP FUNCTION {s}.notify_result_waiters()")
-    op.execute(f"DROP TABLE {s}.result_waiters")
+    op.execute(f"DROP FUNCTION {s}.await_job(bigint)")
+    op.execute(f"DROP TRIGGER jobs_awaited_deleted ON {s}.jobs")
+    op.execute(f"DROP TRIGGER jobs_awaited_ended ON {s}.jobs")
+    op.execute(f"DROP FUNCTION {s}.notify_awaited_job()")
     op.execute(f"DROP INDEX {s}.jobs_result_finished_idx")
     op.execute(f"""
 ALTER TABLE {s}.jobs DROP COLUMN result, DROP COLUMN progress, DROP COLUMN progress_message,
-    DROP COLUMN progress_at""")
+    DROP COLUMN progress_at, DROP COLUMN awaited""")

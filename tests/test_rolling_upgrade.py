@@ -183,7 +183,7 @@ def test_previous_release_works_on_the_newest_schema(
                 waited = upgrade_app.plain.enqueue_in(1, "waited")
                 started = time.monotonic()
                 record = upgrade_app.app.wait_for(waited, timeout=25)
-                assert record["state"] == "completed" and time.monotonic() - started < 10
+                assert record.state == "completed" and time.monotonic() - started < 10
             finally:
                 upgrade_app.app.close()
             assert rows(db, "SELECT pid FROM ledger WHERE label = 'waited'") == [(old.process.pid,)]

@@ -80,7 +80,12 @@ CREATE TABLE pgjobs.jobs (
     batch_id bigint,
     partition_key text,
     trace_context jsonb,
-    meta jsonb DEFAULT '{}'::jsonb NOT NULL
+    meta jsonb DEFAULT '{}'::jsonb NOT NULL,
+    result jsonb,
+    progress real,
+    progress_message text,
+    progress_at timestamp with time zone,
+    awaited boolean
 );
 
 CREATE TABLE pgjobs.leases (
@@ -157,6 +162,8 @@ ALTER TABLE pgjobs.jobs ADD CONSTRAINT jobs_name_check CHECK (((length(name) >= 
 
 ALTER TABLE pgjobs.jobs ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 
+ALTER TABLE pgjobs.jobs ADD CONSTRAINT jobs_progress_range_check CHECK (((progress >= (0)::double precision) AND (progress <= (1)::double precision)));
+
 ALTER TABLE pgjobs.jobs ADD CONSTRAINT jobs_queue_check CHECK (((queue ~ '^[A-Za-z0-9_.-]+$'::text) AND (length(queue) <= 128)));
 
 ALTER TABLE pgjobs.jobs ADD CONSTRAINT jobs_running_worker_check CHECK (((state = 'running'::text) = (worker_id IS NOT NULL)));
@@ -198,6 +205,8 @@ CREATE INDEX jobs_batch_idx ON pgjobs.jobs USING btree (batch_id) WHERE (batch_i
 CREATE INDEX jobs_discarded_cancelled_idx ON pgjobs.jobs USING btree (state, finished_at, id) WHERE (state = ANY (ARRAY['discarded'::text, 'cancelled'::text]));
 
 CREATE INDEX jobs_finished_idx ON pgjobs.jobs USING btree (finished_at, id) WHERE (state = ANY (ARRAY['completed'::text, 'discarded'::text, 'cancelled'::text]));
+
+CREATE INDEX jobs_result_finished_idx ON pgjobs.jobs USING btree (finished_at) WHERE (result IS NOT NULL);
 
 CREATE INDEX jobs_running_idx ON pgjobs.jobs USING btree (worker_id) WHERE (state = 'running'::text);
 
@@ -332,6 +341,23 @@ BEGIN
         WHERE b.id = batch;
     END IF;
     RETURN NEXT;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION pgjobs.await_job(awaited_id bigint)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog'
+AS $function$
+DECLARE
+    found_state text;
+BEGIN
+    -- the UPDATE waits for a statement changing the row to commit, and then sees what it left
+    UPDATE "pgjobs".jobs AS j SET awaited = true
+     WHERE j.id = awaited_id AND j.state NOT IN ('completed', 'discarded', 'cancelled') AND j.awaited IS NOT TRUE;
+    SELECT j.state INTO found_state FROM "pgjobs".jobs AS j WHERE j.id = awaited_id;
+    RETURN found_state;
 END
 $function$;
 
@@ -1057,6 +1083,16 @@ AS $function$
     SELECT b.finished_at FROM "pgjobs".batches AS b WHERE b.id = locked FOR UPDATE
 $function$;
 
+CREATE OR REPLACE FUNCTION pgjobs.notify_awaited_job()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    PERFORM pg_notify('pgjobs.results', OLD.id::text);
+    RETURN NULL;
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION pgjobs.notify_inserted_jobs()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -1208,6 +1244,8 @@ REVOKE EXECUTE ON FUNCTION pgjobs.add_batch_jobs(bigint,text[],text[],text[],tex
 
 REVOKE EXECUTE ON FUNCTION pgjobs.add_batch_jobs_v2(bigint,text[],text[],text[],text[],integer[],integer[],timestamp with time zone[],double precision[],text[],jsonb,text[]) FROM PUBLIC;
 
+REVOKE EXECUTE ON FUNCTION pgjobs.await_job(bigint) FROM PUBLIC;
+
 REVOKE EXECUTE ON FUNCTION pgjobs.count_added_jobs(bigint,integer) FROM PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION pgjobs.count_batch_job(bigint,bigint,integer,integer,integer) FROM PUBLIC;
@@ -1216,9 +1254,15 @@ REVOKE EXECUTE ON FUNCTION pgjobs.count_batch_jobs() FROM PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION pgjobs.lock_batch(bigint) FROM PUBLIC;
 
+REVOKE EXECUTE ON FUNCTION pgjobs.notify_awaited_job() FROM PUBLIC;
+
 REVOKE EXECUTE ON FUNCTION pgjobs.seal_batch(bigint) FROM PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION pgjobs.settle_batch(bigint) FROM PUBLIC;
+
+CREATE TRIGGER jobs_awaited_deleted AFTER DELETE ON pgjobs.jobs FOR EACH ROW WHEN (old.awaited) EXECUTE FUNCTION pgjobs.notify_awaited_job();
+
+CREATE TRIGGER jobs_awaited_ended AFTER UPDATE OF state ON pgjobs.jobs FOR EACH ROW WHEN (new.awaited AND (new.state = ANY (ARRAY['completed'::text, 'discarded'::text, 'cancelled'::text])) AND old.state IS DISTINCT FROM new.state) EXECUTE FUNCTION pgjobs.notify_awaited_job();
 
 CREATE TRIGGER jobs_batch_deleted AFTER DELETE ON pgjobs.jobs FOR EACH ROW WHEN (old.batch_id IS NOT NULL AND (old.state <> ALL (ARRAY['completed'::text, 'discarded'::text, 'cancelled'::text]))) EXECUTE FUNCTION pgjobs.count_batch_jobs();
 
@@ -1252,6 +1296,9 @@ Locks the batch row until the end of the transaction, so that the job that would
 batch waits, or has finished it. Returns whether the batch exists, its finished_at (no job was
 added if set) and the new jobs'' ids in order. Arguments over the insert guard''s size limit are
 refused.';
+
+COMMENT ON FUNCTION pgjobs.await_job(bigint) IS 'Mark job awaited_id as awaited unless it has ended, and return its state (NULL: no such job).
+LISTEN on the <schema>.results channel first: the job''s id is notified there once it ends.';
 
 COMMENT ON FUNCTION pgjobs.cancel_job(bigint) IS 'Cancel a job. A waiting one is cancelled at once and never runs: returns ''cancelled''.
 A running one is asked to stop and ends cancelled: returns ''cancelling''. One that had ended is

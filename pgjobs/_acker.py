@@ -278,6 +278,8 @@ def finish_params(worker_id: Any, rows: Iterable[FinishRow]) -> dict[str, Any]:
     states: list[str] = []
     delays: list[float] = []
     errors: list[str | None] = []
+    results: list[str | None] = []
+    returned = False
     for job_id, attempt, token, outcome in rows:
         ids.append(job_id)
         attempts.append(attempt)
@@ -285,6 +287,8 @@ def finish_params(worker_id: Any, rows: Iterable[FinishRow]) -> dict[str, Any]:
         states.append(outcome.state)
         delays.append(outcome.delay)
         errors.append(None if outcome.error is None else json.dumps(outcome.error))
+        results.append(outcome.result)
+        returned = returned or outcome.result is not None
     return {
         "ids": ids,
         "attempts": attempts,
@@ -292,6 +296,8 @@ def finish_params(worker_id: Any, rows: Iterable[FinishRow]) -> dict[str, Any]:
         "states": states,
         "delays": delays,
         "errors": errors,
+        # one JSON array (its texts joined, not quoted again), or nothing when none returned
+        "results": f"[{','.join(r or 'null' for r in results)}]" if returned else None,
         "worker_id": worker_id,
     }
 

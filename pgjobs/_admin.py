@@ -46,6 +46,27 @@ def get_job(queries: Queries, job_id: int) -> Operation[JobRecord | None]:
     return Operation(queries.get_job, {"id": job_id}, result)
 
 
+def get_result(queries: Queries, job_id: int) -> Operation[Any]:
+    def result(rows: Rows) -> Any:
+        if not rows:
+            raise ValueError(f"job {job_id} does not exist (or was pruned)")
+        if rows[0]["state"] != "completed":
+            raise ValueError(
+                f"job {job_id} is {rows[0]['state']}: only a completed job has a result; "
+                "wait for it with wait_for()"
+            )
+        return rows[0]["result"]
+
+    return Operation(queries.get_result, {"id": job_id}, result)
+
+
+def batch_results(queries: Queries, batch_id: int) -> Operation[dict[int, Any]]:
+    def result(rows: Rows) -> dict[int, Any]:
+        return {row["id"]: row["result"] for row in rows}
+
+    return Operation(queries.batch_results, {"batch_id": batch_id}, result)
+
+
 def list_jobs(
     queries: Queries,
     states: Iterable[str] | None,

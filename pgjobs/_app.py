@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _admin, _batches, _cron, _middleware, _queues
+from . import _admin, _batches, _cron, _middleware, _queues, _waiting
 from ._batch import AsyncBatch, Batch
 from ._client import Client, Recorder
 from ._connection import AsyncConnection, Connection
@@ -435,8 +435,8 @@ class App:
         return await self._client.enqueue_many_async(calls, conn)
 
     def get_job(self, job_id: int, *, conn: Connection = None) -> JobRecord | None:
-        """Job ``job_id`` as a :class:`JobRecord` of its columns (``errors`` included),
-        ``None`` if there is no such job.
+        """Job ``job_id`` as a :class:`JobRecord` of its columns (``errors``, ``result`` and
+        ``progress`` included), ``None`` if there is no such job.
 
         ``conn`` (here and in every admin method) is the caller's connection or session, as in
         :meth:`Job.using`: the call then sees and joins its transaction. Without it the call runs
@@ -447,6 +447,50 @@ class App:
     async def get_job_async(self, job_id: int, *, conn: AsyncConnection = None) -> JobRecord | None:
         """:meth:`get_job` for async code."""
         return await self._client.run_async(_admin.get_job(self._queries, job_id), conn)
+
+    def get_result(self, job_id: int, *, conn: Connection = None) -> Any:
+        """What completed job ``job_id`` returned, as JSON gives it back (``None`` when it
+        returned ``None``, or once its result is past ``result_retention``).
+
+        Raises:
+            ValueError: there is no such job, or it has not completed (the message names its
+                state: wait for it with :meth:`wait_for`).
+        """
+        return self._client.run(_admin.get_result(self._queries, job_id), conn)
+
+    async def get_result_async(self, job_id: int, *, conn: AsyncConnection = None) -> Any:
+        """:meth:`get_result` for async code."""
+        return await self._client.run_async(_admin.get_result(self._queries, job_id), conn)
+
+    def wait_for(self, job_id: int, timeout: float) -> JobRecord:
+        """Wait until job ``job_id`` has ended (completed, discarded or cancelled) and return
+        its final :class:`JobRecord`, as :meth:`get_job` gives it: ``state``, ``result``,
+        ``errors``...
+
+        Woken by a notification as the job ends, on a connection of its own (behind a
+        transaction pooler, set ``listen_database_url``; else it reads the job every
+        ``poll_interval``). Blocks the calling thread: in async code use :meth:`wait_for_async`.
+
+        Example::
+
+            job_id = resize.enqueue(image_id)
+            record = app.wait_for(job_id, timeout=30)
+            if record.state == "completed":
+                print(record.result)
+
+        Raises:
+            ValueError: there is no such job (at once), or it was deleted while waited for.
+            TimeoutError: it has not ended within ``timeout`` seconds; the message names its
+                state.
+            ValidationError: ``timeout`` is not a positive number of seconds.
+        """
+        with self._client.translated_errors():
+            return _waiting.wait_for(self.settings, self._queries, job_id, timeout)
+
+    async def wait_for_async(self, job_id: int, timeout: float) -> JobRecord:
+        """:meth:`wait_for` for async code."""
+        with self._client.translated_errors():
+            return await _waiting.wait_for_async(self.settings, self._queries, job_id, timeout)
 
     def list_jobs(
         self,
@@ -682,6 +726,18 @@ class App:
     ) -> BatchRecord | None:
         """:meth:`batch_status` for async code."""
         return await self._client.run_async(_batches.status(self._queries, batch_id), conn)
+
+    def batch_results(self, batch_id: int, *, conn: Connection = None) -> dict[int, Any]:
+        """``{job id: result}`` for every completed job of batch ``batch_id`` (its callbacks
+        left out), in id order: what its ``on_success`` callback gathers. Jobs that have not
+        completed are missing; an unknown batch gives ``{}``."""
+        return self._client.run(_admin.batch_results(self._queries, batch_id), conn)
+
+    async def batch_results_async(
+        self, batch_id: int, *, conn: AsyncConnection = None
+    ) -> dict[int, Any]:
+        """:meth:`batch_results` for async code."""
+        return await self._client.run_async(_admin.batch_results(self._queries, batch_id), conn)
 
     def list_batches(self, *, limit: int = 50, conn: Connection = None) -> list[BatchRecord]:
         """Batches as :meth:`batch_status` gives them, newest first."""

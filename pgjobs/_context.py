@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from ._validation import check_progress
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
 
@@ -61,6 +63,35 @@ class JobContext:
         """What its enqueue stored in ``jobs.meta`` (enqueue middleware, ``Job.options(meta=)``),
         a read-only view; empty for a job enqueued without."""
         return MappingProxyType(self._meta)
+
+    _report: Callable[[float, str | None], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Hands a progress report to the worker's writer (from any thread); ``None``: dropped."""
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far this attempt has come: ``fraction`` from 0 to 1, and a short text.
+
+        Stored on the job's row (``progress``, ``progress_message``, ``progress_at``), shown by
+        :meth:`App.get_job`, ``pgjobs job ID`` and the dashboard. Returns at once, from a ``def``
+        job's thread or an ``async def`` job: reports are written in the background, the latest
+        winning, at most one write in flight and about two a second, so calling this in a tight
+        loop is fine. A write that fails is logged, never raised. A new attempt starts with no
+        progress.
+
+        Example::
+
+            for done, image in enumerate(images, 1):
+                resize(image)
+                pgjobs.current_job().progress(done / len(images), f"resized {done} images")
+
+        Raises:
+            ValidationError: ``fraction`` is not a number from 0 to 1 (NaN included), or
+                ``message`` is not text PostgreSQL can store, or is over 1,000 characters.
+        """
+        checked = check_progress(fraction, message)
+        if self._report is not None:
+            self._report(checked, message)
 
     @property
     def stopping(self) -> bool:

@@ -33,6 +33,7 @@ from ._outcome import (
     snooze_outcome,
     whole_traceback,
 )
+from ._validation import encode_result
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -90,9 +91,9 @@ async def execute(
         if seam.run:
             named: list[str] = []
             failed_in = named
-            await _call_within(job, claimed, context, threads, seam, named)
+            returned = await _call_within(job, claimed, context, threads, seam, named)
         else:
-            await _call(
+            returned = await _call(
                 job.func,
                 job.is_async,
                 claimed.args,
@@ -101,11 +102,14 @@ async def execute(
                 threads,
                 timeout=job.timeout,
             )
+        result = None if returned is None else encode_result(returned, claimed.name)
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError) and _stopped_by_worker(context):
             raise
         return await _ended_by(job, claimed, exc, context, threads, seam, failed_in)
-    return CANCELLED if context.cancelled else COMPLETED
+    if context.cancelled:
+        return CANCELLED
+    return COMPLETED if result is None else Outcome("completed", result=result)
 
 
 async def _call_within(
@@ -115,7 +119,7 @@ async def _call_within(
     threads: Executor,
     seam: Seam,
     failed_in: list[str],
-) -> None:
+) -> Any:
     """Run the job inside the app's run middleware, all within its timeout: for an ``async
     def`` job every middleware runs on the loop; for a ``def`` job the ``def`` middleware run
     in its thread around the function, inside the ``async def`` ones on the loop."""
@@ -125,17 +129,16 @@ async def _call_within(
         if job.is_async:
             call = _job_call(job.func, args, kwargs)
             chain = run_chain_async(seam.run, context, call, failed_in)
-            await _within_timeout(chain, job.timeout, in_thread=False)
-            return
+            return await _within_timeout(chain, job.timeout, in_thread=False)
         loop = asyncio.get_running_loop()
 
-        def in_thread() -> Awaitable[None]:
+        def in_thread() -> Awaitable[Any]:
             return loop.run_in_executor(
                 threads, _call_in_thread, job.func, args, kwargs, context, seam.run_sync, failed_in
             )
 
         chain = run_chain_async(seam.run_async, context, in_thread, failed_in)
-        await _within_timeout(chain, job.timeout, in_thread=True)
+        return await _within_timeout(chain, job.timeout, in_thread=True)
     finally:
         reset_current_job(token)
 
@@ -235,8 +238,9 @@ async def _call(
     context: JobContext,
     threads: Executor,
     timeout: float | None = None,
-) -> None:
-    """Call ``func`` with ``context`` as the current job: on the loop if async, else in a thread.
+) -> Any:
+    """Call ``func`` with ``context`` as the current job: on the loop if async, else in a thread;
+    returns what it returns.
 
     Past ``timeout`` seconds an async call is cancelled; a thread cannot be, so it is left running.
     Both raise :class:`JobTimeout`.
@@ -244,26 +248,24 @@ async def _call(
     if is_async:
         token = set_current_job(context)
         try:
-            await _within_timeout(func(*args, **kwargs), timeout, in_thread=False)
+            return await _within_timeout(func(*args, **kwargs), timeout, in_thread=False)
         finally:
             reset_current_job(token)
-        return
     future = asyncio.get_running_loop().run_in_executor(
         threads, _call_in_thread, func, args, kwargs, context
     )
-    await _within_timeout(future, timeout, in_thread=True)  # cancelling it leaves the thread
+    return await _within_timeout(future, timeout, in_thread=True)  # cancelling leaves the thread
 
 
-async def _within_timeout(call: Awaitable[Any], timeout: float | None, *, in_thread: bool) -> None:
+async def _within_timeout(call: Awaitable[Any], timeout: float | None, *, in_thread: bool) -> Any:
     """Await ``call``; past ``timeout`` seconds, cancel it and raise :class:`JobTimeout`. A
     ``TimeoutError`` of the job's own passes through as itself. Without a timeout (most jobs) the
     hot path skips the timeout scope."""
     if timeout is None:
-        await call
-        return
+        return await call
     try:
         async with asyncio.timeout(timeout) as deadline:
-            await call
+            return await call
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -282,18 +284,17 @@ def _call_in_thread(
     context: JobContext,
     around: tuple[Hook, ...] = (),
     failed_in: list[str] | None = None,
-) -> None:
+) -> Any:
     token = set_current_job(context)
     try:
         if around:
-            run_chain(
+            return run_chain(
                 around,
                 context,
                 lambda: func(*args, **kwargs),
                 [] if failed_in is None else failed_in,
             )
-        else:
-            func(*args, **kwargs)
+        return func(*args, **kwargs)
     finally:
         reset_current_job(token)
 

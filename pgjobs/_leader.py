@@ -47,15 +47,22 @@ STATS_KEPT = 2 * 3600.0
 
 @dataclass(frozen=True)
 class Retention:
-    """Seconds finished jobs are kept, by state, before the leader prunes them."""
+    """Seconds finished jobs are kept, by state, before the leader prunes them; and completed
+    jobs' results, before it clears them (``None``: as long as the job)."""
 
     completed: float
     cancelled: float
     discarded: float
+    results: float | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> Retention:
-        return cls(settings.retain_completed, settings.retain_cancelled, settings.retain_discarded)
+        return cls(
+            settings.retain_completed,
+            settings.retain_cancelled,
+            settings.retain_discarded,
+            settings.result_retention,
+        )
 
 
 class Leader:
@@ -125,10 +132,26 @@ class Leader:
                 break
         if total:
             log.info("pruned %s finished job(s) past their retention", total)
+        if self._retention.results is not None:
+            await self._prune_results(conn, self._retention.results)
         if self._prune_batches:
             await self._prune_finished_batches(conn)
         if self._fold_stats:
             await self._fold_job_stats(conn)
+
+    async def _prune_results(self, conn: psycopg.AsyncConnection[Any], retain: float) -> None:
+        """Clear the results stored more than ``retain`` seconds ago (``result_retention``)."""
+        params = {"retain": retain, "limit": PRUNE_BATCH}
+        total = 0
+        for _ in range(PRUNE_BATCHES):
+            cur = await conn.execute(self._queries.prune_results, params)
+            row = await cur.fetchone()
+            cleared = row[0] if row else 0
+            total += cleared
+            if cleared < PRUNE_BATCH:
+                break
+        if total:
+            log.info("cleared %s job result(s) past result_retention", total)
 
     async def _fold_job_stats(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Fold ``job_stats`` minutes past :data:`STATS_KEPT` into their totals."""

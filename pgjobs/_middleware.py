@@ -410,17 +410,21 @@ def _send_ids(entered: list[Any], ids: list[Ids], hooks: tuple[Hook, ...]) -> No
 
 def run_chain(
     hooks: tuple[Hook, ...], context: JobContext, call: Callable[[], Any], failed_in: list[str]
-) -> None:
+) -> Any:
     """``call()`` inside the sync run middleware ``hooks``. A middleware that returns before
     its yield skips the job and the ones inside it; one that ends normally after the job's
     exception was thrown in completes the attempt; one that raises makes that the outcome.
 
     ``failed_in`` names the middleware whose code runs, or whose exception ends the attempt
     (empty while the job runs, and when the job's own exception ends it): a timeout that
-    strikes inside a middleware is laid at its door."""
+    strikes inside a middleware is laid at its door.
+
+    Returns what the job returned (each middleware gets it from its ``yield``); ``None`` when
+    it was skipped or a middleware ended the attempt normally after its exception."""
     entered: list[tuple[Hook, Any]] = []
     exc: BaseException | None = None
     owner: str | None = None
+    result: Any = None
     for hook in hooks:
         failed_in[:] = [hook.name]
         generator = hook.func(context)
@@ -435,18 +439,19 @@ def run_chain(
     else:
         failed_in.clear()
         try:
-            call()
+            result = call()
         except BaseException as raised:
             exc = raised
     for hook, generator in reversed(entered):
         failed_in[:] = [hook.name]
         try:
             if exc is None:
-                generator.send(None)
+                generator.send(result)
             else:
                 generator.throw(exc)
         except StopIteration:
-            exc = owner = None  # ended normally: the attempt completes
+            if exc is not None:
+                exc = owner = result = None  # ended normally: the attempt completes
             continue
         except BaseException as raised:
             if raised is not exc:
@@ -458,6 +463,7 @@ def run_chain(
     failed_in[:] = [] if owner is None else [owner]
     if exc is not None:
         raise exc
+    return result
 
 
 async def run_chain_async(
@@ -465,12 +471,13 @@ async def run_chain_async(
     context: JobContext,
     call: Callable[[], Awaitable[Any]],
     failed_in: list[str],
-) -> None:
+) -> Any:
     """:func:`run_chain` on the event loop: async middleware are awaited, sync ones (around an
     ``async def`` job) run on the loop too."""
     entered: list[tuple[Hook, Any]] = []
     exc: BaseException | None = None
     owner: str | None = None
+    result: Any = None
     for hook in hooks:
         failed_in[:] = [hook.name]
         generator = hook.func(context)
@@ -488,7 +495,7 @@ async def run_chain_async(
     else:
         failed_in.clear()
         try:
-            await call()
+            result = await call()
         except BaseException as raised:
             exc = raised
             owner = failed_in[0] if failed_in else None  # a middleware in the thread, say
@@ -496,13 +503,14 @@ async def run_chain_async(
         failed_in[:] = [hook.name]
         try:
             if not hook.is_async:
-                generator.send(None) if exc is None else generator.throw(exc)
+                generator.send(result) if exc is None else generator.throw(exc)
             elif exc is None:
-                await generator.asend(None)
+                await generator.asend(result)
             else:
                 await generator.athrow(exc)
         except (StopIteration, StopAsyncIteration):
-            exc = owner = None
+            if exc is not None:
+                exc = owner = result = None
             continue
         except BaseException as raised:
             if raised is not exc:
@@ -517,6 +525,7 @@ async def run_chain_async(
     failed_in[:] = [] if owner is None else [owner]
     if exc is not None:
         raise exc
+    return result
 
 
 def _yielded_twice(hook: Hook) -> RuntimeError:

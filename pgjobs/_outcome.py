@@ -72,13 +72,15 @@ class Outcome:
     """The end of one attempt: the job's next state, and for a retry or snooze the delay.
 
     ``scheduled`` is a snooze. ``thread_overran`` marks a sync job whose thread still runs after
-    its timeout: the worker must retire, since it cannot stop that thread.
+    its timeout: the worker must retire, since it cannot stop that thread. ``result`` is what a
+    completed job returned, as JSON text (``None`` when it returned ``None``).
     """
 
     state: Literal["completed", "retryable", "discarded", "cancelled", "scheduled"]
     delay: float = 0.0
     error: dict[str, Any] | None = None
     thread_overran: bool = False
+    result: str | None = None
 
 
 COMPLETED = Outcome("completed")

@@ -81,6 +81,15 @@ class JobRecord:
     meta: dict[str, Any]
     """What its enqueue stored for middleware and the job (``current_job().meta``); ``{}``
     for none."""
+    result: Any
+    """What it returned once ``completed`` (JSON); ``None`` before, for ``None``, and past
+    ``result_retention``."""
+    progress: float | None
+    """The latest fraction (0 to 1) its running attempt reported; ``None`` for none."""
+    progress_message: str | None
+    """The text of that report."""
+    progress_at: datetime | None
+    """When that report was stored."""
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,8 @@ class Settings:
     retain_completed: float = DAY
     retain_cancelled: float = 7 * DAY
     retain_discarded: float = 30 * DAY
+    result_retention: float | None = None
+    """Seconds a completed job's result is kept after it finished; ``None``: as long as the job."""
     vacuum_threshold: int = 10_000
     log_level: str = "INFO"
     log_format: str = "text"
@@ -131,7 +133,7 @@ class Settings:
         if self.vacuum_threshold < 0:
             raise ConfigError("vacuum_threshold: must be 0 (off) or a number of dead rows")
         for name in _DURATIONS:
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")
         if self.lease_timeout < 3 * self.heartbeat_interval:
             raise ConfigError(
@@ -154,7 +156,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
-_DURATIONS = tuple(name for name, f in _FIELDS.items() if f.type == "float")
+_DURATIONS = tuple(name for name, f in _FIELDS.items() if f.type in ("float", "float | None"))
 _URLS = ("database_url", "listen_database_url")
 
 
@@ -247,7 +249,7 @@ def _coerce(name: str, value: Any) -> Any:
             return lowered in {"1", "true", "yes", "on"}
         if kind == "int":
             return int(value)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return parse_duration(value) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None

@@ -259,14 +259,33 @@ SET state = o.state,
                   ELSE j.errors || jsonb_build_array(o.error || jsonb_build_object('at', now()))
              END,
     worker_id = NULL,
-    claim_token = NULL
+    claim_token = NULL,
+    result = nullif(%(results)s::jsonb -> (o.n::int - 1), 'null')
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(tokens)s::uuid[], %(states)s::text[],
-            %(delays)s::float8[], %(errors)s::jsonb[]) AS o(id, attempt, token, state, delay, error)
+            %(delays)s::float8[], %(errors)s::jsonb[]) WITH ORDINALITY
+     AS o(id, attempt, token, state, delay, error, n)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = o.id AND j.attempt = o.attempt
   AND j.claim_token = o.token AND j.state = 'running' AND j.worker_id = %(worker_id)s
 RETURNING j.id
 """
-"""Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted."""
+"""Write attempt outcomes. ``scheduled`` is a snooze: back later, the attempt not counted.
+``results`` is ``NULL`` when no job of the batch returned anything, else one JSON array with an
+element per row (``null`` for none): one text to send and parse, where an array of JSON texts
+costs the client a millisecond of quoting per hundred rows. Progress is left as it is: a report
+older than the job's latest claim is an earlier attempt's, and readers leave it out
+(:data:`_PROGRESS`), which costs this statement nothing."""
+
+REPORT_PROGRESS = """
+UPDATE {schema}.jobs AS j
+SET progress = p.progress, progress_message = p.message, progress_at = now()
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(progress)s::real[], %(messages)s::text[])
+     AS p(id, token, progress, message)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = p.id AND j.claim_token = p.token
+  AND j.state = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.id
+"""
+"""Store the latest progress of running jobs, fenced on their claim: a report from a run whose
+claim was undone or rescued changes nothing."""
 
 DURATION_BUCKETS = (
     0.005,
@@ -580,7 +599,7 @@ WITH target AS (
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
-        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+        max_attempts = greatest(j.max_attempts, j.attempt + 1), result = NULL
     FROM target
     WHERE j.id = target.id AND target.state <> 'running' AND NOT EXISTS (SELECT FROM holder)
     RETURNING j.queue
@@ -613,7 +632,7 @@ WITH chosen AS (
 ), retried AS (
     UPDATE {schema}.jobs AS j
     SET state = 'available', scheduled_at = now(), finished_at = NULL, cancel_requested_at = NULL,
-        max_attempts = greatest(j.max_attempts, j.attempt + 1)
+        max_attempts = greatest(j.max_attempts, j.attempt + 1), result = NULL
     WHERE j.id = ANY(ARRAY(SELECT free.id FROM free)) AND j.state <> 'running'
     RETURNING j.queue
 ), notified AS (
@@ -629,15 +648,61 @@ retried."""
 GET_JOB = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
-       cancel_requested_at, unique_key, batch_id, partition_key, errors, meta
+       cancel_requested_at, unique_key, batch_id, partition_key, errors, meta, result,
+       {progress}
 FROM {schema}.jobs
 WHERE id = %(id)s
 """
 
+_PROGRESS = """CASE WHEN progress_at >= attempted_at THEN progress END AS progress,
+       CASE WHEN progress_at >= attempted_at THEN progress_message END AS progress_message,
+       CASE WHEN progress_at >= attempted_at THEN progress_at END AS progress_at"""
+"""The progress columns as of the job's latest attempt: a report stored before that attempt was
+claimed (``attempted_at``) is an earlier attempt's. A report is fenced on its claim, so none can
+be stored after a later claim."""
+
+GET_RESULT = """
+SELECT state, result FROM {schema}.jobs WHERE id = %(id)s
+"""
+
+AWAIT_JOB = """
+SELECT {schema}.await_job(%(id)s) AS state
+"""
+"""Mark a job awaited unless it has ended (migration 0020); its state, ``NULL`` for no such
+job. The caller listens on the results channel first."""
+
+BATCH_RESULTS = """
+SELECT j.id, j.result
+FROM {schema}.jobs AS j
+WHERE j.batch_id = %(batch_id)s AND j.state = 'completed'
+  AND j.id <> ALL(ARRAY(SELECT c.id FROM {schema}.batches AS b,
+                        LATERAL (VALUES (b.success_job_id), (b.complete_job_id)) AS c(id)
+                        WHERE b.id = %(batch_id)s AND c.id IS NOT NULL))
+ORDER BY j.id
+"""
+"""The results of a batch's completed jobs (its callbacks left out), on the batch index."""
+
+PRUNE_RESULTS = """
+WITH cleared AS (
+    UPDATE {schema}.jobs AS j SET result = NULL
+    WHERE j.id = ANY(ARRAY(
+            SELECT r.id FROM {schema}.jobs AS r
+            WHERE r.result IS NOT NULL
+              AND r.finished_at < now() - make_interval(secs => %(retain)s)
+            LIMIT %(limit)s))
+      AND j.result IS NOT NULL
+    RETURNING 1
+)
+SELECT count(*) FROM cleared
+"""
+"""Clear results stored more than ``retain`` seconds ago, on the index of the rows that hold one
+(``jobs_result_finished_idx``)."""
+
 LIST_JOBS = """
 SELECT id, queue, name, state, priority, attempt, max_attempts, args, kwargs,
        scheduled_at, inserted_at, attempted_at, finished_at, worker_id::text AS worker_id,
-       cancel_requested_at, unique_key, batch_id, partition_key, errors, meta
+       cancel_requested_at, unique_key, batch_id, partition_key, errors, meta, result,
+       {progress}
 FROM {schema}.jobs
 WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
@@ -870,6 +935,7 @@ GRANT SELECT, INSERT, DELETE ON {schema}.queue_starts TO {role};
 -- GRANT MAINTAIN ON {schema}.jobs TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.cron_entries TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.job_stats TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.await_job(bigint) TO {role};
 """
 """Claim jobs and write their outcomes, promote due ones, rescue and prune (UPDATE, DELETE on
 jobs); register, heartbeat and deregister (workers), take the leader lease (leases); check the
@@ -881,7 +947,8 @@ batches once their jobs are pruned. ``cron_entries``: declare
 the app's cron entries and enqueue their ticks; the SQL functions ``pause_cron()``,
 ``resume_cron()`` and ``run_cron()`` need no more. ``queues``: apply the limits the app
 declares and pause or resume queues; ``queue_starts``: the sliding windows of rate-limited
-queues; ``job_stats``: count the outcomes written, and fold old minutes (the leader)."""
+queues; ``job_stats``: count the outcomes written, and fold old minutes (the leader).
+``await_job()``: jobs that wait for other jobs (``App.wait_for``)."""
 
 GRANT_INSPECTOR = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
@@ -889,8 +956,10 @@ GRANT SELECT ON {schema}.jobs, {schema}.workers, {schema}.leases, {schema}.queue
     {schema}.alembic_version, {schema}.schema_compatibility, {schema}.batches,
     {schema}.cron_entries, {schema}.queues,
     {schema}.queue_starts, {schema}.job_stats TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.await_job(bigint) TO {role};
 """
-"""Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards."""
+"""Read every table and view: ``pgjobs stats``, ``jobs``, ``workers``, dashboards, results;
+wait for jobs to end (``App.wait_for``: ``await_job()``)."""
 
 
 INSERT_BATCH = """
@@ -1056,6 +1125,7 @@ class Queries:
     copy_jobs_with_meta: str
     claim_jobs: str
     finish_jobs: str
+    report_progress: str
     add_job_stats: str
     can_count_jobs: str
     fold_job_stats: str
@@ -1076,6 +1146,10 @@ class Queries:
     retry_job: str
     retry_jobs: str
     get_job: str
+    get_result: str
+    await_job: str
+    batch_results: str
+    prune_results: str
     list_jobs: str
     list_workers: str
     queue_counts: str
@@ -1125,6 +1199,9 @@ class Queries:
     restore_jit: str
     queues_channel: str = ""
     """Channel notified with a queue's name when its row in ``queues`` changes."""
+    results_channel: str = ""
+    """Channel notified with a job's id when a job somebody awaits ends (migration 0020). A
+    wake-up only: waiters read the table."""
 
 
 @functools.cache
@@ -1137,6 +1214,7 @@ def queries_for(schema: str) -> Queries:
         cancel_channel=f"{schema}.cancel",
         lock_namespace=f"pgjobs.workers:{schema}",
         queues_channel=f"{schema}.queues",
+        results_channel=f"{schema}.results",
     )
 
 
@@ -1144,7 +1222,10 @@ def _texts(statements: type[Queries], schema: str) -> dict[str, str]:
     """The statements named by the fields of ``statements``, for ``schema``."""
     return {
         f.name: globals()[f.name.upper()].format(
-            schema=f'"{schema}"', lost_worker=LOST_WORKER, cancel_requested=CANCEL_REQUESTED
+            schema=f'"{schema}"',
+            lost_worker=LOST_WORKER,
+            cancel_requested=CANCEL_REQUESTED,
+            progress=_PROGRESS,
         )
         for f in fields(statements)
         if f.name.upper() in globals()

@@ -16,13 +16,17 @@ MAX_DEPTH = 64
 """Deepest nesting of lists and dicts accepted in job arguments."""
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
-"""Largest accepted size of a job's arguments (args and kwargs together), in bytes of their text
+"""Largest accepted size of a job's arguments (args and kwargs together), and of its return
+value (see :func:`encode_result`), in bytes of their text
 as PostgreSQL prints ``jsonb`` (a space after each ``,`` and ``:``): the measure the database's
 own check applies to plain SQL inserts too (migration ``0006``)."""
 
 
 MAX_ATTEMPTS = 2**31 - 1
 """Largest ``max_attempts``: the column is a PostgreSQL ``integer``."""
+
+MAX_PROGRESS_MESSAGE = 1000
+"""Longest progress message, in characters (:meth:`JobContext.progress`)."""
 
 MAX_NAME_LENGTH = 255
 """Longest job name, in characters (the ``jobs_name_check`` constraint)."""
@@ -74,6 +78,57 @@ def encode_meta(meta: Any, path: str = "meta") -> str | None:
             path, f"is {size} bytes as JSON, over the {MAX_PAYLOAD_BYTES}-byte limit; keep it small"
         )
     return text
+
+
+def encode_result(value: Any, job_name: str) -> str | None:
+    """What job ``job_name`` returned, as JSON text for ``jobs.result``; ``None`` for ``None``.
+
+    Raises:
+        ValidationError: the value is not JSON (a set, an object, NaN...) or its text is over
+            :data:`MAX_PAYLOAD_BYTES`, measured as for arguments; the message names the job.
+    """
+    if value is None:
+        return None
+    try:
+        _check(value, "result", 0)
+    except ValidationError as exc:
+        raise ValidationError(
+            exc.path, f"job {job_name} returned a value that is not JSON: {exc.problem}"
+        ) from None
+    text = _encode(value)
+    size = len(text.encode())
+    if size > MAX_PAYLOAD_BYTES // 2:  # the spaces cannot double it: measure the printed text
+        size = len(_encode_as_printed(value).encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValidationError(
+            "result",
+            f"job {job_name} returned {size} bytes of JSON, over the {MAX_PAYLOAD_BYTES}-byte "
+            "limit; store large data in your own table and return its id",
+        )
+    return text
+
+
+def check_progress(fraction: float, message: str | None) -> float:
+    """``fraction`` as a float, once it and ``message`` are a progress report that can be stored."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise ValidationError(
+            "fraction", f"{type(fraction).__name__} is not a number; pass a float from 0 to 1"
+        )
+    value = float(fraction)
+    if not 0.0 <= value <= 1.0:  # false for NaN too
+        raise ValidationError("fraction", f"{fraction!r} is not from 0 to 1 (0.4 means 40%)")
+    if message is not None:
+        if not isinstance(message, str):
+            raise ValidationError(
+                "message", f"{type(message).__name__} is not text; pass a str or None"
+            )
+        if len(message) > MAX_PROGRESS_MESSAGE:
+            raise ValidationError(
+                "message",
+                f"{len(message)} characters, over {MAX_PROGRESS_MESSAGE}; keep it to a line",
+            )
+        check_text(message, "message")
+    return value
 
 
 def check_job_name(name: str) -> None:

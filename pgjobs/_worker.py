@@ -3,7 +3,8 @@
 One process holds three connections: ``session`` (registration, heartbeat, leadership,
 LISTEN/NOTIFY: see :mod:`pgjobs._session`), ``claim`` (claims and promotions of due scheduled
 jobs, and the ticks of the app's cron entries, if it has any: :mod:`pgjobs._scheduler`) and
-``ack`` (batched outcome writes). Its :class:`~pgjobs._producer.Producer` claims jobs into the
+``ack`` (batched outcome writes), and a fourth, ``progress``, once a job reports its progress
+(:mod:`pgjobs._progress`). Its :class:`~pgjobs._producer.Producer` claims jobs into the
 free slots; the worker runs each in a task of its own and hands its outcome to the
 :class:`~pgjobs._acker.Acker`. A slot is free once its job's outcome is written.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -52,6 +54,7 @@ from ._link import LAST_TRY, Link
 from ._logs import job_ended, job_started
 from ._migrate import check_schema
 from ._producer import Producer, ProducerConfig, Slots
+from ._progress import ProgressWriter
 from ._queues import limits_params
 from ._scheduler import Scheduler
 from ._session import Session, SessionConfig, SessionEvents, session_link
@@ -129,6 +132,10 @@ class Worker:
             on_retry=self._retry_scheduled,
             on_written=self._written,
         )
+        self._progress = ProgressWriter(
+            Link(self.settings, self._application_name("progress")), self._queries, self.id
+        )
+        """Writes the progress jobs report; connects on the first report."""
         self._stats_slot = random.randrange(STATS_SLOTS)
         self._counting: asyncio.Task[None] | None = None
         self._counted_all = asyncio.Event()
@@ -208,6 +215,7 @@ class Worker:
             await self._apply_declared_limits()
             await self._check_counting()
             self._acker.start()
+            self._progress.start()
             if self._acker.tally is not None:
                 self._counting = asyncio.create_task(self._count(), name="pgjobs-stats")
             if not self.burst:
@@ -231,6 +239,7 @@ class Worker:
                 await self._scheduler.stop()
             await self._starts.stop()
             await self._stop_acker()
+            await self._progress.stop()
             if self._counting is not None:
                 self._counted_all.set()  # the last outcomes' counts, if the database takes them
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -442,6 +451,7 @@ class Worker:
                 _args=job.args,
                 _kwargs=job.kwargs,
                 _meta=job.meta,
+                _report=functools.partial(self._progress.report, claim),
             )
             task = asyncio.create_task(
                 self._run_job(job, context, claim, begun if job.queue in rated else None),

@@ -390,7 +390,8 @@ def retry(
 @click.pass_obj
 @_handles_errors
 def job_command(obj: dict[str, Any], job_id: int, as_json: bool) -> None:
-    """Show job JOB_ID: its columns, then each failed attempt's error with its traceback."""
+    """Show job JOB_ID: its columns (its result as JSON, its progress), then each failed
+    attempt's error with its traceback."""
     row = _load_app(obj).get_job(job_id)
     if row is None:
         raise click.UsageError(f"no job {job_id}")
@@ -398,7 +399,10 @@ def job_command(obj: dict[str, Any], job_id: int, as_json: bool) -> None:
         click.echo(json.dumps(asdict(row), default=str))
         return
     for key, value in asdict(row).items():
-        shown = json.dumps(value) if isinstance(value, list | dict) else value
+        json_column = isinstance(value, list | dict) or (key == "result" and value is not None)
+        shown = json.dumps(value) if json_column else value
+        if key == "progress" and value is not None:
+            shown = f"{value:.0%}"
         if key != "errors":
             click.echo(f"{key + ':':<20} {'' if shown is None else shown}")
     for error in row.errors:
@@ -550,6 +554,9 @@ def stats(obj: dict[str, Any], as_json: bool) -> None:
     show_default=True,
     help="rate: the limit holds per partition key, for this many keys (0: the whole queue)",
 )
+@click.option(
+    "--results", is_flag=True, help="process: the jobs return a small dict, stored as a result"
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table")
 @click.pass_obj
 @_handles_errors
@@ -568,6 +575,7 @@ def bench(
     unique: bool,
     limit: bool,
     partitions: int,
+    results: bool,
     as_json: bool,
 ) -> None:
     """Measure pgjobs on this database, in a schema of its own (pgjobs_bench, dropped after).
@@ -597,6 +605,7 @@ def bench(
         unique=unique,
         limit=limit,
         partitions=partitions,
+        results=results,
     )
     result = _bench.run(mode, settings, options)
     if as_json:

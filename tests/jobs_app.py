@@ -356,3 +356,66 @@ def debounced(key: int, label: str) -> None:
     record(label)
     if label.startswith("lock "):
         _ledger().execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
+
+
+@app.job(name="returns", max_attempts=2, retry=retry_now)
+def returns(value: Any) -> Any:
+    """Returns its argument: its result."""
+    return value
+
+
+@app.job(name="async_returns")
+async def async_returns(value: Any) -> Any:
+    return value
+
+
+@app.job(name="returns_unstorable", max_attempts=2, retry=retry_now)
+def returns_unstorable(kind: str) -> Any:
+    """Returns what cannot be a result: ``set``, ``nan``, ``big`` (over the size limit)."""
+    record("returns_unstorable")
+    unstorable = {"set": {1, 2}, "nan": {"ratio": float("nan")}, "big": "x" * (1024 * 1024 + 1)}
+    return unstorable[kind]
+
+
+@app.job(name="reports_progress")
+def reports_progress(key: int) -> int:
+    """Reports 0.4, then waits for the test holding advisory lock ``key``; returns 10."""
+    pgjobs.current_job().progress(0.4, "resized 4 of 10")
+    _ledger().execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
+    return 10
+
+
+@app.job(name="async_reports_progress")
+async def async_reports_progress(key: int) -> int:
+    pgjobs.current_job().progress(0.25)
+    await asyncio.to_thread(
+        lambda: _ledger().execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
+    )
+    return 4
+
+
+@app.job(name="progress_loop")
+def progress_loop(reports: int) -> None:
+    """Reports progress ``reports`` times in a tight loop, then once more as 1.0 "done"."""
+    for n in range(reports):
+        pgjobs.current_job().progress(n / reports, f"{n}")
+    pgjobs.current_job().progress(1.0, "done")
+    time.sleep(1.5)  # long enough for the last report to be written while it runs
+
+
+@app.job(name="bad_progress", max_attempts=1)
+def bad_progress(fraction: Any, message: Any = None) -> str:
+    """Reports a bad value; returns the ValidationError's message."""
+    try:
+        pgjobs.current_job().progress(fraction, message)
+    except pgjobs.ValidationError as exc:
+        return str(exc)
+    return "accepted"
+
+
+@app.job(name="gathers_results")
+def gathers_results(kind: str) -> dict[str, Any]:
+    """A batch callback that returns its batch's results, keyed by job id as text."""
+    batch_id = pgjobs.current_job().batch_id
+    assert batch_id is not None
+    return {str(k): v for k, v in app.batch_results(batch_id).items()}

@@ -708,3 +708,40 @@ def test_the_inspector_serves_a_read_only_dashboard(
         for path in ("/", "/live", "/queues", "/jobs", f"/jobs/{job_id}", "/workers", "/cron",
                      "/batches", "/metrics", "/jobs?state=completed&search=x"):  # fmt: skip
             assert httpx.get(base + path).status_code == 200, path
+
+
+def test_the_worker_role_stores_results_and_progress_and_the_enqueuer_cannot(
+    roles: Roles, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    jobs_app.app.configure(database_url=roles.url("enqueuer"))
+    returned = jobs_app.returns.enqueue({"rows": 3})
+    reported = jobs_app.progress_loop.enqueue(10)
+    worker = burst_as_worker(roles, tmp_path / "worker.log")
+    assert "permission denied" not in worker.output()
+    assert rows(db, "SELECT state, result FROM pgjobs.jobs WHERE id = %s", returned) == [
+        ("completed", {"rows": 3})
+    ]
+    assert rows(
+        db, "SELECT progress, progress_message FROM pgjobs.jobs WHERE id = %s", reported
+    ) == [(1.0, "done")]
+    with psycopg.connect(roles.url("enqueuer"), autocommit=True) as enqueuer:
+        for statement in (
+            "UPDATE pgjobs.jobs SET result = '1'",
+            "UPDATE pgjobs.jobs SET progress = 0.5, progress_message = 'forged'",
+            "SELECT result FROM pgjobs.jobs",
+            "SELECT pgjobs.await_job(1)",
+            "UPDATE pgjobs.jobs SET awaited = true",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                enqueuer.execute(statement)
+    # the inspector reads results and waits for jobs; it writes nothing
+    inspector = pgjobs.App(database_url=roles.url("inspector"))
+    try:
+        assert inspector.get_result(returned) == {"rows": 3}
+        assert inspector.wait_for(returned, timeout=5).result == {"rows": 3}
+        waiting = value(db, "INSERT INTO pgjobs.jobs (name) VALUES ('noop') RETURNING id")
+        with pytest.raises(TimeoutError, match=f"job {waiting} is still available"):
+            inspector.wait_for(waiting, timeout=1)
+    finally:
+        inspector.close()
+    assert value(db, "SELECT awaited FROM pgjobs.jobs WHERE id = %s", waiting) is True

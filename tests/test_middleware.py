@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 import pgjobs
 from pgjobs._middleware import Hook, run_chain, run_chain_async
-from tests.helpers import count, rows, run_cli, value
+from tests.helpers import count, rows, run_burst, run_cli, value
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
 WORKER = ["--app", "tests.middleware_app:app", "worker", "--burst"]
@@ -478,3 +478,52 @@ def test_hostile_handlers_are_contained_and_named(
     assert f"job {job_id}: handler tests.middleware_app.errors failed" in out
     assert f"job {job_id}: handler tests.middleware_app.deaths failed" in out
     assert count(db, "SELECT count(*) FROM pgjobs.jobs WHERE state = 'running'") == 0
+
+
+def test_run_middleware_get_the_jobs_result_and_it_is_stored(database_url: str) -> None:
+    """``result = yield`` gives each middleware what the job returned (sync middleware in a def
+    job's thread, async ones on the loop), and the result is stored as without middleware; a
+    skipped job stores none."""
+    app = pgjobs.App(database_url=database_url)
+    seen: list[tuple[str, Any]] = []
+
+    @app.run_middleware
+    async def outer(job: pgjobs.JobContext) -> AsyncIterator[None]:
+        result = yield
+        seen.append(("outer", result))
+
+    @app.run_middleware
+    def inner(job: pgjobs.JobContext) -> Iterator[None]:
+        if job.meta.get("skip"):
+            return
+        result = yield
+        seen.append(("inner", result))
+
+    @app.job
+    def add(a: int, b: int) -> dict[str, int]:
+        return {"sum": a + b}
+
+    @app.job
+    async def shout(word: str) -> str:
+        return word.upper()
+
+    first = add.enqueue(2, 3)
+    skipped = add.options(meta={"skip": True}).enqueue(1, 1)
+    loud = shout.enqueue("hi")
+    try:
+        run_burst(app)
+        assert app.get_result(first) == {"sum": 5}
+        assert app.get_result(loud) == "HI"
+        assert app.get_result(skipped) is None
+    finally:
+        app.close()
+    assert sorted(seen, key=repr) == sorted(
+        [
+            ("inner", {"sum": 5}),
+            ("outer", {"sum": 5}),
+            ("outer", None),
+            ("inner", "HI"),
+            ("outer", "HI"),
+        ],
+        key=repr,
+    )

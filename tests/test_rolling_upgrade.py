@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,17 @@ def test_previous_release_works_on_the_newest_schema(
             assert {pid for (pid,) in rows(db, "SELECT DISTINCT pid FROM ledger")} == {
                 old.process.pid
             }
+            # a waiter of this release is woken as the previous release's worker ends the job
+            # (its poll of 30 s would come too late): the trigger notifies whoever acks
+            upgrade_app.app.configure(database_url=url, poll_interval=30)
+            try:
+                waited = upgrade_app.plain.enqueue_in(1, "waited")
+                started = time.monotonic()
+                record = upgrade_app.app.wait_for(waited, timeout=25)
+                assert record.state == "completed" and time.monotonic() - started < 10
+            finally:
+                upgrade_app.app.close()
+            assert rows(db, "SELECT pid FROM ledger WHERE label = 'waited'") == [(old.process.pid,)]
 
             # a previous-release worker that stops (or crashes) comes back on the new schema
             old.signal(signal.SIGTERM)

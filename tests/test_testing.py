@@ -507,3 +507,16 @@ def test_fake_mode_runs_the_enqueue_and_run_middleware_and_keeps_the_meta() -> N
         }
         assert queue.drain().completed == 1
     assert seen == [{"tenant": "acme", "request_id": "r-1"}, "r-1"]
+
+
+def test_drain_keeps_what_each_job_returned() -> None:
+    app = pgjobs.App()
+
+    @app.job
+    def area(width: int, height: int) -> dict[str, int]:
+        return {"area": width * height}
+
+    with fake(app) as queue:
+        area.enqueue(3, 4)
+        queue.drain()
+        assert queue.assert_enqueued(area, args=[3, 4]).result == {"area": 12}

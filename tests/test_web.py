@@ -180,6 +180,28 @@ def test_job_page_shows_arguments_errors_and_timeline(
         assert f"<dt>{line}</dt>" in page
 
 
+def test_job_page_shows_the_result_and_the_progress(
+    web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    done = jobs_app.returns.enqueue({"thumbnails": ["<b>a.png</b>"]})
+    run_burst(app)
+    page = web.get(f"/jobs/{done}").text
+    assert "<h2>Result</h2>" in page
+    assert "&lt;b&gt;a.png&lt;/b&gt;" in page and "<b>a.png" not in page
+    running = jobs_app.noop.enqueue()
+    db.execute(
+        "UPDATE pgjobs.jobs SET state = 'running', attempted_at = now(), attempt = 1,"
+        " worker_id = gen_random_uuid(), claim_token = gen_random_uuid(), progress = 0.4,"
+        " progress_message = 'resized <4> of 10', progress_at = now() WHERE id = %s",
+        (running,),
+    )
+    page = web.get(f"/jobs/{running}").text
+    assert '<progress max="1" value="0.4"></progress> 40% resized &lt;4&gt; of 10' in page
+    assert "A job has a result once it has completed." in page
+    waiting = web.get(f"/jobs/{jobs_app.noop.enqueue()}").text
+    assert "No progress reported yet." in waiting
+
+
 def test_payloads_in_arguments_and_errors_are_shown_as_text(
     web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
 ) -> None:

@@ -256,3 +256,20 @@ def test_values_hidden_from_the_arguments_are_blanked_out_of_the_jobs_texts() ->
     assert plain["errors"][0]["message"] == f"charge: {len(message)} characters"
     assert plain["args"] == job["args"] and plain["unique_key"] == job["unique_key"]
     assert redacted({"name": "x", "args": [], "kwargs": {}, "errors": None}, redact, None)
+
+
+def test_values_hidden_from_the_arguments_are_blanked_out_of_the_result_and_progress() -> None:
+    def redact(name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
+        return ["***"], kwargs
+
+    job = {
+        "name": "charge",
+        "args": ["tok-4242-secret"],
+        "kwargs": {},
+        "result": {"receipt": "paid with tok-4242-secret", "amounts": [1, "tok-4242-secret"]},
+        "progress_message": "charging tok-4242-secret",
+    }
+    shown = redacted(job, redact, None)
+    assert shown["result"] == {"receipt": f"paid with {MASK}", "amounts": [1, MASK]}
+    assert shown["progress_message"] == f"charging {MASK}"
+    assert redacted(job, None, None)["result"] == job["result"]  # no hook: shown as stored

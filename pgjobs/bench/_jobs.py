@@ -23,6 +23,18 @@ async def async_noop() -> None:
     """Does nothing, on the event loop."""
 
 
+@app.job(name="pgjobs.bench.returns", max_attempts=1)
+def returns() -> dict[str, object]:
+    """Returns a small dict: what is measured is storing it as the job's result."""
+    return {"ok": True, "rows": 42, "path": "thumbnails/42.png"}
+
+
+@app.job(name="pgjobs.bench.async_returns", max_attempts=1)
+async def async_returns() -> dict[str, object]:
+    """:func:`returns` on the event loop."""
+    return {"ok": True, "rows": 42, "path": "thumbnails/42.png"}
+
+
 @app.job(name="pgjobs.bench.report_start", max_attempts=1)
 def report_start(port: int) -> None:
     """Sends the time this function started to the bench over loopback UDP."""

@@ -31,7 +31,16 @@ from .._link import CUSTOM_PLANS
 from .._migrate import migrate
 from .._outcome import COMPLETED
 from .._settings import Settings
-from ._jobs import SCHEMA, app, async_noop, async_report_start, noop, report_start
+from ._jobs import (
+    SCHEMA,
+    app,
+    async_noop,
+    async_report_start,
+    async_returns,
+    noop,
+    report_start,
+    returns,
+)
 from ._pages import pages
 from ._sql import bench_queries_for
 
@@ -76,6 +85,8 @@ class BenchOptions:
     partitions: int = 0
     """``rate``: the limit holds per partition key, for this many keys (0: for the whole
     queue)."""
+    results: bool = False
+    """``process``: each job returns a small dict, stored as its result."""
 
 
 def run(mode: str, settings: Settings, options: BenchOptions) -> dict[str, Any]:
@@ -188,6 +199,7 @@ def _process(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         "processes": options.processes,
         "concurrency": options.concurrency,
         "job_kind": "async" if options.async_jobs else "sync",
+        "results": options.results,
     }
     kinds = ["plain"] + ["unique"] * options.unique + ["limited"] * options.limit
     if kinds == ["plain"]:
@@ -220,7 +232,7 @@ def _burn_down(settings: Settings, options: BenchOptions, kind: str) -> float:
     if kind == "limited":
         with connect(settings, "pgjobs-bench") as conn:
             conn.execute(BENCH.bench_limit_queue, {"concurrency": NEVER_BINDING})
-    _enqueue_noops(options.jobs, options.async_jobs, kind == "unique")
+    _enqueue_noops(options.jobs, options.async_jobs, kind == "unique", options.results)
     started = time.perf_counter()
     worker = _start_worker(settings, options, "--burst")
     status = worker.wait()
@@ -588,9 +600,15 @@ MODES: dict[str, Callable[[Settings, BenchOptions], dict[str, Any]]] = {
 }
 
 
-def _enqueue_noops(jobs: int, async_jobs: bool, unique: bool = False) -> None:
-    """``jobs`` no-op jobs by ``enqueue_many``; with ``unique``, each with a key of its own."""
-    job = async_noop if async_jobs else noop
+def _enqueue_noops(
+    jobs: int, async_jobs: bool, unique: bool = False, results: bool = False
+) -> None:
+    """``jobs`` no-op jobs by ``enqueue_many``; with ``unique``, each with a key of its own;
+    with ``results``, jobs that return a small dict instead."""
+    if results:
+        job: Job[[], Any] = async_returns if async_jobs else returns
+    else:
+        job = async_noop if async_jobs else noop
     for start in range(0, jobs, BULK_CHUNK):
         end = min(start + BULK_CHUNK, jobs)
         if unique:

@@ -81,6 +81,8 @@ class EnqueuedJob:
     """The batch whose callback this job is (its ``batch_id`` too)."""
     meta: dict[str, Any] = field(default_factory=dict)
     """What ``Job.options(meta=)`` and the enqueue middleware stored (``jobs.meta``)."""
+    result: Any = None
+    """What it returned once ``completed`` (as JSON gives it back, like ``App.get_result``)."""
 
     def __repr__(self) -> str:
         arguments = [repr(a) for a in self.args]
@@ -436,6 +438,8 @@ class FakeQueue:
     def _apply(self, record: EnqueuedJob, outcome: Outcome) -> str:
         """Move ``record`` to ``outcome``'s state; return the summary's count to add to."""
         record.state = outcome.state
+        if outcome.result is not None:
+            record.result = json.loads(outcome.result)
         if outcome.error is not None:
             record.errors.append(outcome.error)
         if outcome.state == "scheduled":

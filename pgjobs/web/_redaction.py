@@ -27,7 +27,7 @@ would blank out parts of words and line numbers, and is no secret."""
 _ERROR_TEXTS = ("message", "traceback")
 """The texts of each error of ``errors``."""
 
-_TEXTS = ("last_error", "unique_key", "partition_key")
+_TEXTS = ("last_error", "unique_key", "partition_key", "progress_message")
 """A job's own texts that may repeat its arguments."""
 
 
@@ -49,8 +49,9 @@ def blanked(text: str, values: list[str]) -> str:
 def redacted(
     job: Mapping[str, Any], redact: Redact | None, redact_error: RedactError | None
 ) -> dict[str, Any]:
-    """``job`` (a row of the jobs table: ``name``, ``args``, ``kwargs``, and perhaps ``errors``
-    and the texts of :data:`_TEXTS`) as the hooks let it be seen."""
+    """``job`` (a row of the jobs table: ``name``, ``args``, ``kwargs``, and perhaps ``errors``,
+    ``result`` and the texts of :data:`_TEXTS`) as the hooks let it be seen: the hidden argument
+    values are blanked out of the texts and of the result's strings too."""
     shown = dict(job)
     values: list[str] = []
     if redact is not None:
@@ -67,6 +68,8 @@ def redacted(
     for key in _TEXTS:
         if key in shown:
             shown[key] = text(shown[key], error=key == "last_error")
+    if values and shown.get("result") is not None:
+        shown["result"] = _blanked_json(shown["result"], values)
     if isinstance(shown.get("errors"), list):
         shown["errors"] = [
             {k: text(v, error=True) if k in _ERROR_TEXTS else v for k, v in error.items()}
@@ -75,6 +78,17 @@ def redacted(
             for error in shown["errors"]
         ]
     return shown
+
+
+def _blanked_json(value: Any, values: list[str]) -> Any:
+    """A JSON value (a job's result) with ``values`` blanked out of each of its strings."""
+    if isinstance(value, str):
+        return blanked(value, values)
+    if isinstance(value, Mapping):
+        return {key: _blanked_json(item, values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_blanked_json(item, values) for item in value]
+    return value
 
 
 def _values(value: Any) -> Iterator[str]:

@@ -302,10 +302,12 @@ def _batch_of_current_job() -> str:
 
 
 @app.job(name="batch_member")
-def batch_member(seconds: float = 0.0) -> None:
-    """A job of a batch: records its batch id (``event``) at its start, then sleeps."""
+def batch_member(seconds: float = 0.0, first_attempt_seconds: float | None = None) -> None:
+    """A job of a batch: records its batch id (``event``) at its start, then sleeps (on its
+    first attempt ``first_attempt_seconds``, when given: long enough to be killed mid-run)."""
     record("batch_member", _batch_of_current_job())
-    time.sleep(seconds)
+    first = first_attempt_seconds is not None and pgjobs.current_job().attempt == 1
+    time.sleep(first_attempt_seconds if first and first_attempt_seconds is not None else seconds)
 
 
 @app.job(name="batch_member_fails_once", max_attempts=1)

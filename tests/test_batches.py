@@ -162,7 +162,10 @@ def test_a_sigkilled_worker_mid_batch_still_ends_with_one_callback_each(
     ids = []
     for _ in range(4):
         with app.batch(on_success=ON_SUCCESS, on_complete=ON_COMPLETE) as batch:
-            batch.enqueue_many(jobs_app.batch_member.call(1.0) for _ in range(5))
+            # the first attempts outlast any start-up of the survivor: the kill finds them all
+            batch.enqueue_many(
+                jobs_app.batch_member.call(first_attempt_seconds=300) for _ in range(5)
+            )
         ids.append(batch.id)
     eventually(lambda: count(db, "SELECT count(*) FROM ledger") == 20)
     survivor = worker_process("--concurrency", "20")

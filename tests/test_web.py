@@ -202,6 +202,15 @@ def test_job_page_shows_the_result_and_the_progress(
     assert "No progress reported yet." in waiting
 
 
+def test_job_page_shows_the_meta_as_text(web: Browser, app: pgjobs.App) -> None:
+    tagged = jobs_app.noop.options(meta={"request_id": "<r-42>"}).enqueue()
+    page = web.get(f"/jobs/{tagged}").text
+    assert "<dt>meta</dt>" in page
+    assert "r-42" in page and "<r-42>" not in page  # escaped, never markup
+    plain = web.get(f"/jobs/{jobs_app.noop.enqueue()}").text
+    assert "<dt>meta</dt><dd>-</dd>" in plain
+
+
 def test_payloads_in_arguments_and_errors_are_shown_as_text(
     web: Browser, app: pgjobs.App, db: psycopg.Connection[Any]
 ) -> None:

@@ -111,7 +111,11 @@ def test_every_page_from_the_nav_shows_what_the_database_holds(
     failed = web_app.fragile.enqueue("smtp")
     with jobs.batch(description="nightly import") as batch:
         *imported, running = batch.enqueue_many(
-            [web_app.report.call("row 1"), web_app.report.call("row 2"), web_app.held.call(LOCK)]
+            [
+                web_app.report.call("row 1"),
+                web_app.report.call("row 2"),
+                web_app.held.options(meta={"request_id": "req-7f3a"}).call(LOCK),
+            ]
         )
     scheduled = web_app.report.enqueue_in(3600, "tomorrow's digest")
     eventually(lambda: states(db, [*done, *imported]) == ["completed"] * 10)
@@ -174,6 +178,13 @@ def test_every_page_from_the_nav_shows_what_the_database_holds(
     expect(host.locator("td").nth(2)).to_have_text("default,mail")
     expect(host.get_by_role("link", name=str(running), exact=True)).to_be_visible()
     screenshot(page, "workers")
+
+    eventually(lambda: value(db, "SELECT progress FROM pgjobs.jobs WHERE id = %s", running))
+    host.get_by_role("link", name=str(running), exact=True).click()
+    expect(heading(page)).to_have_text(f"Job {running} running")
+    expect(page.locator("p.progress")).to_contain_text("40% imported 2 of 5 files")
+    expect(page.locator("code.meta")).to_have_text('{"request_id": "req-7f3a"}')
+    screenshot(page, "running-job")
 
     nav(page, "Cron")
     expect(heading(page)).to_have_text("Cron")

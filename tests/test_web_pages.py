@@ -268,8 +268,10 @@ def test_values_hidden_from_the_arguments_are_blanked_out_of_the_result_and_prog
         "kwargs": {},
         "result": {"receipt": "paid with tok-4242-secret", "amounts": [1, "tok-4242-secret"]},
         "progress_message": "charging tok-4242-secret",
+        "meta": {"note": "for tok-4242-secret", "tenant": "acme"},
     }
     shown = redacted(job, redact, None)
     assert shown["result"] == {"receipt": f"paid with {MASK}", "amounts": [1, MASK]}
+    assert shown["meta"] == {"note": f"for {MASK}", "tenant": "acme"}
     assert shown["progress_message"] == f"charging {MASK}"
     assert redacted(job, None, None)["result"] == job["result"]  # no hook: shown as stored

@@ -68,6 +68,7 @@ def daily_report() -> None:
 def held(key: int) -> None:
     """Runs until the test that holds advisory lock ``key`` lets it go."""
     record("held")
+    pgjobs.current_job().progress(0.4, "imported 2 of 5 files")
     _ledger().execute("SELECT pg_advisory_lock(%s), pg_advisory_unlock(%s)", (key, key))
     record("held", "end")
 

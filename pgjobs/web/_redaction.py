@@ -50,8 +50,8 @@ def redacted(
     job: Mapping[str, Any], redact: Redact | None, redact_error: RedactError | None
 ) -> dict[str, Any]:
     """``job`` (a row of the jobs table: ``name``, ``args``, ``kwargs``, and perhaps ``errors``,
-    ``result`` and the texts of :data:`_TEXTS`) as the hooks let it be seen: the hidden argument
-    values are blanked out of the texts and of the result's strings too."""
+    ``result``, ``meta`` and the texts of :data:`_TEXTS`) as the hooks let it be seen: the hidden
+    argument values are blanked out of the texts and of the result's and meta's strings too."""
     shown = dict(job)
     values: list[str] = []
     if redact is not None:
@@ -68,8 +68,9 @@ def redacted(
     for key in _TEXTS:
         if key in shown:
             shown[key] = text(shown[key], error=key == "last_error")
-    if values and shown.get("result") is not None:
-        shown["result"] = _blanked_json(shown["result"], values)
+    for key in ("result", "meta"):
+        if values and shown.get(key):
+            shown[key] = _blanked_json(shown[key], values)
     if isinstance(shown.get("errors"), list):
         shown["errors"] = [
             {k: text(v, error=True) if k in _ERROR_TEXTS else v for k, v in error.items()}

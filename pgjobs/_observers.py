@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
 
 from ._errors import ConfigError
 
@@ -46,9 +46,9 @@ RunObserver = Callable[["JobContext", Any], Generator[None, "JobOutcome", None]]
 """Around one attempt, outside the run middleware: is sent its outcome."""
 
 
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    """How one attempt of a job ended, as ``on_job_end`` observers see it.
+class JobOutcome(NamedTuple):
+    """How one attempt of a job ended, as ``on_job_end`` observers see it (a named tuple: the
+    worker makes one per attempt, and a frozen dataclass costs several times more to build).
 
     Attributes:
         state: the job's next state: ``completed``; ``retryable`` (to be retried after
@@ -108,22 +108,35 @@ def observer(func: Any, kind: str, count: int) -> Observer:
     return Observer(func, name)
 
 
-def notify(observers: tuple[Observer, ...], kind: str, job: JobContext, *args: Any) -> None:
-    """Call each observer with ``(job, *args)``; one that raises (anything, ``SystemExit``
+def started(observers: tuple[Observer, ...], job: JobContext) -> None:
+    """Call each ``on_job_start`` observer; one that raises (anything, ``SystemExit``
     included) is logged with its name, and the rest are still called."""
     for entry in observers:
         try:
-            entry.func(job, *args)
+            entry.func(job)
         except BaseException as exc:  # an observer changes nothing, whatever it raises
-            log.error(
-                "job %s: %s observer %s failed: %s: %s",
-                job.id,
-                kind,
-                entry.name,
-                type(exc).__qualname__,
-                exc,
-                exc_info=exc,
-            )
+            _failed(job, "on_job_start", entry, exc)
+
+
+def ended(observers: tuple[Observer, ...], job: JobContext, outcome: JobOutcome) -> None:
+    """Call each ``on_job_end`` observer, contained as in :func:`started`."""
+    for entry in observers:
+        try:
+            entry.func(job, outcome)
+        except BaseException as exc:
+            _failed(job, "on_job_end", entry, exc)
+
+
+def _failed(job: JobContext, kind: str, entry: Observer, exc: BaseException) -> None:
+    log.error(
+        "job %s: %s observer %s failed: %s: %s",
+        job.id,
+        kind,
+        entry.name,
+        type(exc).__qualname__,
+        exc,
+        exc_info=exc,
+    )
 
 
 def around_send(

@@ -53,10 +53,11 @@ from ._migrate import check_schema
 from ._observers import (
     InContext,
     JobOutcome,
+    ended,
     enter_run,
     exit_run,
     job_outcome,
-    notify,
+    started,
     throw_run,
 )
 from ._outcome import Outcome
@@ -485,18 +486,20 @@ class Worker:
         job's start is then confirmed), and once more at its end."""
         seam = self.app.seam
         try:
-            notify(seam.on_job_start, "on_job_start", context)
-            started = time.perf_counter()
+            started(seam.on_job_start, context)
+            began = time.perf_counter()
             threads: Executor = self._threads
             if begun is not None:
                 threads = self._entering(job, begun)
             if seam.around_run:
-                outcome, ended = await self._observed(job, context, InContext(threads), started)
+                outcome, outcome_seen = await self._observed(
+                    job, context, InContext(threads), began
+                )
             else:
                 outcome = await execute(self.app.get, seam, job, context, threads)
-                ended = job_outcome(outcome, time.perf_counter() - started)
-            claim.seconds = ended.seconds
-            notify(seam.on_job_end, "on_job_end", context, ended)
+                outcome_seen = job_outcome(outcome, time.perf_counter() - began)
+            claim.seconds = outcome_seen.seconds
+            ended(seam.on_job_end, context, outcome_seen)
             self._producer.ended(job.queue)
             self._acker.add(claim, outcome)
             if outcome.thread_overran:
@@ -508,7 +511,7 @@ class Worker:
             self._cancelled_ids.discard(job.id)
 
     async def _observed(
-        self, job: ClaimedJob, context: JobContext, threads: Executor, started: float
+        self, job: ClaimedJob, context: JobContext, threads: Executor, began: float
     ) -> tuple[Outcome, JobOutcome]:
         """Run ``job`` inside the seam's run observers, outermost, which are sent its outcome
         (or the worker's cancellation, when it is handed back)."""
@@ -518,9 +521,9 @@ class Worker:
         except BaseException as exc:
             throw_run(entered, exc)
             raise
-        ended = job_outcome(outcome, time.perf_counter() - started)
-        exit_run(entered, ended)
-        return outcome, ended
+        seen = job_outcome(outcome, time.perf_counter() - began)
+        exit_run(entered, seen)
+        return outcome, seen
 
     def _entering(self, job: ClaimedJob, begun: Callable[[int], None]) -> Executor:
         """The thread pool that tells ``begun`` when ``job``'s ``def`` code begins. An ``async

@@ -6,6 +6,7 @@ Define jobs on an :class:`App`, enqueue them inside your own transactions, run t
 
 from ._app import App
 from ._batch import AsyncBatch, Batch
+from ._call import JobCall, Unique
 from ._connection import AsyncConnection, Connection
 from ._context import JobContext, current_job
 from ._errors import (
@@ -18,14 +19,15 @@ from ._errors import (
     UnknownJobError,
     ValidationError,
 )
-from ._job import BoundJob, Job, JobCall
+from ._job import BoundJob, Job
 from ._middleware import Enqueuing
 from ._migrate import migrate
+from ._observers import JobOutcome
 from ._outcome import Snooze, sidekiq_backoff
 from ._queues import QueueLimits
 from ._records import BatchRecord, CronRecord, JobRecord, QueueRecord, WorkerRecord
 from ._settings import Settings, load_settings
-from ._unique import JobId, Unique
+from ._unique import JobId
 from ._worker import Worker
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "JobCall",
     "JobContext",
     "JobId",
+    "JobOutcome",
     "JobRecord",
     "JobTimeout",
     "PgjobsError",

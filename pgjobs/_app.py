@@ -8,21 +8,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _admin, _batches, _cron, _middleware, _queues, _waiting
+from . import _admin, _batches, _cron, _middleware, _observers, _queues, _waiting
 from ._batch import AsyncBatch, Batch
+from ._call import EnqueueOptions, JobCall, Unique
 from ._client import Client, Recorder
 from ._connection import AsyncConnection, Connection
 from ._context import JobContext
 from ._cron import CatchUp, CronEntry
 from ._errors import ConfigError, UnknownJobError, ValidationError
-from ._job import EnqueueOptions, ExhaustedHook, Job, JobCall
+from ._job import ExhaustedHook, Job
 from ._middleware import Seam
 from ._outcome import RetryPolicy, sidekiq_backoff
 from ._queues import QueueLimits, Rate
 from ._records import BatchRecord, CronRecord, JobRecord, QueueRecord, WorkerRecord
 from ._settings import QueueSpec, Settings, load_settings
 from ._sql import Queries, queries_for
-from ._unique import JobId, Unique
+from ._unique import JobId
 from ._validation import check_job_name
 
 P = ParamSpec("P")
@@ -31,6 +32,8 @@ T = TypeVar("T")
 E = TypeVar("E", bound=Callable[[_middleware.Enqueuing], Any])
 M = TypeVar("M", bound=Callable[[JobContext], Any])
 H = TypeVar("H", bound=Callable[[JobContext, BaseException], Any])
+StartObserver = TypeVar("StartObserver", bound=Callable[[JobContext], None])
+EndObserver = TypeVar("EndObserver", bound=Callable[[JobContext, _observers.JobOutcome], None])
 
 DEFAULT_MAX_ATTEMPTS = 25
 
@@ -61,7 +64,7 @@ class App:
         self._cron: dict[str, CronEntry] = {}
         self._queue_limits: dict[str, QueueLimits] = {}
         self.seam = Seam()
-        """The middleware and error handlers registered on this app (and its tracing)."""
+        """The middleware, error handlers and observers registered on this app."""
         self._client = Client(lambda: self.settings, self.seam)
 
     @property
@@ -250,6 +253,36 @@ class App:
         """Register a handler ``(job, exc)`` called once when a job is discarded, after its
         ``on_exhausted`` hook; bounded and contained as :meth:`on_error`'s."""
         self.seam.on_death += (_middleware.handler(func, "on_death"),)
+        return func
+
+    def on_job_start(self, func: StartObserver, /) -> StartObserver:
+        """Register an observer ``(job)`` called in the worker as each attempt begins, before
+        the run middleware, with the job's :class:`JobContext`. It runs on the worker's event
+        loop: it must be quick and must not block (a ``def``; ``async def`` is refused). One
+        that raises is logged with its name and changes nothing.
+
+        Raises:
+            ConfigError: ``func`` is not a plain function of one positional parameter.
+        """
+        self.seam.on_job_start += (_observers.observer(func, "on_job_start", 1),)
+        return func
+
+    def on_job_end(self, func: EndObserver, /) -> EndObserver:
+        """Register an observer ``(job, outcome)`` called in the worker once each attempt's
+        :class:`JobOutcome` is decided (its state, delay, error and run time), before it is
+        written: for metrics and logs of your own. Quick, non-blocking and contained as
+        :meth:`on_job_start`'s.
+
+        Example::
+
+            @app.on_job_end
+            def count(job: pgjobs.JobContext, outcome: pgjobs.JobOutcome) -> None:
+                statsd.timing(f"jobs.{job.name}.{outcome.state}", outcome.seconds * 1000)
+
+        Raises:
+            ConfigError: ``func`` is not a plain function of two positional parameters.
+        """
+        self.seam.on_job_end += (_observers.observer(func, "on_job_end", 2),)
         return func
 
     def periodic(

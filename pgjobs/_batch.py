@@ -6,15 +6,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ._admin import Operation
 from ._batches import seal
 from ._connection import AsyncConnection, Connection
 from ._sql import Queries
 
 if TYPE_CHECKING:
-    from ._client import Client
-    from ._job import JobCall
+    from ._call import JobCall
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """What a batch runs its calls through: the app's client."""
+
+    def add_to_batch(
+        self, batch_id: int, calls: Iterable[JobCall], conn: Any = None
+    ) -> list[int]: ...
+
+    async def add_to_batch_async(
+        self, batch_id: int, calls: Iterable[JobCall], conn: Any = None
+    ) -> list[int]: ...
+
+    def run(self, operation: Operation[T], conn: Any = None) -> T: ...
+
+    async def run_async(self, operation: Operation[T], conn: Any = None) -> T: ...
 
 
 class Batch:
@@ -27,7 +45,7 @@ class Batch:
     callbacks never fire unless it is sealed later (:meth:`App.seal_batch`).
     """
 
-    def __init__(self, client: Client, queries: Queries, batch_id: int, conn: Connection) -> None:
+    def __init__(self, client: Runner, queries: Queries, batch_id: int, conn: Connection) -> None:
         self._client = client
         self._queries = queries
         self._conn = conn
@@ -66,7 +84,7 @@ class AsyncBatch:
     """:class:`Batch` for async code, from :meth:`App.batch_async <pgjobs.App.batch_async>`."""
 
     def __init__(
-        self, client: Client, queries: Queries, batch_id: int, conn: AsyncConnection
+        self, client: Runner, queries: Queries, batch_id: int, conn: AsyncConnection
     ) -> None:
         self._client = client
         self._queries = queries

@@ -10,8 +10,8 @@ The handles that run them through the client are in :mod:`._batch`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._admin import Operation, Rows, records_of
 from ._encoding import insert_params
@@ -20,11 +20,18 @@ from ._records import BatchRecord, from_row
 from ._sql import Queries
 
 if TYPE_CHECKING:
-    from ._job import Job, JobCall
+    from ._call import JobCall
+
+
+class Registered(Protocol):
+    """A job as an app registered it (:class:`~pgjobs.Job`): its function."""
+
+    @property
+    def func(self) -> Callable[..., Any]: ...
 
 
 def callback_template(
-    jobs: Mapping[str, Job[..., Any]],
+    jobs: Mapping[str, Registered],
     field: str,
     call: JobCall | None,
     trace_context: str | None = None,
@@ -41,20 +48,18 @@ def callback_template(
     """
     if call is None:
         return None
-    job = call.job
-    registered = jobs.get(job.name)
-    if registered is None or registered.func is not job.func:
+    registered = jobs.get(call.name)
+    if registered is None or registered.func is not call.func:
         raise ValidationError(
-            field, f"job {job.name!r} is not registered in this app; register it with @app.job"
+            field, f"job {call.name!r} is not registered in this app; register it with @app.job"
         )
     if call.options.at is not None or call.options.delay is not None:
         raise ValidationError(field, "a callback runs when its batch ends; drop at= / delay=")
-    params = insert_params([call])
     template = {
-        "name": job.name,
-        "queue": params["queues"][0],
-        "priority": params["priorities"][0],
-        "max_attempts": params["max_attempts"][0],
+        "name": call.name,
+        "queue": call.queue,
+        "priority": call.priority,
+        "max_attempts": call.max_attempts,
         "args": json.loads(call.args_json),
         "kwargs": json.loads(call.kwargs_json),
     }
@@ -80,7 +85,7 @@ def add(
     for call in calls:
         if call.unique_key is not None:
             raise ValidationError(
-                "unique_key", f"{call.job.name} is a unique job, which cannot join a batch"
+                "unique_key", f"{call.name} is a unique job, which cannot join a batch"
             )
 
     def result(rows: Rows) -> list[int]:

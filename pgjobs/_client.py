@@ -29,7 +29,7 @@ import psycopg_pool
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from . import _batches, _connection, _middleware
+from . import _batches, _connection, _middleware, _observers
 from ._admin import Operation
 from ._blockers import lock_wait_error
 from ._encoding import COPY_THRESHOLD, copy_text, insert_params, single
@@ -49,8 +49,7 @@ from ._unique import (
 
 if TYPE_CHECKING:
     from ._batch import AsyncBatch, Batch
-    from ._job import JobCall
-    from .tracing import Tracing
+    from ._call import JobCall
 
 T = TypeVar("T")
 
@@ -103,16 +102,10 @@ class Client:
         self._async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
         self.seam = seam or Seam()
-        """The app's middleware and tracing, around every enqueue."""
+        """The app's middleware and observers, around every enqueue."""
         self.recorder: Recorder | None = None
         """Set by ``App._record_enqueues``: enqueues go to it (past the enqueue middleware),
         not to the database."""
-
-    @property
-    def tracing(self) -> Tracing | None:
-        """The app's tracing (:func:`pgjobs.tracing.instrument`), or ``None``."""
-        tracing: Tracing | None = self.seam.tracing
-        return tracing
 
     @property
     def settings(self) -> Settings:
@@ -139,11 +132,12 @@ class Client:
     def _enqueue_traced(self, batch: list[JobCall], conn: Any) -> list[JobId]:
         if self.recorder is not None:
             return self.recorder.enqueue(batch, conn)
-        tracing = self.tracing
-        if tracing is None or not batch:
+        observers = self.seam.around_send
+        if not observers or not batch:
             return self._enqueue_many(batch, conn, None)
-        with tracing.sending(batch) as trace_context:
-            return tracing.sent(self._enqueue_many(batch, conn, trace_context))
+        return _observers.around_send(
+            observers, batch, None, lambda context: self._enqueue_many(batch, conn, context)
+        )
 
     def _enqueue_many(
         self, batch: list[JobCall], conn: Any, trace_context: str | None
@@ -167,11 +161,12 @@ class Client:
     async def _enqueue_traced_async(self, batch: list[JobCall], conn: Any) -> list[JobId]:
         if self.recorder is not None:
             return await self.recorder.enqueue_async(batch, conn)
-        tracing = self.tracing
-        if tracing is None or not batch:
+        observers = self.seam.around_send
+        if not observers or not batch:
             return await self._enqueue_many_async(batch, conn, None)
-        with tracing.sending(batch) as trace_context:
-            return tracing.sent(await self._enqueue_many_async(batch, conn, trace_context))
+        return await _observers.around_send_async(
+            observers, batch, None, lambda context: self._enqueue_many_async(batch, conn, context)
+        )
 
     async def _enqueue_many_async(
         self, batch: list[JobCall], conn: Any, trace_context: str | None
@@ -200,12 +195,15 @@ class Client:
     def _add_traced(self, batch_id: int, batch: list[JobCall], conn: Any) -> list[Any]:
         if self.recorder is not None:
             return self.recorder.add_to_batch(batch_id, batch, conn)
-        tracing = self.tracing
-        if tracing is None or not batch:
+        observers = self.seam.around_send
+        if not observers or not batch:
             return self.run(_batches.add(self.queries, batch_id, batch), conn)
-        with tracing.sending(batch, batch_id) as trace_context:
-            operation = _batches.add(self.queries, batch_id, batch, trace_context)
-            return tracing.sent(self.run(operation, conn))
+        return _observers.around_send(
+            observers,
+            batch,
+            batch_id,
+            lambda context: self.run(_batches.add(self.queries, batch_id, batch, context), conn),
+        )
 
     async def add_to_batch_async(
         self, batch_id: int, calls: Iterable[JobCall], conn: Any = None
@@ -221,18 +219,23 @@ class Client:
     async def _add_traced_async(self, batch_id: int, batch: list[JobCall], conn: Any) -> list[Any]:
         if self.recorder is not None:
             return await self.recorder.add_to_batch_async(batch_id, batch, conn)
-        tracing = self.tracing
-        if tracing is None or not batch:
+        observers = self.seam.around_send
+        if not observers or not batch:
             return await self.run_async(_batches.add(self.queries, batch_id, batch), conn)
-        with tracing.sending(batch, batch_id) as trace_context:
-            operation = _batches.add(self.queries, batch_id, batch, trace_context)
-            return tracing.sent(await self.run_async(operation, conn))
+        return await _observers.around_send_async(
+            observers,
+            batch,
+            batch_id,
+            lambda context: self.run_async(
+                _batches.add(self.queries, batch_id, batch, context), conn
+            ),
+        )
 
     def trace_context(self) -> str | None:
         """The caller's current trace context as JSON text, for jobs inserted later on its
         behalf (a batch's callbacks); ``None`` when not traced."""
-        tracing = self.tracing
-        return None if tracing is None else tracing.current()
+        carrier = self.seam.carrier
+        return None if carrier is None else carrier()
 
     def run(self, operation: Operation[T], conn: Any = None) -> T:
         """Run an admin operation on ``conn`` (the caller's transaction) or pgjobs' pool."""

@@ -13,7 +13,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._job import JobCall
+    from ._call import JobCall
 
 COPY_THRESHOLD = 500
 """From this many jobs, ``enqueue_many`` uses COPY instead of one INSERT."""
@@ -38,13 +38,13 @@ def insert_params(calls: Iterable[JobCall], trace_context: str | None = None) ->
         "metas": [],
     }
     for call in calls:
-        job, options = call.job, call.options
-        columns["queues"].append(options.queue or job.queue)
-        columns["names"].append(job.name)
+        options = call.options
+        columns["queues"].append(call.queue)
+        columns["names"].append(call.name)
         columns["args"].append(call.args_json)
         columns["kwargs"].append(call.kwargs_json)
-        columns["priorities"].append(job.priority if options.priority is None else options.priority)
-        columns["max_attempts"].append(options.max_attempts or job.max_attempts)
+        columns["priorities"].append(call.priority)
+        columns["max_attempts"].append(call.max_attempts)
         columns["ats"].append(options.at)
         columns["delays"].append(options.delay or 0.0)
         columns["partition_keys"].append(options.partition_key)

@@ -1,6 +1,6 @@
-"""Job definitions: :class:`Job` (a registered function and its defaults), :class:`BoundJob` (a
-job bound to the caller's connection), :class:`JobCall` (one run to enqueue) and
-:class:`EnqueueOptions` (per-call options).
+"""Job definitions: :class:`Job` (a registered function and its defaults) and :class:`BoundJob` (a
+job bound to the caller's connection). A job makes a :class:`~pgjobs._call.JobCall` for each run
+to enqueue.
 
 A job enqueues through the :class:`~pgjobs._client.Client` it was registered with; it knows
 nothing of the registry.
@@ -12,17 +12,15 @@ import copy
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from ._call import EnqueueOptions, JobCall, Unique
 from ._connection import AsyncConnection, Connection
-from ._errors import ValidationError
-from ._outcome import MAX_DELAY, RetryPolicy
-from ._queues import check_partition_key, partition_key_of
-from ._settings import QUEUE_NAME
-from ._unique import JobId, Unique, canonical_json, key_value, unique_key
-from ._validation import MAX_ATTEMPTS, check_text, encode_arguments, encode_meta
+from ._outcome import RetryPolicy
+from ._queues import partition_key_of
+from ._unique import JobId, canonical_json, key_value, unique_key
+from ._validation import encode_arguments, encode_meta
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -31,64 +29,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-PRIORITY_RANGE = range(-32768, 32768)
-
 ExhaustedHook = Callable[["JobContext", BaseException], object] | Callable[[BaseException], object]
 """``on_exhausted``: ``(job, exc)`` or, as before, ``(exc)``."""
-
-
-@dataclass(frozen=True)
-class EnqueueOptions:
-    """Per-call options; ``None`` means "the job's default"."""
-
-    queue: str | None = None
-    priority: int | None = None
-    max_attempts: int | None = None
-    at: datetime | None = None
-    delay: float | None = None
-    unique_key: str | None = None
-    """The canonical JSON of the unique key value given by the caller."""
-    partition_key: str | None = None
-    meta: str | None = None
-    """The JSON text of the meta given by the caller (``None``: none)."""
-
-    def checked(self) -> EnqueueOptions:
-        if self.queue is not None and not QUEUE_NAME.fullmatch(self.queue):
-            raise ValidationError(
-                "queue", f"{self.queue!r} is not a queue name (letters, digits, _.-)"
-            )
-        if self.priority is not None and self.priority not in PRIORITY_RANGE:
-            raise ValidationError("priority", "must be an integer from -32768 to 32767")
-        if self.max_attempts is not None and not 1 <= self.max_attempts <= MAX_ATTEMPTS:
-            raise ValidationError("max_attempts", f"must be from 1 to {MAX_ATTEMPTS}")
-        if self.at is not None and self.at.utcoffset() is None:
-            raise ValidationError(
-                "at", "naive datetime; pass an aware one, e.g. datetime.now(timezone.utc)"
-            )
-        if self.delay is not None and not 0 <= self.delay <= MAX_DELAY:
-            raise ValidationError("delay", f"must be from 0 to {MAX_DELAY:g} seconds (100 years)")
-        if self.at is not None and self.delay is not None:
-            raise ValidationError("at", "give either at= or a delay, not both")
-        if self.partition_key is not None:
-            check_text(check_partition_key(self.partition_key), "partition_key")
-        return self
-
-
-class JobCall(NamedTuple):
-    """One job to enqueue: the job, its validated JSON arguments and per-call options.
-
-    Build with :meth:`Job.call`; pass to :meth:`App.enqueue_many`. (A named tuple: a bulk enqueue
-    makes one per job, and a frozen dataclass costs several times more to build.)
-    """
-
-    job: Job[..., Any]
-    args_json: str
-    kwargs_json: str
-    options: EnqueueOptions
-    unique_key: str | None = None
-    """``jobs.unique_key`` (before a period's bucket), for a unique job."""
-    meta: str | None = None
-    """``jobs.meta`` as JSON text; ``None`` stores ``{}``."""
 
 
 class Job(Generic[P, R]):
@@ -128,6 +70,15 @@ class Job(Generic[P, R]):
         self._takes_no_arguments = _accepts_no_arguments(self._signature)
         self.partition_by = partition_by
         """The parameter whose argument is each run's partition key (see :meth:`options`)."""
+        self._resolve()
+
+    def _resolve(self) -> None:
+        """The queue, priority and attempts each call carries: the options over the defaults
+        (worked out once here, not at every call)."""
+        options = self._options
+        self._queue = options.queue or self.queue
+        self._priority = self.priority if options.priority is None else options.priority
+        self._max_attempts = options.max_attempts or self.max_attempts
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -175,6 +126,7 @@ class Job(Generic[P, R]):
         merged = dataclasses.replace(self._options, **given).checked()
         view = copy.copy(self)
         view._options = merged
+        view._resolve()
         if unique_key is not None and view.unique is None:
             view.unique = Unique()
         return view
@@ -196,12 +148,36 @@ class Job(Generic[P, R]):
             key = partition_key_of(self._signature, self.partition_by, args, kwargs)
             options = dataclasses.replace(options, partition_key=key)
         if self.unique is None:
-            return JobCall(self, args_json, kwargs_json, options, None, options.meta)
+            return JobCall(
+                self.name,
+                self._queue,
+                self._priority,
+                self._max_attempts,
+                args_json,
+                kwargs_json,
+                options,
+                None,
+                options.meta,
+                None,
+                self.func,
+            )
         key_json = options.unique_key
         if key_json is None:
             key_json = canonical_json(key_value(self._signature, self.unique.by, args, kwargs))
         key = unique_key(self.name, key_json)
-        return JobCall(self, args_json, kwargs_json, options, key, options.meta)
+        return JobCall(
+            self.name,
+            self._queue,
+            self._priority,
+            self._max_attempts,
+            args_json,
+            kwargs_json,
+            options,
+            key,
+            options.meta,
+            self.unique,
+            self.func,
+        )
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` (naming the job) unless the function accepts these arguments: at

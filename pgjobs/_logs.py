@@ -2,7 +2,8 @@
 
 Each run of a job logs ``start`` and, when the attempt ends, ``done`` (completed), ``fail``
 (retryable or discarded), ``cancelled`` or ``snoozed``, at INFO on the ``pgjobs.jobs`` logger,
-as Sidekiq's ``start``/``done`` lines. The job's fields travel in the record (``job_id``,
+as Sidekiq's ``start``/``done`` lines: the first ``on_job_start`` and ``on_job_end`` observers
+of every app's seam (:mod:`._observers`). The job's fields travel in the record (``job_id``,
 ``job_name``, ``queue``, ``attempt``, and on the end ``duration`` in seconds and ``state``), so
 a JSON formatter writes them as keys. Silence them alone with
 ``logging.getLogger("pgjobs.jobs").setLevel(logging.WARNING)``.
@@ -16,7 +17,11 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._context import JobContext
+    from ._observers import JobOutcome
 
 job_log = logging.getLogger("pgjobs.jobs")
 
@@ -38,30 +43,44 @@ ENDINGS = {
 """The end line's word for each outcome state."""
 
 
-def job_started(job_id: int, name: str, queue: str, attempt: int) -> None:
+def job_started(job: JobContext) -> None:
+    """The ``start`` line: an ``on_job_start`` observer."""
     if job_log.isEnabledFor(logging.INFO):
-        fields = {"job_id": job_id, "job_name": name, "queue": queue, "attempt": attempt}
+        fields = {
+            "job_id": job.id,
+            "job_name": job.name,
+            "queue": job.queue,
+            "attempt": job.attempt,
+        }
         job_log.info(
             "start job %s %s (queue %s, attempt %s)",
-            job_id,
-            name,
-            queue,
-            attempt,
+            job.id,
+            job.name,
+            job.queue,
+            job.attempt,
             extra={"event": "start", **fields},
         )
 
 
-def job_ended(job_id: int, name: str, queue: str, attempt: int, state: str, seconds: float) -> None:
+def job_ended(job: JobContext, outcome: JobOutcome) -> None:
+    """The end line (``done``, ``fail``, ``cancelled``, ``snoozed``): an ``on_job_end``
+    observer."""
     if job_log.isEnabledFor(logging.INFO):
+        state, seconds = outcome.state, outcome.seconds
         event = ENDINGS.get(state, state)
-        fields = {"job_id": job_id, "job_name": name, "queue": queue, "attempt": attempt}
+        fields = {
+            "job_id": job.id,
+            "job_name": job.name,
+            "queue": job.queue,
+            "attempt": job.attempt,
+        }
         job_log.info(
             "%s job %s %s (queue %s, attempt %s) in %.3f s%s",
             event,
-            job_id,
-            name,
-            queue,
-            attempt,
+            job.id,
+            job.name,
+            job.queue,
+            job.attempt,
             seconds,
             "" if event == "done" else f": {state}",
             extra={"event": event, **fields, "duration": round(seconds, 6), "state": state},

@@ -22,9 +22,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import ConfigError, ValidationError
+from ._logs import job_ended, job_started
+from ._observers import Observer, RunObserver, SendObserver
 from ._validation import encode_meta
 
 if TYPE_CHECKING:
+    from ._call import JobCall
     from ._context import JobContext
 
 Ids = TypeVar("Ids", bound=int)
@@ -96,9 +99,14 @@ def _takes_positional(func: Any, count: int) -> bool:
     return len(parameters) == count and all(p.kind in positional for p in parameters)
 
 
+LOG_START = Observer(job_started, "pgjobs start line")
+LOG_END = Observer(job_ended, "pgjobs end line")
+
+
 class Seam:
-    """An app's middleware and handlers, in registration order, and its tracing. Read on every
-    enqueue and run: an app without any pays one truth test of an empty tuple."""
+    """An app's middleware, handlers and observers, in registration order. Read on every enqueue
+    and run: an app without any pays one truth test of an empty tuple (but for the observers
+    that write the log lines, on every app)."""
 
     def __init__(self) -> None:
         self.enqueue: tuple[Hook, ...] = ()
@@ -109,10 +117,16 @@ class Seam:
         """The ``async def`` run middleware: on the loop, around a ``def`` job's thread."""
         self.on_error: tuple[Hook, ...] = ()
         self.on_death: tuple[Hook, ...] = ()
-        self.tracing: Any = None
-        """A :class:`pgjobs.tracing.Tracing`, set by :func:`pgjobs.tracing.instrument`: enqueues
-        and runs then make spans. (Not typed as one: this module stays below the modules that
-        tracing imports.)"""
+        self.on_job_start: tuple[Observer, ...] = (LOG_START,)
+        self.on_job_end: tuple[Observer, ...] = (LOG_END,)
+        self.around_send: tuple[SendObserver, ...] = ()
+        """Private: around each enqueue call (tracing's ``PRODUCER`` spans)."""
+        self.around_run: tuple[RunObserver, ...] = ()
+        """Private: around each attempt, outside the run middleware (tracing's ``CONSUMER``
+        spans); with any, a ``def`` job's thread runs in a copy of the attempt's context."""
+        self.carrier: Callable[[], str | None] | None = None
+        """Private: the caller's trace context, for jobs inserted later on its behalf (a batch's
+        callbacks)."""
 
     def add_run(self, hook: Hook) -> None:
         self.run += (hook,)
@@ -132,14 +146,14 @@ class Enqueuing:
 
     __slots__ = ("_args", "_by", "_call", "_current", "_kwargs", "_options", "meta")
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: JobCall) -> None:
         """``call``: the :class:`~pgjobs.JobCall` being enqueued."""
         self._call = call
-        job, options = call.job, call.options
+        options = call.options
         self._options: dict[str, Any] = {
-            "queue": options.queue or job.queue,
-            "priority": job.priority if options.priority is None else options.priority,
-            "max_attempts": options.max_attempts or job.max_attempts,
+            "queue": call.queue,
+            "priority": call.priority,
+            "max_attempts": call.max_attempts,
             "at": options.at,
             "delay": options.delay,
         }
@@ -155,7 +169,7 @@ class Enqueuing:
 
     @property
     def name(self) -> str:
-        name: str = self._call.job.name
+        name: str = self._call.name
         return name
 
     @property
@@ -225,7 +239,7 @@ class Enqueuing:
         self._options[option] = value
         self._by[option] = self._current
 
-    def _call_as_set(self, meta: str | None) -> Any:
+    def _call_as_set(self, meta: str | None) -> JobCall:
         """The call to insert: the options as set, checked, and ``meta`` (its JSON text)."""
         call = self._call
         if not self._by:
@@ -240,7 +254,8 @@ class Enqueuing:
             raise ValidationError(
                 exc.path, f"{exc.problem} (set by enqueue middleware {by})"
             ) from None
-        return call._replace(options=options, meta=meta)
+        resolved = {k: given[k] for k in ("queue", "priority", "max_attempts") if k in given}
+        return call._replace(options=options, meta=meta, **resolved)
 
 
 def _meta_of(job: Enqueuing, hook: Hook) -> str | None:
@@ -269,12 +284,8 @@ def refuse_async(seam: Seam) -> None:
             )
 
 
-# The calls are :class:`~pgjobs.JobCall` tuples, typed ``Any`` here: the job modules import
-# this one, which imports none of them.
-
-
 def around_enqueue(
-    seam: Seam, batch: list[Any], insert: Callable[[list[Any]], list[Ids]]
+    seam: Seam, batch: list[JobCall], insert: Callable[[list[JobCall]], list[Ids]]
 ) -> list[Ids]:
     """``insert(batch)`` with every job of ``batch`` inside the enqueue middleware: each enters
     them all before the one insert, and each is sent its job's id after it (innermost first).
@@ -307,7 +318,7 @@ def around_enqueue(
 
 
 async def around_enqueue_async(
-    seam: Seam, batch: list[Any], insert: Callable[[list[Any]], Awaitable[list[Ids]]]
+    seam: Seam, batch: list[JobCall], insert: Callable[[list[JobCall]], Awaitable[list[Ids]]]
 ) -> list[Ids]:
     """:func:`around_enqueue` for async code: async middleware are awaited, sync ones run as
     they are."""

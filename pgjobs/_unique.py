@@ -12,92 +12,19 @@ import hashlib
 import inspect
 import json
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._admin import STATES
+from ._call import Unique
 from ._encoding import COPY_PIECE, insert_params, single
-from ._errors import ConfigError, DatabaseError, ValidationError
+from ._errors import DatabaseError, ValidationError
 from ._validation import MAX_DEPTH
 
 if TYPE_CHECKING:
-    from ._job import JobCall
+    from ._call import JobCall
     from ._sql import Queries
-
-DEFAULT_STATES = ("scheduled", "available", "running", "retryable")
-"""The states in which a unique job holds its key: until it ends, and no state a job moves into
-before its end can meet another holder. Jobs may add finished states, never drop these."""
-
-MIN_PERIOD = 0.001
-"""Shortest period, in seconds: its number since the epoch must fit a ``bigint``."""
 
 MAX_ROUNDS = 5
 """Insert-then-read rounds for keys whose holder leaves its states between the two statements."""
-
-
-@dataclass(frozen=True)
-class Unique:
-    """At most one job of this name and key exists while in ``states``.
-
-    Args:
-        by: parameter names whose values make the key; ``None`` means all the arguments (with
-            defaults applied, so ``f(1)`` and ``f(x=1)`` share a key).
-        states: the states in which a job holds its key: always scheduled, available, running
-            and retryable (the default), so a job holds its key from its enqueue to its end, and
-            optionally also completed, discarded or cancelled, to hold it after its end. A job
-            that leaves them (say, completes) frees the key for the next enqueue.
-        period: with it, the key holds only within one period (a ``timedelta`` or seconds) of the
-            database clock, counted from the Unix epoch: unique "for" that long.
-        replace: a duplicate enqueue replaces the waiting holder's arguments, priority and run
-            time (a debounce) instead of keeping it; a running or retryable holder is kept.
-    """
-
-    by: tuple[str, ...] | None = None
-    states: tuple[str, ...] = DEFAULT_STATES
-    period: timedelta | float | None = None
-    replace: bool = False
-
-    @property
-    def seconds(self) -> float | None:
-        """The period in seconds, ``None`` without one."""
-        if isinstance(self.period, timedelta):
-            return self.period.total_seconds()
-        return self.period
-
-    def _checked(self, job_name: str, signature: inspect.Signature) -> Unique:
-        """Raise :class:`ConfigError` (naming the job and what to fix) unless this fits the job."""
-        if not self.states:
-            raise ConfigError(f"{job_name}: Unique(states=...) needs at least one state")
-        for state in self.states:
-            if state not in STATES:
-                raise ConfigError(
-                    f"{job_name}: Unique(states=...): {state!r} is not a state "
-                    f"({', '.join(STATES)})"
-                )
-        missing = [state for state in DEFAULT_STATES if state not in self.states]
-        if missing:
-            raise ConfigError(
-                f"{job_name}: Unique(states=...) must include {', '.join(DEFAULT_STATES)}: a job "
-                f"holds its key until it ends (add completed, discarded or cancelled to hold it "
-                f"longer); {', '.join(missing)} missing"
-            )
-        if self.by is not None:
-            if isinstance(self.by, str):
-                raise ConfigError(f"{job_name}: Unique(by=...) is a tuple of names, e.g. ('x',)")
-            for name in self.by:
-                if name not in signature.parameters:
-                    raise ConfigError(
-                        f"{job_name}: Unique(by=...): {name!r} is not a parameter of the function"
-                        f" ({', '.join(signature.parameters) or 'it has none'})"
-                    )
-        seconds = self.seconds
-        if seconds is not None and not seconds >= MIN_PERIOD:
-            raise ConfigError(
-                f"{job_name}: Unique(period=...) must be a positive duration of at least"
-                f" {MIN_PERIOD} s"
-            )
-        return self
 
 
 class JobId(int):
@@ -201,7 +128,7 @@ def plan_batch(calls: Sequence[JobCall]) -> Plan:
         key = call.unique_key
         if key is None:
             plain.append(position)
-        elif call.job.unique is not None and call.job.unique.replace:
+        elif call.unique is not None and call.unique.replace:
             if key in replace:
                 stands_for[replace[key]] = position
             replace[key] = position
@@ -236,7 +163,7 @@ def unique_params(calls: Sequence[JobCall], trace_context: str | None = None) ->
     params["states"] = []
     params["periods"] = []
     for call in calls:
-        unique = call.job.unique or Unique()
+        unique = call.unique or Unique()
         params["states"].append(",".join(unique.states))
         params["periods"].append(unique.seconds)
     return params

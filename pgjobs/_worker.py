@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._acker import Acker, Claim
 from ._app import App
@@ -51,8 +51,18 @@ from ._errors import DatabaseError
 from ._execution import ClaimedJob, execute
 from ._leader import Leader, Retention
 from ._link import LAST_TRY, Link
-from ._logs import job_ended, job_started
 from ._migrate import check_schema
+from ._observers import (
+    InContext,
+    JobOutcome,
+    ended,
+    enter_run,
+    exit_run,
+    job_outcome,
+    started,
+    throw_run,
+)
+from ._outcome import Outcome
 from ._producer import Producer, ProducerConfig, Slots
 from ._progress import ProgressWriter
 from ._queues import limits_params
@@ -63,9 +73,6 @@ from ._starts import Entering, Starts
 from ._stats import STATS_INTERVAL, STATS_LAST_TRY, STATS_SLOTS
 from ._vacuum import Vacuum
 from ._waits import wait_for_event
-
-if TYPE_CHECKING:
-    from .tracing import Tracing
 
 log = logging.getLogger("pgjobs.worker")
 
@@ -487,19 +494,22 @@ class Worker:
     ) -> None:
         """Run ``job`` to its outcome; ``begun(id)`` is called as its code begins (a rated
         job's start is then confirmed), and once more at its end."""
+        seam = self.app.seam
         try:
-            job_started(job.id, job.name, job.queue, job.attempt)
-            started = time.perf_counter()
+            started(seam.on_job_start, context)
+            began = time.perf_counter()
             threads: Executor = self._threads
             if begun is not None:
                 threads = self._entering(job, begun)
-            tracing: Tracing | None = self.app.seam.tracing
-            if tracing is None:
-                outcome = await execute(self.app.get, self.app.seam, job, context, threads)
+            if seam.around_run:
+                outcome, outcome_seen = await self._observed(
+                    job, context, InContext(threads), began
+                )
             else:
-                outcome = await tracing.process(self.app.get, self.app.seam, job, context, threads)
-            claim.seconds = time.perf_counter() - started
-            job_ended(job.id, job.name, job.queue, job.attempt, outcome.state, claim.seconds)
+                outcome = await execute(self.app.get, seam, job, context, threads)
+                outcome_seen = job_outcome(outcome, time.perf_counter() - began)
+            claim.seconds = outcome_seen.seconds
+            ended(seam.on_job_end, context, outcome_seen)
             self._producer.ended(job.queue)
             self._acker.add(claim, outcome)
             if outcome.thread_overran:
@@ -509,6 +519,21 @@ class Worker:
                 begun(job.id)  # it ended: it began, or never will
             del self._running[job.id]
             self._cancelled_ids.discard(job.id)
+
+    async def _observed(
+        self, job: ClaimedJob, context: JobContext, threads: Executor, began: float
+    ) -> tuple[Outcome, JobOutcome]:
+        """Run ``job`` inside the seam's run observers, outermost, which are sent its outcome
+        (or the worker's cancellation, when it is handed back)."""
+        entered = enter_run(self.app.seam.around_run, context, job.trace_context)
+        try:
+            outcome = await execute(self.app.get, self.app.seam, job, context, threads)
+        except BaseException as exc:
+            throw_run(entered, exc)
+            raise
+        seen = job_outcome(outcome, time.perf_counter() - began)
+        exit_run(entered, seen)
+        return outcome, seen
 
     def _entering(self, job: ClaimedJob, begun: Callable[[int], None]) -> Executor:
         """The thread pool that tells ``begun`` when ``job``'s ``def`` code begins. An ``async

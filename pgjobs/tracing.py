@@ -12,38 +12,30 @@ are children of the run's::
 
     pgjobs.tracing.instrument(app)  # the global tracer provider, or tracer_provider=...
 
-Until then nothing of OpenTelemetry is imported, and an enqueue or a run pays one ``None``
-check. Instrument the app in the web process and in the worker (the module that
-``pgjobs worker --app`` imports).
+The spans are observers on the app's seam (:mod:`pgjobs._observers`), around each enqueue call
+and, outside the run middleware, around each run. Until :func:`instrument` nothing of
+OpenTelemetry is imported, and an enqueue or a run pays one test of an empty tuple. Instrument
+the app in the web process and in the worker (the module that ``pgjobs worker --app``
+imports).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from ._app import App
-from ._execution import ClaimedJob, execute
-from ._outcome import Outcome
+from ._observers import JobOutcome
 from ._stats import OUTCOMES
 
 if TYPE_CHECKING:
+    from ._call import JobCall
     from ._context import JobContext
-    from ._job import Job, JobCall
-    from ._middleware import Seam
-
-P = ParamSpec("P")
-T = TypeVar("T")
-IdList = TypeVar("IdList", bound=Sequence[int])
 
 SYSTEM = "pgjobs"
 """``messaging.system`` of every span."""
@@ -69,43 +61,55 @@ def instrument(
 
         pgjobs.tracing.instrument(app, tracer_provider=provider)
     """
+    uninstrument(app)
     tracer = trace.get_tracer("pgjobs", tracer_provider=tracer_provider)
-    app.seam.tracing = Tracing(tracer, baggage=baggage)
+    tracing = Tracing(tracer, baggage=baggage)
+    seam = app.seam
+    seam.around_send += (tracing.sending,)
+    seam.around_run += (tracing.processing,)
+    seam.carrier = tracing.current
 
 
 def uninstrument(app: App) -> None:
     """Stop tracing ``app``: its enqueues store no context and its runs make no spans."""
-    app.seam.tracing = None
+    seam = app.seam
+    seam.around_send = tuple(o for o in seam.around_send if not _is_tracing(o))
+    seam.around_run = tuple(o for o in seam.around_run if not _is_tracing(o))
+    if _is_tracing(seam.carrier):
+        seam.carrier = None
+
+
+def _is_tracing(observer: object) -> bool:
+    return isinstance(getattr(observer, "__self__", None), Tracing)
 
 
 class Tracing:
-    """The spans of one app: made by the client around each enqueue, and by the worker around
-    each run. Holds nothing but its tracer; the context travels in the jobs table."""
+    """The spans of one app, as observers on its seam: around each enqueue call and around each
+    run. Holds nothing but its tracer; the context travels in the jobs table."""
 
     def __init__(self, tracer: Tracer, *, baggage: bool = False) -> None:
         self._tracer = tracer
         self._baggage = baggage
 
-    @contextmanager
     def sending(
         self, calls: Sequence[JobCall], batch_id: int | None = None
-    ) -> Iterator[str | None]:
+    ) -> Generator[str | None, Sequence[int], None]:
         """A ``PRODUCER`` span, current while ``calls`` (at least one) are enqueued; yields its
         context as JSON text for every job to carry (``None`` if the propagator injects nothing,
-        as with the API's no-op tracer). An exception that leaves the block marks the span
-        failed."""
+        as with the API's no-op tracer), and is sent their ids. An exception thrown in marks the
+        span failed."""
         first = calls[0]
-        queue = first.options.queue or first.job.queue
+        queue = first.queue
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "send",
             "messaging.operation.name": "enqueue",
         }
-        if all((c.options.queue or c.job.queue) == queue for c in calls):
+        if all(c.queue == queue for c in calls):
             attributes["messaging.destination.name"] = queue
         if len(calls) == 1:
-            name = f"enqueue {first.job.name}"
-            attributes["pgjobs.job.name"] = first.job.name
+            name = f"enqueue {first.name}"
+            attributes["pgjobs.job.name"] = first.name
         else:
             name = "enqueue_many"
             attributes["messaging.batch.message_count"] = len(calls)
@@ -113,18 +117,14 @@ class Tracing:
             attributes["pgjobs.batch.id"] = batch_id
         with self._tracer.start_as_current_span(
             name, kind=SpanKind.PRODUCER, attributes=attributes
-        ):
-            yield self.current()
-
-    def sent(self, ids: IdList) -> IdList:
-        """Record the id of the one job just enqueued (or, of a unique job's duplicate, the
-        holder's) on the current ``PRODUCER`` span; returns ``ids``."""
-        if len(ids) == 1:
-            span = trace.get_current_span()
-            span.set_attribute("messaging.message.id", str(ids[0]))
-            if getattr(ids[0], "duplicate", False):
-                span.set_attribute("pgjobs.job.duplicate", True)
-        return ids
+        ) as span:
+            ids = yield self.current()
+            if len(ids) == 1:
+                # the id of the one job just enqueued (or, of a unique job's duplicate, the
+                # holder's)
+                span.set_attribute("messaging.message.id", str(ids[0]))
+                if getattr(ids[0], "duplicate", False):
+                    span.set_attribute("pgjobs.job.duplicate", True)
 
     def current(self) -> str | None:
         """The current context as the propagator's carrier, in JSON text, without the
@@ -135,44 +135,37 @@ class Tracing:
             carrier.pop(BAGGAGE, None)
         return json.dumps(carrier, separators=(",", ":")) if carrier else None
 
-    async def process(
-        self,
-        jobs: Callable[[str], Job[..., Any]],
-        seam: Seam,
-        claimed: ClaimedJob,
-        context: JobContext,
-        threads: Executor,
-    ) -> Outcome:
-        """Run ``claimed`` (as :func:`~pgjobs._execution.execute` does) inside a ``CONSUMER``
-        span whose parent is the context its enqueue stored; a context that cannot be read
-        (not a carrier, or garbage in it) makes the run a new trace."""
+    def processing(self, job: JobContext, carrier: Any) -> Generator[None, JobOutcome, None]:
+        """A ``CONSUMER`` span, current while ``job`` runs (in a ``def`` job's thread too),
+        whose parent is the context its enqueue stored (``carrier``); a context that cannot be
+        read (not a carrier, or garbage in it) makes the run a new trace. It is sent the
+        outcome; the worker's cancellation (the job handed back) is thrown in."""
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
-            "messaging.destination.name": claimed.queue,
-            "messaging.message.id": str(claimed.id),
-            "pgjobs.job.name": claimed.name,
-            "pgjobs.job.attempt": claimed.attempt,
-            "pgjobs.job.max_attempts": claimed.max_attempts,
+            "messaging.destination.name": job.queue,
+            "messaging.message.id": str(job.id),
+            "pgjobs.job.name": job.name,
+            "pgjobs.job.attempt": job.attempt,
+            "pgjobs.job.max_attempts": job.max_attempts,
         }
-        if claimed.batch_id is not None:
-            attributes["pgjobs.batch.id"] = claimed.batch_id
+        if job.batch_id is not None:
+            attributes["pgjobs.batch.id"] = job.batch_id
         with self._tracer.start_as_current_span(
-            f"process {claimed.name}",
-            context=parent_context(claimed.trace_context),
+            f"process {job.name}",
+            context=parent_context(carrier),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
             record_exception=False,  # a job's exceptions end in its outcome, recorded below
             set_status_on_exception=False,
         ) as span:
             try:
-                outcome = await execute(jobs, seam, claimed, context, InContext(threads))
-            except asyncio.CancelledError:  # the worker stops: the job is handed back
+                outcome = yield
+            except BaseException:  # the worker stops: the job is handed back
                 span.set_attribute("pgjobs.job.outcome", "handed_back")
                 raise
             record_outcome(span, outcome)
-            return outcome
 
 
 def parent_context(carrier: Any) -> Context:
@@ -187,7 +180,7 @@ def parent_context(carrier: Any) -> Context:
         return Context()
 
 
-def record_outcome(span: Span, outcome: Outcome) -> None:
+def record_outcome(span: Span, outcome: JobOutcome) -> None:
     """Set the run's outcome on its span: a failed attempt (retried or discarded) as the
     exception it stored and status ``ERROR``, a snooze or a retry with its delay."""
     span.set_attribute("pgjobs.job.outcome", OUTCOMES[outcome.state])  # as in job_stats
@@ -207,15 +200,3 @@ def record_outcome(span: Span, outcome: Outcome) -> None:
         },
     )
     span.set_status(Status(StatusCode.ERROR, f"{kind}: {message}"))
-
-
-class InContext(Executor):
-    """The worker's thread pool, with each call run in a copy of the submitting task's context:
-    the run's span is current in a ``def`` job's thread."""
-
-    def __init__(self, threads: Executor) -> None:
-        self._threads = threads
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        run: Callable[..., T] = contextvars.copy_context().run
-        return self._threads.submit(run, fn, *args, **kwargs)

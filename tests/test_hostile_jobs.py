@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs._job import MAX_DELAY as JOB_MAX_DELAY
+from pgjobs._call import MAX_DELAY as JOB_MAX_DELAY
 from pgjobs._outcome import (
     MAX_DELAY,
     MAX_ERROR_MESSAGE,

@@ -24,10 +24,11 @@ from typing import Any
 from .._app import App
 from .._batch import AsyncBatch, Batch
 from .._batches import callback_template
+from .._call import DEFAULT_STATES, JobCall
 from .._errors import UnknownJobError, ValidationError
-from .._job import Job, JobCall
+from .._job import Job
 from .._outcome import Outcome
-from .._unique import DEFAULT_STATES, JobId, job_id
+from .._unique import JobId, job_id
 from ._run import run_job
 
 WAITING = ("scheduled", "available", "retryable")
@@ -178,7 +179,7 @@ class FakeQueue:
         for call in calls:
             if call.unique_key is not None:
                 raise ValidationError(
-                    "unique_key", f"{call.job.name} is a unique job, which cannot join a batch"
+                    "unique_key", f"{call.name} is a unique job, which cannot join a batch"
                 )
         return [int(self._record(call, batch_id=batch_id)) for call in calls]
 
@@ -362,24 +363,24 @@ class FakeQueue:
     def _record(
         self, call: JobCall, *, batch_id: int | None = None, callback_of: int | None = None
     ) -> JobId:
-        job, options = call.job, call.options
+        options, unique = call.options, call.unique
         now = self.now()
         due = options.at or now + timedelta(seconds=options.delay or 0)
         if call.unique_key is not None:
-            states = job.unique.states if job.unique is not None else DEFAULT_STATES
+            states = unique.states if unique is not None else DEFAULT_STATES
             for held in self._jobs:
                 if held.unique_key == call.unique_key and held.state in states:
-                    if job.unique is not None and job.unique.replace:
+                    if unique is not None and unique.replace:
                         self._replace(held, call, due, now)
                     return job_id(held.id, True)
         record = EnqueuedJob(
             id=next(self._ids),
-            name=job.name,
+            name=call.name,
             args=json.loads(call.args_json),
             kwargs=json.loads(call.kwargs_json),
-            queue=options.queue or job.queue,
-            priority=job.priority if options.priority is None else options.priority,
-            max_attempts=options.max_attempts or job.max_attempts,
+            queue=call.queue,
+            priority=call.priority,
+            max_attempts=call.max_attempts,
             scheduled_at=due,
             at=options.at,
             batch_id=batch_id,

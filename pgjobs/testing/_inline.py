@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._app import App
 from .._batch import AsyncBatch, Batch
-from .._job import JobCall
+from .._call import JobCall
 from .._unique import JobId
 from ._real import drain, drain_async
 

@@ -271,35 +271,51 @@ def fallback_outcome(claim: Claim, outcome: Outcome, problem: BaseException) -> 
 
 
 def finish_params(worker_id: Any, rows: Iterable[FinishRow]) -> dict[str, Any]:
-    """``finish_jobs``' parameters for ``(job id, attempt, claim token, outcome)`` rows."""
-    ids: list[int] = []
-    attempts: list[int] = []
-    tokens: list[uuid.UUID] = []
+    """``finish_jobs``' parameters for ``(job id, attempt, claim token, outcome)`` rows.
+
+    Each array goes as the text of an array literal, joined here: psycopg's list dumper costs a
+    few microseconds a row in Python (an element dumper call and a quoting check per element of
+    six arrays), about 5 % of a no-op job's whole cost in a worker at full rate. The statement
+    casts each text to its array type, as it casts the lists.
+    """
+    ids: list[str] = []
+    attempts: list[str] = []
+    tokens: list[str] = []
     states: list[str] = []
-    delays: list[float] = []
-    errors: list[str | None] = []
+    delays: list[str] = []
+    errors: list[str] = []
     results: list[str | None] = []
     returned = False
     for job_id, attempt, token, outcome in rows:
-        ids.append(job_id)
-        attempts.append(attempt)
-        tokens.append(token)
-        states.append(outcome.state)
-        delays.append(outcome.delay)
-        errors.append(None if outcome.error is None else json.dumps(outcome.error))
+        ids.append(str(job_id))
+        attempts.append(str(attempt))
+        tokens.append(str(token))
+        states.append(outcome.state)  # one of five plain words
+        delays.append(repr(float(outcome.delay)))
+        errors.append("NULL" if outcome.error is None else _element(json.dumps(outcome.error)))
         results.append(outcome.result)
         returned = returned or outcome.result is not None
     return {
-        "ids": ids,
-        "attempts": attempts,
-        "tokens": tokens,
-        "states": states,
-        "delays": delays,
-        "errors": errors,
+        "ids": _array(ids),
+        "attempts": _array(attempts),
+        "tokens": _array(tokens),
+        "states": _array(states),
+        "delays": _array(delays),
+        "errors": _array(errors),
         # one JSON array (its texts joined, not quoted again), or nothing when none returned
         "results": f"[{','.join(r or 'null' for r in results)}]" if returned else None,
         "worker_id": worker_id,
     }
+
+
+def _array(elements: list[str]) -> str:
+    """A PostgreSQL array literal of ``elements``, each a literal already."""
+    return "{" + ",".join(elements) + "}"
+
+
+def _element(text: str) -> str:
+    """``text`` as an element of an array literal: quoted, its quotes and backslashes escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _first_line(exc: BaseException) -> str:

@@ -64,10 +64,13 @@ class JobContext:
         a read-only view; empty for a job enqueued without."""
         return MappingProxyType(self._meta)
 
-    _report: Callable[[float, str | None], None] | None = field(
+    _report: Callable[[Any, float, str | None], None] | None = field(
         default=None, repr=False, compare=False
     )
-    """Hands a progress report to the worker's writer (from any thread); ``None``: dropped."""
+    """Hands a progress report, with ``_claim``, to the worker's writer (from any thread);
+    ``None``: dropped. One for all the worker's jobs: starting a job allocates nothing for it."""
+    _claim: Any = field(default=None, repr=False, compare=False)
+    """What ``_report`` is handed with each report: the worker's claim of the job."""
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far this attempt has come: ``fraction`` from 0 to 1, and a short text.
@@ -91,7 +94,7 @@ class JobContext:
         """
         checked = check_progress(fraction, message)
         if self._report is not None:
-            self._report(checked, message)
+            self._report(self._claim, checked, message)
 
     @property
     def stopping(self) -> bool:
@@ -100,6 +103,49 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         return self.id in self._cancelled_ids
+
+
+def running_context(
+    id: int,
+    name: str,
+    queue: str,
+    attempt: int,
+    max_attempts: int,
+    worker_id: str,
+    stopping: threading.Event,
+    cancelled_ids: Set[int],
+    batch_id: int | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    report: Callable[[Any, float, str | None], None] | None,
+    claim: Any,
+) -> JobContext:
+    """The :class:`JobContext` the worker makes for each job it starts, with every field given.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``: about
+    2.5 µs for these fourteen, a few percent of a no-op job's whole cost in a worker at full
+    rate. Filling the instance's ``__dict__`` at once takes a quarter of that, and the object
+    is the same (its fields, equality and immutability are the dataclass's).
+    """
+    context = object.__new__(JobContext)
+    context.__dict__.update(
+        id=id,
+        name=name,
+        queue=queue,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        worker_id=worker_id,
+        _stopping=stopping,
+        _cancelled_ids=cancelled_ids,
+        batch_id=batch_id,
+        _args=args,
+        _kwargs=kwargs,
+        _meta=meta,
+        _report=report,
+        _claim=claim,
+    )
+    return context
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("pgjobs_current_job")

@@ -248,12 +248,16 @@ async def _call(
     if is_async:
         token = set_current_job(context)
         try:
+            if timeout is None:
+                return await func(*args, **kwargs)
             return await _within_timeout(func(*args, **kwargs), timeout, in_thread=False)
         finally:
             reset_current_job(token)
     future = asyncio.get_running_loop().run_in_executor(
         threads, _call_in_thread, func, args, kwargs, context
     )
+    if timeout is None:  # most jobs: no coroutine more to make
+        return await future
     return await _within_timeout(future, timeout, in_thread=True)  # cancelling leaves the thread
 
 

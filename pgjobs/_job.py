@@ -33,6 +33,11 @@ ExhaustedHook = Callable[["JobContext", BaseException], object] | Callable[[Base
 """``on_exhausted``: ``(job, exc)`` or, as before, ``(exc)``."""
 
 
+SHAPES_KEPT = 64
+"""How many shapes of arguments that fit a job's function it remembers (the rest are bound every
+time: a job called with ever new keywords cannot grow the worker's memory)."""
+
+
 class Job(Generic[P, R]):
     """A registered job. Calling it runs the function directly; ``enqueue`` runs it in a worker."""
 
@@ -68,6 +73,8 @@ class Job(Generic[P, R]):
         self._signature = inspect.signature(func)
         self._options = options or EnqueueOptions()
         self._takes_no_arguments = _accepts_no_arguments(self._signature)
+        self._fitting_shapes: set[tuple[int, tuple[str, ...]]] = set()
+        """``(positional count, keyword names)`` of arguments seen to bind: checked once each."""
         self.partition_by = partition_by
         """The parameter whose argument is each run's partition key (see :meth:`options`)."""
         self._resolve()
@@ -182,11 +189,18 @@ class Job(Generic[P, R]):
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` (naming the job) unless the function accepts these arguments: at
         enqueue, and in the worker for the stored ones, which a later deploy may no longer fit."""
-        if args or kwargs or not self._takes_no_arguments:
-            try:
-                self._signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"{self.name}: {exc}") from None
+        if not args and not kwargs and self._takes_no_arguments:
+            return
+        # whether arguments bind depends on their number and keywords alone, never their values
+        shape = (len(args), tuple(kwargs))
+        if shape in self._fitting_shapes:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+        if len(self._fitting_shapes) < SHAPES_KEPT:
+            self._fitting_shapes.add(shape)
 
     def using(self, conn: Connection | AsyncConnection) -> BoundJob[P, R]:
         """This job bound to the caller's connection: ``job.using(conn).enqueue(...)`` enqueues

@@ -52,7 +52,10 @@ class Tally:
         return bool(self._counts)
 
     def add(self, queue: str, name: str, state: str, seconds: float) -> None:
-        count = self._counts.setdefault((queue, name, OUTCOMES[state]), _Count())
+        key = (queue, name, OUTCOMES[state])
+        count = self._counts.get(key)
+        if count is None:  # not a setdefault: that builds a _Count for every job counted
+            count = self._counts[key] = _Count()
         count.runs += 1
         count.seconds += seconds
         count.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1

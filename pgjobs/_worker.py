@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -46,7 +45,7 @@ from typing import Any
 
 from ._acker import Acker, Claim
 from ._app import App
-from ._context import JobContext
+from ._context import JobContext, running_context
 from ._errors import DatabaseError
 from ._execution import ClaimedJob, execute
 from ._leader import Leader, Retention
@@ -434,6 +433,7 @@ class Worker:
         claimed = [ClaimedJob._make(row) for row in rows]
         watched = [job.id for job in claimed if job.queue in rated] if rated else []
         begun = self._starts.watch(watched) if watched else None
+        report = self._progress.report
         for job in claimed:
             running = self._running.get(job.id)
             held = running.claim if running is not None else self._acker.claim_of(job.id)
@@ -445,20 +445,21 @@ class Worker:
             claim = Claim(
                 job.id, job.attempt, job.max_attempts, job.claim_token, job.queue, job.name
             )
-            context = JobContext(
-                id=job.id,
-                name=job.name,
-                queue=job.queue,
-                attempt=job.attempt,
-                max_attempts=job.max_attempts,
-                worker_id=self.id,
-                _stopping=self.stopping,
-                _cancelled_ids=self._cancelled_ids,
-                batch_id=job.batch_id,
-                _args=job.args,
-                _kwargs=job.kwargs,
-                _meta=job.meta,
-                _report=functools.partial(self._progress.report, claim),
+            context = running_context(
+                job.id,
+                job.name,
+                job.queue,
+                job.attempt,
+                job.max_attempts,
+                self.id,
+                self.stopping,
+                self._cancelled_ids,
+                job.batch_id,
+                job.args,
+                job.kwargs,
+                job.meta,
+                report,
+                claim,
             )
             task = asyncio.create_task(
                 self._run_job(job, context, claim, begun if job.queue in rated else None),

@@ -303,3 +303,36 @@ def test_a_job_claimed_again_before_its_outcome_is_written_does_not_run_again(
     assert [job.attempt for job in first + again] == [1, 1]
     assert first[0].claim_token != again[0].claim_token
     assert job_row(db, job_id) == ("completed", 1, None, None)
+
+
+def test_outcomes_written_as_array_literals_keep_every_character(
+    app: pgjobs.App, db: psycopg.Connection[Any]
+) -> None:
+    """The finish statement's arrays go as literal texts: quotes, backslashes, braces, commas,
+    the word NULL and any script in an error come back as they were, each row its own."""
+    for n in range(3):
+        jobs_app.noop.enqueue(f"literal {n}")
+    jobs = claim_jobs(app, db, 3)
+    nasty = 'a "quote", a \\ backslash, {braces}, NULL, \\" both, \u00e9\u4e2d\U0001f600\n\t'
+    errors = [
+        {"attempt": 1, "class": "x.Error", "message": nasty, "traceback": "NULL"},
+        {"attempt": 1, "class": "y", "message": "", "traceback": '\\"}{,'},
+    ]
+    outcomes = [
+        Outcome("retryable", delay=2.5e-05, error=errors[0]),
+        COMPLETED,
+        Outcome("discarded", error=errors[1]),
+    ]
+    rows = [(j.id, j.attempt, j.claim_token, o) for j, o in zip(jobs, outcomes, strict=True)]
+    written = db.execute(app._queries.finish_jobs, finish_params(WORKER, rows)).fetchall()
+    assert sorted(written) == sorted((j.id,) for j in jobs)
+    stored = dict(
+        db.execute(
+            "SELECT id, errors FROM pgjobs.jobs WHERE id = ANY(%s)",
+            [[j.id for j in jobs]],
+        ).fetchall()
+    )
+    for job, error in ((jobs[0], errors[0]), (jobs[2], errors[1])):
+        (entry,) = stored[job.id]
+        assert {k: v for k, v in entry.items() if k != "at"} == error
+    assert stored[jobs[1].id] == []
